@@ -1,0 +1,59 @@
+"""Axolotl Weave: fine-tune Hugging Face language models from one YAML file.
+
+This is the public facade for plugin authors: import from `axolotl_weave` only. Everything in
+modules whose names start with an underscore is private and may change.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from axolotl_weave._config import CoreConfig, DatasetEntry, PluginConfig
+from axolotl_weave._errors import (
+    ConfigError,
+    DataError,
+    MissingDependencyError,
+    PluginError,
+    WeaveError,
+    require,
+)
+from axolotl_weave._precision import Precision, resolve_precision
+from axolotl_weave._rows import map_rows, require_columns, text_field, tokenize_prompt_response
+from axolotl_weave._types import (
+    IGNORE_INDEX,
+    DatasetFormat,
+    LossFunction,
+    ModelFamily,
+    TrainState,
+)
+from axolotl_weave.hookspecs import PROJECT_NAME
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marker for hook implementations: `@hookimpl`, `@hookimpl(trylast=True)`, `(wrapper=True)`."""
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ConfigError",
+    "CoreConfig",
+    "DataError",
+    "DatasetEntry",
+    "DatasetFormat",
+    "LossFunction",
+    "MissingDependencyError",
+    "ModelFamily",
+    "PluginConfig",
+    "Precision",
+    "PluginError",
+    "TrainState",
+    "WeaveError",
+    "__version__",
+    "hookimpl",
+    "map_rows",
+    "require",
+    "resolve_precision",
+    "require_columns",
+    "text_field",
+    "tokenize_prompt_response",
+]

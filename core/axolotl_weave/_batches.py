@@ -1,0 +1,62 @@
+"""Micro-batches: a seeded order per epoch, split evenly across processes, padded to the longest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from axolotl_weave._types import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+
+MODEL_COLUMNS = ("input_ids", "labels", "attention_mask")
+
+
+def micro_batches_per_epoch(num_rows: int, micro_batch_size: int, world_size: int = 1) -> int:
+    """How many micro-batches each process sees in one epoch (the same on every process)."""
+    rows_per_process = num_rows // world_size
+    return -(-rows_per_process // micro_batch_size)
+
+
+def epoch_order(
+    num_rows: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+) -> list[int]:
+    """This process's row order in `epoch`: a permutation seeded by (seed, epoch), sliced per rank."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_rows, generator=generator).tolist()
+    per_process = num_rows // world_size
+    return order[rank * per_process : (rank + 1) * per_process]
+
+
+def iter_micro_batches(
+    dataset: Dataset,
+    order: list[int],
+    micro_batch_size: int,
+    pad_token_id: int,
+    start: int = 0,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Padded micro-batches of `order`, beginning at micro-batch number `start`."""
+    columns = [c for c in MODEL_COLUMNS if c in dataset.column_names]
+    for first in range(start * micro_batch_size, len(order), micro_batch_size):
+        chunk = dataset.select_columns(columns)[order[first : first + micro_batch_size]]
+        rows = [dict(zip(columns, values, strict=True)) for values in zip(*chunk.values(), strict=True)]
+        yield collate(rows, pad_token_id)
+
+
+def collate(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad rows to the longest: pad id for inputs, IGNORE_INDEX for labels, 0 in the mask."""
+    import torch
+
+    longest = max(len(row["input_ids"]) for row in rows)
+    batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "attention_mask": []}
+    for row in rows:
+        pad = longest - len(row["input_ids"])
+        batch["input_ids"].append(list(row["input_ids"]) + [pad_token_id] * pad)
+        batch["labels"].append(list(row["labels"]) + [IGNORE_INDEX] * pad)
+        mask = row.get("attention_mask") or [1] * len(row["input_ids"])
+        batch["attention_mask"].append(list(mask) + [0] * pad)
+    return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}

@@ -1,0 +1,141 @@
+"""Checkpoints for resuming: trainable weights, optimizer, schedule, RNG and data position.
+
+A checkpoint is written in full under a temporary name and renamed into place, so a crash
+mid-save leaves the previous checkpoint untouched and no half-written one that looks complete.
+`trainer_state.json` is written last and marks a checkpoint as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from axolotl_weave._errors import WeaveError
+from axolotl_weave._types import TrainState
+
+STATE_FILE = "trainer_state.json"
+WEIGHTS_FILE = "trainable.safetensors"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints in `output_dir`, oldest step first."""
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for path in output_dir.iterdir():
+        match = CHECKPOINT_RE.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+    """The checkpoint folder to resume from: a path, or 'auto' for the newest (None if none)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise WeaveError(
+            f"resume_from_checkpoint: '{resume}' is not a complete checkpoint "
+            f"(no {STATE_FILE}); complete ones in {output_dir}: "
+            f"{', '.join(p.name for p in checkpoints(output_dir)) or 'none'}"
+        )
+    return path
+
+
+def save_checkpoint(
+    output_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: TrainState,
+    save_total_limit: int | None,
+) -> Path:
+    """Write `checkpoint-<step>` atomically, then prune beyond `save_total_limit`."""
+    final = output_dir / f"checkpoint-{state.global_step}"
+    tmp = output_dir / f".checkpoint-{state.global_step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainable = {
+        name: param.detach().to("cpu").contiguous()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+    save_file(trainable, str(tmp / WEIGHTS_FILE))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_state(), tmp / "rng_state.pt")
+    _write_json(tmp / STATE_FILE, state.to_json())
+    if final.exists():  # re-saving a step (after a resume): swap, never delete first
+        old = output_dir / f".checkpoint-{state.global_step}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    if save_total_limit:
+        for stale in checkpoints(output_dir)[:-save_total_limit]:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict[str, Any]:
+    """Restore weights, optimizer, schedule and RNG from `path`; return the saved train state."""
+    weights = load_file(str(path / WEIGHTS_FILE))
+    params = dict(model.named_parameters())
+    unknown = [name for name in weights if name not in params]
+    if unknown:
+        raise WeaveError(
+            f"checkpoint {path} does not fit this model: {len(unknown)} unknown weight(s), "
+            f"e.g. {unknown[0]}; was it made with another config?"
+        )
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    set_rng_state(torch.load(path / "rng_state.pt", weights_only=False))
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator training draws from (python, numpy, torch CPU and CUDA)."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "cpu": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,282 @@
+"""The config: pydantic models with Axolotl's key names, plus loading YAML, URLs and overrides.
+
+The root model is the core's `CoreConfig` merged with every plugin's `add_config_fields` model;
+unknown keys are errors (with "did you mean ...?"), except keys Axolotl knows and this project
+does not implement yet, which are dropped with a warning so that an Axolotl YAML still runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import urllib.request
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from axolotl_weave._axolotl_keys import AXOLOTL_DATASET_KEYS, AXOLOTL_TOP_LEVEL_KEYS
+from axolotl_weave._errors import ConfigError
+from axolotl_weave._overrides import apply_overrides
+from axolotl_weave._types import DatasetFormat
+
+log = logging.getLogger("axolotl_weave")
+
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw", "adam", "sgd")
+LR_SCHEDULERS = ("cosine", "linear", "constant")
+AutoBool = bool | Literal["auto"]
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
+    """' (did you mean X?)' for the closest choice, or '' when none is close."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+class PluginConfig(BaseModel):
+    """Base of a plugin's config fields (`add_config_fields`); every field needs a default."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DatasetEntry(BaseModel):
+    """One item of `datasets:`. Format-specific keys are checked against the format's options."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    path: str = Field(description="Local file or folder, hub name, or URL of the data.")
+    type: str | None = Field(None, description="Dataset format, e.g. alpaca, completion.")
+    ds_type: Literal["json", "jsonl", "csv", "parquet", "arrow", "text"] | None = Field(
+        None, description="File type when the extension does not say it."
+    )
+    data_files: str | list[str] | None = Field(None, description="Files inside `path` to load.")
+    split: str = Field("train", description="Split to load.")
+    name: str | None = Field(None, description="Dataset configuration name (hub datasets).")
+    revision: str | None = Field(None, description="Hub revision.")
+    field: str | None = Field(None, description="Column holding the text (completion).")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str | None, info: ValidationInfo) -> str | None:
+        formats: dict[str, DatasetFormat] = (info.context or {}).get("formats", {})
+        if value is not None and formats and value not in formats:
+            valid = ", ".join(sorted(formats))
+            raise ValueError(
+                f"unknown dataset type '{value}'{did_you_mean(value, formats)}; valid: {valid}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _format_options(self, info: ValidationInfo) -> DatasetEntry:
+        context = info.context or {}
+        formats: dict[str, DatasetFormat] = context.get("formats", {})
+        extra = dict(self.__pydantic_extra__ or {})
+        fmt = formats.get(self.type or "")
+        allowed = set(fmt.options.model_fields) if fmt and fmt.options else set()
+        problems = []
+        for key in list(extra):
+            if key in allowed:
+                continue
+            if key in AXOLOTL_DATASET_KEYS:
+                context.setdefault("ignored", []).append(f"datasets[].{key}")
+                del self.__pydantic_extra__[key]
+                continue
+            hint = did_you_mean(key, allowed | set(DatasetEntry.model_fields))
+            problems.append(f"unknown key '{key}'{hint}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if fmt and fmt.options:
+            options = fmt.options.model_validate({k: v for k, v in extra.items() if k in allowed})
+            self.__pydantic_extra__.update(options.model_dump())
+        return self
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """A format-specific option of this entry (validated by the format's options model)."""
+        return (self.__pydantic_extra__ or {}).get(name, default)
+
+
+class CoreConfig(BaseModel):
+    """Keys the core itself reads. Plugins add theirs through `add_config_fields`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
+
+    # model and tokenizer
+    base_model: str = Field(description="Hub name or local path of the model to fine-tune.")
+    base_model_config: str | None = Field(None, description="Where to read the model config.")
+    tokenizer_config: str | None = Field(None, description="Where to load the tokenizer from.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
+    special_tokens: dict[str, str] = Field(
+        default_factory=dict, description="Tokens to set, e.g. {pad_token: '<pad>'}."
+    )
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Extra plugin modules (import paths); Axolotl's plugin paths map onto ours.",
+    )
+
+    # data
+    datasets: list[DatasetEntry] = Field(min_length=1, description="Training data sources.")
+    dataset_prepared_path: str = Field(
+        "last_run_prepared", description="Where tokenized datasets are cached."
+    )
+    sequence_len: int = Field(2048, gt=0, description="Longest sequence in tokens.")
+    train_on_inputs: bool = Field(False, description="Train on prompt tokens too.")
+    val_set_size: float = Field(0.0, ge=0, description="Eval split: fraction (<1) or row count.")
+
+    # training loop
+    output_dir: str = Field("./outputs", description="Where checkpoints and the model go.")
+    micro_batch_size: int = Field(1, gt=0, description="Rows per forward pass per device.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per step.")
+    eval_batch_size: int | None = Field(None, gt=0, description="Defaults to micro_batch_size.")
+    num_epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many steps.")
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate.")
+    optimizer: str = Field("adamw_torch", description=f"One of: {', '.join(OPTIMIZERS)}.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    lr_scheduler: str = Field("cosine", description=f"One of: {', '.join(LR_SCHEDULERS)}.")
+    warmup_steps: int | None = Field(None, ge=0, description="Linear warm-up steps.")
+    warmup_ratio: float | None = Field(None, ge=0, le=1, description="Warm-up as a fraction.")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, description="Gradient clipping; null disables.")
+    bf16: AutoBool = Field("auto", description="bfloat16 weights and autocast; auto detects.")
+    fp16: AutoBool = Field(False, description="float16 mixed precision.")
+    tf32: AutoBool = Field("auto", description="TensorFloat-32 matmuls on Ampere+ GPUs.")
+    seed: int = Field(42, description="Seed for shuffling, init and dropout.")
+    logging_steps: int = Field(1, gt=0)
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps.")
+    evals_per_epoch: int | None = Field(None, gt=0)
+    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps.")
+    saves_per_epoch: int | None = Field(None, gt=0)
+    save_total_limit: int | None = Field(None, gt=0, description="Keep the newest N checkpoints.")
+    resume_from_checkpoint: str | None = Field(
+        None, description="A checkpoint folder, or 'auto' for the newest in output_dir."
+    )
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        if value not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer '{value}'{did_you_mean(value, OPTIMIZERS)}; "
+                f"valid: {', '.join(OPTIMIZERS)}"
+            )
+        return value
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        if value not in LR_SCHEDULERS:
+            raise ValueError(
+                f"unknown lr_scheduler '{value}'{did_you_mean(value, LR_SCHEDULERS)}; "
+                f"valid: {', '.join(LR_SCHEDULERS)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CoreConfig:
+        if self.bf16 is True and self.fp16 is True:
+            raise ValueError("bf16 and fp16 are both true; choose one")
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ValueError("set warmup_steps or warmup_ratio, not both")
+        return self
+
+
+def build_config_model(plugin_fields: list[tuple[str, type[BaseModel]]]) -> type[CoreConfig]:
+    """Merge the core's fields with each plugin's (name, model); a field declared twice fails."""
+    owners = {name: "core" for name in CoreConfig.model_fields}
+    for plugin_name, model in plugin_fields:
+        for field_name in model.model_fields:
+            if field_name in owners:
+                raise ConfigError(
+                    f"config field '{field_name}' is declared by both '{owners[field_name]}' "
+                    f"and '{plugin_name}'"
+                )
+            owners[field_name] = plugin_name
+    bases = (CoreConfig, *(model for _, model in plugin_fields))
+    return create_model("WeaveConfig", __base__=bases)  # type: ignore[call-overload]
+
+
+def read_config_source(source: str | Path) -> dict[str, Any]:
+    """Read a YAML config from a file path or an https URL into a mapping."""
+    text_source = str(source)
+    try:
+        if text_source.startswith(("https://", "http://")):
+            with urllib.request.urlopen(text_source, timeout=30) as response:  # noqa: S310
+                text = response.read().decode()
+        else:
+            text = Path(text_source).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {text_source}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {text_source}: {exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{text_source} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{text_source}: the top level must be a mapping of keys to values")
+    return data
+
+
+def drop_unimplemented_axolotl_keys(data: dict[str, Any], model: type[BaseModel]) -> list[str]:
+    """Remove top-level keys that Axolotl knows but nothing here implements; return their names."""
+    ignored = [k for k in data if k not in model.model_fields and k in AXOLOTL_TOP_LEVEL_KEYS]
+    for key in ignored:
+        del data[key]
+    return ignored
+
+
+def validate_config(
+    data: dict[str, Any], model: type[CoreConfig], formats: dict[str, DatasetFormat], source: str
+) -> CoreConfig:
+    """Validate `data`: one `ConfigError` lists every problem; ignored Axolotl keys warn."""
+    data = dict(data)
+    ignored = drop_unimplemented_axolotl_keys(data, model)
+    context: dict[str, Any] = {"formats": formats, "ignored": []}
+    try:
+        cfg = model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, source)) from None
+    for key in [*ignored, *sorted(set(context["ignored"]))]:
+        log.warning(
+            "config key '%s' is an Axolotl option that Axolotl Weave does not implement yet: "
+            "it is IGNORED",
+            key,
+        )
+    return cfg
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
+    """One readable line per problem: the key, what is wrong, and what would be valid."""
+    lines = [f"{source}: {exc.error_count()} problem(s) in the config:"]
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1])
+            msg = f"unknown key{did_you_mean(key, set(model.model_fields))}"
+        elif err["type"] == "missing":
+            field = model.model_fields.get(str(err["loc"][0]))
+            desc = f" ({field.description})" if field and field.description else ""
+            msg = f"required key is missing{desc}"
+        elif err["type"] == "literal_error" or err["type"].endswith("_type"):
+            msg = f"{msg}; got {err['input']!r}"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config_data(source: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The raw mapping of a config file or URL with CLI `--key value` overrides applied."""
+    data = read_config_source(source)
+    return apply_overrides(data, overrides or [])

@@ -1,0 +1,74 @@
+"""Terminal output: one rich console, logging through it, and the training progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Send the `axolotl_weave` logger to stderr through rich (INFO, or DEBUG when verbose)."""
+    logger = logging.getLogger("axolotl_weave")
+    logger.handlers.clear()
+    handler = RichHandler(console=err_console, show_path=False, show_time=False, markup=False)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    for noisy in ("datasets", "transformers", "accelerate", "peft"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def quiet_libraries() -> None:
+    """Turn off the libraries' own bars (weight loading, dataset internals) and their deprecation
+    chatter; our own bars and messages remain.
+
+    Called when a run starts (not at CLI start-up, which must not import the libraries).
+    """
+    import warnings
+
+    import datasets
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+class _Bar:
+    """The handle a training loop advances, one optimizer step at a time."""
+
+    def __init__(self, progress: Progress | None, task: int | None) -> None:
+        self.progress, self.task = progress, task
+
+    def advance(self, loss: float) -> None:
+        """One step done, with its loss."""
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, advance=1, loss=f"{loss:.4f}")
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, completed: int = 0, *, enabled: bool = True) -> Iterator[_Bar]:
+    """A rich progress bar over optimizer steps, showing the latest loss (off on other ranks)."""
+    if not enabled or not console.is_terminal:
+        yield _Bar(None, None)
+        return
+    progress = Progress(
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task("train", total=total, completed=completed, loss="-")
+        yield _Bar(progress, task)

@@ -1,0 +1,153 @@
+"""The one place the core calls hooks: typed methods over `pm.hook`, plus the registries.
+
+Every hook call of the core goes through `Hooks`, so a reader (and a type checker) sees each call
+with its arguments, and firstresult hooks that nobody answered fail with a clear message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pluggy
+
+from axolotl_weave._errors import PluginError
+from axolotl_weave._types import DatasetFormat, LossFunction, ModelFamily, TrainState
+
+if TYPE_CHECKING:
+    import typer
+    from accelerate import Accelerator
+    from datasets import Dataset
+    from pydantic import BaseModel
+
+    from axolotl_weave._config import DatasetEntry
+
+T = TypeVar("T")
+
+
+class Hooks:
+    """Typed calls of every hook on one plugin manager."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+
+    # -- start-up --------------------------------------------------------------------------
+    def config_fields(self) -> list[tuple[str, type[BaseModel]]]:
+        """(plugin name, model) for each plugin that adds config fields."""
+        fields = []
+        for impl in self.pm.hook.add_config_fields.get_hookimpls():
+            model = impl.function()
+            if model is not None:
+                fields.append((impl.plugin_name, model))
+        return fields
+
+    def dataset_formats(self) -> dict[str, DatasetFormat]:
+        """Every registered dataset format by name."""
+        return self._collect("register_dataset_formats", lambda fmt: [fmt.name])
+
+    def model_families(self) -> dict[str, ModelFamily]:
+        """Every registered model family by the `model_type` values it claims."""
+        return self._collect("register_model_families", lambda fam: list(fam.model_types))
+
+    def add_cli_commands(self, app: typer.Typer) -> None:
+        """Let plugins add commands to the CLI."""
+        self.pm.hook.add_cli_commands(app=app)
+
+    def _collect(self, hook_name: str, keys: Callable[[T], list[str]]) -> dict[str, T]:
+        """Call a `register(...)` hook per plugin, rejecting a key two distributions register."""
+        found: dict[str, tuple[T, str]] = {}
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):
+            owner = self._owner(impl.plugin)
+
+            def register(item: T, owner: str = owner) -> None:
+                for key in keys(item):
+                    if key in found and found[key][1] != owner:
+                        raise PluginError(
+                            f"'{key}' is registered by both {found[key][1]} and {owner} "
+                            f"({hook_name}); uninstall or block one of them"
+                        )
+                    found[key] = (item, owner)
+
+            impl.function(register=register)
+        return {key: item for key, (item, _) in found.items()}
+
+    def _owner(self, plugin: object) -> str:
+        name = self.pm.get_name(plugin)
+        for dist_plugin, dist in self.pm.list_plugin_distinfo():
+            if dist_plugin is plugin:
+                return f"plugin '{name}' ({dist.project_name}=={dist.version})"
+        return f"plugin '{name}'"
+
+    # -- data ------------------------------------------------------------------------------
+    def load_tokenizer(self, cfg: Any) -> Any:
+        """The tokenizer for the config."""
+        return self._answered("load_tokenizer", self.pm.hook.load_tokenizer(cfg=cfg))
+
+    def build_dataset(
+        self, entry: DatasetEntry, dataset: Dataset, tokenizer: Any, cfg: Any
+    ) -> Dataset:
+        """Tokenized rows of one dataset entry, by the plugin owning its `type:`."""
+        result = self.pm.hook.build_dataset(
+            entry=entry, dataset=dataset, tokenizer=tokenizer, cfg=cfg
+        )
+        return self._answered(f"build_dataset (type: {entry.type})", result)
+
+    # -- model -----------------------------------------------------------------------------
+    def load_model(self, cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Any:
+        """The model to train, with every method plugin's wrapping applied."""
+        result = self.pm.hook.load_model(cfg=cfg, tokenizer=tokenizer, family=family)
+        return self._answered("load_model", result)
+
+    def patch_attention(self, model: Any, cfg: Any, family: ModelFamily | None) -> None:
+        """Let kernel plugins patch the model in place."""
+        self.pm.hook.patch_attention(model=model, cfg=cfg, family=family)
+
+    # -- training --------------------------------------------------------------------------
+    def build_loss(self, cfg: Any, model: Any) -> LossFunction:
+        """The training objective."""
+        return self._answered("build_loss", self.pm.hook.build_loss(cfg=cfg, model=model))
+
+    def wrap_distributed(self, cfg: Any) -> Accelerator:
+        """The accelerator that places model, optimizer and data."""
+        return self._answered("wrap_distributed", self.pm.hook.wrap_distributed(cfg=cfg))
+
+    def on_train_begin(self, cfg: Any, state: TrainState) -> None:
+        """Tell loggers training starts."""
+        self.pm.hook.on_train_begin(cfg=cfg, state=state)
+
+    def on_log(self, cfg: Any, state: TrainState, metrics: dict[str, float]) -> None:
+        """Hand new metrics to loggers."""
+        self.pm.hook.on_log(cfg=cfg, state=state, metrics=metrics)
+
+    def on_train_end(self, cfg: Any, state: TrainState) -> None:
+        """Tell loggers training ended."""
+        self.pm.hook.on_train_end(cfg=cfg, state=state)
+
+    def post_train(
+        self, cfg: Any, model: Any, tokenizer: Any, accelerator: Accelerator, output_dir: Path
+    ) -> None:
+        """Every plugin's after-training step (saving first)."""
+        self.pm.hook.post_train(
+            cfg=cfg,
+            model=model,
+            tokenizer=tokenizer,
+            accelerator=accelerator,
+            output_dir=output_dir,
+        )
+
+    def implementations(self, hook_name: str) -> list[str]:
+        """Plugin names implementing `hook_name`, in call order, wrappers marked."""
+        caller = getattr(self.pm.hook, hook_name)
+        names = []
+        for impl in reversed(caller.get_hookimpls()):
+            tag = " (wrapper)" if impl.wrapper or impl.hookwrapper else ""
+            names.append(f"{impl.plugin_name}{tag}")
+        return names
+
+    @staticmethod
+    def _answered(what: str, result: T | None) -> T:
+        if result is None:
+            raise PluginError(f"no installed plugin answered {what}; see `weave plugin list`")
+        return result

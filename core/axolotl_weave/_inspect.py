@@ -1,0 +1,64 @@
+"""`weave preprocess --debug`: rows token by token with their labels, and a data summary."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+from rich.text import Text
+
+from axolotl_weave._types import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from axolotl_weave._data import DataStats
+
+
+def render_tokens(tokenizer: Any, input_ids: list[int], labels: list[int]) -> Text:
+    """Each token as `text(label, id)`: masked ones (label -100) dim red, trained ones green."""
+    text = Text()
+    for token_id, label in zip(input_ids, labels, strict=True):
+        piece = tokenizer.decode([token_id])
+        masked = label == IGNORE_INDEX
+        style = "dim red" if masked else "bold green"
+        text.append(f"{piece!r}", style=style)
+        text.append(f"({label}, {token_id}) ", style=style)
+    return text
+
+
+def render_rows(tokenizer: Any, dataset: Dataset, count: int) -> list[Text]:
+    """The first `count` rows rendered by `render_tokens`."""
+    rows = dataset.select(range(min(count, len(dataset))))
+    return [render_tokens(tokenizer, row["input_ids"], row["labels"]) for row in rows]
+
+
+def summary_table(stats: DataStats, lengths: list[int], sequence_len: int) -> Table:
+    """Rows kept and dropped (and why), token counts, and a length histogram."""
+    table = Table(title="Preprocessing summary", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for item in stats.per_dataset:
+        table.add_row(f"{item['path']} ({item['type']})", f"{item['kept']} of {item['rows']} rows")
+    table.add_row("rows kept", str(stats.rows_kept))
+    table.add_row(f"dropped: longer than sequence_len={sequence_len}", str(stats.dropped_too_long))
+    table.add_row("dropped: no trained token", str(stats.dropped_no_targets))
+    table.add_row("train / eval rows", f"{stats.train_rows} / {stats.eval_rows}")
+    table.add_row("tokens (trained)", f"{stats.tokens} ({stats.target_tokens})")
+    for label, count in length_histogram(lengths, sequence_len):
+        table.add_row(
+            f"length {label}",
+            f"{count} {'█' * max(1, round(40 * count / max(len(lengths), 1))) if count else ''}",
+        )
+    return table
+
+
+def length_histogram(lengths: list[int], sequence_len: int, bins: int = 8) -> list[tuple[str, int]]:
+    """Counts of row lengths in `bins` equal ranges up to `sequence_len`."""
+    width = max(1, -(-sequence_len // bins))
+    counts = [0] * bins
+    for n in lengths:
+        counts[min((n - 1) // width, bins - 1)] += 1
+    return [
+        (f"{i * width + 1}-{min((i + 1) * width, sequence_len)}", c) for i, c in enumerate(counts)
+    ]

@@ -1,0 +1,118 @@
+"""Helpers for format plugins: tokenize a prompt/response pair, map rows with clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from axolotl_weave._errors import DataError
+from axolotl_weave._types import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from axolotl_weave._config import DatasetEntry
+
+
+def tokenize_prompt_response(
+    tokenizer: Any, prompt: str, response: str, *, train_on_inputs: bool, add_eos: bool = True
+) -> dict[str, list[int]]:
+    """Tokenize `prompt + response` as one text and label it; the prompt is masked unless trained.
+
+    The whole text is tokenized once (so tokens at the boundary merge as they would at inference),
+    and each token is assigned to the prompt or the response by its character offsets. A slow
+    tokenizer without offsets falls back to the prompt's own token count. The tokenizer's BOS
+    (if it adds one) is part of the prompt; EOS is appended and trained.
+    """
+    text = prompt + response
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+        input_ids = list(enc["input_ids"])
+        boundary = len(prompt)
+        # a token belongs to the prompt when it starts inside it; special tokens have (0, 0)
+        # offsets: a leading one (BOS) belongs to the prompt, a later one (EOS) to the response
+        in_prompt = [
+            (i == 0) if start == end == 0 else start < boundary
+            for i, (start, end) in enumerate(enc["offset_mapping"])
+        ]
+    else:
+        input_ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        in_prompt = [i < n_prompt for i in range(len(input_ids))]
+    if add_eos and tokenizer.eos_token_id is not None:
+        if not input_ids or input_ids[-1] != tokenizer.eos_token_id:
+            input_ids.append(tokenizer.eos_token_id)
+            in_prompt.append(False)
+    if not response:
+        in_prompt = [True] * len(input_ids)
+    labels = [
+        IGNORE_INDEX if masked and not train_on_inputs else token
+        for token, masked in zip(input_ids, in_prompt, strict=True)
+    ]
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
+
+
+def require_columns(dataset: Dataset, entry: DatasetEntry, columns: list[str]) -> None:
+    """Raise a `DataError` naming the dataset and the missing columns, and those present."""
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"dataset '{entry.path}' (type: {entry.type}) lacks the field(s) "
+            f"{', '.join(repr(m) for m in missing)}; its rows have: "
+            f"{', '.join(dataset.column_names) or 'no fields'}"
+        )
+
+
+def map_rows(
+    dataset: Dataset,
+    entry: DatasetEntry,
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+    *,
+    num_proc: int | None = None,
+) -> Dataset:
+    """`dataset.map(fn)` replacing the raw columns; an error in a row names the entry and row.
+
+    Rows are numbered from 1, which is the line number in a JSONL file.
+    """
+
+    def wrapped(row: dict[str, Any], index: int) -> dict[str, Any]:
+        try:
+            return fn(row)
+        except DataError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(
+                f"dataset '{entry.path}' (type: {entry.type}), row {index + 1}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+
+    from datasets.fingerprint import generate_random_fingerprint
+    from datasets.utils import logging as datasets_logging
+
+    bars_were_off = not datasets_logging.is_progress_bar_enabled()
+    datasets_logging.enable_progress_bar()  # this one bar is worth showing
+    try:
+        # the result is cached by the core's own fingerprint; skip datasets' hashing of `fn`
+        return dataset.map(
+            wrapped,
+            with_indices=True,
+            remove_columns=dataset.column_names,
+            num_proc=num_proc,
+            new_fingerprint=generate_random_fingerprint(),
+            desc=f"Tokenizing {entry.path} ({entry.type})",
+        )
+    finally:
+        if bars_were_off:
+            datasets_logging.disable_progress_bar()
+
+
+def text_field(row: dict[str, Any], name: str, *, required: bool = True) -> str:
+    """Row field `name` as a string: missing or null is '' unless required; others refused."""
+    value = row.get(name)
+    if value is None:
+        if required:
+            raise ValueError(f"field '{name}' is missing or null")
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"field '{name}' must be a string, got {type(value).__name__}: {value!r}")
+    return value

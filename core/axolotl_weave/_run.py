@@ -1,0 +1,172 @@
+"""A run, top to bottom: config → tokenizer → datasets → model → attention → loss → devices →
+training loop → post_train. `weave preprocess` stops after the datasets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import yaml
+
+from axolotl_weave._config import (
+    CoreConfig,
+    build_config_model,
+    load_config_data,
+    validate_config,
+)
+from axolotl_weave._console import quiet_libraries
+from axolotl_weave._data import PreparedData, prepare_datasets
+from axolotl_weave._errors import ConfigError, WeaveError
+from axolotl_weave._hooks import Hooks
+from axolotl_weave._pluginmanager import make_plugin_manager, register_config_plugins
+from axolotl_weave._types import DatasetFormat, ModelFamily, TrainState
+
+log = logging.getLogger("axolotl_weave")
+
+
+@dataclass
+class Session:
+    """A validated config with the plugin manager and registries it was validated against."""
+
+    cfg: Any
+    hooks: Hooks
+    source: str
+    formats: dict[str, DatasetFormat] = field(default_factory=dict)
+    families: dict[str, ModelFamily] = field(default_factory=dict)
+
+
+def open_session(
+    source: str | Path, overrides: list[str] | None = None, pm: pluggy.PluginManager | None = None
+) -> Session:
+    """Read the config, register the plugins it names, validate it with every plugin's fields."""
+    quiet_libraries()
+    data = load_config_data(source, overrides)
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"{source}: plugins: must be a list of import paths, got {plugins!r}")
+    pm = pm or make_plugin_manager()
+    register_config_plugins(pm, plugins)
+    hooks = Hooks(pm)
+    model = build_config_model(hooks.config_fields())
+    formats = hooks.dataset_formats()
+    cfg = validate_config(data, model, formats, str(source))
+    return Session(cfg, hooks, str(source), formats, hooks.model_families())
+
+
+def config_schema(pm: pluggy.PluginManager) -> dict[str, Any]:
+    """The JSON schema of the config, with every installed plugin's fields."""
+    return build_config_model(Hooks(pm).config_fields()).model_json_schema()
+
+
+def model_type_of(cfg: CoreConfig) -> str | None:
+    """The base model's `model_type` (from its config), to find its family plugin."""
+    from transformers import AutoConfig
+
+    where = cfg.base_model_config or cfg.base_model
+    try:
+        config = AutoConfig.from_pretrained(where, trust_remote_code=cfg.trust_remote_code)
+    except Exception as exc:
+        raise WeaveError(f"cannot read the model config of base_model '{where}': {exc}") from None
+    return getattr(config, "model_type", None)
+
+
+def family_of(session: Session) -> ModelFamily | None:
+    """The registered family of the base model, or None (the generic path then applies)."""
+    model_type = model_type_of(session.cfg)
+    family = session.families.get(model_type or "")
+    log.info("model_type %s: %s", model_type, f"family '{family.name}'" if family else "generic")
+    return family
+
+
+def load_tokenizer(session: Session, family: ModelFamily | None) -> Any:
+    """The tokenizer, family quirks fixed, `special_tokens` set and a pad token ensured."""
+    cfg = session.cfg
+    tokenizer = session.hooks.load_tokenizer(cfg)
+    if family is not None and family.prepare_tokenizer is not None:
+        family.prepare_tokenizer(tokenizer)
+    if cfg.special_tokens:
+        tokenizer.add_special_tokens(dict(cfg.special_tokens))
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError("the tokenizer has no pad or eos token: set special_tokens.pad_token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def preprocess(session: Session) -> tuple[PreparedData, Any]:
+    """Tokenize, filter, split and cache the datasets; returns them and the tokenizer."""
+    family = family_of(session)
+    tokenizer = load_tokenizer(session, family)
+    return prepare_datasets(session.cfg, session.hooks, tokenizer), tokenizer
+
+
+def save_resolved_config(cfg: CoreConfig, output_dir: Path) -> Path:
+    """Write the validated config, defaults filled in, to `output_dir/config.yml` (atomically)."""
+    path = output_dir / "config.yml"
+    tmp = path.with_suffix(".yml.tmp")
+    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def train(session: Session) -> TrainState:
+    """The whole fine-tune: every pipeline hook in order, then the loop, then `post_train`."""
+    import torch
+    from transformers import set_seed
+
+    from axolotl_weave._precision import resolve_precision
+    from axolotl_weave._train import Trainer
+
+    cfg, hooks = session.cfg, session.hooks
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(cfg, output_dir)
+    set_seed(cfg.seed)
+    precision = resolve_precision(cfg)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = precision.tf32
+        torch.backends.cudnn.allow_tf32 = precision.tf32
+
+    family = family_of(session)
+    tokenizer = load_tokenizer(session, family)
+    data = prepare_datasets(cfg, hooks, tokenizer)
+    log.info(
+        "data: %d train / %d eval rows, %d tokens (%d trained)%s",
+        data.stats.train_rows,
+        data.stats.eval_rows,
+        data.stats.tokens,
+        data.stats.target_tokens,
+        " [cache]" if data.from_cache else "",
+    )
+
+    model = hooks.load_model(cfg, tokenizer, family)
+    hooks.patch_attention(model, cfg, family)
+    loss_fn = hooks.build_loss(cfg, model)
+    accelerator = hooks.wrap_distributed(cfg)
+    log_parameter_counts(model)
+
+    trainer = Trainer(
+        cfg, hooks, model, loss_fn, accelerator, data.train, data.eval, tokenizer.pad_token_id
+    )
+    state = trainer.run()
+    hooks.post_train(
+        cfg, accelerator.unwrap_model(trainer.model), tokenizer, accelerator, output_dir
+    )
+    return state
+
+
+def log_parameter_counts(model: Any) -> None:
+    """Log trainable and total parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info(
+        "parameters: %s trainable of %s (%.2f%%)",
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / max(total, 1),
+    )

@@ -1,0 +1,87 @@
+"""Small typed objects that hooks receive and return (re-exported by `axolotl_weave`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+    from pydantic import BaseModel
+
+IGNORE_INDEX = -100
+"""Label value of a token that is not trained on (masked)."""
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    """A dataset `type:` that a plugin can build (see `register_dataset_formats`).
+
+    `options` is an optional pydantic model of the extra keys this format accepts on a
+    `datasets:` entry, beyond the common ones (path, type, ds_type, data_files, split, ...).
+    """
+
+    name: str
+    description: str = ""
+    options: type[BaseModel] | None = None
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """What a model-family plugin knows about one architecture (see `register_model_families`).
+
+    model_types: the `config.model_type` values it covers ("llama", ...).
+    lora_target_modules: default LoRA targets when the config names none.
+    decoder_layer: class name of the repeated decoder block (FSDP wrapping, checkpointing).
+    prepare_tokenizer: called with the loaded tokenizer to fix quirks (missing pad token...).
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    lora_target_modules: tuple[str, ...] = ()
+    decoder_layer: str | None = None
+    prepare_tokenizer: Callable[[Any], None] | None = None
+    description: str = ""
+
+
+@runtime_checkable
+class LossFunction(Protocol):
+    """The training objective that `build_loss` returns.
+
+    `count(batch)` is how many units (target tokens for SFT) a micro-batch adds to the
+    denominator; `__call__(model, batch)` returns the loss *summed* over those units. The core
+    divides by the units of the whole accumulated batch, so a step with gradient accumulation equals
+    one step on the concatenated micro-batches.
+    """
+
+    def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+@dataclass
+class TrainState:
+    """Where training stands; passed to the logger hooks and saved in every checkpoint."""
+
+    output_dir: Path
+    max_steps: int = 0
+    steps_per_epoch: int = 0
+    global_step: int = 0
+    epoch: int = 0
+    batches_into_epoch: int = 0
+    tokens_seen: int = 0
+    log_history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-serialisable form written to `trainer_state.json`."""
+        return {
+            "max_steps": self.max_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "batches_into_epoch": self.batches_into_epoch,
+            "tokens_seen": self.tokens_seen,
+            "log_history": self.log_history,
+        }

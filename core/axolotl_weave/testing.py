@@ -1,0 +1,160 @@
+"""Test fixtures for Axolotl Weave and for plugin authors (a pytest plugin).
+
+Use it with `pytest_plugins = ["axolotl_weave.testing"]` in a `conftest.py`. Everything is built
+offline: a byte-level BPE tokenizer trained on the spot with `tokenizers`, and a tiny model of a
+real architecture config with random weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+SAMPLE_TEXT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request. Instruction: Input: Response: the quick brown fox jumps over the "
+    "lazy dog. What is the capital of France? Paris. Add two and three. Five. Reverse the word "
+    "cat. tac. Name a colour. Blue. 0 1 2 3 4 5 6 7 8 9 + - = , . ? ! : ; ( ) # \n"
+)
+
+
+def train_tokenizer(
+    out_dir: Path, texts: Iterable[str] = (SAMPLE_TEXT,), vocab_size: int = 512
+) -> Any:
+    """Train a llama-style byte-level BPE tokenizer (`<s>` BOS added, `</s>` EOS) into `out_dir`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(out_dir)
+    return hf
+
+
+def build_tiny_llama(
+    out_dir: Path,
+    texts: Iterable[str] = (SAMPLE_TEXT,),
+    *,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """A llama-architecture model with random weights and a local tokenizer, saved to `out_dir`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = train_tokenizer(out_dir, texts, vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2 + hidden_size // 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def alpaca_rows(count: int = 32) -> list[dict[str, str]]:
+    """Small, learnable alpaca rows (arithmetic and word reversal)."""
+    words = ["cat", "dog", "sun", "tree", "bird", "fish", "moon", "star"]
+    rows = []
+    for i in range(count):
+        a, b = i % 7, (i * 3) % 5
+        if i % 2:
+            rows.append(
+                {"instruction": "Add the numbers.", "input": f"{a} + {b}", "output": str(a + b)}
+            )
+        else:
+            word = words[i % len(words)]
+            rows.append({"instruction": "Reverse the word.", "input": "", "output": word[::-1]})
+    return rows
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write rows as JSON Lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    """Write a config mapping as YAML."""
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_weave(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the `weave` CLI in a subprocess (a fresh plugin manager and accelerate state)."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "axolotl_weave._cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight llama with its tokenizer, built once per test session."""
+    texts = [SAMPLE_TEXT, *(json.dumps(row) for row in alpaca_rows(64))]
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), texts)
+
+
+@pytest.fixture
+def alpaca_file(tmp_path: Path) -> Path:
+    """32 alpaca rows in a JSONL file."""
+    return write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(32))
+
+
+@pytest.fixture
+def base_config(tiny_llama_dir: Path, alpaca_file: Path, tmp_path: Path) -> dict[str, Any]:
+    """A small valid config mapping (alpaca on the tiny llama, CPU, fp32, a few steps)."""
+    return {
+        "base_model": str(tiny_llama_dir),
+        "datasets": [{"path": str(alpaca_file), "type": "alpaca"}],
+        "sequence_len": 128,
+        "micro_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "max_steps": 4,
+        "learning_rate": 1e-3,
+        "bf16": False,
+        "output_dir": str(tmp_path / "out"),
+        "dataset_prepared_path": str(tmp_path / "prepared"),
+    }

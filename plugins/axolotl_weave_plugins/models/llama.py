@@ -1,0 +1,48 @@
+"""The llama family (Llama 1-3.x and llama-architecture models such as XGen)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from axolotl_weave import ModelFamily, hookimpl
+
+PLUGIN_KIND = "model"
+
+LLAMA3_PAD = "<|finetune_right_pad_id|>"
+
+
+def prepare_llama_tokenizer(tokenizer: Any) -> None:
+    """Give a llama tokenizer a pad token: Llama 3's reserved pad, else `<unk>`, else EOS."""
+    if tokenizer.pad_token is not None:
+        return
+    if LLAMA3_PAD in tokenizer.get_vocab():
+        tokenizer.pad_token = LLAMA3_PAD
+    elif tokenizer.unk_token is not None:
+        tokenizer.pad_token = tokenizer.unk_token
+    elif tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+LLAMA = ModelFamily(
+    name="llama",
+    model_types=("llama",),
+    lora_target_modules=(
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ),
+    decoder_layer="LlamaDecoderLayer",
+    prepare_tokenizer=prepare_llama_tokenizer,
+    description="Llama 1/2/3.x, XGen and other llama-architecture models",
+)
+
+
+@hookimpl
+def register_model_families(register: Callable[[ModelFamily], None]) -> None:
+    """Register the llama family."""
+    register(LLAMA)

@@ -23,7 +23,7 @@ def micro_batches_per_epoch(num_rows: int, micro_batch_size: int, world_size: in
 def epoch_order(
     num_rows: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
 ) -> list[int]:
-    """This process's row order in `epoch`: a permutation seeded by (seed, epoch), sliced per rank."""
+    """This process's rows in `epoch`: a permutation seeded by (seed, epoch), sliced per rank."""
     import torch
 
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -43,7 +43,8 @@ def iter_micro_batches(
     columns = [c for c in MODEL_COLUMNS if c in dataset.column_names]
     for first in range(start * micro_batch_size, len(order), micro_batch_size):
         chunk = dataset.select_columns(columns)[order[first : first + micro_batch_size]]
-        rows = [dict(zip(columns, values, strict=True)) for values in zip(*chunk.values(), strict=True)]
+        values = zip(*chunk.values(), strict=True)
+        rows = [dict(zip(columns, row, strict=True)) for row in values]
         yield collate(rows, pad_token_id)
 
 

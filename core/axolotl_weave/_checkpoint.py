@@ -13,14 +13,13 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from axolotl_weave._errors import WeaveError
 from axolotl_weave._types import TrainState
+
+if TYPE_CHECKING:
+    import torch
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "trainable.safetensors"
@@ -65,6 +64,9 @@ def save_checkpoint(
     save_total_limit: int | None,
 ) -> Path:
     """Write `checkpoint-<step>` atomically, then prune beyond `save_total_limit`."""
+    import torch
+    from safetensors.torch import save_file
+
     final = output_dir / f"checkpoint-{state.global_step}"
     tmp = output_dir / f".checkpoint-{state.global_step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -97,6 +99,9 @@ def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> dict[str, Any]:
     """Restore weights, optimizer, schedule and RNG from `path`; return the saved train state."""
+    import torch
+    from safetensors.torch import load_file
+
     weights = load_file(str(path / WEIGHTS_FILE))
     params = dict(model.named_parameters())
     unknown = [name for name in weights if name not in params]
@@ -116,6 +121,9 @@ def load_checkpoint(
 
 def rng_state() -> dict[str, Any]:
     """Every random generator training draws from (python, numpy, torch CPU and CUDA)."""
+    import numpy as np
+    import torch
+
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -128,6 +136,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state` saved."""
+    import numpy as np
+    import torch
+
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["cpu"])

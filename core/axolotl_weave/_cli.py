@@ -37,6 +37,12 @@ class CliContext:
     pm: pluggy.PluginManager
 
 
+def print_error(exc: WeaveError) -> None:
+    """The one message of a user-facing error, unwrapped, on stderr."""
+    err_console.print("[bold red]error:[/] ", end="")
+    err_console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+
+
 def user_errors(fn: F) -> F:
     """Print a `WeaveError` as one message (no traceback) and exit with its code."""
 
@@ -45,7 +51,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except WeaveError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            print_error(exc)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -201,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         setup_logging(verbose)
         pm = make_plugin_manager(block=block, trace=trace)
     except WeaveError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        print_error(exc)
         sys.exit(exc.exit_code)
     app = build_app(pm)
     app(args=args, prog_name="weave", obj=CliContext(pm))

@@ -13,6 +13,7 @@ from typing import Any
 import pluggy
 import yaml
 
+from axolotl_weave._checkpoint import resolve_resume
 from axolotl_weave._config import (
     CoreConfig,
     build_config_model,
@@ -124,6 +125,7 @@ def train(session: Session) -> TrainState:
 
     cfg, hooks = session.cfg, session.hooks
     output_dir = Path(cfg.output_dir)
+    resolve_resume(cfg.resume_from_checkpoint, output_dir)  # a bad path fails before any work
     output_dir.mkdir(parents=True, exist_ok=True)
     save_resolved_config(cfg, output_dir)
     set_seed(cfg.seed)

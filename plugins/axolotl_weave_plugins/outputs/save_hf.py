@@ -1,0 +1,32 @@
+"""Save the trained model in Hugging Face format (safetensors) with its tokenizer.
+
+A LoRA run saves the adapter alone (peft's `save_pretrained`). Files are written to a temporary
+folder first and moved into `output_dir` one by one, so a crash mid-save never leaves a
+half-written weight file where a good one was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from axolotl_weave import hookimpl
+
+PLUGIN_KIND = "output"
+
+
+@hookimpl(tryfirst=True)
+def post_train(model: Any, tokenizer: Any, accelerator: Any, output_dir: Path) -> None:
+    """Write the model (or adapter) and tokenizer to `output_dir` on the main process."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    staging = output_dir / ".saving"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    for item in staging.iterdir():
+        os.replace(item, output_dir / item.name)
+    staging.rmdir()

@@ -21,7 +21,9 @@ def test_bf16_training_on_gpu(base_config: dict, tmp_path: Path, adapter: str | 
         config.update(adapter="lora", lora_target_linear=True, learning_rate=1e-2)
     state = train(open_session(write_config(tmp_path / "c.yml", config), [], make_plugin_manager()))
     losses = [rec["loss"] for rec in state.log_history if "loss" in rec]
-    assert losses[-1] < losses[0] * 0.8
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    # a random-weight model: full fine-tuning learns fast, a small LoRA slowly
+    assert last < first * (0.95 if adapter else 0.8), (first, last)
     out = Path(config["output_dir"])
     weights = out / ("adapter_model.safetensors" if adapter else "model.safetensors")
     with safe_open(str(weights), "pt") as handle:

@@ -590,3 +590,20 @@ AXOLOTL_DATASET_KEYS: frozenset[str] = frozenset(
         "type",
     }
 )
+
+
+AXOLOTL_DECISIVE_KEYS: frozenset[str] = frozenset(
+    {
+        "adapter",
+        "gptq",
+        "load_in_4bit",
+        "load_in_8bit",
+        "relora",
+        "relora_steps",
+        "rl",
+        "reward_model",
+        "process_reward_model",
+        "unfrozen_parameters",
+    }
+)
+"""Keys that change *what* is trained: when set and unimplemented, an error, never ignored."""

@@ -143,7 +143,7 @@ def plugin_list_command(
         return
     table = Table(title="Axolotl Weave plugins")
     for column in ("name", "kind", "distribution", "built-in", "hooks"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "name")
     for row in rows:
         hooks = "BLOCKED" if row.blocked else ", ".join(row.hooks)
         table.add_row(row.name, row.kind, row.distribution, "yes" if row.builtin else "no", hooks)

@@ -25,7 +25,11 @@ from pydantic import (
     model_validator,
 )
 
-from axolotl_weave._axolotl_keys import AXOLOTL_DATASET_KEYS, AXOLOTL_TOP_LEVEL_KEYS
+from axolotl_weave._axolotl_keys import (
+    AXOLOTL_DATASET_KEYS,
+    AXOLOTL_DECISIVE_KEYS,
+    AXOLOTL_TOP_LEVEL_KEYS,
+)
 from axolotl_weave._errors import ConfigError
 from axolotl_weave._overrides import apply_overrides
 from axolotl_weave._types import DatasetFormat
@@ -230,10 +234,19 @@ def read_config_source(source: str | Path) -> dict[str, Any]:
 
 
 def drop_unimplemented_axolotl_keys(data: dict[str, Any], model: type[BaseModel]) -> list[str]:
-    """Remove top-level keys that Axolotl knows but nothing here implements; return their names."""
-    ignored = [k for k in data if k not in model.model_fields and k in AXOLOTL_TOP_LEVEL_KEYS]
-    for key in ignored:
-        del data[key]
+    """Remove top-level keys that Axolotl knows but nothing here implements; return those set.
+
+    Keys left unset (null, false, empty) are dropped quietly. A key that changes *what* is
+    trained (`adapter: lora`, `rl: dpo`, quantization) is kept when set, so that validation
+    fails on it: ignoring it would silently train something else.
+    """
+    ignored = []
+    for key in [k for k in data if k not in model.model_fields and k in AXOLOTL_TOP_LEVEL_KEYS]:
+        if data[key] in (None, False, "", [], {}):
+            del data[key]
+        elif key not in AXOLOTL_DECISIVE_KEYS:
+            ignored.append(key)
+            del data[key]
     return ignored
 
 
@@ -258,22 +271,44 @@ def validate_config(
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
-    """One readable line per problem: the key, what is wrong, and what would be valid."""
-    lines = [f"{source}: {exc.error_count()} problem(s) in the config:"]
+    """One readable line per key at fault: what is wrong, and what would be valid.
+
+    The alternatives of a union (`bf16: true | auto`) fail separately in pydantic; they are
+    merged into one line for their key.
+    """
+    problems: dict[str, list[str]] = {}
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        keys = [part for part in err["loc"] if not _is_union_tag(part)]
+        loc = ".".join(str(p) for p in keys) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            key = str(err["loc"][-1])
-            msg = f"unknown key{did_you_mean(key, set(model.model_fields))}"
+        if err["type"] == "extra_forbidden" and str(keys[-1]) in AXOLOTL_DECISIVE_KEYS:
+            msg = (
+                "an Axolotl option that no installed plugin implements (is its plugin blocked "
+                "or not installed? see `weave plugin list`); it changes what is trained, so it "
+                "is not ignored"
+            )
+        elif err["type"] == "extra_forbidden":
+            msg = f"unknown key{did_you_mean(str(keys[-1]), set(model.model_fields))}"
         elif err["type"] == "missing":
-            field = model.model_fields.get(str(err["loc"][0]))
+            field = model.model_fields.get(str(keys[0])) if len(keys) == 1 else None
             desc = f" ({field.description})" if field and field.description else ""
             msg = f"required key is missing{desc}"
-        elif err["type"] == "literal_error" or err["type"].endswith("_type"):
+        elif err["type"] == "literal_error" or err["type"].endswith(("_type", "_parsing")):
             msg = f"{msg}; got {err['input']!r}"
-        lines.append(f"  - {loc}: {msg}")
+        if msg not in problems.setdefault(loc, []):
+            problems[loc].append(msg)
+    lines = [f"{source}: {len(problems)} problem(s) in the config:"]
+    lines += [f"  - {loc}: {' or '.join(msgs)}" for loc, msgs in problems.items()]
     return "\n".join(lines)
+
+
+def _is_union_tag(part: str | int) -> bool:
+    """Whether a pydantic error location part names a union member ('bool', "literal['auto']")."""
+    return isinstance(part, str) and (
+        part in ("bool", "int", "float", "str", "none")
+        or "[" in part
+        or part.startswith("function-")
+    )
 
 
 def load_config_data(source: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+PIPED_WIDTH = 160
+"""Width of tables and messages when output goes to a file or pipe (rich would use 80)."""
+
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = PIPED_WIDTH
+if not err_console.is_terminal and "COLUMNS" not in os.environ:
+    err_console.width = PIPED_WIDTH
 
 
 def setup_logging(verbose: bool = False) -> None:

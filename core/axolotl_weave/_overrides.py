@@ -13,6 +13,7 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
     """Turn `['--lr', '3', '--bf16=false', '--flag']` into `[('lr', 3), ('bf16', False), ...]`.
 
     Values are read as YAML scalars (numbers, booleans, null, [lists]); a bare `--flag` is true.
+    Dashes in keys become underscores (`--micro-batch-size` is `micro_batch_size`).
     """
     pairs: list[tuple[str, Any]] = []
     i = 0
@@ -31,7 +32,7 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        pairs.append((key.replace("-", "_") if "." not in key else key, value))
+        pairs.append((key.replace("-", "_"), value))
         i += 1
     return pairs
 

@@ -1,0 +1,297 @@
+"""The `weave` command line as a user runs it (each test in a subprocess): plugin listing and
+blocking, validate's hook table, preprocess --debug and its cache, and clear messages for bad
+data files and rows that do not fit."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from axolotl_weave import tokenize_prompt_response
+from axolotl_weave.testing import alpaca_rows, run_weave, write_config, write_jsonl
+from axolotl_weave_plugins.formats.alpaca import alpaca_prompt
+
+BUILTIN_PLUGINS = (
+    "hf_causal_lm",
+    "llama",
+    "alpaca",
+    "completion",
+    "lora",
+    "sft_loss",
+    "attn_implementation",
+    "single_device",
+    "save_hf",
+    "jsonl_logger",
+)
+WIDE = {"COLUMNS": "200"}
+TOKEN = re.compile(r"\((-?\d+),\s*(\d+)\)")  # `'piece'(label, id)`, possibly wrapped by rich
+
+
+def weave(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """Run `weave ARGS` in tmp_path with a wide terminal (rich wraps nothing we check)."""
+    return run_weave(*args, cwd=tmp_path, env={**WIDE, **(env or {})})
+
+
+def flat(text: str) -> str:
+    """Whitespace collapsed, so that rich's line wrapping does not split a phrase."""
+    return " ".join(text.split())
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess) -> None:
+    """Non-zero exit, one `error:` message on stderr, no Python traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "error:" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def table_row(output: str, first_cell: str) -> str:
+    """The table line whose first cell starts with `first_cell`."""
+    rows = [line for line in output.splitlines() if line.startswith(f"│ {first_cell}")]
+    assert len(rows) == 1, output
+    return rows[0]
+
+
+# --- weave plugin list ----------------------------------------------------------------------------
+
+
+def test_plugin_list_names_every_builtin_plugin(tmp_path: Path) -> None:
+    # an ordinary 80-column terminal, or a pipe: names must not be cut short
+    result = weave(tmp_path, "plugin", "list", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    first_cells = {line.split("│")[1].strip() for line in result.stdout.splitlines() if "│" in line}
+    assert set(BUILTIN_PLUGINS) <= first_cells
+    assert "BLOCKED" not in result.stdout
+
+
+def test_plugin_list_json(tmp_path: Path) -> None:
+    result = weave(tmp_path, "plugin", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert set(BUILTIN_PLUGINS) <= set(rows)
+    dist = f"axolotl-weave=={importlib.metadata.version('axolotl-weave')}"
+    for name in BUILTIN_PLUGINS:
+        row = rows[name]
+        assert set(row) >= {"name", "kind", "distribution", "builtin", "hooks"}
+        assert row["distribution"] == dist
+        assert row["distribution"].startswith("axolotl-weave==")
+        assert row["builtin"] is True
+        assert row["blocked"] is False
+        assert row["hooks"], name
+    assert {"load_model", "add_config_fields"} <= set(rows["lora"]["hooks"])
+    assert rows["lora"]["kind"] == "method"
+    assert {"build_dataset", "register_dataset_formats"} <= set(rows["alpaca"]["hooks"])
+    assert rows["alpaca"]["kind"] == "format"
+    assert "load_model" in rows["hf_causal_lm"]["hooks"]
+
+
+def test_plugin_list_does_not_import_heavy_libraries(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from axolotl_weave._cli import main\n"
+        "try:\n"
+        "    main(['plugin', 'list', '--json'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('torch', 'transformers', 'datasets', 'peft', 'accelerate')\n"
+        "print('HEAVY', sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"name": "lora"' in result.stdout  # the listing really ran
+    assert "HEAVY []" in result.stderr, result.stderr
+
+
+def test_blocking_a_plugin(tmp_path: Path) -> None:
+    result = weave(tmp_path, "-p", "no:lora", "plugin", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["lora"]["blocked"] is True
+    assert rows["lora"]["hooks"] == []
+    assert all(not rows[name]["blocked"] for name in BUILTIN_PLUGINS if name != "lora")
+
+
+def test_dash_p_without_no_is_an_error(tmp_path: Path) -> None:
+    result = weave(tmp_path, "-p", "lora", "plugin", "list")
+    assert_clean_failure(result)
+    assert "no:NAME" in result.stderr
+
+
+def test_blocked_plugin_no_longer_wraps_load_model(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    path = write_config(tmp_path / "config.yml", base_config)
+    result = weave(tmp_path, "-p", "no:lora", "validate", str(path))
+    assert result.returncode == 0, result.stderr
+    load_model = table_row(result.stdout, "load_model")
+    assert "hf_causal_lm" in load_model
+    assert "lora" not in load_model
+
+
+def test_adapter_lora_with_lora_blocked_fails_validation(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    path = write_config(tmp_path / "config.yml", {**base_config, "adapter": "lora"})
+    result = weave(tmp_path, "-p", "no:lora", "validate", str(path))
+    assert_clean_failure(result)
+    assert "adapter: an Axolotl option that no installed plugin implements" in result.stderr
+
+
+# --- weave validate ----------------------------------------------------------------------------
+
+
+def test_validate_shows_which_plugin_answers_each_hook(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    datasets = [*base_config["datasets"], {"path": str(tmp_path / "t.jsonl"), "type": "completion"}]
+    path = write_config(
+        tmp_path / "config.yml", {**base_config, "adapter": "lora", "datasets": datasets}
+    )
+    result = weave(tmp_path, "validate", str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"valid: {path}" in result.stdout
+    assert table_row(result.stdout, "build_dataset datasets[0]").split("│")[2].strip() == "alpaca"
+    assert table_row(result.stdout, "build_dataset datasets[1]").split("│")[2].strip() == (
+        "completion"
+    )
+    load_model = table_row(result.stdout, "load_model").split("│")[2].strip()
+    assert load_model == "lora (wrapper) → hf_causal_lm"
+    assert table_row(result.stdout, "build_loss").split("│")[2].strip() == "sft_loss"
+
+
+# --- weave preprocess ----------------------------------------------------------------------------
+
+
+def debug_rows(stdout: str) -> str:
+    """The token-by-token part of `preprocess --debug` (before the summary table)."""
+    assert "first rows" in stdout, stdout
+    assert "Preprocessing summary" in stdout, stdout
+    return stdout.split("first rows", 1)[1].split("Preprocessing summary", 1)[0]
+
+
+def test_preprocess_debug_shows_labels_and_caches(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    path = write_config(tmp_path / "config.yml", {**base_config, "train_on_inputs": False})
+
+    first = weave(tmp_path, "preprocess", str(path), "--debug")
+    assert first.returncode == 0, first.stderr
+    assert "written to cache" in first.stdout
+    pairs = [(int(label), int(token)) for label, token in TOKEN.findall(debug_rows(first.stdout))]
+    assert any(label == -100 for label, _ in pairs)  # the prompt is masked
+    assert any(label == token for label, token in pairs)  # the response is trained on its ids
+    assert all(label in (-100, token) for label, token in pairs)
+    assert "Preprocessing summary" in first.stdout
+    assert "32 of 32 rows" in first.stdout
+    assert "rows kept" in first.stdout
+
+    second = weave(tmp_path, "preprocess", str(path))
+    assert second.returncode == 0, second.stderr
+    assert "loaded from cache" in second.stdout
+    assert "32 train / 0 eval rows" in flat(second.stdout)
+
+    # an override that changes the tokenized rows must not reuse that cache
+    third = weave(tmp_path, "preprocess", str(path), "--debug", "--train_on_inputs", "true")
+    assert third.returncode == 0, third.stderr
+    assert "written to cache" in third.stdout
+    rows = debug_rows(third.stdout)
+    pairs = [(int(label), int(token)) for label, token in TOKEN.findall(rows)]
+    assert pairs
+    assert "(-100," not in rows
+    assert all(label == token for label, token in pairs)
+
+
+def expected_too_long(tokenizer_dir: Path, rows: list[dict[str, str]], sequence_len: int) -> int:
+    """How many alpaca rows tokenize to more than `sequence_len` tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    lengths = [
+        len(
+            tokenize_prompt_response(
+                tokenizer,
+                alpaca_prompt(row["instruction"], row["input"]),
+                row["output"],
+                train_on_inputs=False,
+            )["input_ids"]
+        )
+        for row in rows
+    ]
+    return sum(n > sequence_len for n in lengths)
+
+
+def test_rows_longer_than_sequence_len_are_dropped_with_a_warning(
+    tmp_path: Path, base_config: dict[str, Any], tiny_llama_dir: Path
+) -> None:
+    dropped = expected_too_long(tiny_llama_dir, alpaca_rows(32), 60)
+    assert 0 < dropped < 32  # the data has both kinds of rows
+    path = write_config(tmp_path / "config.yml", {**base_config, "sequence_len": 60})
+    result = weave(tmp_path, "preprocess", str(path), "--debug")
+    assert result.returncode == 0, result.stderr
+    assert f"dropped {dropped} row(s) longer than sequence_len=60" in flat(result.stderr)
+    assert re.search(rf"dropped: longer than sequence_len=60\s*│\s*{dropped}\s*│", result.stdout)
+    assert f"{32 - dropped} of 32 rows" in result.stdout
+
+
+def test_all_rows_too_long_is_a_clear_error(tmp_path: Path, base_config: dict[str, Any]) -> None:
+    path = write_config(tmp_path / "config.yml", base_config)
+    result = weave(tmp_path, "preprocess", str(path), "--sequence_len", "20")
+    assert_clean_failure(result)
+    message = flat(result.stderr)
+    assert "no trainable rows left" in message
+    assert "32 longer than sequence_len=20" in message
+
+
+# --- weave train with bad data -------------------------------------------------------------------
+
+
+def broken_line_3(path: Path) -> str:
+    lines = [json.dumps(row) for row in alpaca_rows(6)]
+    lines[2] = '{"instruction": "Add the numbers.", "output": '
+    path.write_text("\n".join(lines) + "\n")
+    return f"{path}:3:"
+
+
+def empty_file(path: Path) -> str:
+    path.write_text("")
+    return "empty"
+
+
+def row_without_output(path: Path) -> str:
+    rows = alpaca_rows(6)
+    del rows[3]["output"]
+    write_jsonl(path, rows)
+    return "row 4"
+
+
+@pytest.mark.parametrize("make_data", [broken_line_3, empty_file, row_without_output])
+def test_train_with_a_bad_data_file(
+    tmp_path: Path, base_config: dict[str, Any], make_data: Any
+) -> None:
+    data = tmp_path / "bad.jsonl"
+    expected = make_data(data)
+    config = {**base_config, "datasets": [{"path": str(data), "type": "alpaca"}]}
+    path = write_config(tmp_path / "config.yml", config)
+    result = weave(tmp_path, "train", str(path))
+    assert_clean_failure(result)
+    assert str(data) in result.stderr
+    assert expected in result.stderr
+    if make_data is row_without_output:
+        assert "'output'" in result.stderr
+    assert "done" not in result.stdout
+
+
+def test_train_with_a_missing_data_file(tmp_path: Path, base_config: dict[str, Any]) -> None:
+    missing = tmp_path / "nowhere" / "data.jsonl"
+    path = write_config(tmp_path / "config.yml", base_config)
+    result = weave(tmp_path, "train", str(path), "--datasets.0.path", str(missing))
+    assert_clean_failure(result)
+    assert str(missing) in result.stderr
+    assert "no such file" in result.stderr

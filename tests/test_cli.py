@@ -157,9 +157,12 @@ def test_validate_shows_which_plugin_answers_each_hook(
     result = weave(tmp_path, "validate", str(path))
     assert result.returncode == 0, result.stderr
     assert f"valid: {path}" in result.stdout
-    assert table_row(result.stdout, "build_dataset datasets[0]").split("│")[2].strip() == "alpaca"
+    version = importlib.metadata.version("axolotl-weave")
+    assert table_row(result.stdout, "build_dataset datasets[0]").split("│")[2].strip() == (
+        f"plugin 'alpaca' (axolotl-weave=={version})"
+    )
     assert table_row(result.stdout, "build_dataset datasets[1]").split("│")[2].strip() == (
-        "completion"
+        f"plugin 'completion' (axolotl-weave=={version})"
     )
     load_model = table_row(result.stdout, "load_model").split("│")[2].strip()
     assert load_model == "lora (wrapper) → hf_causal_lm"

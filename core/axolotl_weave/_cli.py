@@ -15,6 +15,7 @@ from rich.table import Table
 
 from axolotl_weave._console import console, err_console, setup_logging
 from axolotl_weave._errors import WeaveError
+from axolotl_weave._hooks import Hooks
 from axolotl_weave._pluginmanager import describe_plugins, make_plugin_manager
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -114,22 +115,13 @@ def validate_command(
     table = Table(title="Hooks for this config (call order)")
     table.add_column("hook")
     table.add_column("plugins")
+    owners = session.hooks.dataset_format_owners()
     for index, entry in enumerate(session.cfg.datasets):
-        owner = owner_of_format(ctx.obj.pm, entry.type)
+        owner = owners.get(entry.type or "", "(none)")
         table.add_row(f"build_dataset datasets[{index}] type: {entry.type}", owner)
     for hook in PIPELINE_HOOKS:
         table.add_row(hook, " → ".join(session.hooks.implementations(hook)) or "(none)")
     console.print(table)
-
-
-def owner_of_format(pm: pluggy.PluginManager, type_name: str | None) -> str:
-    """Name of the plugin that registered dataset `type_name`."""
-    for impl in pm.hook.register_dataset_formats.get_hookimpls():
-        names: list[str] = []
-        impl.function(register=lambda fmt, names=names: names.append(fmt.name))
-        if type_name in names:
-            return impl.plugin_name
-    return "(none)"
 
 
 def plugin_list_command(
@@ -173,7 +165,7 @@ def build_app(pm: pluggy.PluginManager) -> typer.Typer:
     plugin_app = typer.Typer(help="Inspect installed plugins.", no_args_is_help=True)
     plugin_app.command("list")(user_errors(plugin_list_command))
     app.add_typer(plugin_app, name="plugin")
-    pm.hook.add_cli_commands(app=app)
+    Hooks(pm).add_cli_commands(app)
     return app
 
 

@@ -37,25 +37,33 @@ class Hooks:
         """(plugin name, model) for each plugin that adds config fields."""
         fields = []
         for impl in self.pm.hook.add_config_fields.get_hookimpls():
-            model = impl.function()
+            model = self._call_impl("add_config_fields", impl)
             if model is not None:
                 fields.append((impl.plugin_name, model))
         return fields
 
     def dataset_formats(self) -> dict[str, DatasetFormat]:
         """Every registered dataset format by name."""
-        return self._collect("register_dataset_formats", lambda fmt: [fmt.name])
+        found = self._collect("register_dataset_formats", lambda fmt: [fmt.name])
+        return {name: item for name, (item, _) in found.items()}
+
+    def dataset_format_owners(self) -> dict[str, str]:
+        """The plugin (with its distribution) that registered each dataset format."""
+        found = self._collect("register_dataset_formats", lambda fmt: [fmt.name])
+        return {name: owner for name, (_, owner) in found.items()}
 
     def model_families(self) -> dict[str, ModelFamily]:
         """Every registered model family by the `model_type` values it claims."""
-        return self._collect("register_model_families", lambda fam: list(fam.model_types))
+        found = self._collect("register_model_families", lambda fam: list(fam.model_types))
+        return {name: item for name, (item, _) in found.items()}
 
     def add_cli_commands(self, app: typer.Typer) -> None:
         """Let plugins add commands to the CLI."""
         self.pm.hook.add_cli_commands(app=app)
 
-    def _collect(self, hook_name: str, keys: Callable[[T], list[str]]) -> dict[str, T]:
-        """Call a `register(...)` hook per plugin, rejecting a key two distributions register."""
+    def _collect(self, hook_name: str, keys: Callable[[T], list[str]]) -> dict[str, tuple[T, str]]:
+        """Call a `register(...)` hook per plugin: key -> (item, owner); a key registered by two
+        plugins is an error naming both."""
         found: dict[str, tuple[T, str]] = {}
         caller = getattr(self.pm.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):
@@ -70,8 +78,21 @@ class Hooks:
                         )
                     found[key] = (item, owner)
 
-            impl.function(register=register)
-        return {key: item for key, (item, _) in found.items()}
+            self._call_impl(hook_name, impl, register=register)
+        return found
+
+    def _call_impl(self, hook_name: str, impl: pluggy.HookImpl, **kwargs: Any) -> Any:
+        """Call one plugin's implementation directly (to know whose result it is), traced the
+        way `pm.hook` calls are, so `--trace-hooks` shows these calls too."""
+        trace = self.pm.trace.root.get("hook")
+        trace.root.indent += 1
+        try:
+            trace(hook_name, f"(plugin {impl.plugin_name})", kwargs)
+            result = impl.function(*[kwargs[name] for name in impl.argnames])
+            trace("finish", hook_name, f"(plugin {impl.plugin_name})", "-->", result)
+        finally:
+            trace.root.indent -= 1
+        return result
 
     def _owner(self, plugin: object) -> str:
         name = self.pm.get_name(plugin)

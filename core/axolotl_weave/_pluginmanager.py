@@ -45,7 +45,11 @@ def make_plugin_manager(
     if autoload:
         load_entry_point_plugins(pm)
     if trace:
-        pm.trace.root.setwriter(lambda text: sys.stderr.write(f"[hook] {text}"))
+        pm.trace.root.setwriter(
+            lambda text: sys.stderr.write(
+                "".join(f"[hook] {line}" for line in text.splitlines(keepends=True))
+            )
+        )
         pm.enable_tracing()
     return pm
 
@@ -105,7 +109,7 @@ def register_config_plugins(pm: pluggy.PluginManager, paths: list[str]) -> None:
         if pm.has_plugin(path) or path in dict(pm.list_name_plugin()):
             continue
         if path in aliases:
-            log.info("plugin '%s' is provided by the built-in plugin '%s'", path, aliases[path])
+            log.info("plugin '%s' is provided by the installed plugin '%s'", path, aliases[path])
             continue
         if path.split(".")[0] == "axolotl":
             log.warning(

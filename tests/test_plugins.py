@@ -61,6 +61,11 @@ TEST_ONLY_HOOKS = {
 WIDE = {"COLUMNS": "200"}
 
 
+def with_pythonpath(folder: Path) -> str:
+    """`folder` first on PYTHONPATH, keeping what is there (where the package may be installed)."""
+    return os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH", "")]))
+
+
 def flat(text: str | None) -> str:
     """Whitespace collapsed, so that a phrase split over lines (or by rich) still matches."""
     return " ".join((text or "").split())
@@ -299,7 +304,7 @@ def reverse_config(base_config: dict[str, Any], tmp_path: Path, **options: Any) 
 
 
 def test_installed_distribution_plugin_is_listed(reverse_format_site: Path, tmp_path: Path) -> None:
-    env = {**WIDE, "PYTHONPATH": str(reverse_format_site)}
+    env = {**WIDE, "PYTHONPATH": with_pythonpath(reverse_format_site)}
     result = run_weave("plugin", "list", "--json", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
@@ -323,7 +328,7 @@ def test_installed_distribution_plugin_builds_its_dataset_type(
     config = write_config(
         tmp_path / "reverse.yml", reverse_config(base_config, tmp_path, separator="-")
     )
-    env = {**WIDE, "PYTHONPATH": str(reverse_format_site)}
+    env = {**WIDE, "PYTHONPATH": with_pythonpath(reverse_format_site)}
     result = run_weave("preprocess", str(config), "--debug", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "(reverse_completion)" in result.stdout  # the summary names the entry's type
@@ -347,7 +352,7 @@ def test_installed_distribution_plugin_options_are_validated(
     config = write_config(
         tmp_path / "typo.yml", reverse_config(base_config, tmp_path, separatr="-")
     )
-    env = {**WIDE, "PYTHONPATH": str(reverse_format_site)}
+    env = {**WIDE, "PYTHONPATH": with_pythonpath(reverse_format_site)}
     result = run_weave("validate", str(config), cwd=tmp_path, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     message = flat(result.stderr)
@@ -688,7 +693,7 @@ def bad_plugin_site(tmp_path: Path) -> Path:
 def test_plugin_that_fails_to_import_is_an_error_naming_it(
     bad_plugin_site: Path, tmp_path: Path
 ) -> None:
-    env = {**WIDE, "PYTHONPATH": str(bad_plugin_site)}
+    env = {**WIDE, "PYTHONPATH": with_pythonpath(bad_plugin_site)}
     result = run_weave("plugin", "list", "--json", cwd=tmp_path, env=env)
     assert result.returncode == PluginError.exit_code, result.stdout
     message = flat(result.stderr)
@@ -705,7 +710,7 @@ def test_plugin_that_fails_to_import_is_an_error_naming_it(
 def test_blocking_the_plugin_that_fails_lets_the_rest_load(
     args: list[str], extra_env: dict[str, str], bad_plugin_site: Path, tmp_path: Path
 ) -> None:
-    env = {**WIDE, "PYTHONPATH": str(bad_plugin_site), **extra_env}
+    env = {**WIDE, "PYTHONPATH": with_pythonpath(bad_plugin_site), **extra_env}
     result = run_weave(*args, "plugin", "list", "--json", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
@@ -730,7 +735,7 @@ def test_block_argument_of_make_plugin_manager(bad_plugin_site: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(bad_plugin_site)},
+        env={**os.environ, "PYTHONPATH": with_pythonpath(bad_plugin_site)},
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -302,3 +302,18 @@ def test_output_written_before_is_kept_on_bad_config(base_config: dict, tmp_path
         p: b for p, b in before.items() if p.name != "config.yml"
     }
     shutil.rmtree(out)
+
+
+def test_two_runs_in_one_process_may_differ_in_precision(base_config: dict, tmp_path: Path) -> None:
+    """accelerate's process-wide state must not pin the first run's precision on the next."""
+    first = run(
+        {**base_config, "bf16": True, "max_steps": 1, "output_dir": str(tmp_path / "a")},
+        tmp_path / "a.yml",
+    )
+    second = run(
+        {**base_config, "bf16": False, "max_steps": 1, "output_dir": str(tmp_path / "b")},
+        tmp_path / "b.yml",
+    )
+    assert first.global_step == second.global_step == 1
+    weights = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert next(iter(weights.values())).dtype == torch.float32

@@ -15,7 +15,15 @@ PLUGIN_KIND = "distributed"
 
 @hookimpl(trylast=True)
 def wrap_distributed(cfg: Any) -> Any:
-    """An `accelerate.Accelerator` with the config's mixed precision."""
-    from accelerate import Accelerator
+    """An `accelerate.Accelerator` with the config's mixed precision.
 
+    accelerate keeps its state in a process-wide singleton; a second run in the same process
+    (a notebook, a sweep, the tests) may ask for another precision, so a single-process run
+    starts from a fresh state. Under a multi-process launch the state is left alone.
+    """
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
+
+    if PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
     return Accelerator(mixed_precision=resolve_precision(cfg).mixed_precision)

@@ -31,7 +31,7 @@ class LogitsProbe:
     def post_train(self, model: Any) -> None:
         model.eval()
         with torch.no_grad():
-            self.logits = model(input_ids=PROBE).logits.float()
+            self.logits = model(input_ids=PROBE.to(model.device)).logits.float().cpu()
 
 
 class CrashAt:
@@ -91,6 +91,7 @@ def test_accumulation_equals_one_big_batch(base_config: dict, tmp_path: Path) ->
         "learning_rate": 1.0,
         "max_grad_norm": None,
         "lr_scheduler": "constant",
+        "tf32": False,  # exact float32 matmuls on a GPU too
     }
     accumulated = {**common, "micro_batch_size": 1, "gradient_accumulation_steps": 4}
     big = {**common, "micro_batch_size": 4, "gradient_accumulation_steps": 1}

@@ -91,7 +91,6 @@ def test_accumulation_equals_one_big_batch(base_config: dict, tmp_path: Path) ->
         "learning_rate": 1.0,
         "max_grad_norm": None,
         "lr_scheduler": "constant",
-        "tf32": False,  # exact float32 matmuls on a GPU too
     }
     accumulated = {**common, "micro_batch_size": 1, "gradient_accumulation_steps": 4}
     big = {**common, "micro_batch_size": 4, "gradient_accumulation_steps": 1}
@@ -259,8 +258,8 @@ def test_lora_adapter_saves_and_reloads_with_same_logits(base_config: dict, tmp_
     with torch.no_grad():
         reloaded = model(input_ids=PROBE).logits.float()
     assert probe.logits is not None
-    torch.testing.assert_close(reloaded, probe.logits, rtol=1e-5, atol=1e-5)
-    assert (reloaded - base_logits).abs().max() > 1e-4  # the adapter learned something
+    torch.testing.assert_close(reloaded, probe.logits, rtol=1e-4, atol=1e-4)
+    assert (reloaded - base_logits).abs().max() > 1e-2  # the adapter learned something
     adapter_config = json.loads((out / "adapter_config.json").read_text())
     assert adapter_config["r"] == 4
     assert set(adapter_config["target_modules"]) == {"q_proj", "v_proj"}
@@ -277,7 +276,7 @@ def test_full_finetune_saves_and_reloads_with_same_logits(
     model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     with torch.no_grad():
         reloaded = model(input_ids=PROBE).logits.float()
-    torch.testing.assert_close(reloaded, probe.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(reloaded, probe.logits, rtol=1e-4, atol=1e-4)
     assert AutoTokenizer.from_pretrained(str(out)).pad_token is not None
 
 

@@ -169,6 +169,7 @@ def base_config(tiny_llama_dir: Path, alpaca_file: Path, tmp_path: Path) -> dict
         "max_steps": 4,
         "learning_rate": 1e-3,
         "bf16": False,
+        "tf32": False,  # exact float32 on a GPU too, so results compare across devices
         "output_dir": str(tmp_path / "out"),
         "dataset_prepared_path": str(tmp_path / "prepared"),
     }

@@ -16,10 +16,9 @@ PIPED_WIDTH = 160
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
-if not console.is_terminal and "COLUMNS" not in os.environ:
-    console.width = PIPED_WIDTH
-if not err_console.is_terminal and "COLUMNS" not in os.environ:
-    err_console.width = PIPED_WIDTH
+for _console in (console, err_console):
+    if not _console.is_terminal and "COLUMNS" not in os.environ:
+        _console.width = PIPED_WIDTH
 
 
 def setup_logging(verbose: bool = False) -> None:

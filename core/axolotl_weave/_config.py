@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     create_model,
@@ -58,21 +59,65 @@ class DatasetEntry(BaseModel):
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
-    path: str = Field(description="Local file or folder, hub name, or URL of the data.")
-    type: str | None = Field(None, description="Dataset format, e.g. alpaca, completion.")
+    path: str = Field(
+        description="Local file or folder, a dataset saved with save_to_disk, a hub name, an "
+        "https URL, or an s3:// / gs:// path."
+    )
+    type: str | None = Field(
+        None,
+        description="Dataset format (e.g. alpaca, chat_template), a mapping defining a prompt "
+        "format inline, or empty for rows that are already tokenized.",
+    )
     ds_type: Literal["json", "jsonl", "csv", "parquet", "arrow", "text"] | None = Field(
         None, description="File type when the extension does not say it."
     )
     data_files: str | list[str] | None = Field(None, description="Files inside `path` to load.")
     split: str = Field("train", description="Split to load.")
+    train_on_split: str | None = Field(None, description="Alias of `split` (Axolotl).")
     name: str | None = Field(None, description="Dataset configuration name (hub datasets).")
-    revision: str | None = Field(None, description="Hub revision.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     field: str | None = Field(None, description="Column holding the text (completion).")
+    shards: int | None = Field(None, gt=0, description="Split the rows into this many shards...")
+    shards_idx: int | None = Field(None, ge=0, description="...and keep this one (default 0).")
+    skip: int | None = Field(
+        None, ge=0, description="Rows to skip at the start (streamed pretraining_dataset)."
+    )
+
+    _source: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline_type(cls, data: Any, info: ValidationInfo) -> Any:
+        """`type:` as a mapping defines a format inline: its keys become the inline format's
+        options, and `type` its name."""
+        if not isinstance(data, dict) or not isinstance(data.get("type"), dict):
+            return data
+        formats: dict[str, DatasetFormat] = (info.context or {}).get("formats", {})
+        inline = [fmt.name for fmt in formats.values() if fmt.inline]
+        if not inline:
+            raise ValueError(
+                "type: is a mapping (an inline prompt format), but no installed plugin builds "
+                "inline formats"
+            )
+        mapping = data["type"]
+        clash = sorted(set(mapping) & (set(data) - {"type"}))
+        if clash:
+            raise ValueError(f"{', '.join(clash)} given both in type: and beside it; keep one")
+        return {**data, **mapping, "type": inline[0]}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_alias(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("train_on_split") and not data.get("split"):
+            return {**data, "split": data["train_on_split"]}
+        return data
 
     @field_validator("type")
     @classmethod
     def _known_type(cls, value: str | None, info: ValidationInfo) -> str | None:
         formats: dict[str, DatasetFormat] = (info.context or {}).get("formats", {})
+        if value == "":
+            return None
         if value is not None and formats and value not in formats:
             valid = ", ".join(sorted(formats))
             raise ValueError(
@@ -102,11 +147,34 @@ class DatasetEntry(BaseModel):
         if fmt and fmt.options:
             options = fmt.options.model_validate({k: v for k, v in extra.items() if k in allowed})
             self.__pydantic_extra__.update(options.model_dump())
+        if self.shards_idx is not None and (self.shards is None or self.shards_idx >= self.shards):
+            raise ValueError(f"shards_idx={self.shards_idx} needs shards: greater than it")
         return self
 
     def option(self, name: str, default: Any = None) -> Any:
         """A format-specific option of this entry (validated by the format's options model)."""
         return (self.__pydantic_extra__ or {}).get(name, default)
+
+    @property
+    def label(self) -> str:
+        """How messages name this entry: its path and type."""
+        return f"dataset '{self.path}' (type: {self.type or 'pre-tokenized'})"
+
+    def where(self, index: int) -> str:
+        """Where row `index` (0-based, of the rows handed to `build_dataset`) comes from:
+        'file:line' for JSON Lines, else 'row N' (1-based)."""
+        locate = getattr(self._source, "locate", None)
+        return locate(index) if locate else f"row {index + 1}"
+
+    @property
+    def num_proc(self) -> int | None:
+        """Processes to tokenize with (the config's `dataset_processes`), None for this one."""
+        return getattr(self._source, "num_proc", None)
+
+    @property
+    def skip_invalid_rows(self) -> bool:
+        """Whether a bad row is dropped and counted (`skip_invalid_rows: true`) or fatal."""
+        return bool(getattr(self._source, "skip_invalid_rows", False))
 
 
 class CoreConfig(BaseModel):

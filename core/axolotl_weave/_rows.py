@@ -72,23 +72,30 @@ def map_rows(
 ) -> Dataset:
     """`dataset.map(fn)` replacing the raw columns; an error in a row names the entry and row.
 
-    Rows are numbered from 1, which is the line number in a JSONL file.
+    The row is named by its file and line for JSON Lines (`entry.where`). With
+    `skip_invalid_rows: true` a bad row becomes an empty one, which the core drops and counts.
+    Runs on `dataset_processes` processes unless `num_proc` is given.
     """
+    skip_invalid = entry.skip_invalid_rows
 
     def wrapped(row: dict[str, Any], index: int) -> dict[str, Any]:
         try:
             return fn(row)
-        except DataError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (DataError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            if skip_invalid:
+                return {"input_ids": [], "labels": [], "attention_mask": []}
+            if isinstance(exc, DataError):
+                raise DataError(f"{entry.label}, {entry.where(index)}: {exc}") from None
             raise DataError(
-                f"dataset '{entry.path}' (type: {entry.type}), row {index + 1}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{entry.label}, {entry.where(index)}: {type(exc).__name__}: {exc}"
             ) from None
 
     from datasets.fingerprint import generate_random_fingerprint
     from datasets.utils import logging as datasets_logging
 
+    processes = num_proc if num_proc is not None else entry.num_proc
+    if processes is not None and processes > 1:
+        processes = min(processes, max(1, len(dataset) // 16))  # a few rows: one process
     bars_were_off = not datasets_logging.is_progress_bar_enabled()
     datasets_logging.enable_progress_bar()  # this one bar is worth showing
     try:
@@ -97,7 +104,7 @@ def map_rows(
             wrapped,
             with_indices=True,
             remove_columns=dataset.column_names,
-            num_proc=num_proc,
+            num_proc=processes if processes and processes > 1 else None,
             new_fingerprint=generate_random_fingerprint(),
             desc=f"Tokenizing {entry.path} ({entry.type})",
         )

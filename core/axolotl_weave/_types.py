@@ -21,11 +21,17 @@ class DatasetFormat:
 
     `options` is an optional pydantic model of the extra keys this format accepts on a
     `datasets:` entry, beyond the common ones (path, type, ds_type, data_files, split, ...).
+    `inline=True` marks the one format that builds a `type:` given as a mapping (Axolotl's
+    user-defined prompt format): the mapping's keys become the entry's options.
+    `streams=True` marks a format that can build a streamed `pretraining_dataset:` entry; the
+    first such format is the default `type` of those entries.
     """
 
     name: str
     description: str = ""
     options: type[BaseModel] | None = None
+    inline: bool = False
+    streams: bool = False
 
 
 @dataclass(frozen=True)

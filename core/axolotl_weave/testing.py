@@ -173,3 +173,53 @@ def base_config(tiny_llama_dir: Path, alpaca_file: Path, tmp_path: Path) -> dict
         "output_dir": str(tmp_path / "out"),
         "dataset_prepared_path": str(tmp_path / "prepared"),
     }
+
+
+def dataset_entry(formats: dict[str, Any], **data: Any) -> Any:
+    """A `DatasetEntry` validated as the config validates it: the format's options applied.
+
+    `formats` is `Hooks(...).dataset_formats()`; `data` is the entry as written in YAML.
+    """
+    from axolotl_weave._config import DatasetEntry
+
+    data.setdefault("path", "rows")
+    return DatasetEntry.model_validate(data, context={"formats": formats})
+
+
+def build_rows(
+    hooks: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    cfg: Any = None,
+    **entry: Any,
+) -> list[dict[str, Any]]:
+    """Run `build_dataset` on in-memory `rows` for a `datasets:` entry written as keywords.
+
+    `cfg` defaults to `train_on_inputs=False, sequence_len=2048`; pass any object with the
+    attributes the format reads. Returns the tokenized rows as dicts.
+    """
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    cfg = cfg or SimpleNamespace(train_on_inputs=False, sequence_len=2048)
+    validated = dataset_entry(hooks.dataset_formats(), **entry)
+    built = hooks.build_dataset(validated, Dataset.from_list(rows), tokenizer, cfg)
+    return list(built)
+
+
+@pytest.fixture(scope="session")
+def weave_hooks() -> Any:
+    """The typed hook caller over every installed plugin (built-in and entry points)."""
+    from axolotl_weave._hooks import Hooks
+    from axolotl_weave._pluginmanager import make_plugin_manager
+
+    return Hooks(make_plugin_manager())
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_llama_dir: Path) -> Any:
+    """The tiny llama's tokenizer (byte-level BPE, `<s>` BOS added, `</s>` EOS)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama_dir)

@@ -238,7 +238,7 @@ def test_rows_longer_than_sequence_len_are_dropped_with_a_warning(
     path = write_config(tmp_path / "config.yml", {**base_config, "sequence_len": 60})
     result = weave(tmp_path, "preprocess", str(path), "--debug")
     assert result.returncode == 0, result.stderr
-    assert f"dropped {dropped} row(s) longer than sequence_len=60" in flat(result.stderr)
+    assert f"dropped: longer than sequence_len=60: {dropped} row(s)" in flat(result.stderr)
     assert re.search(rf"dropped: longer than sequence_len=60\s*│\s*{dropped}\s*│", result.stdout)
     assert f"{32 - dropped} of 32 rows" in result.stdout
 
@@ -249,7 +249,7 @@ def test_all_rows_too_long_is_a_clear_error(tmp_path: Path, base_config: dict[st
     assert_clean_failure(result)
     message = flat(result.stderr)
     assert "no trainable rows left" in message
-    assert "32 longer than sequence_len=20" in message
+    assert "dropped: longer than sequence_len=20 (32)" in message
 
 
 # --- weave train with bad data -------------------------------------------------------------------
@@ -270,8 +270,8 @@ def empty_file(path: Path) -> str:
 def row_without_output(path: Path) -> str:
     rows = alpaca_rows(6)
     del rows[3]["output"]
-    write_jsonl(path, rows)
-    return "row 4"
+    path.write_text("".join(json.dumps(row) + "\n\n" for row in rows))  # blank lines between
+    return f"{path.name}:7"  # the 4th row is on line 7
 
 
 @pytest.mark.parametrize("make_data", [broken_line_3, empty_file, row_without_output])

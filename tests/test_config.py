@@ -119,8 +119,8 @@ def test_unknown_key_on_the_cli_is_one_message_and_exit_2(
         ({"optimizer": "adamw_torhc"}, ["optimizer", "did you mean adamw_torch", "sgd"]),
         ({"lr_scheduler": "cosin"}, ["lr_scheduler", "did you mean cosine"]),
         ({"base_model": None}, ["base_model", "required key is missing"]),
-        ({"datasets": None}, ["datasets", "required key is missing"]),
-        ({"datasets": []}, ["datasets", "at least 1 item"]),
+        ({"datasets": None}, ["give datasets:", "at least one entry"]),
+        ({"datasets": []}, ["give datasets:", "at least one entry"]),
         ({"bf16": True, "fp16": True}, ["bf16 and fp16"]),
     ],
 )

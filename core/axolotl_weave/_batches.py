@@ -48,6 +48,32 @@ def iter_micro_batches(
         yield collate(rows, pad_token_id)
 
 
+def iter_stream_micro_batches(
+    stream: Any,
+    micro_batch_size: int,
+    pad_token_id: int,
+    rank: int = 0,
+    world_size: int = 1,
+    start: int = 0,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Padded micro-batches read from a stream (an `IterableDataset`), this process's share,
+    beginning at micro-batch number `start` (the rows before it are skipped, for resuming)."""
+    if world_size > 1:
+        from datasets.distributed import split_dataset_by_node
+
+        stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
+    if start:
+        stream = stream.skip(start * micro_batch_size)
+    rows: list[dict[str, Any]] = []
+    for row in stream:
+        rows.append({key: row[key] for key in MODEL_COLUMNS if key in row})
+        if len(rows) == micro_batch_size:
+            yield collate(rows, pad_token_id)
+            rows = []
+    if rows:
+        yield collate(rows, pad_token_id)
+
+
 def collate(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad rows to the longest: pad id for inputs, IGNORE_INDEX for labels, 0 in the mask."""
     import torch

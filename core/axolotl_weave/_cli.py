@@ -79,13 +79,17 @@ def preprocess_command(
     debug_rows: int = typer.Option(3, "--debug-rows", help="How many rows --debug shows."),
 ) -> None:
     """Tokenize and cache the datasets (no GPU needed). Extra `--key value` pairs override."""
+    from axolotl_weave._data import drop_reasons, drop_summary
     from axolotl_weave._inspect import render_rows, summary_table
     from axolotl_weave._run import open_session, preprocess
 
     session = open_session(config, ctx.args, ctx.obj.pm)
     data, tokenizer = preprocess(session)
-    where = "loaded from cache" if data.from_cache else "written to cache"
-    console.print(f"datasets {where}: {data.cache_dir}")
+    if data.streaming:
+        console.print("pretraining_dataset is streamed: tokenized while training, not cached")
+    else:
+        where = "loaded from cache" if data.from_cache else "written to cache"
+        console.print(f"datasets {where}: {data.cache_dir}")
     if debug:
         console.print(
             "[bold]first rows[/] (token(label, id); [dim red]masked[/], [bold green]trained[/]):"
@@ -93,13 +97,16 @@ def preprocess_command(
         for i, text in enumerate(render_rows(tokenizer, data.train, debug_rows)):
             console.print(f"[bold]row {i}[/]")
             console.print(text)
-        lengths = list(data.train["length"]) if "length" in data.train.column_names else []
-        console.print(summary_table(data.stats, lengths, session.cfg.sequence_len))
-    else:
+        if not data.streaming:
+            console.print(
+                summary_table(data.stats, list(data.train["length"]), session.cfg.sequence_len)
+            )
+    elif not data.streaming:
         s = data.stats
+        dropped = drop_summary(s, session.cfg.sequence_len) if drop_reasons(s, 1) else "none"
         console.print(
-            f"{s.train_rows} train / {s.eval_rows} eval rows, {s.tokens} tokens; dropped "
-            f"{s.dropped_too_long} too long, {s.dropped_no_targets} without trained tokens"
+            f"{s.train_rows} train / {s.eval_rows} eval rows, {s.tokens} tokens "
+            f"({s.target_tokens} trained); dropped or changed: {dropped}"
         )
 
 
@@ -116,9 +123,11 @@ def validate_command(
     table.add_column("hook")
     table.add_column("plugins")
     owners = session.hooks.dataset_format_owners()
-    for index, entry in enumerate(session.cfg.datasets):
-        owner = owners.get(entry.type or "", "(none)")
-        table.add_row(f"build_dataset datasets[{index}] type: {entry.type}", owner)
+    cfg = session.cfg
+    for key in ("datasets", "test_datasets", "pretraining_dataset"):
+        for index, entry in enumerate(getattr(cfg, key)):
+            owner = owners.get(entry.type or "", "(pre-tokenized rows)")
+            table.add_row(f"build_dataset {key}[{index}] type: {entry.type}", owner)
     for hook in PIPELINE_HOOKS:
         table.add_row(hook, " → ".join(session.hooks.implementations(hook)) or "(none)")
     console.print(table)

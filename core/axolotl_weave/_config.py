@@ -196,11 +196,33 @@ class CoreConfig(BaseModel):
     )
 
     # data
-    datasets: list[DatasetEntry] = Field(min_length=1, description="Training data sources.")
+    pretraining_dataset: list[DatasetEntry] = Field(
+        default_factory=list,
+        description="Data streamed and tokenized while training (needs max_steps).",
+    )
+    datasets: list[DatasetEntry] = Field(
+        default_factory=list, description="Training data sources (or pretraining_dataset)."
+    )
+    test_datasets: list[DatasetEntry] = Field(
+        default_factory=list, description="An explicit eval set (instead of val_set_size)."
+    )
     dataset_prepared_path: str = Field(
         "last_run_prepared", description="Where tokenized datasets are cached."
     )
+    dataset_processes: int | None = Field(
+        None, gt=0, description="Tokenizing processes; default: one per 1000 rows, up to CPUs."
+    )
     sequence_len: int = Field(2048, gt=0, description="Longest sequence in tokens.")
+    excess_length_strategy: Literal["drop", "truncate", "split", "raise"] | None = Field(
+        None, description="Rows over sequence_len: drop (default), truncate, split or raise."
+    )
+    skip_invalid_rows: bool = Field(
+        False, description="Drop (and count) rows with a bad field instead of stopping."
+    )
+    dataset_exact_deduplication: bool = Field(
+        False, description="Drop rows whose tokens and labels repeat another's."
+    )
+    shuffle_merged_datasets: bool = Field(True, description="Shuffle the mixed datasets.")
     train_on_inputs: bool = Field(False, description="Train on prompt tokens too.")
     val_set_size: float = Field(0.0, ge=0, description="Eval split: fraction (<1) or row count.")
 
@@ -235,6 +257,13 @@ class CoreConfig(BaseModel):
         None, description="A checkpoint folder, or 'auto' for the newest in output_dir."
     )
 
+    @field_validator("datasets")
+    @classmethod
+    def _some_data(cls, value: list[DatasetEntry], info: ValidationInfo) -> list[DatasetEntry]:
+        if not value and not info.data.get("pretraining_dataset"):
+            raise ValueError("give datasets: (or pretraining_dataset:) with at least one entry")
+        return value
+
     @field_validator("optimizer")
     @classmethod
     def _known_optimizer(cls, value: str) -> str:
@@ -255,8 +284,29 @@ class CoreConfig(BaseModel):
             )
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _streamed_type(cls, data: Any, info: ValidationInfo) -> Any:
+        """A `pretraining_dataset:` entry without `type` gets the first streaming format."""
+        formats: dict[str, DatasetFormat] = (info.context or {}).get("formats", {})
+        streams = [fmt.name for fmt in formats.values() if fmt.streams]
+        entries = data.get("pretraining_dataset") if isinstance(data, dict) else None
+        if isinstance(entries, (dict, str)):  # Axolotl also takes one entry, or a bare path
+            entries = [{"path": entries} if isinstance(entries, str) else entries]
+        if not isinstance(entries, list) or not streams:
+            return data
+        filled = [
+            {**e, "type": streams[0]} if isinstance(e, dict) and not e.get("type") else e
+            for e in entries
+        ]
+        return {**data, "pretraining_dataset": filled}
+
     @model_validator(mode="after")
     def _consistent(self) -> CoreConfig:
+        if self.pretraining_dataset and not self.max_steps:
+            raise ValueError("pretraining_dataset: is streamed, so max_steps: must be set")
+        if self.test_datasets and self.val_set_size:
+            raise ValueError("set val_set_size or test_datasets, not both")
         if self.bf16 is True and self.fp16 is True:
             raise ValueError("bf16 and fp16 are both true; choose one")
         if self.warmup_steps is not None and self.warmup_ratio is not None:

@@ -1,7 +1,9 @@
-"""The dataset pipeline: build each entry, drop what cannot train, mix, split, cache by fingerprint.
+"""The dataset pipeline: build each entry, fit rows to `sequence_len`, mix, deduplicate, split,
+and cache the result by a fingerprint of everything that shapes it.
 
 The cache folder is written under a temporary name and renamed when complete, so an interrupted
-run never leaves a cache that a later run would take for whole.
+run never leaves a cache that a later run would take for whole. A streamed `pretraining_dataset:`
+is tokenized on the fly instead, and not cached.
 """
 
 from __future__ import annotations
@@ -18,16 +20,33 @@ from typing import TYPE_CHECKING, Any
 
 from axolotl_weave._errors import DataError
 from axolotl_weave._hooks import Hooks
-from axolotl_weave._sources import is_local, load_raw, local_files
+from axolotl_weave._sources import LoadedRows, load_rows, source_identity
 from axolotl_weave._types import IGNORE_INDEX
 
 if TYPE_CHECKING:
-    from datasets import Dataset
+    from datasets import Dataset, IterableDataset
+
+    from axolotl_weave._config import DatasetEntry
 
 log = logging.getLogger("axolotl_weave")
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bump when the cached layout or the pipeline's output changes, to invalidate old caches."""
+
+ROWS_PER_PROCESS = 1000
+"""With `dataset_processes` unset, one tokenizing process per this many rows (up to the CPUs)."""
+
+DATA_KEYS = (
+    "sequence_len",
+    "train_on_inputs",
+    "val_set_size",
+    "seed",
+    "excess_length_strategy",
+    "skip_invalid_rows",
+    "dataset_exact_deduplication",
+    "shuffle_merged_datasets",
+)
+"""Core config keys that change the prepared data (plugins mark theirs with `affects_data`)."""
 
 
 @dataclass
@@ -37,7 +56,11 @@ class DataStats:
     rows_in: int = 0
     rows_kept: int = 0
     dropped_too_long: int = 0
+    truncated: int = 0
+    split: int = 0
     dropped_no_targets: int = 0
+    dropped_invalid: int = 0
+    dropped_duplicates: int = 0
     train_rows: int = 0
     eval_rows: int = 0
     tokens: int = 0
@@ -49,18 +72,35 @@ class DataStats:
 class PreparedData:
     """The tokenized train (and eval) sets, where they are cached, and their stats."""
 
-    train: Dataset
+    train: Dataset | IterableDataset
     eval: Dataset | None
     stats: DataStats
-    cache_dir: Path
+    cache_dir: Path | None
     from_cache: bool
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the training set is a stream (no length, tokenized on the fly)."""
+        return not hasattr(self.train, "__len__")
+
+
+@dataclass
+class SourceContext:
+    """What `map_rows` learns about an entry from the core (through `entry._source`)."""
+
+    locate: Any
+    num_proc: int | None
+    skip_invalid_rows: bool
 
 
 def prepare_datasets(cfg: Any, hooks: Hooks, tokenizer: Any) -> PreparedData:
-    """Tokenize every entry (or load the cache), filter, mix, shuffle and split."""
+    """Tokenize every entry (or load the cache), fit, mix, deduplicate and split."""
     from datasets import load_from_disk
 
-    cache_dir = Path(cfg.dataset_prepared_path) / fingerprint(cfg, tokenizer, hooks)
+    if cfg.pretraining_dataset:
+        return stream_pretraining(cfg, hooks, tokenizer)
+    loaded: dict[int, LoadedRows] = {}
+    cache_dir = Path(cfg.dataset_prepared_path) / fingerprint(cfg, tokenizer, hooks, loaded)
     if (cache_dir / "stats.json").is_file():
         stats = DataStats(**json.loads((cache_dir / "stats.json").read_text()))
         train = load_from_disk(str(cache_dir / "train"))
@@ -69,51 +109,111 @@ def prepare_datasets(cfg: Any, hooks: Hooks, tokenizer: Any) -> PreparedData:
         )
         log.info("loaded tokenized datasets from cache %s", cache_dir)
         return PreparedData(train, eval_set, stats, cache_dir, from_cache=True)
-    train, eval_set, stats = build_datasets(cfg, hooks, tokenizer)
+    train, eval_set, stats = build_datasets(cfg, hooks, tokenizer, loaded)
     save_atomically(cache_dir, train, eval_set, stats)
     return PreparedData(train, eval_set, stats, cache_dir, from_cache=False)
 
 
 def build_datasets(
-    cfg: Any, hooks: Hooks, tokenizer: Any
+    cfg: Any, hooks: Hooks, tokenizer: Any, loaded: dict[int, LoadedRows] | None = None
 ) -> tuple[Dataset, Dataset | None, DataStats]:
-    """Build, filter, concatenate, shuffle and split the config's datasets (no caching)."""
-    from datasets import concatenate_datasets
-
+    """Build, fit, concatenate, shuffle, deduplicate and split the config's datasets."""
+    loaded = {} if loaded is None else loaded
     stats = DataStats()
-    parts = []
-    for index, entry in enumerate(cfg.datasets):
-        raw = load_raw(entry)
-        built = hooks.build_dataset(entry, raw, tokenizer, cfg)
-        check_tokenized(built, f"datasets[{index}] ({entry.path}, type: {entry.type})")
-        kept, too_long, no_targets = filter_trainable(built, cfg.sequence_len)
-        stats.per_dataset.append(
-            {"path": entry.path, "type": entry.type, "rows": len(raw), "kept": len(kept)}
-        )
-        stats.rows_in += len(raw)
-        stats.dropped_too_long += too_long
-        stats.dropped_no_targets += no_targets
-        parts.append(kept)
-    if stats.dropped_too_long:
-        log.warning(
-            "dropped %d row(s) longer than sequence_len=%d",
-            stats.dropped_too_long,
-            cfg.sequence_len,
-        )
-    dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    parts = [
+        build_entry(cfg, hooks, tokenizer, f"datasets[{i}]", entry, stats, loaded)
+        for i, entry in enumerate(cfg.datasets)
+    ]
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        raise DataError(f"no trainable rows left: {drop_summary(stats, cfg.sequence_len)}")
+    dataset = concatenate(parts)
+    if cfg.shuffle_merged_datasets:
+        dataset = dataset.shuffle(seed=cfg.seed).flatten_indices()
+    if cfg.dataset_exact_deduplication:
+        dataset, dropped = deduplicate(dataset)
+        stats.dropped_duplicates += dropped
     stats.rows_kept = len(dataset)
     if len(dataset) == 0:
-        raise DataError(
-            f"no trainable rows left: {stats.dropped_too_long} longer than sequence_len="
-            f"{cfg.sequence_len}, {stats.dropped_no_targets} with every label masked"
-        )
-    dataset = dataset.shuffle(seed=cfg.seed).flatten_indices()
-    train, eval_set = split_eval(dataset, cfg.val_set_size, cfg.seed)
+        raise DataError(f"no trainable rows left: {drop_summary(stats, cfg.sequence_len)}")
+    if cfg.test_datasets:
+        eval_stats = DataStats()
+        eval_parts = [
+            build_entry(cfg, hooks, tokenizer, f"test_datasets[{i}]", entry, eval_stats, loaded)
+            for i, entry in enumerate(cfg.test_datasets)
+        ]
+        eval_parts = [part for part in eval_parts if len(part)]
+        if not eval_parts:
+            raise DataError(
+                f"test_datasets: no rows left: {drop_summary(eval_stats, cfg.sequence_len)}"
+            )
+        eval_set = concatenate(eval_parts)
+        if cfg.dataset_exact_deduplication:
+            eval_set, dropped = deduplicate(eval_set, against=dataset)
+            eval_stats.dropped_duplicates += dropped
+        stats.per_dataset += eval_stats.per_dataset
+        train = dataset
+    else:
+        train, eval_set = split_eval(dataset, cfg.val_set_size, cfg.seed)
     stats.train_rows, stats.eval_rows = len(train), len(eval_set) if eval_set is not None else 0
-    lengths = dataset["length"]
-    stats.tokens = int(sum(lengths))
+    stats.tokens = int(sum(dataset["length"]))
     stats.target_tokens = int(sum(dataset["n_targets"]))
+    for reason, count in drop_reasons(stats, cfg.sequence_len):
+        log.warning("%s: %d row(s)", reason, count)
     return train, eval_set, stats
+
+
+def build_entry(
+    cfg: Any,
+    hooks: Hooks,
+    tokenizer: Any,
+    where: str,
+    entry: DatasetEntry,
+    stats: DataStats,
+    loaded: dict[int, LoadedRows],
+) -> Dataset:
+    """One entry: load its rows, let its format plugin tokenize them, fit them to length."""
+    rows = loaded.pop(id(entry), None) or load_rows(entry)
+    entry._source = SourceContext(
+        rows.locate, processes_for(cfg, len(rows.dataset)), bool(cfg.skip_invalid_rows)
+    )
+    built = hooks.build_dataset(entry, rows.dataset, tokenizer, cfg)
+    if built is None:
+        raise DataError(f"{where}: no installed plugin builds {entry.label}")
+    check_tokenized(built, f"{where} ({entry.label})")
+    one_to_one = len(built) == len(rows.dataset)
+    kept, counts = fit_rows(built, cfg, entry if one_to_one else None)
+    stats.per_dataset.append(
+        {
+            "where": where,
+            "path": entry.path,
+            "type": entry.type,
+            "rows": len(rows.dataset),
+            "kept": len(kept),
+            **counts,
+        }
+    )
+    stats.rows_in += len(rows.dataset)
+    for key, value in counts.items():
+        setattr(stats, key, getattr(stats, key) + value)
+    return kept
+
+
+def processes_for(cfg: Any, rows: int) -> int | None:
+    """Tokenizing processes: `dataset_processes`, else one per ROWS_PER_PROCESS rows (to CPUs)."""
+    wanted = cfg.dataset_processes or min(os.cpu_count() or 1, -(-rows // ROWS_PER_PROCESS))
+    wanted = min(wanted, rows)
+    return wanted if wanted > 1 else None
+
+
+def concatenate(parts: list[Dataset]) -> Dataset:
+    """One dataset of the parts, keeping only the columns every part has."""
+    from datasets import concatenate_datasets
+
+    if len(parts) == 1:
+        return parts[0]
+    shared = set.intersection(*(set(p.column_names) for p in parts))
+    return concatenate_datasets([p.select_columns(sorted(shared)) for p in parts])
 
 
 def check_tokenized(dataset: Dataset, where: str) -> None:
@@ -123,26 +223,83 @@ def check_tokenized(dataset: Dataset, where: str) -> None:
         raise DataError(f"{where}: the format plugin returned rows without {sorted(missing)}")
 
 
-def filter_trainable(dataset: Dataset, sequence_len: int) -> tuple[Dataset, int, int]:
-    """Drop rows over `sequence_len` or with no trained token; add `length` and `n_targets`."""
+def fit_rows(
+    dataset: Dataset, cfg: Any, entry: DatasetEntry | None
+) -> tuple[Dataset, dict[str, int]]:
+    """Apply `excess_length_strategy` to rows over `sequence_len` (drop, truncate, split or
+    raise), then drop rows with no trained token and rows a bad input emptied; add `length` and
+    `n_targets`. `entry` (when rows map one to one to the source) names a row that raises."""
+    limit, strategy = cfg.sequence_len, cfg.excess_length_strategy or "drop"
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    over = [i for i, n in enumerate(lengths) if n > limit]
+    if over and strategy == "raise":
+        index = over[0]
+        row = entry.where(index) if entry is not None else f"tokenized row {index + 1}"
+        name = entry.label if entry is not None else "a dataset"
+        raise DataError(
+            f"{name}, {row}: {lengths[index]} tokens, longer than sequence_len={limit} "
+            f"({len(over)} row(s) are); set excess_length_strategy: drop, truncate or split"
+        )
+    counts = {
+        "dropped_too_long": len(over) if strategy == "drop" else 0,
+        "truncated": len(over) if strategy == "truncate" else 0,
+        "split": len(over) if strategy == "split" else 0,
+        "dropped_invalid": sum(1 for n in lengths if n == 0),
+        "dropped_no_targets": 0,
+    }
 
-    def measure(row: dict[str, Any]) -> dict[str, Any]:
-        if len(row["input_ids"]) != len(row["labels"]):
-            raise DataError("a row's input_ids and labels differ in length (format plugin bug)")
-        targets = sum(1 for label in row["labels"][1:] if label != IGNORE_INDEX)
-        return {"length": len(row["input_ids"]), "n_targets": targets}
+    def fit(batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {key: [] for key in batch}
+        out["length"], out["n_targets"] = [], []
+        for i, ids in enumerate(batch["input_ids"]):
+            n = len(ids)
+            if len(batch["labels"][i]) != n:
+                raise DataError("a row's input_ids and labels differ in length (plugin bug)")
+            if n == 0 or (n > limit and strategy == "drop"):
+                continue
+            starts = range(0, n, limit) if n > limit and strategy == "split" else [0]
+            for start in starts:
+                end = min(start + limit, n)
+                for key in batch:
+                    value = batch[key][i]
+                    whole = isinstance(value, list) and len(value) == n
+                    out[key].append(value[start:end] if whole else value)
+                out["length"].append(end - start)
+                out["n_targets"].append(
+                    sum(1 for label in batch["labels"][i][start + 1 : end] if label != IGNORE_INDEX)
+                )
+        return out
 
-    measured = dataset.map(measure, desc="Measuring")
-    too_long = sum(1 for n in measured["length"] if n > sequence_len)
-    no_targets = sum(
-        1
-        for n, t in zip(measured["length"], measured["n_targets"], strict=True)
-        if n <= sequence_len and t == 0
-    )
-    kept = measured.filter(
-        lambda row: row["length"] <= sequence_len and row["n_targets"] > 0, desc="Filtering"
-    )
-    return kept, too_long, no_targets
+    fitted = dataset.map(fit, batched=True, desc="Fitting to sequence_len")
+    if len(fitted) == 0:
+        return fitted, counts
+    counts["dropped_no_targets"] = sum(1 for t in fitted["n_targets"] if t == 0)
+    if counts["dropped_no_targets"]:
+        fitted = fitted.filter(lambda row: row["n_targets"] > 0, desc="Dropping untrained rows")
+    return fitted, counts
+
+
+def deduplicate(dataset: Dataset, against: Dataset | None = None) -> tuple[Dataset, int]:
+    """Drop rows whose tokens and labels repeat an earlier row's (or a row of `against`)."""
+    seen = {row_hash(ids, labels) for ids, labels in _pairs(against)} if against else set()
+    keep = []
+    for index, (ids, labels) in enumerate(_pairs(dataset)):
+        key = row_hash(ids, labels)
+        if key not in seen:
+            seen.add(key)
+            keep.append(index)
+    if len(keep) == len(dataset):
+        return dataset, 0
+    return dataset.select(keep).flatten_indices(), len(dataset) - len(keep)
+
+
+def _pairs(dataset: Dataset) -> Any:
+    return zip(dataset["input_ids"], dataset["labels"], strict=True)
+
+
+def row_hash(ids: list[int], labels: list[int]) -> bytes:
+    """A digest of one row's tokens and labels."""
+    return hashlib.blake2b(json.dumps([ids, labels]).encode(), digest_size=16).digest()
 
 
 def split_eval(dataset: Dataset, val_set_size: float, seed: int) -> tuple[Dataset, Dataset | None]:
@@ -160,8 +317,58 @@ def split_eval(dataset: Dataset, val_set_size: float, seed: int) -> tuple[Datase
     return split["train"].flatten_indices(), split["test"].flatten_indices()
 
 
-def fingerprint(cfg: Any, tokenizer: Any, hooks: Hooks) -> str:
+def drop_reasons(stats: DataStats, sequence_len: int) -> list[tuple[str, int]]:
+    """(why, how many) for every kind of row that was dropped or changed, when any was."""
+    reasons = [
+        (f"dropped: longer than sequence_len={sequence_len}", stats.dropped_too_long),
+        (f"truncated to sequence_len={sequence_len}", stats.truncated),
+        (f"split into pieces of sequence_len={sequence_len}", stats.split),
+        ("dropped: no trained token", stats.dropped_no_targets),
+        ("dropped: invalid (skip_invalid_rows)", stats.dropped_invalid),
+        ("dropped: exact duplicates", stats.dropped_duplicates),
+    ]
+    return [(reason, count) for reason, count in reasons if count]
+
+
+def drop_summary(stats: DataStats, sequence_len: int) -> str:
+    """The drop reasons in one line."""
+    return "; ".join(f"{r} ({n})" for r, n in drop_reasons(stats, sequence_len)) or "no rows"
+
+
+# -- a streamed pretraining_dataset --------------------------------------------------------------
+
+
+def stream_pretraining(cfg: Any, hooks: Hooks, tokenizer: Any) -> PreparedData:
+    """The `pretraining_dataset:` entries as one stream of tokenized rows (interleaved when
+    several), tokenized as training reads them; nothing is cached."""
+    from datasets import interleave_datasets
+
+    streams = []
+    for index, entry in enumerate(cfg.pretraining_dataset):
+        rows = load_rows(entry, streaming=True)
+        entry._source = SourceContext(rows.locate, None, bool(cfg.skip_invalid_rows))
+        built = hooks.build_dataset(entry, rows.dataset, tokenizer, cfg)
+        if built is None:
+            raise DataError(f"pretraining_dataset[{index}]: no plugin streams {entry.label}")
+        streams.append(built)
+    train = streams[0] if len(streams) == 1 else interleave_datasets(streams, seed=cfg.seed)
+    stats = DataStats(
+        per_dataset=[
+            {"where": f"pretraining_dataset[{i}]", "path": e.path, "type": e.type, "streamed": True}
+            for i, e in enumerate(cfg.pretraining_dataset)
+        ]
+    )
+    return PreparedData(train, None, stats, None, from_cache=False)
+
+
+# -- the fingerprint and the cache ---------------------------------------------------------------
+
+
+def fingerprint(
+    cfg: Any, tokenizer: Any, hooks: Hooks, loaded: dict[int, LoadedRows] | None = None
+) -> str:
     """A hash of everything that changes the tokenized output; the cache folder's name."""
+    loaded = {} if loaded is None else loaded
     digest = hashlib.sha256()
 
     def add(value: Any) -> None:
@@ -169,25 +376,26 @@ def fingerprint(cfg: Any, tokenizer: Any, hooks: Hooks) -> str:
         digest.update(b"\0")
 
     add(CACHE_FORMAT)
-    for entry in cfg.datasets:
-        add(entry.model_dump())
-        if is_local(entry) and Path(entry.path).expanduser().exists():
-            for file in local_files(entry):
-                add(str(file.name))
-                digest.update(file_digest(file).encode())
-    add([cfg.sequence_len, cfg.train_on_inputs, cfg.val_set_size, cfg.seed])
+    for entries in (cfg.datasets, cfg.test_datasets or []):
+        add(len(entries))
+        for entry in entries:
+            add(entry.model_dump())
+            add(source_identity(entry, loaded))
+    add({key: getattr(cfg, key, None) for key in DATA_KEYS})
+    add(plugin_data_settings(cfg))
     add(tokenizer_identity(tokenizer))
     add(sorted(plugin_versions(hooks)))
     return digest.hexdigest()[:16]
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def plugin_data_settings(cfg: Any) -> dict[str, Any]:
+    """Config fields that plugins mark `json_schema_extra={"affects_data": True}`."""
+    settings = {}
+    for name, info in type(cfg).model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("affects_data"):
+            settings[name] = getattr(cfg, name)
+    return settings
 
 
 def tokenizer_identity(tokenizer: Any) -> str:

@@ -10,7 +10,7 @@ from rich.text import Text
 from axolotl_weave._types import IGNORE_INDEX
 
 if TYPE_CHECKING:
-    from datasets import Dataset
+    from datasets import Dataset, IterableDataset
 
     from axolotl_weave._data import DataStats
 
@@ -27,30 +27,47 @@ def render_tokens(tokenizer: Any, input_ids: list[int], labels: list[int]) -> Te
     return text
 
 
-def render_rows(tokenizer: Any, dataset: Dataset, count: int) -> list[Text]:
-    """The first `count` rows rendered by `render_tokens`."""
-    rows = dataset.select(range(min(count, len(dataset))))
+def render_rows(tokenizer: Any, dataset: Dataset | IterableDataset, count: int) -> list[Text]:
+    """The first `count` rows (of a dataset or a stream) rendered by `render_tokens`."""
+    if hasattr(dataset, "__len__"):
+        rows = dataset.select(range(min(count, len(dataset))))
+    else:
+        rows = dataset.take(count)
     return [render_tokens(tokenizer, row["input_ids"], row["labels"]) for row in rows]
 
 
 def summary_table(stats: DataStats, lengths: list[int], sequence_len: int) -> Table:
     """Rows kept and dropped (and why), token counts, and a length histogram."""
+    from axolotl_weave._data import drop_reasons
+
     table = Table(title="Preprocessing summary", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     for item in stats.per_dataset:
-        table.add_row(f"{item['path']} ({item['type']})", f"{item['kept']} of {item['rows']} rows")
+        name = f"{item.get('where', '')} {item['path']} ({item['type'] or 'pre-tokenized'})"
+        if item.get("streamed"):
+            table.add_row(name, "streamed while training")
+        else:
+            table.add_row(name, f"{item['kept']} of {item['rows']} rows kept")
+    table.add_row("rows in", str(stats.rows_in))
+    for reason, count in drop_reasons(stats, sequence_len):
+        table.add_row(reason, str(count))
     table.add_row("rows kept", str(stats.rows_kept))
-    table.add_row(f"dropped: longer than sequence_len={sequence_len}", str(stats.dropped_too_long))
-    table.add_row("dropped: no trained token", str(stats.dropped_no_targets))
     table.add_row("train / eval rows", f"{stats.train_rows} / {stats.eval_rows}")
     table.add_row("tokens (trained)", f"{stats.tokens} ({stats.target_tokens})")
+    if lengths:
+        table.add_row("length min / mean / max", length_summary(lengths))
     for label, count in length_histogram(lengths, sequence_len):
         table.add_row(
             f"length {label}",
             f"{count} {'█' * max(1, round(40 * count / max(len(lengths), 1))) if count else ''}",
         )
     return table
+
+
+def length_summary(lengths: list[int]) -> str:
+    """'min / mean / max' of row lengths."""
+    return f"{min(lengths)} / {sum(lengths) / len(lengths):.1f} / {max(lengths)}"
 
 
 def length_histogram(lengths: list[int], sequence_len: int, bins: int = 8) -> list[tuple[str, int]]:

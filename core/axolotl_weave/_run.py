@@ -137,14 +137,17 @@ def train(session: Session) -> TrainState:
     family = family_of(session)
     tokenizer = load_tokenizer(session, family)
     data = prepare_datasets(cfg, hooks, tokenizer)
-    log.info(
-        "data: %d train / %d eval rows, %d tokens (%d trained)%s",
-        data.stats.train_rows,
-        data.stats.eval_rows,
-        data.stats.tokens,
-        data.stats.target_tokens,
-        " [cache]" if data.from_cache else "",
-    )
+    if data.streaming:
+        log.info("data: pretraining_dataset streamed, tokenized while training")
+    else:
+        log.info(
+            "data: %d train / %d eval rows, %d tokens (%d trained)%s",
+            data.stats.train_rows,
+            data.stats.eval_rows,
+            data.stats.tokens,
+            data.stats.target_tokens,
+            " [cache]" if data.from_cache else "",
+        )
 
     model = hooks.load_model(cfg, tokenizer, family)
     hooks.patch_attention(model, cfg, family)

@@ -18,16 +18,22 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from axolotl_weave._batches import epoch_order, iter_micro_batches, micro_batches_per_epoch
+from axolotl_weave._batches import (
+    epoch_order,
+    iter_micro_batches,
+    iter_stream_micro_batches,
+    micro_batches_per_epoch,
+)
 from axolotl_weave._checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from axolotl_weave._console import console, progress_bar
+from axolotl_weave._errors import DataError
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._optim import build_optimizer, build_scheduler
 from axolotl_weave._types import LossFunction, TrainState
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
-    from datasets import Dataset
+    from datasets import Dataset, IterableDataset
 
 log = logging.getLogger("axolotl_weave")
 
@@ -43,9 +49,16 @@ class Schedule:
     eval_every: int | None
 
 
-def plan_schedule(cfg: Any, train_rows: int, world_size: int) -> Schedule:
-    """Steps per epoch and in all, and how often to save and evaluate."""
-    per_epoch = micro_batches_per_epoch(train_rows, cfg.micro_batch_size, world_size)
+def plan_schedule(cfg: Any, train_rows: int | None, world_size: int) -> Schedule:
+    """Steps per epoch and in all, and how often to save and evaluate.
+
+    `train_rows` is None for a stream: its length is unknown, so `max_steps` sets the schedule
+    and an epoch (one pass over the stream) counts as `max_steps` steps.
+    """
+    if train_rows is None:
+        per_epoch = cfg.max_steps * cfg.gradient_accumulation_steps
+    else:
+        per_epoch = micro_batches_per_epoch(train_rows, cfg.micro_batch_size, world_size)
     if per_epoch == 0:
         raise ValueError(f"{train_rows} training rows is fewer than one per process")
     steps_per_epoch = math.ceil(per_epoch / cfg.gradient_accumulation_steps)
@@ -69,13 +82,15 @@ class Trainer:
         model: torch.nn.Module,
         loss_fn: LossFunction,
         accelerator: Accelerator,
-        train_set: Dataset,
+        train_set: Dataset | IterableDataset,
         eval_set: Dataset | None,
         pad_token_id: int,
     ) -> None:
         self.cfg, self.hooks, self.loss_fn, self.acc = cfg, hooks, loss_fn, accelerator
         self.train_set, self.eval_set, self.pad_token_id = train_set, eval_set, pad_token_id
-        self.schedule = plan_schedule(cfg, len(train_set), accelerator.num_processes)
+        self.streaming = not hasattr(train_set, "__len__")
+        rows = None if self.streaming else len(train_set)
+        self.schedule = plan_schedule(cfg, rows, accelerator.num_processes)
         self.output_dir = Path(cfg.output_dir)
         optimizer = build_optimizer(cfg, model)
         self.scheduler = build_scheduler(cfg, optimizer, self.schedule.max_steps)
@@ -100,6 +115,8 @@ class Trainer:
             while self.state.global_step < self.schedule.max_steps:
                 window = self.next_window(batches)
                 if not window:  # epoch finished
+                    if self.state.batches_into_epoch == 0:
+                        raise DataError("the training data yielded no rows")
                     self.state.epoch += 1
                     self.state.batches_into_epoch = 0
                     batches = self.micro_batches()
@@ -165,6 +182,15 @@ class Trainer:
     # -- data ----------------------------------------------------------------------------------
     def micro_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """Micro-batches of the current epoch, from where the state says it stands."""
+        if self.streaming:
+            return iter_stream_micro_batches(
+                self.train_set,
+                self.cfg.micro_batch_size,
+                self.pad_token_id,
+                self.acc.process_index,
+                self.acc.num_processes,
+                start=self.state.batches_into_epoch,
+            )
         order = epoch_order(
             len(self.train_set),
             self.cfg.seed,

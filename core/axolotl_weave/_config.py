@@ -8,6 +8,7 @@ does not implement yet, which are dropped with a warning so that an Axolotl YAML
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import urllib.request
 from pathlib import Path
@@ -326,7 +327,15 @@ def build_config_model(plugin_fields: list[tuple[str, type[BaseModel]]]) -> type
                 )
             owners[field_name] = plugin_name
     bases = (CoreConfig, *(model for _, model in plugin_fields))
-    return create_model("WeaveConfig", __base__=bases)  # type: ignore[call-overload]
+    # a module-level name per set of plugin models, so that a config pickles by reference (the
+    # tokenizing processes of `dataset_processes` receive it inside the format's function)
+    key = hashlib.sha256(
+        repr([(n, m.__module__, m.__qualname__) for n, m in plugin_fields]).encode()
+    )
+    name = f"WeaveConfig_{key.hexdigest()[:12]}"
+    model = create_model(name, __base__=bases, __module__=__name__)  # type: ignore[call-overload]
+    globals()[name] = model
+    return model
 
 
 def read_config_source(source: str | Path) -> dict[str, Any]:

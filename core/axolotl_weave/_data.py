@@ -49,6 +49,16 @@ DATA_KEYS = (
 """Core config keys that change the prepared data (plugins mark theirs with `affects_data`)."""
 
 
+DROP_COUNTERS = (
+    "dropped_too_long",
+    "truncated",
+    "split",
+    "dropped_no_targets",
+    "dropped_invalid",
+    "dropped_duplicates",
+)
+
+
 @dataclass
 class DataStats:
     """What preprocessing kept and dropped, for `weave preprocess` and the start of training."""
@@ -152,6 +162,8 @@ def build_datasets(
             eval_set, dropped = deduplicate(eval_set, against=dataset)
             eval_stats.dropped_duplicates += dropped
         stats.per_dataset += eval_stats.per_dataset
+        for key in ("rows_in", *DROP_COUNTERS):
+            setattr(stats, key, getattr(stats, key) + getattr(eval_stats, key))
         train = dataset
     else:
         train, eval_set = split_eval(dataset, cfg.val_set_size, cfg.seed)

@@ -384,7 +384,9 @@ def download_url(entry: DatasetEntry, url: str) -> Path:
     request = urllib.request.Request(url, method="HEAD")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            tag = response.headers.get("ETag") or response.headers.get("Last-Modified") or ""
+            headers = response.headers
+            modified = [headers.get("Last-Modified"), headers.get("Content-Length")]
+            tag = headers.get("ETag") or ("/".join(modified) if modified[0] else "")
     except Exception as exc:
         raise DataError(f"{entry.label}: cannot reach {url}: {exc}") from None
     name = Path(urllib.request.urlparse(url).path).name or "data"

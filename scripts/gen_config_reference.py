@@ -61,14 +61,32 @@ def render() -> str:
         "",
         *table(DatasetEntry.model_fields),
         "",
-        "Dataset types: "
-        + ", ".join(
-            f"`{name}` ({fmt.description})" for name, fmt in sorted(hooks.dataset_formats().items())
-        ),
+        "## Dataset types",
+        "",
+        "The `type:` of a `datasets:` entry; each is built by the plugin named. A `type:` given as",
+        "a mapping defines a prompt format inline; no `type:` means rows already tokenized.",
+        "",
+    ]
+    owners = hooks.dataset_format_owners()
+    for name, fmt in sorted(hooks.dataset_formats().items()):
+        flags = [f for f, on in (("inline", fmt.inline), ("streams", fmt.streams)) if on]
+        owner = owners[name].split("'")[1]
+        out += [
+            f"### `{name}`",
+            "",
+            f"{fmt.description} (plugin `{owner}`"
+            + (f"; {', '.join(flags)}" if flags else "")
+            + ")",
+            "",
+        ]
+        if fmt.options is not None and fmt.options.model_fields:
+            out += [*table(fmt.options.model_fields), ""]
+    out += [
+        "## Plugin config keys",
         "",
     ]
     for plugin_name, model in sorted(hooks.config_fields(), key=lambda item: item[0]):
-        out += [f"## Plugin `{plugin_name}`", "", *table(model.model_fields), ""]
+        out += [f"### Plugin `{plugin_name}`", "", *table(model.model_fields), ""]
     return "\n".join(out)
 
 

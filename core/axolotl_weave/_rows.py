@@ -20,7 +20,8 @@ def tokenize_prompt_response(
     """Tokenize `prompt + response` as one text and label it; the prompt is masked unless trained.
 
     The whole text is tokenized once (so tokens at the boundary merge as they would at inference),
-    and each token is assigned to the prompt or the response by its character offsets. A slow
+    and each token is assigned to the prompt or the response by its character offsets: a token
+    that straddles the boundary goes to the response, so no response text is left untrained. A slow
     tokenizer without offsets falls back to the prompt's own token count. The tokenizer's BOS
     (if it adds one) is part of the prompt; EOS is appended and trained.
     """
@@ -29,10 +30,11 @@ def tokenize_prompt_response(
         enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
         input_ids = list(enc["input_ids"])
         boundary = len(prompt)
-        # a token belongs to the prompt when it starts inside it; special tokens have (0, 0)
-        # offsets: a leading one (BOS) belongs to the prompt, a later one (EOS) to the response
+        # a token belongs to the prompt when it ends inside it (one that straddles the boundary,
+        # as " Five" after a prompt ending in a space, is the response's and trained); special
+        # tokens have (0, 0) offsets: a leading one (BOS) is the prompt's, a later one (EOS) not
         in_prompt = [
-            (i == 0) if start == end == 0 else start < boundary
+            (i == 0) if start == end == 0 else end <= boundary
             for i, (start, end) in enumerate(enc["offset_mapping"])
         ]
     else:

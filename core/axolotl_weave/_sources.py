@@ -216,8 +216,9 @@ def rows_to_dataset(
     if not rows:
         raise DataError(f"{file}: the file holds no rows")
     check_field_types(file, rows, lines)
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # every row's keys
     try:
-        return Dataset.from_list(rows)
+        return Dataset.from_dict({key: [row.get(key) for row in rows] for key in columns})
     except Exception as exc:  # a clash deeper inside nested values
         raise DataError(
             f"{entry.label}: {file}: rows disagree on a field's type ({exc}); every row must "

@@ -204,7 +204,9 @@ def build_rows(
 
     cfg = cfg or SimpleNamespace(train_on_inputs=False, sequence_len=2048)
     validated = dataset_entry(hooks.dataset_formats(), **entry)
-    built = hooks.build_dataset(validated, Dataset.from_list(rows), tokenizer, cfg)
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # not only the first's
+    table = Dataset.from_dict({key: [row.get(key) for row in rows] for key in columns})
+    built = hooks.build_dataset(validated, table, tokenizer, cfg)
     return list(built)
 
 

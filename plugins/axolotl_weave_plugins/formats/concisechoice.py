@@ -1,3 +1,57 @@
-"""Placeholder: being written."""
+"""`type: concisechoice`: a multiple-choice question answered concisely, USER/ASSISTANT style.
+
+Mirrors Axolotl's `concisechoice` dataset handler
+(`AlpacaMultipleChoicePromptTokenizingStrategy` with `MultipleChoiceConcisePrompter`). Row
+fields: `question`, `choices` (a list, rendered one per line as `- "choice"`), and `solution`
+or, when the rows have no (or a null) `solution`, `explanation` (the response).
+
+The prompt (the system text, then `USER: question`, the choices, `ASSISTANT:`) is masked unless
+`train_on_inputs`; the response, appended right after `ASSISTANT:` as in Axolotl, and EOS are
+trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from axolotl_weave import DatasetFormat, hookimpl
+
+from axolotl_weave_plugins.formats.alpaca import (
+    PROMPT_STYLES,
+    PromptStyle,
+    build_prompt,
+    build_prompt_response_rows,
+)
+from axolotl_weave_plugins.formats.explainchoice import choice_fields, require_choice_columns
 
 PLUGIN_KIND = "format"
+
+SYSTEM_PROMPT = "Choose the answer that best answers the question. Be concise in your response.\n\n"
+STYLE = PromptStyle(
+    "{system}", PROMPT_STYLES["chat"].turn_format, PROMPT_STYLES["chat"].turn_no_input_format
+)
+"""Axolotl's prompter sets only the chat turns, leaving the system format bare."""
+
+
+@hookimpl
+def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
+    """Register `concisechoice`."""
+    register(DatasetFormat("concisechoice", "question, choices, solution or explanation (concise)"))
+
+
+@hookimpl
+def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+    """Tokenize multiple-choice rows, masking the prompt unless `train_on_inputs`."""
+    if entry.type != "concisechoice":
+        return None
+    require_choice_columns(dataset, entry)
+
+    def render(row: dict[str, Any]) -> tuple[str, str]:
+        question, choices, answer = choice_fields(row)
+        prompt = build_prompt(
+            question, choices, style=STYLE, system=SYSTEM_PROMPT, system_no_input=SYSTEM_PROMPT
+        )
+        return prompt, answer
+
+    return build_prompt_response_rows(entry, dataset, tokenizer, cfg, [], render)

@@ -1,3 +1,79 @@
-"""Placeholder: being written."""
+"""`type: explainchoice`: a multiple-choice question answered with an explanation.
+
+Mirrors Axolotl's `explainchoice` dataset handler (`AlpacaMultipleChoicePromptTokenizingStrategy`
+with `MultipleChoiceExplainPrompter`, instruct style). Row fields: `question` (the instruction),
+`choices` (a list, rendered one per line as `- "choice"` in the input section), and `solution`
+or, when the rows have no (or a null) `solution`, `explanation` (the response).
+
+The prompt is masked unless `train_on_inputs`; the response and EOS are trained. Axolotl quirk
+kept: the system text ends in a newline and the instruct style adds a blank line, so three
+newlines precede `### Instruction:`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from axolotl_weave import DataError, DatasetFormat, hookimpl, require_columns, text_field
+
+from axolotl_weave_plugins.formats.alpaca import (
+    PROMPT_STYLES,
+    build_prompt,
+    build_prompt_response_rows,
+)
 
 PLUGIN_KIND = "format"
+
+SYSTEM_PROMPT = "Choose the answer that best answers the question. Explain your reasoning.\n"
+
+
+def require_choice_columns(dataset: Any, entry: Any) -> None:
+    """Raise a `DataError` unless the rows have question, choices and solution or explanation."""
+    require_columns(dataset, entry, ["question", "choices"])
+    if "solution" not in dataset.column_names and "explanation" not in dataset.column_names:
+        raise DataError(
+            f"dataset '{entry.path}' (type: {entry.type}) lacks the field 'solution' or "
+            f"'explanation'; its rows have: {', '.join(dataset.column_names)}"
+        )
+
+
+def choice_fields(row: dict[str, Any]) -> tuple[str, str, str]:
+    """(question, choices as `- "choice"` lines, solution or explanation) of a row."""
+    choices = row.get("choices")
+    if not isinstance(choices, list):
+        raise TypeError(
+            f"field 'choices' must be a list, got {type(choices).__name__}: {choices!r}"
+        )
+    rendered = "\n".join(f'- "{choice}"' for choice in choices)
+    answer_field = "solution" if row.get("solution") is not None else "explanation"
+    return text_field(row, "question"), rendered, text_field(row, answer_field)
+
+
+@hookimpl
+def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
+    """Register `explainchoice`."""
+    register(
+        DatasetFormat("explainchoice", "question, choices, solution or explanation (explained)")
+    )
+
+
+@hookimpl
+def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+    """Tokenize multiple-choice rows, masking the prompt unless `train_on_inputs`."""
+    if entry.type != "explainchoice":
+        return None
+    require_choice_columns(dataset, entry)
+
+    def render(row: dict[str, Any]) -> tuple[str, str]:
+        question, choices, answer = choice_fields(row)
+        prompt = build_prompt(
+            question,
+            choices,
+            style=PROMPT_STYLES["instruct"],
+            system=SYSTEM_PROMPT,
+            system_no_input=SYSTEM_PROMPT,
+        )
+        return prompt, answer
+
+    return build_prompt_response_rows(entry, dataset, tokenizer, cfg, [], render)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from axolotl_weave import tokenize_prompt_response
-from axolotl_weave.testing import alpaca_rows, run_weave, write_config, write_jsonl
+from axolotl_weave.testing import alpaca_rows, run_weave, write_config
 from axolotl_weave_plugins.formats.alpaca import alpaca_prompt
 
 BUILTIN_PLUGINS = (

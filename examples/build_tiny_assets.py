@@ -111,10 +111,23 @@ def make_rows(seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
+def to_conversation(row: dict[str, str]) -> dict[str, list[dict[str, str]]]:
+    """An alpaca row as a chat: a system prompt, the user's request, the assistant's answer."""
+    request = f"{row['instruction']}\n{row['input']}" if row["input"] else row["instruction"]
+    return {
+        "messages": [
+            {"role": "system", "content": "You are a careful assistant."},
+            {"role": "user", "content": request},
+            {"role": "assistant", "content": row["output"]},
+        ]
+    }
+
+
 def main() -> None:
     """Write the data, then train the tokenizer on it and save the random-weight model."""
     rows = make_rows()
     data = write_jsonl(HERE / "data" / "alpaca_tiny.jsonl", rows)
+    write_jsonl(HERE / "data" / "chat_tiny.jsonl", [to_conversation(row) for row in rows])
     texts = [SAMPLE_TEXT, *(json.dumps(row) for row in rows)] * 2
     build_tiny_llama(HERE / "tiny-llama", texts, vocab_size=1024, hidden_size=128, layers=2)
     print(f"wrote {data} ({len(rows)} rows) and {HERE / 'tiny-llama'}")

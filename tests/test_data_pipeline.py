@@ -426,3 +426,31 @@ def test_an_interrupted_cache_write_leaves_no_cache(
     monkeypatch.setattr(Dataset, "save_to_disk", real)
     assert not prepare(tmp_path, base_config).from_cache
     assert prepare(tmp_path, base_config).from_cache
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+
+def test_the_chat_example_trains_and_saves_its_template(tmp_path: Path) -> None:
+    from axolotl_weave.testing import run_weave
+    from axolotl_weave_plugins.formats.chat_template import named_template
+    from transformers import AutoTokenizer
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    result = run_weave(
+        "train",
+        "examples/chat.yml",
+        "--max_steps",
+        "3",
+        "--output_dir",
+        str(out),
+        "--dataset_prepared_path",
+        str(tmp_path / "prepared"),
+        "--bf16",
+        "false",
+        cwd=root,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "step 3/3" in result.stdout
+    assert AutoTokenizer.from_pretrained(out).chat_template == named_template("vicuna")

@@ -1,4 +1,4 @@
-"""`type: concisechoice`: a multiple-choice question answered concisely, USER/ASSISTANT style.
+"""`type: concisechoice` (and `concisechoice:<style>`): a multiple choice, answered concisely.
 
 Mirrors Axolotl's `concisechoice` dataset handler
 (`AlpacaMultipleChoicePromptTokenizingStrategy` with `MultipleChoiceConcisePrompter`). Row
@@ -8,6 +8,9 @@ or, when the rows have no (or a null) `solution`, `explanation` (the response).
 The prompt (the system text, then `USER: question`, the choices, `ASSISTANT:`) is masked unless
 `train_on_inputs`; the response, appended right after `ASSISTANT:` as in Axolotl, and EOS are
 trained.
+
+Axolotl quirk kept: `MultipleChoiceConcisePrompter` sets its USER/ASSISTANT turns whatever the
+style, so `concisechoice:instruct`, `:chat`, `:chatml` and `:phi` all render as `concisechoice`.
 """
 
 from __future__ import annotations
@@ -33,17 +36,26 @@ STYLE = PromptStyle(
 )
 """Axolotl's prompter sets only the chat turns, leaving the system format bare."""
 
+FORMATS = {
+    "concisechoice": "question, choices, solution or explanation (concise)",
+    **{
+        f"concisechoice:{name}": f"concisechoice rows (Axolotl ignores the '{name}' style)"
+        for name in PROMPT_STYLES
+    },
+}
+
 
 @hookimpl
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
-    """Register `concisechoice`."""
-    register(DatasetFormat("concisechoice", "question, choices, solution or explanation (concise)"))
+    """Register `concisechoice` and `concisechoice:<style>` (the same) for each prompt style."""
+    for name, description in FORMATS.items():
+        register(DatasetFormat(name, description))
 
 
 @hookimpl
 def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize multiple-choice rows, masking the prompt unless `train_on_inputs`."""
-    if entry.type != "concisechoice":
+    if entry.type not in FORMATS:
         return None
     require_choice_columns(dataset, entry)
 

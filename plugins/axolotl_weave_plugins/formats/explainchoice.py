@@ -1,13 +1,15 @@
-"""`type: explainchoice`: a multiple-choice question answered with an explanation.
+"""`type: explainchoice` (and `explainchoice:<style>`): a multiple-choice question, explained.
 
 Mirrors Axolotl's `explainchoice` dataset handler (`AlpacaMultipleChoicePromptTokenizingStrategy`
-with `MultipleChoiceExplainPrompter`, instruct style). Row fields: `question` (the instruction),
-`choices` (a list, rendered one per line as `- "choice"` in the input section), and `solution`
-or, when the rows have no (or a null) `solution`, `explanation` (the response).
+with `MultipleChoiceExplainPrompter(prompt_style)`; `explainchoice:STYLE` picks any of alpaca's
+prompt styles, default `instruct`, around this prompter's own system text). Row fields:
+`question` (the instruction), `choices` (a list, rendered one per line as `- "choice"` in the
+input section), and `solution` or, when the rows have no (or a null) `solution`, `explanation`
+(the response).
 
 The prompt is masked unless `train_on_inputs`; the response and EOS are trained. Axolotl quirk
-kept: the system text ends in a newline and the instruct style adds a blank line, so three
-newlines precede `### Instruction:`.
+kept: the system text ends in a newline, which every style keeps inside its system block (so
+in the instruct style three newlines precede `### Instruction:`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ from axolotl_weave_plugins.formats.alpaca import (
 PLUGIN_KIND = "format"
 
 SYSTEM_PROMPT = "Choose the answer that best answers the question. Explain your reasoning.\n"
+FORMATS = {
+    "explainchoice": "question, choices, solution or explanation (explained)",
+    **{
+        f"explainchoice:{name}": f"explainchoice rows in Axolotl's '{name}' prompt style"
+        for name in PROMPT_STYLES
+    },
+}
 
 
 def require_choice_columns(dataset: Any, entry: Any) -> None:
@@ -52,25 +61,25 @@ def choice_fields(row: dict[str, Any]) -> tuple[str, str, str]:
 
 @hookimpl
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
-    """Register `explainchoice`."""
-    register(
-        DatasetFormat("explainchoice", "question, choices, solution or explanation (explained)")
-    )
+    """Register `explainchoice` and `explainchoice:<style>` for each prompt style."""
+    for name, description in FORMATS.items():
+        register(DatasetFormat(name, description))
 
 
 @hookimpl
 def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize multiple-choice rows, masking the prompt unless `train_on_inputs`."""
-    if entry.type != "explainchoice":
+    if entry.type not in FORMATS:
         return None
     require_choice_columns(dataset, entry)
+    style = PROMPT_STYLES[entry.type.partition(":")[2] or "instruct"]
 
     def render(row: dict[str, Any]) -> tuple[str, str]:
         question, choices, answer = choice_fields(row)
         prompt = build_prompt(
             question,
             choices,
-            style=PROMPT_STYLES["instruct"],
+            style=style,
             system=SYSTEM_PROMPT,
             system_no_input=SYSTEM_PROMPT,
         )

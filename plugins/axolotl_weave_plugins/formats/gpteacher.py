@@ -1,7 +1,8 @@
-"""`type: gpteacher`: GPTeacher rows in the Alpaca prompt.
+"""`type: gpteacher` (and `gpteacher:<style>`): GPTeacher rows in the Alpaca prompt.
 
 Mirrors Axolotl's `gpteacher` dataset handler (`GPTeacherPromptTokenizingStrategy` with
-`GPTeacherPrompter`, which is `AlpacaPrompter` in the instruct style). Row fields:
+`GPTeacherPrompter(prompt_style)`, which is `AlpacaPrompter`; `gpteacher:STYLE` picks any of
+alpaca's prompt styles, default `instruct`). Row fields:
 `instruction`, `input` (optional), `response`. The prompt is masked unless `train_on_inputs`;
 the response and EOS are trained.
 """
@@ -13,27 +14,40 @@ from typing import Any
 
 from axolotl_weave import DatasetFormat, hookimpl, text_field
 
-from axolotl_weave_plugins.formats.alpaca import alpaca_prompt, build_prompt_response_rows
+from axolotl_weave_plugins.formats.alpaca import (
+    PROMPT_STYLES,
+    build_prompt,
+    build_prompt_response_rows,
+)
 
 PLUGIN_KIND = "format"
+
+FORMATS = {
+    "gpteacher": "instruction, optional input, response (GPTeacher)",
+    **{
+        f"gpteacher:{name}": f"gpteacher rows in Axolotl's '{name}' prompt style"
+        for name in PROMPT_STYLES
+    },
+}
 
 
 @hookimpl
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
-    """Register `gpteacher`."""
-    register(DatasetFormat("gpteacher", "instruction, optional input, response (GPTeacher)"))
+    """Register `gpteacher` and `gpteacher:<style>` for each prompt style."""
+    for name, description in FORMATS.items():
+        register(DatasetFormat(name, description))
 
 
 @hookimpl
 def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize GPTeacher rows, masking the prompt unless `train_on_inputs`."""
-    if entry.type != "gpteacher":
+    if entry.type not in FORMATS:
         return None
+    style = PROMPT_STYLES[entry.type.partition(":")[2] or "instruct"]
 
     def render(row: dict[str, Any]) -> tuple[str, str]:
-        prompt = alpaca_prompt(
-            text_field(row, "instruction"), text_field(row, "input", required=False)
-        )
+        input_text = text_field(row, "input", required=False)
+        prompt = build_prompt(text_field(row, "instruction"), input_text, style=style)
         return prompt, text_field(row, "response")
 
     required = ["instruction", "response"]

@@ -1,13 +1,14 @@
-"""`type: jeopardy`: Jeopardy clues; the answer is trained as "what is <answer>".
+"""`type: jeopardy` (and `jeopardy:<style>`): Jeopardy clues, trained as "what is <answer>".
 
 Mirrors Axolotl's `jeopardy` dataset handler (`JeopardyPromptTokenizingStrategy` with
-`JeopardyPrompter`). Row fields: `question` (the clue, as the instruction), `category` (as the
-input; empty or null leaves the input section out), `answer`.
+`JeopardyPrompter(prompt_style)`; `jeopardy:STYLE` picks any of alpaca's prompt styles, default
+`instruct`). Row fields: `question` (the clue, as the instruction), `category` (as the input;
+empty or null leaves the input section out), `answer`.
 
 Axolotl quirk kept: `JeopardyPrompter` defines a Jeopardy-specific prompt in an attribute that
-Axolotl's current `AlpacaPrompter` no longer reads, so the rendered prompt is the plain Alpaca
-(instruct) one. The prompt is masked unless `train_on_inputs`; "what is " + answer and EOS are
-trained.
+Axolotl's current `AlpacaPrompter` no longer reads, so the rendered prompt is the style's Alpaca
+prompt (for `instruct`, the plain Alpaca one). The prompt is masked unless `train_on_inputs`;
+"what is " + answer and EOS are trained.
 """
 
 from __future__ import annotations
@@ -17,27 +18,40 @@ from typing import Any
 
 from axolotl_weave import DatasetFormat, hookimpl, text_field
 
-from axolotl_weave_plugins.formats.alpaca import alpaca_prompt, build_prompt_response_rows
+from axolotl_weave_plugins.formats.alpaca import (
+    PROMPT_STYLES,
+    build_prompt,
+    build_prompt_response_rows,
+)
 
 PLUGIN_KIND = "format"
+
+FORMATS = {
+    "jeopardy": "question (clue), category, answer (Jeopardy)",
+    **{
+        f"jeopardy:{name}": f"jeopardy rows in Axolotl's '{name}' prompt style"
+        for name in PROMPT_STYLES
+    },
+}
 
 
 @hookimpl
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
-    """Register `jeopardy`."""
-    register(DatasetFormat("jeopardy", "question (clue), category, answer (Jeopardy)"))
+    """Register `jeopardy` and `jeopardy:<style>` for each prompt style."""
+    for name, description in FORMATS.items():
+        register(DatasetFormat(name, description))
 
 
 @hookimpl
 def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize Jeopardy rows, masking the prompt unless `train_on_inputs`."""
-    if entry.type != "jeopardy":
+    if entry.type not in FORMATS:
         return None
+    style = PROMPT_STYLES[entry.type.partition(":")[2] or "instruct"]
 
     def render(row: dict[str, Any]) -> tuple[str, str]:
-        prompt = alpaca_prompt(
-            text_field(row, "question"), text_field(row, "category", required=False)
-        )
+        category = text_field(row, "category", required=False)
+        prompt = build_prompt(text_field(row, "question"), category, style=style)
         return prompt, "what is " + text_field(row, "answer")
 
     required = ["question", "category", "answer"]

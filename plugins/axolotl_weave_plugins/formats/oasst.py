@@ -1,8 +1,9 @@
-"""`type: oasst`: OpenAssistant rows in the Alpaca prompt.
+"""`type: oasst` (and `oasst:<style>`): OpenAssistant rows in the Alpaca prompt.
 
 Mirrors Axolotl's `oasst` dataset handler (`OpenAssistantPromptTokenizingStrategy` with
-`AlpacaPrompter`, instruct style, never an input section). Row fields: `INSTRUCTION`,
-`RESPONSE`. The prompt is masked unless `train_on_inputs`; the response and EOS are trained.
+`AlpacaPrompter(prompt_style)`, never an input section; `oasst:STYLE` picks any of alpaca's
+prompt styles, default `instruct`). Row fields: `INSTRUCTION`, `RESPONSE`. The prompt is masked
+unless `train_on_inputs`; the response and EOS are trained.
 """
 
 from __future__ import annotations
@@ -12,25 +13,37 @@ from typing import Any
 
 from axolotl_weave import DatasetFormat, hookimpl, text_field
 
-from axolotl_weave_plugins.formats.alpaca import alpaca_prompt, build_prompt_response_rows
+from axolotl_weave_plugins.formats.alpaca import (
+    PROMPT_STYLES,
+    build_prompt,
+    build_prompt_response_rows,
+)
 
 PLUGIN_KIND = "format"
+
+FORMATS = {
+    "oasst": "INSTRUCTION, RESPONSE (OpenAssistant)",
+    **{f"oasst:{name}": f"oasst rows in Axolotl's '{name}' prompt style" for name in PROMPT_STYLES},
+}
 
 
 @hookimpl
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
-    """Register `oasst`."""
-    register(DatasetFormat("oasst", "INSTRUCTION, RESPONSE (OpenAssistant)"))
+    """Register `oasst` and `oasst:<style>` for each prompt style."""
+    for name, description in FORMATS.items():
+        register(DatasetFormat(name, description))
 
 
 @hookimpl
 def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize OpenAssistant rows, masking the prompt unless `train_on_inputs`."""
-    if entry.type != "oasst":
+    if entry.type not in FORMATS:
         return None
+    style = PROMPT_STYLES[entry.type.partition(":")[2] or "instruct"]
 
     def render(row: dict[str, Any]) -> tuple[str, str]:
-        return alpaca_prompt(text_field(row, "INSTRUCTION"), ""), text_field(row, "RESPONSE")
+        prompt = build_prompt(text_field(row, "INSTRUCTION"), "", style=style)
+        return prompt, text_field(row, "RESPONSE")
 
     required = ["INSTRUCTION", "RESPONSE"]
     return build_prompt_response_rows(entry, dataset, tokenizer, cfg, required, render)

@@ -1,9 +1,12 @@
-"""`type: summarizetldr`: an article and its TL;DR summary.
+"""`type: summarizetldr` (and `summarizetldr:<style>`): an article and its TL;DR summary.
 
 Mirrors Axolotl's `summarizetldr` dataset handler (`SummarizeTLDRPromptTokenizingStrategy` with
 `SummarizeTLDRPrompter`: no system text, `USER: Summarize the following article as a TL;DR.`).
 Row fields: `article`, `summary`. The prompt is masked unless `train_on_inputs`; the summary
 (appended right after `ASSISTANT:`, as in Axolotl) and EOS are trained.
+
+Axolotl quirk kept: `SummarizeTLDRPrompter` sets its turns whatever the style, so
+`summarizetldr:instruct`, `:chat`, `:chatml` and `:phi` all render as `summarizetldr`.
 """
 
 from __future__ import annotations
@@ -13,23 +16,31 @@ from typing import Any
 
 from axolotl_weave import DatasetFormat, hookimpl, text_field
 
-from axolotl_weave_plugins.formats.alpaca import build_prompt_response_rows
+from axolotl_weave_plugins.formats.alpaca import PROMPT_STYLES, build_prompt_response_rows
 
 PLUGIN_KIND = "format"
 
 PROMPT = "USER: Summarize the following article as a TL;DR.\n{article}\nASSISTANT:"
+FORMATS = {
+    "summarizetldr": "article, summary (TL;DR summarization)",
+    **{
+        f"summarizetldr:{name}": f"summarizetldr rows (Axolotl ignores the '{name}' style)"
+        for name in PROMPT_STYLES
+    },
+}
 
 
 @hookimpl
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
-    """Register `summarizetldr`."""
-    register(DatasetFormat("summarizetldr", "article, summary (TL;DR summarization)"))
+    """Register `summarizetldr` and `summarizetldr:<style>` (the same) for each prompt style."""
+    for name, description in FORMATS.items():
+        register(DatasetFormat(name, description))
 
 
 @hookimpl
 def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize article/summary rows, masking the prompt unless `train_on_inputs`."""
-    if entry.type != "summarizetldr":
+    if entry.type not in FORMATS:
         return None
 
     def render(row: dict[str, Any]) -> tuple[str, str]:

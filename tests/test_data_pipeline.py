@@ -454,3 +454,16 @@ def test_the_chat_example_trains_and_saves_its_template(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "step 3/3" in result.stdout
     assert AutoTokenizer.from_pretrained(out).chat_template == named_template("vicuna")
+
+
+def test_pretraining_dataset_streams_from_skip(
+    tmp_path: Path, base_config: dict[str, Any], tiny_tokenizer: Any
+) -> None:
+    texts = [{"text": f"text number {i}."} for i in range(10)]
+    path = write_jsonl(tmp_path / "texts.jsonl", texts)
+    config = {k: v for k, v in base_config.items() if k != "datasets"}
+    config["pretraining_dataset"] = [{"path": str(path), "skip": 3}]
+    data = prepare(tmp_path, config)
+    assert data.streaming and data.cache_dir is None
+    first = next(iter(data.train))
+    assert tiny_tokenizer.decode(first["input_ids"]).startswith("<s>text number 3.</s><s>text")

@@ -317,3 +317,44 @@ def test_two_runs_in_one_process_may_differ_in_precision(base_config: dict, tmp_
     assert first.global_step == second.global_step == 1
     weights = load_file(str(tmp_path / "b" / "model.safetensors"))
     assert next(iter(weights.values())).dtype == torch.float32
+
+
+def test_streamed_pretraining_dataset_trains_and_resumes(base_config: dict, tmp_path: Path) -> None:
+    """`pretraining_dataset:` is read as a stream (first `skip` rows skipped), packed into
+    sequence_len blocks while training; a resumed run continues the stream where it was."""
+    texts = [{"text": f"the quick brown fox {i} jumps over the lazy dog {i}."} for i in range(200)]
+    write_jsonl(tmp_path / "texts.jsonl", texts)
+    config = {key: value for key, value in base_config.items() if key != "datasets"}
+    config.update(
+        pretraining_dataset=[{"path": str(tmp_path / "texts.jsonl"), "skip": 4}],
+        sequence_len=32,
+        max_steps=6,
+        save_steps=2,
+        micro_batch_size=2,
+        gradient_accumulation_steps=2,
+        warmup_steps=1,
+    )
+    full = run({**config, "output_dir": str(tmp_path / "full")}, tmp_path / "full.yml")
+    assert sorted(losses(full)) == [1, 2, 3, 4, 5, 6]
+    assert full.tokens_seen == 6 * 2 * 2 * 32  # full blocks: no padding, no short rows
+
+    crashed_dir = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        run({**config, "output_dir": str(crashed_dir)}, tmp_path / "crash.yml", CrashAt(3))
+    resumed = run(
+        {**config, "output_dir": str(crashed_dir), "resume_from_checkpoint": "auto"},
+        tmp_path / "resume.yml",
+    )
+    expected, got = losses(full), losses(resumed)
+    for step in range(3, 7):
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+
+
+def test_streamed_pretraining_dataset_needs_max_steps(base_config: dict, tmp_path: Path) -> None:
+    from axolotl_weave import ConfigError
+
+    config = {key: value for key, value in base_config.items() if key not in ("datasets",)}
+    config.update(pretraining_dataset=str(tmp_path / "texts.jsonl"), max_steps=None)
+    config = {key: value for key, value in config.items() if value is not None}
+    with pytest.raises(ConfigError, match="pretraining_dataset: is streamed, so max_steps"):
+        open_session(write_config(tmp_path / "c.yml", config))

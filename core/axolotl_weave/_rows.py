@@ -108,7 +108,7 @@ def map_rows(
             remove_columns=dataset.column_names,
             num_proc=processes if processes and processes > 1 else None,
             new_fingerprint=generate_random_fingerprint(),
-            desc=f"Tokenizing {entry.path} ({entry.type})",
+            desc=f"Tokenizing {entry.path} ({entry.type or 'pre-tokenized'})",
         )
     finally:
         if bars_were_off:

@@ -240,19 +240,39 @@ def json_kind(value: Any) -> str | None:
 
 
 def check_field_types(file: Path, rows: list[dict[str, Any]], lines: list[int]) -> None:
-    """Refuse a top-level field whose JSON type differs from its first non-null occurrence."""
+    """Refuse a field (nested ones too: `messages[].content`) whose JSON type differs from its
+    first non-null occurrence: Arrow columns hold one type, and the message names both lines."""
     seen: dict[str, tuple[str, int]] = {}
     for row, line in zip(rows, lines, strict=True):
-        for key, value in row.items():
-            kind = json_kind(value)
-            if kind is None:
-                continue
-            first = seen.setdefault(key, (kind, line))
+        for path, kind in field_kinds(row):
+            first = seen.setdefault(path, (kind, line))
             if first[0] != kind:
                 raise DataError(
-                    f"{file}:{line}: field '{key}' is a {kind} here but a {first[0]} at line "
-                    f"{first[1]}; every row must give it the same type"
+                    f"{file}:{line}: field '{path}' is a{'n' * (kind[0] in 'ao')} {kind} here "
+                    f"but a{'n' * (first[0][0] in 'ao')} {first[0]} at line {first[1]}; every "
+                    "row must give it the same type"
                 )
+
+
+def field_kinds(value: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """(path, JSON type) of every non-null value inside a row, lists' items as `name[]`."""
+    found = []
+    for key, item in value.items():
+        path = f"{prefix}{key}"
+        kind = json_kind(item)
+        if kind is None:
+            continue
+        found.append((path, kind))
+        if kind == "object":
+            found += field_kinds(item, f"{path}.")
+        elif kind == "array":
+            for element in item:
+                element_kind = json_kind(element)
+                if element_kind is not None:
+                    found.append((f"{path}[]", element_kind))
+                if element_kind == "object":
+                    found += field_kinds(element, f"{path}[].")
+    return found
 
 
 def read_json_rows(file: Path) -> tuple[list[dict[str, Any]], list[int]]:

@@ -467,3 +467,28 @@ def test_pretraining_dataset_streams_from_skip(
     assert data.streaming and data.cache_dir is None
     first = next(iter(data.train))
     assert tiny_tokenizer.decode(first["input_ids"]).startswith("<s>text number 3.</s><s>text")
+
+
+def test_train_on_split_picks_the_split(tmp_path: Path, base_config: dict[str, Any]) -> None:
+    splits = {"train": alpaca_rows(3), "validation": alpaca_rows(12)}
+    DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(
+        str(tmp_path / "saved")
+    )
+    entry = {"path": str(tmp_path / "saved"), "type": "alpaca", "train_on_split": "validation"}
+    assert prepare(tmp_path, with_data(base_config, entry)).stats.rows_in == 12
+
+
+def test_an_unreachable_hub_dataset_is_one_clear_error(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    from axolotl_weave.testing import run_weave
+
+    entry = {"path": "someone/not-a-dataset", "type": "alpaca", "revision": "v2"}
+    path = write_config(tmp_path / "hub.yml", with_data(base_config, entry))
+    result = run_weave("preprocess", str(path))  # offline: HF_DATASETS_OFFLINE=1
+    assert result.returncode != 0
+    assert (
+        "error: dataset 'someone/not-a-dataset' (type: alpaca) is neither a local file nor a"
+        " loadable hub dataset" in " ".join(result.stderr.split())
+    )
+    assert "Traceback" not in result.stderr

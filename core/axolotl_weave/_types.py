@@ -42,6 +42,13 @@ class ModelFamily:
     lora_target_modules: default LoRA targets when the config names none.
     decoder_layer: class name of the repeated decoder block (FSDP wrapping, checkpointing).
     prepare_tokenizer: called with the loaded tokenizer to fix quirks (missing pad token...).
+    prepare_model: called with the loaded model and the config to fix quirks or switch on
+        options (an MoE router's auxiliary loss...), before adapters wrap it.
+    attn_implementations: the transformers attention implementations it supports.
+    kernels: the fused-kernel plugins it works with (e.g. "liger").
+    chat_template: the name of its default chat template (a `chat_template` plugin's name).
+    tiny_config: keyword arguments of a tiny config of this architecture (random weights, for
+        tests and the support matrix): `AutoConfig.for_model(model_types[0], **tiny_config())`.
     """
 
     name: str
@@ -49,6 +56,11 @@ class ModelFamily:
     lora_target_modules: tuple[str, ...] = ()
     decoder_layer: str | None = None
     prepare_tokenizer: Callable[[Any], None] | None = None
+    prepare_model: Callable[[Any, Any], None] | None = None
+    attn_implementations: tuple[str, ...] = ("eager", "sdpa")
+    kernels: tuple[str, ...] = ()
+    chat_template: str | None = None
+    tiny_config: Callable[[], dict[str, Any]] | None = None
     description: str = ""
 
 

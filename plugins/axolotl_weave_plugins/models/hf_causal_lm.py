@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from axolotl_weave import WeaveError, hookimpl, resolve_precision
+from axolotl_weave import ModelFamily, WeaveError, hookimpl, resolve_precision
 
 PLUGIN_KIND = "model"
 
@@ -26,11 +26,11 @@ def load_tokenizer(cfg: Any) -> Any:
 
 
 @hookimpl(trylast=True)
-def load_model(cfg: Any, tokenizer: Any) -> Any:
+def load_model(cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Any:
     """`AutoModelForCausalLM.from_pretrained(base_model)` in the configured dtype.
 
-    Grows the embeddings when the tokenizer has more tokens than the model, and turns the
-    generation cache off (it only costs memory in training).
+    Grows the embeddings when the tokenizer has more tokens than the model, turns the generation
+    cache off (it only costs memory in training), and gives the family's `prepare_model` its turn.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -48,4 +48,6 @@ def load_model(cfg: Any, tokenizer: Any) -> Any:
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.use_cache = False
+    if family is not None and family.prepare_model is not None:
+        family.prepare_model(model, cfg)
     return model

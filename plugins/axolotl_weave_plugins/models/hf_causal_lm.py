@@ -27,7 +27,15 @@ def load_tokenizer(cfg: Any) -> Any:
 
 @hookimpl(trylast=True)
 def load_model(cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Any:
-    """`AutoModelForCausalLM.from_pretrained(base_model)` in the configured dtype.
+    """`AutoModelForCausalLM.from_pretrained(base_model)` in the configured dtype."""
+    return load_pretrained(cfg, tokenizer, family)
+
+
+def load_pretrained(
+    cfg: Any, tokenizer: Any, family: ModelFamily | None, **model_kwargs: Any
+) -> Any:
+    """Load `base_model` with `from_pretrained`; `model_kwargs` (a quantization config...) are
+    passed on. Method plugins that must change how the weights load call this.
 
     Grows the embeddings when the tokenizer has more tokens than the model, turns the generation
     cache off (it only costs memory in training), and gives the family's `prepare_model` its turn.
@@ -41,7 +49,11 @@ def load_model(cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Any:
             cfg.base_model_config or cfg.base_model, trust_remote_code=cfg.trust_remote_code
         )
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.base_model, config=config, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+            cfg.base_model,
+            config=config,
+            dtype=model_kwargs.pop("dtype", dtype),
+            trust_remote_code=cfg.trust_remote_code,
+            **model_kwargs,
         )
     except (OSError, ValueError) as exc:
         raise WeaveError(f"cannot load base_model '{cfg.base_model}': {exc}") from None

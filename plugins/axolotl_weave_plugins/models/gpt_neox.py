@@ -1,0 +1,3 @@
+"""Placeholder: being written."""
+
+PLUGIN_KIND = "model"

@@ -188,8 +188,14 @@ class CoreConfig(BaseModel):
     base_model_config: str | None = Field(None, description="Where to read the model config.")
     tokenizer_config: str | None = Field(None, description="Where to load the tokenizer from.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
+    revision_of_model: str | None = Field(
+        None, description="Hub revision (branch, tag or commit) of base_model."
+    )
     special_tokens: dict[str, str] = Field(
         default_factory=dict, description="Tokens to set, e.g. {pad_token: '<pad>'}."
+    )
+    tokens: list[str] = Field(
+        default_factory=list, description="New tokens to add to the vocabulary (embeddings grow)."
     )
     plugins: list[str] = Field(
         default_factory=list,

@@ -70,7 +70,9 @@ def model_type_of(cfg: CoreConfig) -> str | None:
 
     where = cfg.base_model_config or cfg.base_model
     try:
-        config = AutoConfig.from_pretrained(where, trust_remote_code=cfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            where, revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code
+        )
     except Exception as exc:
         raise WeaveError(f"cannot read the model config of base_model '{where}': {exc}") from None
     return getattr(config, "model_type", None)
@@ -85,13 +87,17 @@ def family_of(session: Session) -> ModelFamily | None:
 
 
 def load_tokenizer(session: Session, family: ModelFamily | None) -> Any:
-    """The tokenizer, family quirks fixed, `special_tokens` set and a pad token ensured."""
+    """The tokenizer, family quirks fixed, `special_tokens` set, `tokens` added and a pad token
+    ensured."""
     cfg = session.cfg
     tokenizer = session.hooks.load_tokenizer(cfg)
     if family is not None and family.prepare_tokenizer is not None:
         family.prepare_tokenizer(tokenizer)
     if cfg.special_tokens:
         tokenizer.add_special_tokens(dict(cfg.special_tokens))
+    if cfg.tokens:
+        added = tokenizer.add_tokens(list(cfg.tokens))
+        log.info("tokens: added %d new token(s) to the vocabulary", added)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ConfigError("the tokenizer has no pad or eos token: set special_tokens.pad_token")

@@ -1,26 +1,87 @@
 """Generic Hugging Face causal-LM loader: tokenizer and model through `from_pretrained`.
 
 The fallback (`trylast`) for every architecture: a family plugin or a method plugin may answer
-first or wrap the result. Works with a local folder or a hub name alike.
+first or wrap the result. Works with a local folder or a hub name alike. It owns Axolotl's
+loading keys: `model_type` / `tokenizer_type` (transformers class names), the config and kwargs
+overrides, and `resize_token_embeddings_to_32x`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from axolotl_weave import ModelFamily, WeaveError, hookimpl, resolve_precision
+from axolotl_weave import (
+    ConfigError,
+    ModelFamily,
+    PluginConfig,
+    WeaveError,
+    hookimpl,
+    resolve_precision,
+)
+from pydantic import Field
 
 PLUGIN_KIND = "model"
 
 
+class LoaderSettings(PluginConfig):
+    """How the base model and tokenizer load (Axolotl's keys)."""
+
+    model_type: str | None = Field(
+        None, description="transformers class that loads the model (default AutoModelForCausalLM)."
+    )
+    tokenizer_type: str | None = Field(
+        None, description="transformers class that loads the tokenizer (default AutoTokenizer)."
+    )
+    tokenizer_use_fast: bool = Field(True, description="Use the fast (Rust) tokenizer.")
+    overrides_of_model_config: dict[str, Any] = Field(
+        default_factory=dict, description="Model config values to replace (e.g. rope_scaling)."
+    )
+    overrides_of_model_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments for from_pretrained."
+    )
+    resize_token_embeddings_to_32x: bool = Field(
+        False, description="Round the embedding rows up to a multiple of 32 (faster matmuls)."
+    )
+
+
+@hookimpl
+def add_config_fields() -> type[PluginConfig]:
+    """The loader's keys."""
+    return LoaderSettings
+
+
+def transformers_class(name: str, key: str, suffix: str) -> Any:
+    """The transformers class called `name` (for `model_type` / `tokenizer_type`)."""
+    import transformers
+
+    found = getattr(transformers, name, None)
+    if found is None or not hasattr(found, "from_pretrained"):
+        raise ConfigError(
+            f"{key}: '{name}' is not a transformers class with from_pretrained "
+            f"(e.g. Auto{suffix}, LlamaFor{suffix.removeprefix('Model')}...)"
+        )
+    return found
+
+
 @hookimpl(trylast=True)
 def load_tokenizer(cfg: Any) -> Any:
-    """`AutoTokenizer.from_pretrained(tokenizer_config or base_model)`."""
+    """`AutoTokenizer` (or `tokenizer_type`) `.from_pretrained(tokenizer_config or base_model)`."""
     from transformers import AutoTokenizer
 
     where = cfg.tokenizer_config or cfg.base_model
+    loader = (
+        transformers_class(cfg.tokenizer_type, "tokenizer_type", "Tokenizer")
+        if cfg.tokenizer_type
+        else AutoTokenizer
+    )
+    revision = None if cfg.tokenizer_config else cfg.revision_of_model
     try:
-        return AutoTokenizer.from_pretrained(where, trust_remote_code=cfg.trust_remote_code)
+        return loader.from_pretrained(
+            where,
+            revision=revision,
+            use_fast=cfg.tokenizer_use_fast,
+            trust_remote_code=cfg.trust_remote_code,
+        )
     except Exception as exc:
         raise WeaveError(f"cannot load the tokenizer from '{where}': {exc}") from None
 
@@ -31,34 +92,66 @@ def load_model(cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Any:
     return load_pretrained(cfg, tokenizer, family)
 
 
+def load_config(cfg: Any) -> Any:
+    """The model's config (`base_model_config` or `base_model`), `overrides_of_model_config`
+    applied; an override naming no known key is refused."""
+    from transformers import AutoConfig
+
+    where = cfg.base_model_config or cfg.base_model
+    try:
+        config = AutoConfig.from_pretrained(
+            where, revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise WeaveError(f"cannot read the model config of '{where}': {exc}") from None
+    known = set(config.to_dict())
+    for key, value in cfg.overrides_of_model_config.items():
+        if key not in known and not hasattr(config, key):
+            raise ConfigError(
+                f"overrides_of_model_config.{key}: the {config.model_type} config has no such key"
+            )
+        setattr(config, key, value)
+    return config
+
+
 def load_pretrained(
     cfg: Any, tokenizer: Any, family: ModelFamily | None, **model_kwargs: Any
 ) -> Any:
     """Load `base_model` with `from_pretrained`; `model_kwargs` (a quantization config...) are
-    passed on. Method plugins that must change how the weights load call this.
+    passed on, after `overrides_of_model_kwargs`. Method plugins that must change how the
+    weights load call this.
 
-    Grows the embeddings when the tokenizer has more tokens than the model, turns the generation
-    cache off (it only costs memory in training), and gives the family's `prepare_model` its turn.
+    Grows the embeddings when the tokenizer has more tokens than the model (to a multiple of 32
+    with `resize_token_embeddings_to_32x`), turns the generation cache off (it only costs memory
+    in training), and gives the family's `prepare_model` its turn.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    dtype = getattr(torch, resolve_precision(cfg).weight_dtype)
+    loader = (
+        transformers_class(cfg.model_type, "model_type", "ModelForCausalLM")
+        if cfg.model_type
+        else AutoModelForCausalLM
+    )
+    config = load_config(cfg)
+    kwargs = {
+        "dtype": getattr(torch, resolve_precision(cfg).weight_dtype),
+        "revision": cfg.revision_of_model,
+        **cfg.overrides_of_model_kwargs,
+        **model_kwargs,
+    }
     try:
-        config = AutoConfig.from_pretrained(
-            cfg.base_model_config or cfg.base_model, trust_remote_code=cfg.trust_remote_code
+        model = loader.from_pretrained(
+            cfg.base_model, config=config, trust_remote_code=cfg.trust_remote_code, **kwargs
         )
-        model = AutoModelForCausalLM.from_pretrained(
-            cfg.base_model,
-            config=config,
-            dtype=model_kwargs.pop("dtype", dtype),
-            trust_remote_code=cfg.trust_remote_code,
-            **model_kwargs,
-        )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise WeaveError(f"cannot load base_model '{cfg.base_model}': {exc}") from None
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
+    rows = model.get_input_embeddings().num_embeddings
+    wanted = len(tokenizer)
+    if cfg.resize_token_embeddings_to_32x:
+        wanted = -(-max(wanted, rows) // 32) * 32
+    if wanted > rows:
+        model.resize_token_embeddings(wanted)
     model.config.use_cache = False
     if family is not None and family.prepare_model is not None:
         family.prepare_model(model, cfg)

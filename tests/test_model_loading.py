@@ -1,0 +1,73 @@
+"""The generic loader's keys: tokens, class names, config and kwargs overrides, 32x embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from axolotl_weave import ConfigError
+from axolotl_weave._run import family_of, load_tokenizer, open_session
+from axolotl_weave.testing import write_config
+
+
+def load(tmp_path: Path, config: dict[str, Any]) -> tuple[Any, Any]:
+    """(tokenizer, model) as a run loads them."""
+    session = open_session(write_config(tmp_path / "config.yml", config))
+    family = family_of(session)
+    tokenizer = load_tokenizer(session, family)
+    return tokenizer, session.hooks.load_model(session.cfg, tokenizer, family)
+
+
+def test_tokens_are_added_and_the_embeddings_grow(tmp_path: Path, base_config: dict) -> None:
+    base_tokenizer, base_model = load(tmp_path, base_config)
+    tokenizer, model = load(tmp_path, {**base_config, "tokens": ["<tool>", "</tool>"]})
+    assert len(tokenizer) == len(base_tokenizer) + 2
+    assert tokenizer.convert_tokens_to_ids("<tool>") == len(base_tokenizer)
+    assert tokenizer("a<tool>b")["input_ids"].count(len(base_tokenizer)) == 1
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+    assert base_model.get_input_embeddings().num_embeddings == len(base_tokenizer)
+
+
+def test_resize_token_embeddings_to_32x(tmp_path: Path, base_config: dict) -> None:
+    tokenizer, model = load(
+        tmp_path, {**base_config, "tokens": ["<x>"], "resize_token_embeddings_to_32x": True}
+    )
+    rows = model.get_input_embeddings().num_embeddings
+    assert rows % 32 == 0 and len(tokenizer) <= rows < len(tokenizer) + 32
+
+
+def test_overrides_of_model_config_and_kwargs(tmp_path: Path, base_config: dict) -> None:
+    config = {
+        **base_config,
+        "overrides_of_model_config": {"rms_norm_eps": 0.001},
+        "overrides_of_model_kwargs": {"attn_implementation": "eager"},
+    }
+    _, model = load(tmp_path, config)
+    assert model.config.rms_norm_eps == 0.001
+    assert model.config._attn_implementation == "eager"
+
+
+def test_an_override_of_an_unknown_config_key_is_refused(tmp_path: Path, base_config: dict) -> None:
+    config = {**base_config, "overrides_of_model_config": {"rms_norm_epz": 0.1}}
+    with pytest.raises(ConfigError, match="overrides_of_model_config.rms_norm_epz: the llama"):
+        load(tmp_path, config)
+
+
+def test_model_and_tokenizer_classes_by_name(tmp_path: Path, base_config: dict) -> None:
+    config = {
+        **base_config,
+        "model_type": "LlamaForCausalLM",
+        "tokenizer_type": "PreTrainedTokenizerFast",
+    }
+    tokenizer, model = load(tmp_path, config)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    from transformers import PreTrainedTokenizerFast
+
+    assert isinstance(tokenizer, PreTrainedTokenizerFast)
+
+
+@pytest.mark.parametrize("key", ["model_type", "tokenizer_type"])
+def test_an_unknown_class_name_is_refused(tmp_path: Path, base_config: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key}: 'NoSuchThing' is not a transformers class"):
+        load(tmp_path, {**base_config, key: "NoSuchThing"})

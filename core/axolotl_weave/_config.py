@@ -178,6 +178,16 @@ class DatasetEntry(BaseModel):
         return bool(getattr(self._source, "skip_invalid_rows", False))
 
 
+class LrGroup(BaseModel):
+    """One `lr_groups:` item: parameters whose name contains one of `modules` train at `lr`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="A name for the group (shown in logs).")
+    modules: list[str] = Field(min_length=1, description="Substrings of parameter names.")
+    lr: float = Field(gt=0, description="The group's peak learning rate.")
+
+
 class CoreConfig(BaseModel):
     """Keys the core itself reads. Plugins add theirs through `add_config_fields`."""
 
@@ -249,6 +259,13 @@ class CoreConfig(BaseModel):
     warmup_steps: int | None = Field(None, ge=0, description="Linear warm-up steps.")
     warmup_ratio: float | None = Field(None, ge=0, le=1, description="Warm-up as a fraction.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay (not on biases, norms).")
+    lr_groups: list[LrGroup] = Field(
+        default_factory=list, description="Own learning rates for parameters of named modules."
+    )
+    unfrozen_parameters: list[str] = Field(
+        default_factory=list,
+        description="Regexes of parameter names to train; all others frozen (full fine-tune).",
+    )
     max_grad_norm: float | None = Field(1.0, description="Gradient clipping; null disables.")
     bf16: AutoBool = Field("auto", description="bfloat16 weights and autocast; auto detects.")
     fp16: AutoBool = Field(False, description="float16 mixed precision.")
@@ -273,11 +290,12 @@ class CoreConfig(BaseModel):
 
     @field_validator("optimizer")
     @classmethod
-    def _known_optimizer(cls, value: str) -> str:
-        if value not in OPTIMIZERS:
+    def _known_optimizer(cls, value: str, info: ValidationInfo) -> str:
+        names = [*OPTIMIZERS, *(info.context or {}).get("optimizers", [])]
+        if value not in names:
             raise ValueError(
-                f"unknown optimizer '{value}'{did_you_mean(value, OPTIMIZERS)}; "
-                f"valid: {', '.join(OPTIMIZERS)}"
+                f"unknown optimizer '{value}'{did_you_mean(value, names)}; "
+                f"valid: {', '.join(names)}"
             )
         return value
 
@@ -384,12 +402,16 @@ def drop_unimplemented_axolotl_keys(data: dict[str, Any], model: type[BaseModel]
 
 
 def validate_config(
-    data: dict[str, Any], model: type[CoreConfig], formats: dict[str, DatasetFormat], source: str
+    data: dict[str, Any],
+    model: type[CoreConfig],
+    formats: dict[str, DatasetFormat],
+    source: str,
+    optimizers: list[str] | tuple[str, ...] = (),
 ) -> CoreConfig:
     """Validate `data`: one `ConfigError` lists every problem; ignored Axolotl keys warn."""
     data = dict(data)
     ignored = drop_unimplemented_axolotl_keys(data, model)
-    context: dict[str, Any] = {"formats": formats, "ignored": []}
+    context: dict[str, Any] = {"formats": formats, "ignored": [], "optimizers": list(optimizers)}
     try:
         cfg = model.model_validate(data, context=context)
     except ValidationError as exc:

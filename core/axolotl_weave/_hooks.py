@@ -57,6 +57,11 @@ class Hooks:
         found = self._collect("register_model_families", lambda fam: list(fam.model_types))
         return {name: item for name, (item, _) in found.items()}
 
+    def optimizers(self) -> dict[str, Callable[..., Any]]:
+        """Every plugin-registered optimizer builder by name."""
+        found = self._collect("register_optimizers", lambda item: [item[0]])  # (name, build)
+        return {name: item[1] for name, (item, _) in found.items()}
+
     def add_cli_commands(self, app: typer.Typer) -> None:
         """Let plugins add commands to the CLI."""
         self.pm.hook.add_cli_commands(app=app)
@@ -69,7 +74,8 @@ class Hooks:
         for impl in reversed(caller.get_hookimpls()):
             owner = self._owner(impl.plugin)
 
-            def register(item: T, owner: str = owner) -> None:
+            def register(*parts: Any, owner: str = owner) -> None:
+                item = parts[0] if len(parts) == 1 else parts  # register(name, build) too
                 for key in keys(item):
                     if key in found and found[key][1] != owner:
                         raise PluginError(

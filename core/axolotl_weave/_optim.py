@@ -5,34 +5,62 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from axolotl_weave._errors import ConfigError
+
 if TYPE_CHECKING:
     import torch
 
 NO_DECAY_HINTS = ("bias", "norm", "ln_", "layernorm")
 
 
-def build_optimizer(cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer named by `cfg.optimizer` over the trainable parameters.
+def param_groups(cfg: Any, model: torch.nn.Module) -> list[dict[str, Any]]:
+    """The trainable parameters in groups: per `lr_groups` item (first match by module name)
+    and the rest, each split into weight-decayed and not (biases, norms); each group has `lr`.
+    """
+    by_key: dict[tuple[str, bool], list[Any]] = {}
+    lrs = {group.name: group.lr for group in cfg.lr_groups}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        owner = next(
+            (g.name for g in cfg.lr_groups if any(m in name for m in g.modules)), "default"
+        )
+        no_decay = param.ndim < 2 or any(hint in name.lower() for hint in NO_DECAY_HINTS)
+        by_key.setdefault((owner, no_decay), []).append(param)
+    if not by_key:
+        raise ValueError("the model has no trainable parameters")
+    unused = [g.name for g in cfg.lr_groups if not any(k[0] == g.name for k in by_key)]
+    if unused:
+        raise ConfigError(
+            f"lr_groups: {', '.join(unused)} match(es) no trainable parameter; check `modules`"
+        )
+    return [
+        {
+            "params": params,
+            "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+            "lr": lrs.get(owner, cfg.learning_rate),
+            "group": owner,
+        }
+        for (owner, no_decay), params in by_key.items()
+    ]
+
+
+def build_optimizer(
+    cfg: Any, model: torch.nn.Module, plugin_optimizers: dict[str, Any] | None = None
+) -> torch.optim.Optimizer:
+    """The optimizer named by `cfg.optimizer` over `param_groups`: a built-in, or one a plugin
+    registered (`register_optimizers`).
 
     Weight decay skips biases and normalisation weights, as Hugging Face's Trainer does.
     """
     import torch
 
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        skip = param.ndim < 2 or any(hint in name.lower() for hint in NO_DECAY_HINTS)
-        (no_decay if skip else decay).append(param)
-    if not decay and not no_decay:
-        raise ValueError("the model has no trainable parameters")
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    groups = param_groups(cfg, model)
+    name = cfg.optimizer
+    if plugin_optimizers and name in plugin_optimizers:
+        return plugin_optimizers[name](groups, cfg)
     lr = cfg.learning_rate
     betas = (cfg.adam_beta1, cfg.adam_beta2)
-    name = cfg.optimizer
     if name in ("adamw_torch", "adamw"):
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.adam_epsilon)
     if name == "adamw_torch_fused":
@@ -42,6 +70,28 @@ def build_optimizer(cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def apply_unfrozen_parameters(model: torch.nn.Module, patterns: list[str]) -> int:
+    """Freeze every parameter whose name matches none of the regexes; return how many train."""
+    import re
+
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ConfigError(f"unfrozen_parameters: {pattern!r} is not a regex: {exc}") from None
+    count = 0
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(c.search(name) for c in compiled))
+        count += int(param.requires_grad)
+    if count == 0:
+        raise ConfigError(
+            f"unfrozen_parameters: {patterns} match no parameter (names look like "
+            f"{next(n for n, _ in model.named_parameters())!r})"
+        )
+    return count
 
 
 def warmup_steps(cfg: Any, total_steps: int) -> int:

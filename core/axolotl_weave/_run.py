@@ -24,6 +24,7 @@ from axolotl_weave._console import quiet_libraries
 from axolotl_weave._data import PreparedData, prepare_datasets
 from axolotl_weave._errors import ConfigError, WeaveError
 from axolotl_weave._hooks import Hooks
+from axolotl_weave._optim import apply_unfrozen_parameters
 from axolotl_weave._pluginmanager import make_plugin_manager, register_config_plugins
 from axolotl_weave._types import DatasetFormat, ModelFamily, TrainState
 
@@ -55,7 +56,7 @@ def open_session(
     hooks = Hooks(pm)
     model = build_config_model(hooks.config_fields())
     formats = hooks.dataset_formats()
-    cfg = validate_config(data, model, formats, str(source))
+    cfg = validate_config(data, model, formats, str(source), sorted(hooks.optimizers()))
     return Session(cfg, hooks, str(source), formats, hooks.model_families())
 
 
@@ -156,6 +157,8 @@ def train(session: Session) -> TrainState:
         )
 
     model = hooks.load_model(cfg, tokenizer, family)
+    if cfg.unfrozen_parameters:
+        apply_unfrozen_parameters(model, cfg.unfrozen_parameters)
     hooks.patch_attention(model, cfg, family)
     loss_fn = hooks.build_loss(cfg, model)
     accelerator = hooks.wrap_distributed(cfg)

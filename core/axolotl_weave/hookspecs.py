@@ -79,6 +79,20 @@ def register_model_families(register: Callable[[ModelFamily], None]) -> None:
 
 
 @hookspec
+def register_optimizers(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register optimizers by the name `optimizer:` gives, by calling ``register``.
+
+    :param register: call as ``register(name, build)``; ``build(param_groups, cfg)`` returns a
+        ``torch.optim.Optimizer`` over the parameter groups the core made (weight decay and
+        ``lr_groups`` already split; each group carries its ``lr``). A name registered twice,
+        or one the core builds itself, is an error naming both.
+
+    Called once, before the config is validated (an unknown ``optimizer:`` is rejected with the
+    registered names as suggestions). Collects all results (return value ignored).
+    """
+
+
+@hookspec
 def add_cli_commands(app: typer.Typer) -> None:
     """Add commands to the ``weave`` command line.
 

@@ -144,6 +144,10 @@ class Hooks:
         """Tell loggers training starts."""
         self.pm.hook.on_train_begin(cfg=cfg, state=state)
 
+    def on_step_end(self, cfg: Any, state: TrainState, model: Any, optimizer: Any) -> None:
+        """Let methods act after an optimizer step."""
+        self.pm.hook.on_step_end(cfg=cfg, state=state, model=model, optimizer=optimizer)
+
     def on_log(self, cfg: Any, state: TrainState, metrics: dict[str, float]) -> None:
         """Hand new metrics to loggers."""
         self.pm.hook.on_log(cfg=cfg, state=state, metrics=metrics)

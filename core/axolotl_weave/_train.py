@@ -123,6 +123,12 @@ class Trainer:
                     continue
                 loss, n_units, grad_norm = self.step(window)
                 self.state.global_step += 1
+                self.hooks.on_step_end(
+                    self.cfg,
+                    self.state,
+                    self.acc.unwrap_model(self.model),
+                    getattr(self.optimizer, "optimizer", self.optimizer),  # the torch one
+                )
                 self.state.batches_into_epoch += len(window)
                 n_tokens = sum(int(b["attention_mask"].sum()) for b in window)
                 self.state.tokens_seen += n_tokens

@@ -200,6 +200,21 @@ def on_train_begin(cfg: Any, state: TrainState) -> None:
 
 
 @hookspec
+def on_step_end(cfg: Any, state: TrainState, model: Any, optimizer: Any) -> None:
+    """An optimizer step (and the learning-rate schedule's step) has finished.
+
+    :param state: ``state.global_step`` is the step just done.
+    :param model: the model being trained (unwrapped from any distributed wrapper).
+    :param optimizer: the optimizer; a method may edit its state or the groups' ``lr``, which
+        the next step uses (the schedule sets ``lr`` afresh at each of its steps).
+
+    For methods that act during training, such as ReLoRA's periodic merge-and-restart. Called
+    on every process, after each step, before logging, evaluation and checkpointing. Collects
+    all results.
+    """
+
+
+@hookspec
 def on_log(cfg: Any, state: TrainState, metrics: dict[str, float]) -> None:
     """New metrics at ``state.global_step``: ``loss``, ``learning_rate``, ``grad_norm``,
     ``tokens_per_second``, ``epoch``, or ``eval_loss`` after an evaluation.

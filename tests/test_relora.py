@@ -1,0 +1,140 @@
+"""ReLoRA: merges at the configured steps keep the function; cycles shape the learning rate."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from axolotl_weave import ConfigError, hookimpl
+from axolotl_weave._pluginmanager import make_plugin_manager
+from axolotl_weave._run import open_session, train
+from axolotl_weave.testing import write_config
+from axolotl_weave_plugins.methods.relora import (
+    cycle_factor,
+    merge_and_restart,
+    prune_optimizer_state,
+)
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+PROBE = torch.tensor([[1, 20, 30, 40, 50, 60]])
+
+
+@pytest.fixture
+def lora_model(tiny_llama_dir: Path) -> Any:
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]),
+    )
+    with torch.no_grad():  # a trained-looking adapter: B is not zero
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    return model
+
+
+def test_merge_and_restart_keeps_the_function(lora_model: Any) -> None:
+    lora_model.eval()
+    before = lora_model(input_ids=PROBE).logits
+    base = lora_model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.clone()
+    fresh = merge_and_restart(lora_model)
+    after = lora_model(input_ids=PROBE).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    q_proj = lora_model.base_model.model.model.layers[0].self_attn.q_proj
+    assert not torch.equal(q_proj.base_layer.weight, base)  # the delta moved into the base
+    assert torch.count_nonzero(q_proj.lora_B["default"].weight) == 0
+    assert len(fresh) == 2 * 3 * 2  # A and B of 3 modules in 2 layers
+    assert not q_proj.merged  # the adapter trains on
+
+
+def test_prune_zeroes_the_smallest_state() -> None:
+    param = torch.nn.Parameter(torch.zeros(10))
+    optimizer = torch.optim.Adam([param])
+    optimizer.state[param] = {"exp_avg": torch.arange(1.0, 11.0), "step": torch.tensor(3.0)}
+    prune_optimizer_state(optimizer, [param], 0.9)
+    assert optimizer.state[param]["exp_avg"].tolist() == [0.0] * 9 + [10.0]
+    assert optimizer.state[param]["step"].item() == 3.0
+
+
+def test_cycle_factor() -> None:
+    every, warmup, anneal = 10, 2, 3
+    factors = [cycle_factor(step, every, warmup, anneal) for step in range(20)]
+    assert factors[:7] == [1.0] * 7  # first cycle: the run's own warm-up only
+    assert factors[7:10] == [3 / 4, 2 / 4, 1 / 4]  # anneal before the restart
+    assert factors[10:12] == [1 / 3, 2 / 3]  # warm-up after it
+    assert factors[12:17] == [1.0] * 5
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+        self.logits: torch.Tensor | None = None
+
+    @hookimpl(trylast=True)
+    def on_step_end(self, optimizer: Any) -> None:
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    @hookimpl(trylast=True)
+    def post_train(self, model: Any) -> None:
+        model.eval()
+        with torch.no_grad():
+            self.logits = model(input_ids=PROBE).logits.float()
+
+
+def test_relora_run_restarts_on_schedule_and_saves_the_merged_model(
+    base_config: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = {
+        **base_config,
+        "adapter": "lora",
+        "lora_r": 4,
+        "lora_target_linear": True,
+        "max_steps": 7,
+        "relora_steps": 3,
+        "relora_warmup_steps": 1,
+        "lr_scheduler": "constant",
+    }
+    recording = Recording()
+    pm = make_plugin_manager()
+    pm.register(recording)
+    with caplog.at_level(logging.INFO, logger="axolotl_weave"):
+        train(open_session(write_config(tmp_path / "c.yml", config), [], pm))
+    restarts = [r.getMessage() for r in caplog.records if "restarted at step" in r.getMessage()]
+    assert restarts == [
+        "relora: merged the adapter into the base and restarted at step 3",
+        "relora: merged the adapter into the base and restarted at step 6",
+    ]
+    lr = base_config["learning_rate"]
+    assert recording.lrs == pytest.approx([lr, lr, lr / 2, lr, lr, lr / 2, lr])
+    out = Path(base_config["output_dir"])
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        logits = saved(input_ids=PROBE).logits.float()
+    torch.testing.assert_close(logits, recording.logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"relora_steps": 3}, "relora_steps needs adapter: lora or qlora"),
+        (
+            {"relora_steps": 3, "adapter": "lora", "lora_target_linear": True,
+             "resume_from_checkpoint": "auto"},
+            "resume_from_checkpoint is not supported with ReLoRA",
+        ),
+        (
+            {"relora_steps": 3, "adapter": "lora", "lora_target_linear": True,
+             "relora_warmup_steps": 2, "relora_anneal_steps": 2},
+            "exceed relora_steps (3)",
+        ),
+    ],
+)  # fmt: skip
+def test_relora_config_errors(base_config: dict, tmp_path: Path, keys: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        open_session(write_config(tmp_path / "c.yml", {**base_config, **keys}))
+    assert message in str(info.value)

@@ -24,6 +24,18 @@ def prepare_llama_tokenizer(tokenizer: Any) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
+def tiny_llama_config() -> dict[str, Any]:
+    """A two-layer llama with grouped-query attention (4 query heads, 2 key/value heads)."""
+    return {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+    }
+
+
 LLAMA = ModelFamily(
     name="llama",
     model_types=("llama",),
@@ -38,6 +50,10 @@ LLAMA = ModelFamily(
     ),
     decoder_layer="LlamaDecoderLayer",
     prepare_tokenizer=prepare_llama_tokenizer,
+    attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
+    kernels=("liger",),
+    chat_template="llama3",
+    tiny_config=tiny_llama_config,
     description="Llama 1/2/3.x, XGen and other llama-architecture models",
 )
 

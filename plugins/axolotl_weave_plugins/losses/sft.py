@@ -17,18 +17,31 @@ class CrossEntropy:
         return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
 
     def __call__(self, model: Any, batch: dict[str, Any]) -> Any:
-        """Cross-entropy summed over the batch's target tokens (computed in float32)."""
+        """Cross-entropy summed over the batch's target tokens (computed in float32), plus a
+        mixture-of-experts router's auxiliary loss when the model returns one."""
         import torch.nn.functional as F
 
         inputs = {key: value for key, value in batch.items() if key != "labels"}
-        logits = model(**inputs, use_cache=False).logits[:, :-1, :]
+        outputs = model(**inputs, use_cache=False)
+        logits = outputs.logits[:, :-1, :]
         labels = batch["labels"][:, 1:]
-        return F.cross_entropy(
+        loss = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             labels.reshape(-1),
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
+        aux = getattr(outputs, "aux_loss", None)
+        if aux is not None:  # a per-batch mean: scaled by the units, as the sum is
+            loss = loss + router_aux_coef(model) * aux.float() * self.count(batch)
+        return loss
+
+
+def router_aux_coef(model: Any) -> float:
+    """`router_aux_loss_coef` of the model's config (a peft-wrapped model's base's), else 0.01."""
+    config = getattr(model, "config", None)
+    coef = getattr(config, "router_aux_loss_coef", None)
+    return 0.01 if coef is None else float(coef)
 
 
 @hookimpl(trylast=True)

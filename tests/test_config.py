@@ -79,7 +79,7 @@ def test_valid_config_fills_defaults_and_plugin_fields(
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("lora_r", "abc"), ("lora_r", 0), ("lora_dropout", 1.5), ("adapter", "qlora")],
+    [("lora_r", "abc"), ("lora_r", 0), ("lora_dropout", 1.5), ("adapter", "lorax")],
 )
 def test_plugin_fields_are_validated(
     tmp_path: Path, base_config: dict[str, Any], key: str, value: Any

@@ -1,0 +1,508 @@
+"""LoRA / QLoRA options, bitsandbytes quantization and `weave merge-lora` on the tiny llama.
+
+CPU tests check that each option reaches peft's config, that DoRA and rsLoRA train, that added
+tokens make the embeddings train and save, that config mistakes fail clearly, that quantized
+loading composes with the LoRA wrapper, and that a merged model equals base + adapter. Tests
+marked `gpu` (QLoRA, 8-bit LoRA) need bitsandbytes and a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from axolotl_weave import ConfigError, hookimpl
+from axolotl_weave._pluginmanager import make_plugin_manager
+from axolotl_weave._run import family_of, load_tokenizer, open_session, train
+from axolotl_weave.testing import run_weave, write_config
+from axolotl_weave_plugins.methods import bnb_quantization
+from safetensors.torch import load_file
+
+PROBE = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46]])
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+
+
+def lora(base_config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The base config with a small LoRA on q_proj and v_proj, plus `extra`."""
+    return {
+        **base_config,
+        "adapter": "lora",
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_target_modules": ["q_proj", "v_proj"],
+        "learning_rate": 1e-2,
+        **extra,
+    }
+
+
+def load(config: dict[str, Any], tmp_path: Path, pm: Any = None) -> tuple[Any, Any]:
+    """Validate the config and run `load_model` (with its wrappers); return model, tokenizer."""
+    session = open_session(write_config(tmp_path / "load.yml", config), [], pm)
+    family = family_of(session)
+    tokenizer = load_tokenizer(session, family)
+    return session.hooks.load_model(session.cfg, tokenizer, family), tokenizer
+
+
+def run(config: dict[str, Any], path: Path, *plugins: object) -> Any:
+    """Train in-process with extra plugin objects registered; return the final TrainState."""
+    pm = make_plugin_manager()
+    for plugin in plugins:
+        pm.register(plugin)
+    return train(open_session(write_config(path, config), [], pm))
+
+
+def config_error(tmp_path: Path, config: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        open_session(write_config(tmp_path / "bad.yml", config))
+    return str(info.value)
+
+
+def logits(model: Any) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=PROBE).logits.float()
+
+
+class LogitsProbe:
+    """A plugin that records the trained model's logits on PROBE in post_train."""
+
+    def __init__(self) -> None:
+        self.logits: torch.Tensor | None = None
+
+    @hookimpl(trylast=True)
+    def post_train(self, model: Any) -> None:
+        self.logits = logits(model).cpu()
+
+
+# --- every option reaches peft's LoraConfig -----------------------------------------------------
+
+
+def test_lora_options_reach_peft_config(base_config: dict, tmp_path: Path) -> None:
+    config = lora(
+        base_config,
+        lora_r=6,
+        lora_alpha=12,
+        lora_dropout=0.1,
+        lora_modules_to_save=["lm_head"],
+        peft_use_dora=True,
+        peft_use_rslora=True,
+        peft_layers_to_transform=[1],
+        peft_layers_pattern=["layers"],
+    )
+    model, _ = load(config, tmp_path)
+    peft_config = model.peft_config["default"]
+    assert peft_config.r == 6
+    assert peft_config.lora_alpha == 12
+    assert peft_config.lora_dropout == 0.1
+    assert set(peft_config.target_modules) == {"q_proj", "v_proj"}
+    assert set(peft_config.modules_to_save) == {"lm_head"}
+    assert peft_config.use_dora is True
+    assert peft_config.use_rslora is True
+    assert peft_config.layers_to_transform == [1]
+    assert peft_config.layers_pattern == ["layers"]
+    assert peft_config.fan_in_fan_out is False
+    assert peft_config.task_type == "CAUSAL_LM"
+
+
+def test_defaults_are_axolotls(base_config: dict, tmp_path: Path) -> None:
+    model, _ = load({**base_config, "adapter": "lora", "lora_target_linear": True}, tmp_path)
+    peft_config = model.peft_config["default"]
+    assert (peft_config.r, peft_config.lora_alpha, peft_config.lora_dropout) == (8, 16, 0.0)
+    assert peft_config.use_dora is False and peft_config.use_rslora is False
+    assert peft_config.layers_to_transform is None
+    assert peft_config.modules_to_save is None  # no tokens added: the embeddings stay frozen
+    adapted = {name.split(".")[-1] for name, m in model.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_target_linear_adds_the_listed_modules(base_config: dict, tmp_path: Path) -> None:
+    config = lora(base_config, lora_target_linear=True, lora_target_modules=["embed_tokens"])
+    model, _ = load(config, tmp_path)
+    targets = set(model.peft_config["default"].target_modules)
+    assert {"q_proj", "down_proj", "embed_tokens"} <= targets
+    assert "lm_head" not in targets  # the output layer is never a linear target
+
+
+def test_fan_in_fan_out_reaches_peft_on_conv1d(tmp_path: Path, base_config: dict) -> None:
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(base_config["base_model"])
+    gpt2 = tmp_path / "tiny-gpt2"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256)
+    ).save_pretrained(gpt2)
+    tokenizer.save_pretrained(gpt2)
+    config = lora(
+        {**base_config, "base_model": str(gpt2)},
+        lora_target_modules=["c_attn"],
+        lora_fan_in_fan_out=True,
+    )
+    model, _ = load(config, tmp_path)
+    assert model.peft_config["default"].fan_in_fan_out is True
+    assert logits(model).isfinite().all()
+
+
+def test_layers_to_transform_limits_the_adapted_layers(base_config: dict, tmp_path: Path) -> None:
+    model, _ = load(lora(base_config, peft_layers_to_transform=[1]), tmp_path)
+    adapted = sorted(name for name, m in model.named_modules() if hasattr(m, "lora_A"))
+    assert adapted and all(".layers.1." in name for name in adapted), adapted
+
+
+@pytest.mark.parametrize(("dora", "rslora"), [(True, False), (False, True)], ids=["dora", "rslora"])
+def test_dora_and_rslora_train(base_config: dict, tmp_path: Path, dora: bool, rslora: bool) -> None:
+    out = tmp_path / "out"
+    config = lora(
+        base_config, peft_use_dora=dora, peft_use_rslora=rslora, output_dir=str(out), max_steps=3
+    )
+    probe = LogitsProbe()
+    state = run(config, tmp_path / "c.yml", probe)
+    assert state.global_step == 3
+    loss = [rec["loss"] for rec in state.log_history if "loss" in rec]
+    assert loss and all(torch.isfinite(torch.tensor(loss)))
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert (saved["use_dora"], saved["use_rslora"]) == (dora, rslora)
+    weights = load_file(out / "adapter_model.safetensors")
+    assert any("lora_magnitude_vector" in key for key in weights) is dora
+
+
+# --- added tokens: the embeddings train and are saved ----------------------------------------
+
+
+def test_added_tokens_make_the_embeddings_trainable_and_saved(
+    base_config: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "out"
+    config = lora(base_config, tokens=["<tool>", "<end_tool>"], output_dir=str(out))
+    with caplog.at_level(logging.INFO, logger="axolotl_weave"):
+        model, tokenizer = load(config, tmp_path)
+    assert set(model.peft_config["default"].modules_to_save) == {"embed_tokens", "lm_head"}
+    assert "embed_tokens, lm_head" in caplog.text and "lora_modules_to_save" in caplog.text
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("embed_tokens.modules_to_save" in n for n in trainable)
+    assert any("lm_head.modules_to_save" in n for n in trainable)
+
+    probe = LogitsProbe()
+    run(config, tmp_path / "c.yml", probe)
+    weights = load_file(out / "adapter_model.safetensors")
+    rows = len(tokenizer)
+    embed = [w for k, w in weights.items() if "embed_tokens" in k]
+    head = [w for k, w in weights.items() if "lm_head" in k]
+    assert embed and embed[0].shape[0] == rows
+    assert head and head[0].shape[0] == rows
+
+    saved_tokenizer = AutoTokenizer.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(base_config["base_model"], dtype=torch.float32)
+    base.resize_token_embeddings(len(saved_tokenizer))
+    reloaded = PeftModel.from_pretrained(base, str(out))
+    torch.testing.assert_close(logits(reloaded), probe.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_listed_modules_to_save_are_kept_when_tokens_are_added(
+    base_config: dict, tmp_path: Path
+) -> None:
+    config = lora(base_config, tokens=["<tool>"], lora_modules_to_save=["lm_head", "norm"])
+    model, _ = load(config, tmp_path)
+    assert set(model.peft_config["default"].modules_to_save) == {"lm_head", "norm", "embed_tokens"}
+
+
+# --- config mistakes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"adapter": "qlora"}, "adapter: qlora needs load_in_4bit: true"),
+        ({"adapter": "qlora", "load_in_8bit": True}, "remove load_in_8bit"),
+        ({"load_in_4bit": True}, "cannot be fully fine-tuned"),
+        ({"adapter": "lora", "load_in_4bit": True, "load_in_8bit": True}, "choose one"),
+        (
+            {"adapter": "qlora", "load_in_4bit": True, "bnb_config_kwargs": {"bits": 3}},
+            "unknown key(s) bits",
+        ),
+        (
+            {
+                "adapter": "qlora",
+                "load_in_4bit": True,
+                "bnb_config_kwargs": {"bnb_4bit_quant_type": "int4"},
+            },
+            "'int4' is not nf4 or fp4",
+        ),
+        (
+            {
+                "adapter": "lora",
+                "load_in_8bit": True,
+                "bnb_config_kwargs": {"bnb_4bit_quant_type": "nf4"},
+            },
+            "apply to load_in_4bit",
+        ),
+        ({"adapter": "lora", "loraplus_lr_ratio": 16}, "LoRA+ is not available yet"),
+        ({"adapter": "lora", "gpu_memory_limit": "lots"}, "not a size such as 20GiB"),
+    ],
+    ids=[
+        "qlora-no-4bit",
+        "qlora-8bit",
+        "4bit-no-adapter",
+        "both-bits",
+        "bnb-unknown-key",
+        "bnb-quant-type",
+        "bnb-4bit-key-on-8bit",
+        "loraplus",
+        "gpu-memory-limit",
+    ],
+)
+def test_config_mistakes_are_clear_errors(
+    base_config: dict, tmp_path: Path, extra: dict, expected: str
+) -> None:
+    assert expected in config_error(tmp_path, {**base_config, **extra})
+
+
+def test_qlora_config_validates_without_a_gpu(base_config: dict, tmp_path: Path) -> None:
+    config = {
+        **base_config,
+        "adapter": "qlora",
+        "load_in_4bit": True,
+        "bnb_config_kwargs": {"bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False},
+        "lora_on_cpu": True,
+        "gpu_memory_limit": 20,
+    }
+    cfg = open_session(write_config(tmp_path / "q.yml", config)).cfg
+    assert (cfg.adapter, cfg.load_in_4bit, cfg.gpu_memory_limit) == ("qlora", True, 20)
+
+
+# --- bitsandbytes quantization ---------------------------------------------------------------
+
+
+def test_quantization_defaults_are_axolotls(base_config: dict, tmp_path: Path) -> None:
+    from transformers import BitsAndBytesConfig
+
+    def kwargs(**extra: Any) -> dict[str, Any]:
+        config = {**base_config, "adapter": "qlora", "load_in_4bit": True, **extra}
+        cfg = open_session(write_config(tmp_path / "q.yml", config)).cfg
+        return bnb_quantization.quantization_kwargs(cfg)
+
+    defaults = kwargs()
+    assert defaults["bnb_4bit_quant_type"] == "nf4"
+    assert defaults["bnb_4bit_use_double_quant"] is True
+    assert defaults["bnb_4bit_compute_dtype"] == "float32"  # bf16: false in base_config
+    assert kwargs(bf16=True)["bnb_4bit_compute_dtype"] == "bfloat16"
+    fp4 = kwargs(bnb_config_kwargs={"bnb_4bit_quant_type": "fp4"})
+    assert fp4["bnb_4bit_quant_type"] == "fp4"
+    built = BitsAndBytesConfig(**defaults)
+    assert built.load_in_4bit and built.bnb_4bit_compute_dtype == torch.float32
+
+    config = {**base_config, "adapter": "lora", "load_in_8bit": True}
+    cfg = open_session(write_config(tmp_path / "e.yml", config)).cfg
+    assert bnb_quantization.quantization_kwargs(cfg) == {"load_in_8bit": True}
+
+
+def test_lora_wraps_the_quantized_load(
+    base_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bnb_quantization answers load_model first; the lora wrapper wraps what it returned
+    (here without real quantization: the loading is intercepted on this CPU machine)."""
+    import peft
+    from axolotl_weave_plugins.models.hf_causal_lm import load_pretrained
+
+    calls: dict[str, Any] = {}
+
+    def fake_load(cfg: Any, tokenizer: Any, family: Any, **kwargs: Any) -> Any:
+        calls["kwargs"] = kwargs
+        calls["model"] = load_pretrained(cfg, tokenizer, family)
+        return calls["model"]
+
+    def fake_prepare(model: Any, **kwargs: Any) -> Any:
+        calls["prepared"] = model
+        return model
+
+    monkeypatch.setattr(bnb_quantization, "require_bitsandbytes", lambda cfg: None)
+    monkeypatch.setattr(bnb_quantization, "load_pretrained", fake_load)
+    monkeypatch.setattr(peft, "prepare_model_for_kbit_training", fake_prepare)
+    config = lora(base_config, adapter="qlora", load_in_4bit=True)
+    model, _ = load(config, tmp_path)
+    quantization = calls["kwargs"]["quantization_config"]
+    assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+    assert quantization.bnb_4bit_use_double_quant is True
+    assert calls["kwargs"]["device_map"] == {"": 0}
+    assert calls["prepared"] is calls["model"]
+    assert isinstance(model, peft.PeftModel)
+    assert model.get_base_model() is calls["model"]
+
+
+@pytest.mark.skipif(HAS_BNB and torch.cuda.is_available(), reason="bitsandbytes can run here")
+@pytest.mark.parametrize("bits", ["load_in_4bit", "load_in_8bit"])
+def test_quantized_loading_without_bitsandbytes_or_cuda_says_what_to_install(
+    base_config: dict, tmp_path: Path, bits: str
+) -> None:
+    adapter = "qlora" if bits == "load_in_4bit" else "lora"
+    path = write_config(tmp_path / "c.yml", lora(base_config, adapter=adapter, **{bits: True}))
+    result = run_weave("train", str(path))
+    assert result.returncode == 4, result.stderr[-2000:]
+    err = " ".join(result.stderr.split())
+    assert "pip install bitsandbytes" in err
+    assert "and a CUDA GPU; missing here:" in err
+    assert "Traceback" not in result.stderr
+
+
+# --- weave merge-lora ------------------------------------------------------------------------
+
+
+def test_merge_lora_equals_base_plus_adapter(base_config: dict, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    config = lora(base_config, lora_target_linear=True, output_dir=str(out), max_steps=3)
+    path = write_config(tmp_path / "c.yml", config)
+    run(config, path)
+    result = run_weave("merge-lora", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged_dir = out / "merged"
+    assert "merged" in result.stdout
+
+    base = AutoModelForCausalLM.from_pretrained(base_config["base_model"], dtype=torch.float32)
+    expected = logits(PeftModel.from_pretrained(base, str(out)))
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    torch.testing.assert_close(logits(merged), expected, rtol=0, atol=1e-5)
+    untouched = AutoModelForCausalLM.from_pretrained(base_config["base_model"], dtype=torch.float32)
+    assert (logits(merged) - logits(untouched)).abs().max() > 1e-3  # the adapter did something
+    weights = load_file(merged_dir / "model.safetensors")
+    assert not [key for key in weights if "lora" in key]
+    assert (merged_dir / "tokenizer.json").is_file()
+    assert not list(out.glob(".merged.*"))  # no staging folder left behind
+
+
+def test_merge_lora_replaces_a_previous_merge_and_takes_a_dir(
+    base_config: dict, tmp_path: Path
+) -> None:
+    adapter = tmp_path / "adapter"
+    config = lora(base_config, output_dir=str(adapter), max_steps=2)
+    run(config, tmp_path / "train.yml")
+    (adapter / "merged").mkdir()
+    (adapter / "merged" / "stale.txt").write_text("old")
+    # the config of a QLoRA run: the base loads unquantized, so no bitsandbytes is needed
+    other = {
+        **config,
+        "adapter": "qlora",
+        "load_in_4bit": True,
+        "lora_on_cpu": True,
+        "output_dir": str(tmp_path / "elsewhere"),
+    }
+    path = write_config(tmp_path / "merge.yml", other)
+    result = run_weave("merge-lora", str(path), "--lora-model-dir", str(adapter))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (adapter / "merged" / "model.safetensors").is_file()
+    assert not (adapter / "merged" / "stale.txt").exists()
+    assert not list(adapter.glob(".merged.*"))
+
+
+def test_merge_lora_without_an_adapter_is_a_clear_error(base_config: dict, tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yml", lora(base_config))
+    missing = tmp_path / "nowhere"
+    result = run_weave("merge-lora", str(path), "--lora-model-dir", str(missing))
+    assert result.returncode == 1
+    err = " ".join(result.stderr.split())
+    assert f"--lora-model-dir: '{missing}' does not exist" in err
+    assert "not a saved LoRA adapter" in err
+    assert "Traceback" not in result.stderr
+    assert not missing.exists()
+
+
+def test_merge_placement_honours_lora_on_cpu_and_gpu_memory_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from axolotl_weave_plugins.methods.lora import placement
+
+    def cfg(**kw: Any) -> Any:
+        return SimpleNamespace(**{"lora_on_cpu": False, "gpu_memory_limit": None, **kw})
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert placement(cfg()) == {}
+    assert placement(cfg(lora_on_cpu=True)) == {"device_map": {"": "cpu"}}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert placement(cfg()) == {"device_map": "auto"}
+    assert placement(cfg(lora_on_cpu=True, gpu_memory_limit=20)) == {"device_map": {"": "cpu"}}
+    limited = {"device_map": "auto", "max_memory": {0: "20GiB", 1: "20GiB", "cpu": "256GiB"}}
+    assert placement(cfg(gpu_memory_limit=20)) == limited
+    assert placement(cfg(gpu_memory_limit="20 GiB")) == limited
+
+
+def test_merge_lora_is_listed_in_help(tmp_path: Path) -> None:
+    result = run_weave("merge-lora", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--lora-model-dir" in result.stdout
+
+
+# --- on a CUDA GPU with bitsandbytes -----------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes")
+def test_qlora_nf4_double_quant_trains_and_merges(base_config: dict, tmp_path: Path) -> None:
+    import bitsandbytes as bnb
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    config = {
+        **base_config,
+        "adapter": "qlora",
+        "load_in_4bit": True,
+        "lora_target_linear": True,
+        "learning_rate": 1e-2,
+        "max_steps": 4,
+        "output_dir": str(out),
+    }
+    path = write_config(tmp_path / "c.yml", config)
+    seen: dict[str, Any] = {}
+
+    class Inspect:
+        @hookimpl(trylast=True)
+        def post_train(self, model: Any) -> None:
+            seen["4bit"] = any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+            seen["config"] = model.get_base_model().config.quantization_config
+
+    state = run(config, path, Inspect())
+    assert state.global_step == 4
+    assert seen["4bit"]
+    assert seen["config"].bnb_4bit_quant_type == "nf4"
+    assert seen["config"].bnb_4bit_use_double_quant is True
+    assert (out / "adapter_model.safetensors").is_file()
+
+    result = run_weave("merge-lora", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    base = AutoModelForCausalLM.from_pretrained(base_config["base_model"], dtype=torch.float32)
+    expected = logits(PeftModel.from_pretrained(base, str(out)))
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32)
+    assert not [n for n, _ in merged.named_parameters() if "lora" in n]
+    torch.testing.assert_close(logits(merged), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes")
+def test_lora_on_an_8bit_base_trains(base_config: dict, tmp_path: Path) -> None:
+    import bitsandbytes as bnb
+
+    out = tmp_path / "out"
+    config = lora(base_config, load_in_8bit=True, output_dir=str(out), max_steps=3)
+    seen: dict[str, bool] = {}
+
+    class Inspect:
+        @hookimpl(trylast=True)
+        def post_train(self, model: Any) -> None:
+            seen["8bit"] = any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
+
+    state = run(config, tmp_path / "c.yml", Inspect())
+    assert state.global_step == 3 and seen["8bit"]
+    assert (out / "adapter_model.safetensors").is_file()

@@ -244,7 +244,7 @@ def test_listed_modules_to_save_are_kept_when_tokens_are_added(
             },
             "apply to load_in_4bit",
         ),
-        ({"adapter": "lora", "loraplus_lr_ratio": 16}, "LoRA+ is not available yet"),
+        ({"loraplus_lr_ratio": 16}, "loraplus_lr_ratio needs adapter: lora or qlora"),
         ({"adapter": "lora", "gpu_memory_limit": "lots"}, "not a size such as 20GiB"),
     ],
     ids=[
@@ -506,3 +506,31 @@ def test_lora_on_an_8bit_base_trains(base_config: dict, tmp_path: Path) -> None:
     state = run(config, tmp_path / "c.yml", Inspect())
     assert state.global_step == 3 and seen["8bit"]
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_loraplus_gives_the_b_matrices_a_higher_rate(weave_hooks, tiny_llama_dir) -> None:
+    from types import SimpleNamespace
+
+    from axolotl_weave._optim import build_optimizer
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
+    cfg = SimpleNamespace(
+        lr_groups=[], learning_rate=1e-4, weight_decay=0.0, optimizer="adamw_torch",
+        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+        loraplus_lr_ratio=16, loraplus_lr_embedding=1e-6,
+    )  # fmt: skip
+    optimizer = build_optimizer(cfg, model, weave_hooks)
+    rate_of = {}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            rate_of[id(param)] = group["lr"]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(rate_of) == len(trainable)
+    for name, param in trainable:
+        expected = 1.6e-3 if "lora_B" in name else 1e-4
+        assert rate_of[id(param)] == pytest.approx(expected), name

@@ -57,6 +57,10 @@ class Hooks:
         found = self._collect("register_model_families", lambda fam: list(fam.model_types))
         return {name: item for name, (item, _) in found.items()}
 
+    def adjust_param_groups(self, cfg: Any, model: Any, groups: list[dict[str, Any]]) -> None:
+        """Let plugins split or re-rate the optimizer's parameter groups."""
+        self.pm.hook.adjust_param_groups(cfg=cfg, model=model, groups=groups)
+
     def optimizers(self) -> dict[str, Callable[..., Any]]:
         """Every plugin-registered optimizer builder by name."""
         found = self._collect("register_optimizers", lambda item: [item[0]])  # (name, build)

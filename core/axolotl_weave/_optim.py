@@ -10,6 +10,8 @@ from axolotl_weave._errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
+    from axolotl_weave._hooks import Hooks
+
 NO_DECAY_HINTS = ("bias", "norm", "ln_", "layernorm")
 
 
@@ -46,18 +48,23 @@ def param_groups(cfg: Any, model: torch.nn.Module) -> list[dict[str, Any]]:
 
 
 def build_optimizer(
-    cfg: Any, model: torch.nn.Module, plugin_optimizers: dict[str, Any] | None = None
+    cfg: Any, model: torch.nn.Module, hooks: Hooks | None = None
 ) -> torch.optim.Optimizer:
-    """The optimizer named by `cfg.optimizer` over `param_groups`: a built-in, or one a plugin
-    registered (`register_optimizers`).
+    """The optimizer named by `cfg.optimizer` over `param_groups` (as plugins adjusted them):
+    a built-in, or one a plugin registered (`register_optimizers`).
 
     Weight decay skips biases and normalisation weights, as Hugging Face's Trainer does.
     """
     import torch
 
     groups = param_groups(cfg, model)
+    plugin_optimizers = {}
+    if hooks is not None:
+        hooks.adjust_param_groups(cfg, model, groups)
+        groups = [group for group in groups if group["params"]]
+        plugin_optimizers = hooks.optimizers()
     name = cfg.optimizer
-    if plugin_optimizers and name in plugin_optimizers:
+    if name in plugin_optimizers:
         return plugin_optimizers[name](groups, cfg)
     lr = cfg.learning_rate
     betas = (cfg.adam_beta1, cfg.adam_beta2)

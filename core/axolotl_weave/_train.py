@@ -92,7 +92,7 @@ class Trainer:
         rows = None if self.streaming else len(train_set)
         self.schedule = plan_schedule(cfg, rows, accelerator.num_processes)
         self.output_dir = Path(cfg.output_dir)
-        optimizer = build_optimizer(cfg, model, hooks.optimizers())
+        optimizer = build_optimizer(cfg, model, hooks)
         self.scheduler = build_scheduler(cfg, optimizer, self.schedule.max_steps)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.state = TrainState(

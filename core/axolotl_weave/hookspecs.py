@@ -79,6 +79,21 @@ def register_model_families(register: Callable[[ModelFamily], None]) -> None:
 
 
 @hookspec
+def adjust_param_groups(cfg: Any, model: Any, groups: list[dict[str, Any]]) -> None:
+    """Edit the optimizer's parameter groups in place before the optimizer is built.
+
+    :param model: the model (to look parameters up by name: ``model.named_parameters()``).
+    :param groups: the core's groups: dicts with ``params``, ``lr``, ``weight_decay`` and a
+        ``group`` name (``default`` or an ``lr_groups`` name). Split a group, or change a
+        group's ``lr`` (LoRA+ gives the B matrices ``lr * loraplus_lr_ratio``); keep every
+        trainable parameter in exactly one group.
+
+    Called once per run, before ``register_optimizers``' builder or the core's optimizer; the
+    learning-rate schedule then scales every group. Collects all results (return value ignored).
+    """
+
+
+@hookspec
 def register_optimizers(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """Register optimizers by the name `optimizer:` gives, by calling ``register``.
 

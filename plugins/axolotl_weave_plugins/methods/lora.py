@@ -71,7 +71,7 @@ class LoraSettings(PluginConfig):
         None, description="Name of the layer list peft_layers_to_transform indexes (e.g. layers)."
     )
     loraplus_lr_ratio: float | None = Field(
-        None, gt=0, description="LoRA+: lr of the B matrices / lr of A (not available yet)."
+        None, gt=0, description="LoRA+: lr of the B matrices / lr of A (e.g. 16)."
     )
     loraplus_lr_embedding: float | None = Field(
         1e-6, gt=0, description="LoRA+: lr of LoRA embedding layers."
@@ -92,12 +92,8 @@ class LoraSettings(PluginConfig):
                 "adapter: qlora needs load_in_4bit: true (or use adapter: lora for a LoRA on "
                 "an unquantized base)"
             )
-        if self.loraplus_lr_ratio is not None:
-            raise ValueError(
-                "loraplus_lr_ratio: LoRA+ is not available yet (the optimizer's parameter "
-                "groups are built by the core and cannot give the B matrices their own "
-                "learning rate); remove it"
-            )
+        if self.loraplus_lr_ratio is not None and self.adapter is None:
+            raise ValueError("loraplus_lr_ratio needs adapter: lora or qlora")
         if isinstance(self.gpu_memory_limit, int) and self.gpu_memory_limit <= 0:
             raise ValueError("gpu_memory_limit: give a positive number of GiB")
         if isinstance(self.gpu_memory_limit, str) and not MEMORY_SIZE.match(self.gpu_memory_limit):
@@ -338,6 +334,37 @@ def merge_lora_command(
     adapter_dir = Path(lora_model_dir or cfg.lora_model_dir or cfg.output_dir)
     target = merge_lora(cfg, session, adapter_dir, key)
     console.print(f"[bold green]merged[/]: {adapter_dir} into {cfg.base_model}; saved to {target}")
+
+
+@hookimpl
+def adjust_param_groups(cfg: Any, model: Any, groups: list[dict[str, Any]]) -> None:
+    """LoRA+ (`loraplus_lr_ratio`): the B matrices (and 1-D adapter parameters) train at
+    `lr * ratio`, LoRA embedding parameters at `loraplus_lr_embedding`, as peft's LoRA+ does."""
+    ratio = getattr(cfg, "loraplus_lr_ratio", None)
+    if not ratio:
+        return
+    names = {id(param): name for name, param in model.named_parameters()}
+    split = []
+    for group in groups:
+        parts: dict[str, list[Any]] = {"a": [], "b": [], "embedding": []}
+        for param in group["params"]:
+            name = names.get(id(param), "")
+            if "lora_embedding" in name:
+                parts["embedding"].append(param)
+            elif "lora_B" in name or param.ndim == 1:
+                parts["b"].append(param)
+            else:
+                parts["a"].append(param)
+        rates = {
+            "a": group["lr"],
+            "b": group["lr"] * ratio,
+            "embedding": cfg.loraplus_lr_embedding,
+        }
+        for part, params in parts.items():
+            if params:
+                name = group["group"] if part == "a" else f"{group['group']}/loraplus_{part}"
+                split.append({**group, "params": params, "lr": rates[part], "group": name})
+    groups[:] = split
 
 
 @hookimpl

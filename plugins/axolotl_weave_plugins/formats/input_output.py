@@ -1,10 +1,26 @@
-"""`type: input_output`: template-free rows of text segments, each trained or not.
+"""`type: input_output`: template-free rows of text segments, each trained or masked.
 
-Mirrors Axolotl's `input_output` strategy (`RawInputOutputStrategy`). A row is
-`{"segments": [{"text": "...", "label": true}, ...]}`. Each segment is tokenized on its own,
-without special tokens, and the ids are concatenated: the user controls every token, BOS and EOS
-included (write them into the text). Segments with `label: true` are trained, the others masked;
-`train_on_inputs` trains every segment. `label` is required, as in Axolotl.
+Axolotl's `input_output` format (`RawInputOutputStrategy`), same rows and same config. A row is
+`{"segments": [{"text": "...", "label": true}, {"text": "...", "label": false}, ...]}`: the
+texts are concatenated as they are and nothing is added (no BOS, no EOS, no spaces: write
+`<s>`, `</s>` and the whitespace into the texts; special tokens written in a text are recognised).
+Tokens of segments with `label: true` are trained, the others masked (`IGNORE_INDEX`);
+`train_on_inputs: true` trains every segment. `label` is required, as in Axolotl (which fails
+on a segment without one); it is `true`/`false` (`1`/`0` are accepted, any other value refused,
+so that the string "false" cannot silently train).
+
+One deliberate difference from Axolotl, which tokenizes each segment on its own and
+concatenates the ids: here the whole text is tokenized once, as it is at inference, and each
+token is labelled by its character offsets. Per-segment tokenization gives ids that the
+tokenizer never produces for the assembled text (SentencePiece tokenizers such as Llama's and
+Mistral's insert a "▁" at the start of every segment, Axolotl's own docs show
+`<s> Hello\\n hi there!.  goodbye  farewell</s>` for `<s>Hello\\nhi there!. goodbye farewell</s>`;
+BPE tokenizers cannot merge across a segment boundary), so the model would learn tokenizations
+it never sees when prompted with the same text. A token whose characters lie in two segments
+(the boundary falls inside it, e.g. `"...Answer: Par"` + `"is."` with a ` Paris` token) is
+trained when any of its characters belong to a trained segment, so no trained text is left
+untrained; put boundaries between words to keep them exact. A tokenizer without offsets
+(a slow, Python tokenizer) falls back to Axolotl's per-segment tokenization.
 """
 
 from __future__ import annotations
@@ -21,32 +37,73 @@ PLUGIN_KIND = "format"
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `input_output`."""
     register(
-        DatasetFormat("input_output", "segments of text, each with label: true (trained) or false")
+        DatasetFormat(
+            "input_output",
+            "template-free segments of text, each label: true (trained) or false (masked)",
+        )
     )
 
 
 def read_segments(row: dict[str, Any]) -> list[tuple[str, bool]]:
-    """The (text, label) pairs of a row; a malformed segment is a ValueError naming it."""
+    """The row's (text, label) pairs; a malformed segment is a ValueError/TypeError naming it
+    (`segments[N]`, counted from 1)."""
     segments = row.get("segments")
+    if segments is None:
+        raise ValueError("field 'segments' is missing or null")
     if not isinstance(segments, list) or not segments:
-        raise ValueError(f"field 'segments' must be a non-empty list, got {segments!r}")
+        raise TypeError(
+            f"field 'segments' must be a non-empty list of {{text, label}} objects, "
+            f"got {segments!r:.80}"
+        )
     pairs = []
     for number, segment in enumerate(segments, start=1):
+        where = f"segments[{number}]"
         if not isinstance(segment, dict):
-            raise TypeError(f"segments[{number}] must be an object with text and label")
+            raise TypeError(f"{where} must be an object with text and label, got {segment!r:.60}")
         text, label = segment.get("text"), segment.get("label")
         if not isinstance(text, str):
-            raise TypeError(f"segments[{number}].text must be a string, got {text!r}")
-        if not isinstance(label, bool):
-            raise TypeError(f"segments[{number}].label must be true or false, got {label!r}")
-        pairs.append((text, label))
+            raise TypeError(f"{where}.text must be a string, got {text!r:.60}")
+        if label is None:
+            raise ValueError(f"{where}.label is missing; set it to true (trained) or false")
+        if not isinstance(label, bool) and label not in (0, 1):
+            raise TypeError(f"{where}.label must be true or false, got {label!r:.60}")
+        pairs.append((text, bool(label)))
+    if not any(text for text, _ in pairs):
+        raise ValueError("field 'segments' holds no text (every segment's text is empty)")
     return pairs
 
 
 def tokenize_segments(
     tokenizer: Any, segments: list[tuple[str, bool]], *, train_on_inputs: bool
 ) -> dict[str, list[int]]:
-    """Concatenate each segment's ids (no special tokens added); label the trained ones."""
+    """Tokenize the concatenated segments once (no special tokens added) and label each token:
+    trained when any of its characters lie in a trained segment (or `train_on_inputs`)."""
+    if not getattr(tokenizer, "is_fast", False):
+        return tokenize_each_segment(tokenizer, segments, train_on_inputs=train_on_inputs)
+    text = "".join(segment_text for segment_text, _ in segments)
+    trained = bytearray(len(text))  # 1 for each character of a trained segment
+    start = 0
+    for segment_text, label in segments:
+        end = start + len(segment_text)
+        if label or train_on_inputs:
+            trained[start:end] = b"\x01" * (end - start)
+        start = end
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = list(enc["input_ids"])
+    labels = []
+    for token, (first, last) in zip(input_ids, enc["offset_mapping"], strict=True):
+        if last <= first:  # a zero-width token takes the label of the character it sits at
+            first = max(0, min(first, len(text) - 1))
+            last = first + 1
+        labels.append(token if trained.find(1, first, last) != -1 else IGNORE_INDEX)
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
+
+
+def tokenize_each_segment(
+    tokenizer: Any, segments: list[tuple[str, bool]], *, train_on_inputs: bool
+) -> dict[str, list[int]]:
+    """Axolotl's way, for tokenizers without offsets: each segment tokenized on its own (no
+    special tokens added), the ids concatenated, a segment's tokens trained or masked whole."""
     input_ids: list[int] = []
     labels: list[int] = []
     for text, label in segments:
@@ -58,12 +115,13 @@ def tokenize_segments(
 
 @hookimpl
 def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
-    """Tokenize segment rows."""
+    """Tokenize `segments` rows: trained segments labelled, the others masked."""
     if entry.type != "input_output":
         return None
     require_columns(dataset, entry, ["segments"])
+    train_on_inputs = bool(cfg.train_on_inputs)
 
     def tokenize(row: dict[str, Any]) -> dict[str, Any]:
-        return tokenize_segments(tokenizer, read_segments(row), train_on_inputs=cfg.train_on_inputs)
+        return tokenize_segments(tokenizer, read_segments(row), train_on_inputs=train_on_inputs)
 
     return map_rows(dataset, entry, tokenize)

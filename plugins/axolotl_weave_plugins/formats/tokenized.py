@@ -1,9 +1,17 @@
-"""Rows already tokenized (no `type:`): `input_ids`, and optionally `labels`, `attention_mask`.
+"""Rows already tokenized: an entry with no `type:` (or an empty one), as in Axolotl.
 
-The rows are used as given, nothing added: no BOS or EOS, no masking. `labels` default to a copy
-of `input_ids` (every token trained) and `attention_mask` to ones. Each row is checked: the
-columns are lists of integers of one length, ids lie in the tokenizer's vocabulary, and labels
-are a valid id or -100 (masked).
+Columns: `input_ids` (required), `labels` (optional: a copy of `input_ids`, every token
+trained), `attention_mask` (optional: all ones). The rows are used as given, nothing added: no
+BOS or EOS, no masking, no truncation (the core applies `excess_length_strategy`). Other
+columns are dropped. Each row is checked and a bad one is a `DataError` naming the entry, the
+row and the column: each column is a list of integers, all three of one length, `input_ids`
+not empty, every id in the tokenizer's vocabulary (`0 <= id < len(tokenizer)`), every label
+such an id or -100 (`IGNORE_INDEX`, not trained), the mask only 0 and 1.
+
+Axolotl documents the three columns as required; here `labels` and `attention_mask` may be
+left out (or null in a row) and are filled as above. This format has no `type` name, so it
+registers none: the config turns `type: ""` into no type, and the plugin answers
+`build_dataset` for entries whose `entry.type` is None.
 """
 
 from __future__ import annotations
@@ -17,19 +25,29 @@ PLUGIN_KIND = "format"
 
 def int_list(row: dict[str, Any], column: str) -> list[int]:
     """Column `column` of a row as a list of ints; anything else is a TypeError naming it."""
-    value = row[column]
-    if not isinstance(value, list) or not all(
-        isinstance(item, int) and not isinstance(item, bool) for item in value
-    ):
-        raise TypeError(f"column '{column}' must be a list of integers, got {value!r:.80}")
+    value = row.get(column)
+    if not isinstance(value, list):
+        raise TypeError(
+            f"column '{column}' must be a list of integers, got {type(value).__name__}: "
+            f"{value!r:.60}"
+        )
+    for position, item in enumerate(value):
+        if not isinstance(item, int) or isinstance(item, bool):
+            raise TypeError(
+                f"column '{column}' must be a list of integers; item {position} is "
+                f"{type(item).__name__}: {item!r:.40}"
+            )
     return value
 
 
 def check_row(row: dict[str, Any], vocab_size: int) -> dict[str, list[int]]:
-    """The row's input_ids, labels and attention_mask, defaults filled, checked."""
+    """The row's `input_ids`, `labels` and `attention_mask`, defaults filled, each checked; a
+    violation is a ValueError/TypeError naming the column and what is expected."""
+    if row.get("input_ids") is None:
+        raise ValueError("column 'input_ids' is missing or null; it must be a list of token ids")
     input_ids = int_list(row, "input_ids")
     if not input_ids:
-        raise ValueError("column 'input_ids' is empty")
+        raise ValueError("column 'input_ids' is empty; it must hold at least one token id")
     labels = int_list(row, "labels") if row.get("labels") is not None else list(input_ids)
     mask = (
         int_list(row, "attention_mask")
@@ -42,27 +60,36 @@ def check_row(row: dict[str, Any], vocab_size: int) -> dict[str, list[int]]:
                 f"column '{column}' has {len(values)} values but 'input_ids' has "
                 f"{len(input_ids)}; they must be the same length"
             )
-    bad = next((i for i in input_ids if not 0 <= i < vocab_size), None)
-    if bad is not None:
-        raise ValueError(
-            f"column 'input_ids' holds {bad}, outside the tokenizer's ids 0..{vocab_size - 1}"
-        )
-    bad = next((i for i in labels if i != IGNORE_INDEX and not 0 <= i < vocab_size), None)
-    if bad is not None:
-        raise ValueError(
-            f"column 'labels' holds {bad}; a label is a token id (0..{vocab_size - 1}) or "
-            f"{IGNORE_INDEX} (not trained)"
-        )
-    if any(value not in (0, 1) for value in mask):
-        raise ValueError("column 'attention_mask' must hold only 0 and 1")
+    for position, token in enumerate(input_ids):
+        if not 0 <= token < vocab_size:
+            raise ValueError(
+                f"column 'input_ids' holds {token} at position {position}, outside the "
+                f"tokenizer's ids 0..{vocab_size - 1}"
+            )
+    for position, label in enumerate(labels):
+        if label != IGNORE_INDEX and not 0 <= label < vocab_size:
+            raise ValueError(
+                f"column 'labels' holds {label} at position {position}; a label is a token "
+                f"id (0..{vocab_size - 1}) or {IGNORE_INDEX} (not trained)"
+            )
+    for position, value in enumerate(mask):
+        if value not in (0, 1):
+            raise ValueError(
+                f"column 'attention_mask' holds {value} at position {position}; it must hold "
+                "only 0 and 1"
+            )
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
 @hookimpl
 def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
-    """Check and pass through rows when the entry has no `type:`."""
+    """Check and pass through the rows of an entry without `type:`; others are not ours."""
     if entry.type is not None:
         return None
     require_columns(dataset, entry, ["input_ids"])
     vocab_size = len(tokenizer)
-    return map_rows(dataset, entry, lambda row: check_row(row, vocab_size))
+
+    def check(row: dict[str, Any]) -> dict[str, list[int]]:
+        return check_row(row, vocab_size)
+
+    return map_rows(dataset, entry, check)

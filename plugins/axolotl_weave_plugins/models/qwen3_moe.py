@@ -1,3 +1,87 @@
-"""Placeholder: being written."""
+"""The qwen3_moe family (Qwen3-30B-A3B, Qwen3-235B-A22B and Qwen3-Coder MoE models).
+
+Qwen3 attention (QK-norm, no q/k/v biases, explicit `head_dim`) with a sparse MoE block of many
+small experts (128, top-8) and no shared expert. Transformers stores the experts as fused 3-D
+parameters (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`), not `nn.Linear` modules, so
+`target_modules` cannot name them, and the released checkpoints have no dense MLP layers
+(`mlp_only_layers` is empty). The default LoRA targets are therefore the attention projections
+only. Naming `gate_proj`/`up_proj`/`down_proj` adapts the experts anyway: peft (0.21, on
+transformers 5) rewrites those names, for this model type, to `target_parameters` on the fused
+tensors (rank doubled on `gate_up_proj`). Reads the MoE router keys `output_router_logits` and
+`router_aux_loss_coef`, which the mixtral plugin declares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from axolotl_weave import ModelFamily, hookimpl
 
 PLUGIN_KIND = "model"
+
+QWEN_PAD = "<|endoftext|>"
+
+
+def prepare_qwen3_moe_tokenizer(tokenizer: Any) -> None:
+    """Give a qwen3_moe tokenizer a pad token if it lacks one: `<|endoftext|>`, else EOS."""
+    if tokenizer.pad_token is not None:
+        return
+    if QWEN_PAD in tokenizer.get_vocab():
+        tokenizer.pad_token = QWEN_PAD
+    elif tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def apply_router_settings(model: Any, cfg: Any) -> None:
+    """Switch the router's auxiliary loss on or off and set its weight, as the config asks.
+
+    Keys left unset (or absent, without the mixtral plugin) keep what the model config says.
+    The weight is set on the model as well as its config: `Qwen3MoeForCausalLM` copies it when
+    it is built.
+    """
+    wanted = getattr(cfg, "output_router_logits", None)
+    coef = getattr(cfg, "router_aux_loss_coef", None)
+    if wanted is not None:
+        model.config.output_router_logits = wanted
+    if coef is not None:
+        model.config.router_aux_loss_coef = coef
+        if hasattr(model, "router_aux_loss_coef"):
+            model.router_aux_loss_coef = coef
+
+
+def tiny_qwen3_moe_config() -> dict[str, Any]:
+    """A two-layer qwen3_moe: 4 experts, top-2 routing, 16-wide heads."""
+    return {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "moe_intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "max_position_embeddings": 128,
+    }
+
+
+QWEN3_MOE = ModelFamily(
+    name="qwen3_moe",
+    model_types=("qwen3_moe",),
+    lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+    decoder_layer="Qwen3MoeDecoderLayer",
+    prepare_tokenizer=prepare_qwen3_moe_tokenizer,
+    prepare_model=apply_router_settings,
+    attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
+    kernels=("liger",),
+    chat_template="qwen3",
+    tiny_config=tiny_qwen3_moe_config,
+    description="Qwen3 MoE models (fused experts: default LoRA targets are attention only)",
+)
+
+
+@hookimpl
+def register_model_families(register: Callable[[ModelFamily], None]) -> None:
+    """Register the qwen3_moe family."""
+    register(QWEN3_MOE)

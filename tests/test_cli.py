@@ -165,7 +165,7 @@ def test_validate_shows_which_plugin_answers_each_hook(
         f"plugin 'completion' (axolotl-weave=={version})"
     )
     load_model = table_row(result.stdout, "load_model").split("│")[2].strip()
-    assert load_model == "lora (wrapper) → bnb_quantization → hf_causal_lm"
+    assert load_model == "lora (wrapper) → gptq → bnb_quantization → hf_causal_lm"
     assert table_row(result.stdout, "build_loss").split("│")[2].strip() == "sft_loss"
 
 

@@ -534,3 +534,19 @@ def test_loraplus_gives_the_b_matrices_a_higher_rate(weave_hooks, tiny_llama_dir
     for name, param in trainable:
         expected = 1.6e-3 if "lora_B" in name else 1e-4
         assert rate_of[id(param)] == pytest.approx(expected), name
+
+
+def test_gptq_needs_lora(base_config: dict, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="gptq: true trains an adapter"):
+        open_session(write_config(tmp_path / "c.yml", {**base_config, "gptq": True}))
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gptqmodel") is not None, reason="gptqmodel is installed"
+)
+def test_gptq_without_its_packages_says_what_to_install(base_config: dict, tmp_path: Path) -> None:
+    config = {**base_config, "gptq": True, "adapter": "lora", "lora_target_linear": True}
+    result = run_weave("train", str(write_config(tmp_path / "c.yml", config)))
+    assert result.returncode == 4, result.stderr
+    assert "pip install optimum gptqmodel" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr

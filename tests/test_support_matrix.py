@@ -1,0 +1,390 @@
+"""The support matrix behind the README's "Supported models" table: every registered model family
+with a `tiny_config` trains a few steps on a tiny random-weight model of its architecture.
+
+CPU cells (CI): {full, LoRA} in float32. GPU cells (`gpu` marker, skipped without CUDA): {full,
+LoRA} in bf16. Each cell asserts that every logged loss is finite, that the loss falls, and that
+the saved output (the full model, or the LoRA adapter over the base) reloads with the logits the
+trained model gave.
+
+With `WEAVE_SUPPORT_RESULTS=path.jsonl` every cell appends one JSON line (family, cell, status,
+where it ran, detail, versions, date) to that file with a single O_APPEND write, so pytest-xdist
+workers can share it. `scripts/support_table.py` renders the committed files under docs/support/
+into the README; the last record of a (family, cell) wins.
+
+    rm -f docs/support/cpu.jsonl   # CPU cells (CI-like machine)
+    WEAVE_SUPPORT_RESULTS=docs/support/cpu.jsonl \
+        python -m pytest -q tests/test_support_matrix.py -m 'not gpu'
+    rm -f docs/support/gpu.jsonl   # GPU cells (on the CUDA machine)
+    WEAVE_SUPPORT_RESULTS=docs/support/gpu.jsonl \
+        python -m pytest -q tests/test_support_matrix.py -m gpu
+    python scripts/support_table.py
+
+Cells the project has not built yet (QLoRA, GPTQ, packing, flash/varlen attention, Liger) have no
+test here: the table shows them as "not yet".
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from axolotl_weave import ModelFamily, hookimpl
+from axolotl_weave._hooks import Hooks
+from axolotl_weave._pluginmanager import make_plugin_manager
+from axolotl_weave._run import open_session, train
+from axolotl_weave.testing import SAMPLE_TEXT, alpaca_rows, write_config, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_ENV = "WEAVE_SUPPORT_RESULTS"
+CPU_RESULTS = REPO / "docs" / "support" / "cpu.jsonl"
+PROBE_TEXT = "Reverse the word. cat. tac. Add two and three."
+MAX_STEPS = 8
+# The loss must fall by this fraction at least. Calibrated: at learning rate ~0 the same batches
+# give -0.1% to -0.9% (the later batches are not easier), and every family falls by 5-33% but
+# cohere and granite LoRA (~0.6-0.8%: their logit scaling keeps a random model's logits tiny).
+FALL = 0.003
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One column of the matrix: how the tiny model is trained."""
+
+    name: str
+    adapter: bool
+    bf16: bool
+    learning_rate: float
+    quantized: bool = False  # QLoRA: the base loaded in 4 bits (nf4, double quant)
+
+
+CPU_CELLS = (
+    Cell("full", adapter=False, bf16=False, learning_rate=3e-3),
+    Cell("lora", adapter=True, bf16=False, learning_rate=1e-2),
+)
+GPU_CELLS = (
+    Cell("bf16_full", adapter=False, bf16=True, learning_rate=3e-3),
+    Cell("bf16_lora", adapter=True, bf16=True, learning_rate=1e-2),
+    Cell("qlora", adapter=True, bf16=True, learning_rate=1e-2, quantized=True),
+)
+
+
+def registered_families() -> list[ModelFamily]:
+    """Every registered family once (a family may claim several model types), by name."""
+    families = Hooks(make_plugin_manager()).model_families().values()
+    return sorted({family.name: family for family in families}.values(), key=lambda f: f.name)
+
+
+FAMILIES = registered_families()
+
+
+def cell_params(cells: tuple[Cell, ...]) -> list[Any]:
+    """(family, cell) parameters, ids like `llama-lora`."""
+    return [
+        pytest.param(family, cell, id=f"{family.name}-{cell.name}")
+        for family in FAMILIES
+        for cell in cells
+    ]
+
+
+# --- recording ---------------------------------------------------------------------------------
+
+
+def device_name() -> str:
+    """Where a cell runs: the CUDA device the core trains on when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return "CPU"
+
+
+def environment() -> dict[str, str]:
+    """Versions, platform and date stored with every record."""
+    import peft
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "platform": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+    }
+
+
+def append_record(record: dict[str, Any]) -> None:
+    """Append one JSON line to the file named by WEAVE_SUPPORT_RESULTS (if set), atomically."""
+    target = os.environ.get(RESULTS_ENV)
+    if not target:
+        return
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)  # one write with O_APPEND: lines of parallel workers do not interleave
+    finally:
+        os.close(fd)
+
+
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    """`Type: message`, first line only, shortened."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:limit]
+
+
+@contextmanager
+def recorded(family: str, cell: str) -> Iterator[dict[str, str]]:
+    """Record the outcome of the block as a pass, fail or skip of (family, cell).
+
+    The block may set `detail` in the yielded dict (shown for a pass)."""
+    outcome = {"detail": ""}
+    record = {"family": family, "cell": cell, "where": device_name(), **environment()}
+    start = time.monotonic()
+
+    def write(status: str, detail: str) -> None:
+        seconds = round(time.monotonic() - start, 1)
+        append_record({**record, "status": status, "detail": detail, "seconds": seconds})
+
+    try:
+        yield outcome
+    except pytest.skip.Exception as exc:
+        write("skip", str(exc.msg))
+        raise
+    except Exception as exc:
+        write("fail", first_line(exc))
+        raise
+    write("pass", outcome["detail"])
+
+
+# --- the tiny model and the run ----------------------------------------------------------------
+
+
+def tokenizer_texts() -> list[str]:
+    """What the tokenizer learns from: the alpaca prompts as formatted, so they stay short."""
+    from axolotl_weave_plugins.formats.alpaca import PROMPT_INPUT, PROMPT_NO_INPUT
+
+    prompts = [
+        (PROMPT_INPUT if row["input"] else PROMPT_NO_INPUT).format(**row) + row["output"]
+        for row in alpaca_rows(64)
+    ]
+    return [SAMPLE_TEXT, *prompts]
+
+
+@pytest.fixture(scope="session")
+def matrix_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One byte-level BPE tokenizer for every family (no pad token: families pick theirs)."""
+    from axolotl_weave.testing import train_tokenizer
+
+    return train_tokenizer(tmp_path_factory.mktemp("matrix-tokenizer"), tokenizer_texts())
+
+
+def fit_config_to_tokenizer(config: Any, tokenizer: Any) -> None:
+    """Vocabulary size and special-token ids of `config` (and its text config) from `tokenizer`;
+    a pad id outside the vocabulary becomes `<unk>`'s."""
+    for target in {id(c): c for c in (config, config.get_text_config())}.values():
+        target.vocab_size = len(tokenizer)
+        target.bos_token_id = tokenizer.bos_token_id
+        target.eos_token_id = tokenizer.eos_token_id
+        pad = getattr(target, "pad_token_id", None)
+        if pad is not None and not 0 <= pad < len(tokenizer):
+            target.pad_token_id = tokenizer.unk_token_id
+
+
+def build_tiny_model(family: ModelFamily, tokenizer: Any, out_dir: Path) -> Path:
+    """A random-weight model of the family's architecture from its `tiny_config`, with the
+    tokenizer, saved to `out_dir`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    assert family.tiny_config is not None
+    config = AutoConfig.for_model(family.model_types[0], **family.tiny_config())
+    tokenizer.save_pretrained(out_dir)
+    config.save_pretrained(out_dir)
+    # loaded as the run loads it: a model-specific tokenizer class may add a token (qwen2's pad)
+    fit_config_to_tokenizer(config, AutoTokenizer.from_pretrained(out_dir))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory, matrix_tokenizer: Any) -> Any:
+    """`tiny_models(family)`: the folder of the family's tiny model, built once per session."""
+    built: dict[str, Path] = {}
+
+    def get(family: ModelFamily) -> Path:
+        if family.name not in built:
+            out = tmp_path_factory.mktemp(f"tiny-{family.name}")
+            built[family.name] = build_tiny_model(family, matrix_tokenizer, out)
+        return built[family.name]
+
+    return get
+
+
+class LogitsProbe:
+    """A plugin that records the trained model's logits on a probe input in post_train."""
+
+    def __init__(self, input_ids: torch.Tensor) -> None:
+        self.input_ids = input_ids
+        self.logits: torch.Tensor | None = None
+        self.device: torch.device | None = None
+
+    @hookimpl(trylast=True)
+    def post_train(self, model: Any) -> None:
+        """Record the logits (after the output was saved)."""
+        model.eval()
+        self.device = model.device
+        with torch.no_grad():
+            self.logits = model(input_ids=self.input_ids.to(model.device)).logits.float().cpu()
+
+
+def cell_config(base: Path, cell: Cell, tmp_path: Path) -> dict[str, Any]:
+    """The run's config: alpaca rows, a few steps, the cell's precision and method."""
+    data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(16))
+    config: dict[str, Any] = {
+        "base_model": str(base),
+        "datasets": [{"path": str(data), "type": "alpaca"}],
+        "sequence_len": 64,
+        "micro_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "max_steps": MAX_STEPS,
+        "learning_rate": cell.learning_rate,
+        "lr_scheduler": "constant",  # 8 steps: a cosine decay would waste the last ones
+        "bf16": cell.bf16,
+        "tf32": False,
+        "output_dir": str(tmp_path / "out"),
+        "dataset_prepared_path": str(tmp_path / "prepared"),
+    }
+    if cell.adapter:
+        config.update(adapter="lora", lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    if cell.quantized:
+        config.update(adapter="qlora", load_in_4bit=True)
+    return config
+
+
+def logged_losses(state: Any) -> list[float]:
+    """The training losses in step order."""
+    return [
+        rec["loss"] for rec in sorted(state.log_history, key=lambda r: r["step"]) if "loss" in rec
+    ]
+
+
+def check_losses(losses: list[float]) -> str:
+    """Every loss finite, and the mean of the last two a FALL fraction below the first two's."""
+    assert len(losses) == MAX_STEPS, losses
+    assert all(math.isfinite(loss) for loss in losses), f"a loss is not finite: {losses}"
+    first, last = sum(losses[:2]) / 2, sum(losses[-2:]) / 2
+    assert last < first * (1 - FALL), f"loss did not fall: {losses}"
+    return f"loss {first:.2f} → {last:.2f} in {len(losses)} steps"
+
+
+def reloaded_logits(cell: Cell, base: Path, out: Path, probe: LogitsProbe) -> torch.Tensor:
+    """The logits of the saved output on the probe input, loaded as a user would."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if cell.bf16 else torch.float32
+    extra: dict[str, Any] = {}
+    if cell.quantized:  # the adapter goes over the same 4-bit base it trained on
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_storage=torch.bfloat16,
+        )
+        extra["device_map"] = {"": probe.device}
+    model = AutoModelForCausalLM.from_pretrained(
+        str(out if not cell.adapter else base), dtype=dtype, **extra
+    )
+    if cell.adapter:
+        from peft import PeftModel
+        from transformers import AutoTokenizer
+
+        rows = len(AutoTokenizer.from_pretrained(str(out)))
+        if rows > model.get_input_embeddings().num_embeddings:  # the run grew the vocabulary
+            model.resize_token_embeddings(rows)
+        model = PeftModel.from_pretrained(model, str(out))
+    model = (model if cell.quantized else model.to(probe.device)).eval()
+    with torch.no_grad():
+        return model(input_ids=probe.input_ids.to(probe.device)).logits.float().cpu()
+
+
+def run_cell(family: ModelFamily, cell: Cell, tiny_models: Any, tokenizer: Any, tmp: Path) -> None:
+    """Train one cell, check it and record the outcome."""
+    with recorded(family.name, cell.name) as outcome:
+        if family.tiny_config is None:
+            pytest.skip(f"family '{family.name}' has no tiny_config")
+        base = tiny_models(family)
+        config = cell_config(base, cell, tmp)
+        probe = LogitsProbe(torch.tensor([tokenizer(PROBE_TEXT).input_ids]))
+        pm = make_plugin_manager()
+        pm.register(probe)
+        state = train(open_session(write_config(tmp / "config.yml", config), [], pm))
+        outcome["detail"] = check_losses(logged_losses(state))
+        assert probe.logits is not None, "post_train was not called"
+        got = reloaded_logits(cell, base, Path(config["output_dir"]), probe)
+        tolerance = 5e-2 if cell.quantized else 2e-2 if cell.bf16 else 1e-4
+        torch.testing.assert_close(got, probe.logits, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize(("family", "cell"), cell_params(CPU_CELLS))
+def test_cpu_cell(
+    family: ModelFamily, cell: Cell, tiny_models: Any, matrix_tokenizer: Any, tmp_path: Path
+) -> None:
+    """fp32 full fine-tune and LoRA on the tiny model: loss finite and falling, reload exact."""
+    run_cell(family, cell, tiny_models, matrix_tokenizer, tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("family", "cell"), cell_params(GPU_CELLS))
+def test_gpu_cell(
+    family: ModelFamily, cell: Cell, tiny_models: Any, matrix_tokenizer: Any, tmp_path: Path
+) -> None:
+    """bf16 full fine-tune, LoRA and QLoRA on CUDA: loss finite and falling, reload gives the
+    logits."""
+    run_cell(family, cell, tiny_models, matrix_tokenizer, tmp_path)
+
+
+# --- the committed results and the README ------------------------------------------------------
+
+recording = pytest.mark.skipif(
+    bool(os.environ.get(RESULTS_ENV)), reason="a recording run: render the table afterwards"
+)
+
+
+@recording
+def test_readme_support_table_is_current() -> None:
+    """README.md shows the table rendered from the committed docs/support/*.jsonl."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "support_table.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@recording
+def test_every_family_is_in_the_committed_cpu_results() -> None:
+    """A family added (or given a tiny_config) since the matrix last ran forces a rerun."""
+    assert CPU_RESULTS.is_file(), f"{CPU_RESULTS} is missing: run the matrix (see module docstring)"
+    records = [json.loads(line) for line in CPU_RESULTS.read_text().splitlines() if line.strip()]
+    have = {(record["family"], record["cell"]) for record in records}
+    wanted = {(f.name, c.name) for f in FAMILIES if f.tiny_config is not None for c in CPU_CELLS}
+    missing = sorted(f"{family}-{cell}" for family, cell in wanted - have)
+    assert not missing, (
+        f"not in {CPU_RESULTS.relative_to(REPO)}: {', '.join(missing)}; rerun the matrix: "
+        f"rm -f docs/support/cpu.jsonl && {RESULTS_ENV}=docs/support/cpu.jsonl "
+        "python -m pytest -q tests/test_support_matrix.py -m 'not gpu' "
+        "&& python scripts/support_table.py"
+    )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
-from axolotl_weave import ConfigError
+from axolotl_weave import ConfigError, set_pad_token
 from axolotl_weave._run import family_of, load_tokenizer, open_session
 from axolotl_weave.testing import write_config
 
@@ -71,3 +72,27 @@ def test_model_and_tokenizer_classes_by_name(tmp_path: Path, base_config: dict) 
 def test_an_unknown_class_name_is_refused(tmp_path: Path, base_config: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=f"{key}: 'NoSuchThing' is not a transformers class"):
         load(tmp_path, {**base_config, key: "NoSuchThing"})
+
+
+def test_set_pad_token_takes_the_first_candidate_the_tokenizer_has(tiny_tokenizer: Any) -> None:
+    def pad_after(*candidates: str, **tokens: Any) -> Any:
+        tokenizer = copy.deepcopy(tiny_tokenizer)  # the fixture is shared: never change it
+        for name, value in tokens.items():
+            setattr(tokenizer, name, value)
+        set_pad_token(tokenizer, *candidates)
+        return tokenizer.pad_token
+
+    assert tiny_tokenizer.pad_token is None
+    assert (tiny_tokenizer.unk_token, tiny_tokenizer.eos_token) == ("<unk>", "</s>")
+    # a token string counts only when it is in the vocabulary; the first one that is wins
+    assert pad_after("<not-in-vocab>", "<s>", "</s>") == "<s>"
+    assert pad_after("<not-in-vocab>") is None
+    # the symbolic names stand for the tokenizer's own unk / eos tokens, in the order given
+    assert pad_after("unk_token", "eos_token") == "<unk>"
+    assert pad_after("eos_token", "unk_token") == "</s>"
+    assert pad_after("<not-in-vocab>", "unk_token", "eos_token") == "<unk>"
+    # ...and are passed over when the tokenizer has no such token
+    assert pad_after("unk_token", "eos_token", unk_token=None) == "</s>"
+    # a tokenizer that has a pad token keeps it
+    assert pad_after("unk_token", "eos_token", pad_token="<s>") == "<s>"
+    assert tiny_tokenizer.pad_token is None

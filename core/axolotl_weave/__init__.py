@@ -19,6 +19,7 @@ from axolotl_weave._errors import (
 )
 from axolotl_weave._precision import Precision, resolve_precision
 from axolotl_weave._rows import map_rows, require_columns, text_field, tokenize_prompt_response
+from axolotl_weave._tokens import set_pad_token
 from axolotl_weave._types import (
     IGNORE_INDEX,
     DatasetFormat,
@@ -54,6 +55,7 @@ __all__ = [
     "require",
     "resolve_precision",
     "require_columns",
+    "set_pad_token",
     "text_field",
     "tokenize_prompt_response",
 ]

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import ConfigError, ModelFamily, hookimpl
+from axolotl_weave import ConfigError, ModelFamily, hookimpl, set_pad_token
 
 PLUGIN_KIND = "model"
 
@@ -37,12 +37,7 @@ DEEPSEEK_PAD = "<\uff5c\u2581pad\u2581\uff5c>"  # <｜▁pad▁｜>, id 2 in the
 
 def prepare_deepseek_v3_tokenizer(tokenizer: Any) -> None:
     """Give a deepseek_v3 tokenizer a pad token if it lacks one: `<｜▁pad▁｜>`, else EOS."""
-    if tokenizer.pad_token is not None:
-        return
-    if DEEPSEEK_PAD in tokenizer.get_vocab():
-        tokenizer.pad_token = DEEPSEEK_PAD
-    elif tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer, DEEPSEEK_PAD, "eos_token")
 
 
 def check_router_settings(model: Any, cfg: Any) -> None:

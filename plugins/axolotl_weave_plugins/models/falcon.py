@@ -5,15 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import ModelFamily, hookimpl
+from axolotl_weave import ModelFamily, hookimpl, set_pad_token
 
 PLUGIN_KIND = "model"
 
 
 def prepare_falcon_tokenizer(tokenizer: Any) -> None:
     """Give a falcon tokenizer (which has no pad token) EOS `<|endoftext|>` as its pad token."""
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer, "eos_token")
 
 
 def tiny_falcon_config() -> dict[str, Any]:

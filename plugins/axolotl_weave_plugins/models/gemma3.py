@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import ModelFamily, hookimpl
+from axolotl_weave import ModelFamily, hookimpl, set_pad_token
 
 PLUGIN_KIND = "model"
 
@@ -27,12 +27,7 @@ GEMMA_PAD = "<pad>"
 
 def prepare_gemma3_tokenizer(tokenizer: Any) -> None:
     """Give a gemma3 tokenizer a pad token if it lacks one: `<pad>`, else EOS."""
-    if tokenizer.pad_token is not None:
-        return
-    if GEMMA_PAD in tokenizer.get_vocab():
-        tokenizer.pad_token = GEMMA_PAD
-    elif tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer, GEMMA_PAD, "eos_token")
 
 
 def tiny_gemma3_config() -> dict[str, Any]:

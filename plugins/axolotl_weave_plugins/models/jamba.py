@@ -12,36 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import ModelFamily, hookimpl
+from axolotl_weave import ModelFamily, hookimpl, set_pad_token
+
+from axolotl_weave_plugins.models.mixtral import apply_router_settings
 
 PLUGIN_KIND = "model"
 
 
 def prepare_jamba_tokenizer(tokenizer: Any) -> None:
     """Give a jamba tokenizer a pad token if it lacks one: `<unk>`, else EOS."""
-    if tokenizer.pad_token is not None:
-        return
-    if tokenizer.unk_token is not None:
-        tokenizer.pad_token = tokenizer.unk_token
-    elif tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-
-
-def apply_router_settings(model: Any, cfg: Any) -> None:
-    """Switch the router's auxiliary loss on or off and set its weight, as the config asks.
-
-    Keys left unset (or absent, without the mixtral plugin) keep what the model config says.
-    The weight is set on the model as well as its config: `JambaForCausalLM` copies it when it
-    is built.
-    """
-    wanted = getattr(cfg, "output_router_logits", None)
-    coef = getattr(cfg, "router_aux_loss_coef", None)
-    if wanted is not None:
-        model.config.output_router_logits = wanted
-    if coef is not None:
-        model.config.router_aux_loss_coef = coef
-        if hasattr(model, "router_aux_loss_coef"):
-            model.router_aux_loss_coef = coef
+    set_pad_token(tokenizer, "unk_token", "eos_token")
 
 
 def tiny_jamba_config() -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import ModelFamily, hookimpl
+from axolotl_weave import ModelFamily, hookimpl, set_pad_token
 
 PLUGIN_KIND = "model"
 
@@ -14,14 +14,7 @@ LLAMA3_PAD = "<|finetune_right_pad_id|>"
 
 def prepare_llama_tokenizer(tokenizer: Any) -> None:
     """Give a llama tokenizer a pad token: Llama 3's reserved pad, else `<unk>`, else EOS."""
-    if tokenizer.pad_token is not None:
-        return
-    if LLAMA3_PAD in tokenizer.get_vocab():
-        tokenizer.pad_token = LLAMA3_PAD
-    elif tokenizer.unk_token is not None:
-        tokenizer.pad_token = tokenizer.unk_token
-    elif tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer, LLAMA3_PAD, "unk_token", "eos_token")
 
 
 def tiny_llama_config() -> dict[str, Any]:

@@ -5,19 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import ModelFamily, hookimpl
+from axolotl_weave import ModelFamily, hookimpl, set_pad_token
 
 PLUGIN_KIND = "model"
 
 
 def prepare_mistral_tokenizer(tokenizer: Any) -> None:
     """Give a mistral tokenizer (which ships none) a pad token: `<unk>`, else EOS."""
-    if tokenizer.pad_token is not None:
-        return
-    if tokenizer.unk_token is not None:
-        tokenizer.pad_token = tokenizer.unk_token
-    elif tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer, "unk_token", "eos_token")
 
 
 def tiny_mistral_config() -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import ModelFamily, PluginConfig, hookimpl
+from axolotl_weave import ModelFamily, PluginConfig, hookimpl, set_pad_token
 from pydantic import Field
 
 PLUGIN_KIND = "model"
@@ -38,20 +38,16 @@ def add_config_fields() -> type[PluginConfig]:
 
 def prepare_mixtral_tokenizer(tokenizer: Any) -> None:
     """Give a mixtral tokenizer (which ships none) a pad token: `<unk>`, else EOS."""
-    if tokenizer.pad_token is not None:
-        return
-    if tokenizer.unk_token is not None:
-        tokenizer.pad_token = tokenizer.unk_token
-    elif tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer, "unk_token", "eos_token")
 
 
 def apply_router_settings(model: Any, cfg: Any) -> None:
     """Switch the router's auxiliary loss on or off and set its weight, as the config asks.
 
-    Keys left unset keep what the model config says (so `overrides_of_model_config` still
-    works). The weight is set on the model as well as its config: the `...ForCausalLM` copies
-    it when it is built.
+    Keys left unset (or absent, without the mixtral plugin) keep what the model config says
+    (so `overrides_of_model_config` still works). The weight is set on the model as well as its
+    config: the `...ForCausalLM` copies it when it is built. The other MoE families (qwen2_moe,
+    qwen3_moe, gpt_oss, jamba) use this same function.
     """
     wanted = getattr(cfg, "output_router_logits", None)
     coef = getattr(cfg, "router_aux_loss_coef", None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import ModelFamily, hookimpl
+from axolotl_weave import ModelFamily, hookimpl, set_pad_token
 
 PLUGIN_KIND = "model"
 
@@ -21,12 +21,7 @@ OLMO_PAD = "<|pad|>"
 
 def prepare_olmo2_tokenizer(tokenizer: Any) -> None:
     """Give an olmo2 tokenizer a pad token if it lacks one: `<|pad|>`, else EOS."""
-    if tokenizer.pad_token is not None:
-        return
-    if OLMO_PAD in tokenizer.get_vocab():
-        tokenizer.pad_token = OLMO_PAD
-    elif tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer, OLMO_PAD, "eos_token")
 
 
 def tiny_olmo2_config() -> dict[str, Any]:

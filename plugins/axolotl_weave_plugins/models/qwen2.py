@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import ModelFamily, hookimpl
+from axolotl_weave import ModelFamily, hookimpl, set_pad_token
 
 PLUGIN_KIND = "model"
 
@@ -25,12 +25,7 @@ def prepare_qwen2_tokenizer(tokenizer: Any) -> None:
     `<|endoftext|>` is what the Qwen2.5 checkpoints pad with; it is not the chat models' EOS
     (`<|im_end|>`), so padding never masks the end of a turn.
     """
-    if tokenizer.pad_token is not None:
-        return
-    if QWEN_PAD in tokenizer.get_vocab():
-        tokenizer.pad_token = QWEN_PAD
-    elif tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer, QWEN_PAD, "eos_token")
 
 
 def tiny_qwen2_config() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import ModelFamily, hookimpl
+from axolotl_weave import ModelFamily, hookimpl, set_pad_token
 
 PLUGIN_KIND = "model"
 
@@ -21,12 +21,7 @@ QWEN_PAD = "<|endoftext|>"
 
 def prepare_qwen3_tokenizer(tokenizer: Any) -> None:
     """Give a qwen3 tokenizer a pad token if it lacks one: `<|endoftext|>`, else EOS."""
-    if tokenizer.pad_token is not None:
-        return
-    if QWEN_PAD in tokenizer.get_vocab():
-        tokenizer.pad_token = QWEN_PAD
-    elif tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer, QWEN_PAD, "eos_token")
 
 
 def tiny_qwen3_config() -> dict[str, Any]:

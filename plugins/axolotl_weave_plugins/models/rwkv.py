@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import ModelFamily, hookimpl
+from axolotl_weave import ModelFamily, hookimpl, set_pad_token
 
 PLUGIN_KIND = "model"
 
@@ -19,12 +19,7 @@ NEOX_PAD = "<|padding|>"
 
 def prepare_rwkv_tokenizer(tokenizer: Any) -> None:
     """Give RWKV-4's GPT-NeoX tokenizer a pad token: its reserved `<|padding|>`, else EOS."""
-    if tokenizer.pad_token is not None:
-        return
-    if NEOX_PAD in tokenizer.get_vocab():
-        tokenizer.pad_token = NEOX_PAD
-    elif tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer, NEOX_PAD, "eos_token")
 
 
 def tiny_rwkv_config() -> dict[str, Any]:

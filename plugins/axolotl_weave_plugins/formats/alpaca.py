@@ -127,13 +127,21 @@ def build_prompt_response_rows(
     return map_rows(dataset, entry, tokenize)
 
 
-FORMATS = {
-    "alpaca": "instruction, optional input, output (Stanford Alpaca)",
-    **{
-        f"alpaca:{name}": f"alpaca rows in Axolotl's '{name}' prompt style"
+def styled_formats(base: str, description: str) -> dict[str, str]:
+    """`base` and `base:<style>` for each of Axolotl's prompt styles, with descriptions."""
+    styled = {
+        f"{base}:{name}": f"{base} rows in Axolotl's '{name}' prompt style"
         for name in PROMPT_STYLES
-    },
-}
+    }
+    return {base: description, **styled}
+
+
+def style_of(format_name: str) -> PromptStyle:
+    """The prompt style a `base:<style>` name asks for (`instruct` without one)."""
+    return PROMPT_STYLES[format_name.partition(":")[2] or "instruct"]
+
+
+FORMATS = styled_formats("alpaca", "instruction, optional input, output (Stanford Alpaca)")
 
 
 @hookimpl
@@ -148,7 +156,7 @@ def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize alpaca rows, masking the prompt unless `train_on_inputs`."""
     if entry.type not in FORMATS:
         return None
-    style = PROMPT_STYLES[entry.type.partition(":")[2] or "instruct"]
+    style = style_of(entry.type)
 
     def render(row: dict[str, Any]) -> tuple[str, str]:
         instruction = text_field(row, "instruction")

@@ -20,21 +20,16 @@ from typing import Any
 from axolotl_weave import DataError, DatasetFormat, hookimpl, require_columns, text_field
 
 from axolotl_weave_plugins.formats.alpaca import (
-    PROMPT_STYLES,
     build_prompt,
     build_prompt_response_rows,
+    style_of,
+    styled_formats,
 )
 
 PLUGIN_KIND = "format"
 
 SYSTEM_PROMPT = "Choose the answer that best answers the question. Explain your reasoning.\n"
-FORMATS = {
-    "explainchoice": "question, choices, solution or explanation (explained)",
-    **{
-        f"explainchoice:{name}": f"explainchoice rows in Axolotl's '{name}' prompt style"
-        for name in PROMPT_STYLES
-    },
-}
+FORMATS = styled_formats("explainchoice", "question, choices, solution or explanation (explained)")
 
 
 def require_choice_columns(dataset: Any, entry: Any) -> None:
@@ -72,7 +67,7 @@ def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     if entry.type not in FORMATS:
         return None
     require_choice_columns(dataset, entry)
-    style = PROMPT_STYLES[entry.type.partition(":")[2] or "instruct"]
+    style = style_of(entry.type)
 
     def render(row: dict[str, Any]) -> tuple[str, str]:
         question, choices, answer = choice_fields(row)

@@ -19,20 +19,15 @@ from typing import Any
 from axolotl_weave import DatasetFormat, hookimpl, text_field
 
 from axolotl_weave_plugins.formats.alpaca import (
-    PROMPT_STYLES,
     build_prompt,
     build_prompt_response_rows,
+    style_of,
+    styled_formats,
 )
 
 PLUGIN_KIND = "format"
 
-FORMATS = {
-    "jeopardy": "question (clue), category, answer (Jeopardy)",
-    **{
-        f"jeopardy:{name}": f"jeopardy rows in Axolotl's '{name}' prompt style"
-        for name in PROMPT_STYLES
-    },
-}
+FORMATS = styled_formats("jeopardy", "question (clue), category, answer (Jeopardy)")
 
 
 @hookimpl
@@ -47,7 +42,7 @@ def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize Jeopardy rows, masking the prompt unless `train_on_inputs`."""
     if entry.type not in FORMATS:
         return None
-    style = PROMPT_STYLES[entry.type.partition(":")[2] or "instruct"]
+    style = style_of(entry.type)
 
     def render(row: dict[str, Any]) -> tuple[str, str]:
         category = text_field(row, "category", required=False)

@@ -14,17 +14,15 @@ from typing import Any
 from axolotl_weave import DatasetFormat, hookimpl, text_field
 
 from axolotl_weave_plugins.formats.alpaca import (
-    PROMPT_STYLES,
     build_prompt,
     build_prompt_response_rows,
+    style_of,
+    styled_formats,
 )
 
 PLUGIN_KIND = "format"
 
-FORMATS = {
-    "oasst": "INSTRUCTION, RESPONSE (OpenAssistant)",
-    **{f"oasst:{name}": f"oasst rows in Axolotl's '{name}' prompt style" for name in PROMPT_STYLES},
-}
+FORMATS = styled_formats("oasst", "INSTRUCTION, RESPONSE (OpenAssistant)")
 
 
 @hookimpl
@@ -39,7 +37,7 @@ def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize OpenAssistant rows, masking the prompt unless `train_on_inputs`."""
     if entry.type not in FORMATS:
         return None
-    style = PROMPT_STYLES[entry.type.partition(":")[2] or "instruct"]
+    style = style_of(entry.type)
 
     def render(row: dict[str, Any]) -> tuple[str, str]:
         prompt = build_prompt(text_field(row, "INSTRUCTION"), "", style=style)

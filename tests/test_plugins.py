@@ -648,6 +648,37 @@ def test_two_local_plugins_registering_one_format_name() -> None:
     assert "plugin 'second_formats'" in str(info.value)
 
 
+def test_two_plugins_naming_a_validator_alike(
+    local_plugin: Callable, tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    """In the merged config class one validator would silently replace the other."""
+    name = local_plugin(
+        "clashing_validator",
+        """
+        from pydantic import model_validator
+
+        from axolotl_weave import PluginConfig, hookimpl
+
+
+        class Mine(PluginConfig):
+            my_key: int = 1
+
+            @model_validator(mode="after")
+            def _check_lora_keys(self):
+                return self
+
+
+        @hookimpl
+        def add_config_fields():
+            return Mine
+        """,
+    )
+    with pytest.raises(
+        ConfigError, match="config validator '_check_lora_keys' is declared by both"
+    ):
+        session_for(tmp_path, {**base_config, "plugins": [name]})
+
+
 def test_two_plugins_declaring_one_config_field(
     local_plugin: Callable, tmp_path: Path, base_config: dict[str, Any]
 ) -> None:

@@ -340,16 +340,22 @@ class CoreConfig(BaseModel):
 
 
 def build_config_model(plugin_fields: list[tuple[str, type[BaseModel]]]) -> type[CoreConfig]:
-    """Merge the core's fields with each plugin's (name, model); a field declared twice fails."""
+    """Merge the core's fields with each plugin's (name, model); a field declared twice fails,
+    and so does a validator name two models share (in the merged class one would silently
+    replace the other)."""
     owners = {name: "core" for name in CoreConfig.model_fields}
+    validators = {name: "core" for name in validator_names(CoreConfig)}
     for plugin_name, model in plugin_fields:
-        for field_name in model.model_fields:
-            if field_name in owners:
-                raise ConfigError(
-                    f"config field '{field_name}' is declared by both '{owners[field_name]}' "
-                    f"and '{plugin_name}'"
-                )
-            owners[field_name] = plugin_name
+        for kind, names, seen in (
+            ("config field", model.model_fields, owners),
+            ("config validator", validator_names(model), validators),
+        ):
+            for name in names:
+                if name in seen and seen[name] != plugin_name:
+                    raise ConfigError(
+                        f"{kind} '{name}' is declared by both '{seen[name]}' and '{plugin_name}'"
+                    )
+                seen[name] = plugin_name
     bases = (CoreConfig, *(model for _, model in plugin_fields))
     # a module-level name per set of plugin models, so that a config pickles by reference (the
     # tokenizing processes of `dataset_processes` receive it inside the format's function)
@@ -360,6 +366,12 @@ def build_config_model(plugin_fields: list[tuple[str, type[BaseModel]]]) -> type
     model = create_model(name, __base__=bases, __module__=__name__)  # type: ignore[call-overload]
     globals()[name] = model
     return model
+
+
+def validator_names(model: type[BaseModel]) -> list[str]:
+    """The names of a model's own field and model validators."""
+    decorators = model.__pydantic_decorators__
+    return [*decorators.field_validators, *decorators.model_validators]
 
 
 def read_config_source(source: str | Path) -> dict[str, Any]:

@@ -293,7 +293,7 @@ def fit_rows(
 
 def deduplicate(dataset: Dataset, against: Dataset | None = None) -> tuple[Dataset, int]:
     """Drop rows whose tokens and labels repeat an earlier row's (or a row of `against`)."""
-    seen = {row_hash(ids, labels) for ids, labels in _pairs(against)} if against else set()
+    seen = set() if against is None else {row_hash(i, labels) for i, labels in _pairs(against)}
     keep = []
     for index, (ids, labels) in enumerate(_pairs(dataset)):
         key = row_hash(ids, labels)

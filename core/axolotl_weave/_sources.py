@@ -89,11 +89,6 @@ def source_kind(entry: DatasetEntry) -> str:
     return "hub"
 
 
-def is_local(entry: DatasetEntry) -> bool:
-    """Whether the entry's path names a local file or folder (data files or a saved dataset)."""
-    return source_kind(entry) in ("local", "saved")
-
-
 def local_files(entry: DatasetEntry) -> list[Path]:
     """The data files of a local entry (a file, or the matching files of a folder), sorted."""
     path = Path(entry.path).expanduser()
@@ -211,19 +206,26 @@ def rows_to_dataset(
     entry: DatasetEntry, file: Path, rows: list[dict[str, Any]], lines: list[int]
 ) -> Dataset:
     """A `Dataset` of parsed JSON rows; a field whose JSON type changes is named with its line."""
-    from datasets import Dataset
 
     if not rows:
         raise DataError(f"{file}: the file holds no rows")
     check_field_types(file, rows, lines)
-    columns = list(dict.fromkeys(key for row in rows for key in row))  # every row's keys
     try:
-        return Dataset.from_dict({key: [row.get(key) for row in rows] for key in columns})
+        return rows_table(rows)
     except Exception as exc:  # a clash deeper inside nested values
         raise DataError(
             f"{entry.label}: {file}: rows disagree on a field's type ({exc}); every row must "
             "give each field the same type"
         ) from None
+
+
+def rows_table(rows: list[dict[str, Any]]) -> Dataset:
+    """A `Dataset` of rows with a column for every key any row has (missing values None);
+    `Dataset.from_list` would take the columns of the first row only."""
+    from datasets import Dataset
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return Dataset.from_dict({key: [row.get(key) for row in rows] for key in columns})
 
 
 def json_kind(value: Any) -> str | None:

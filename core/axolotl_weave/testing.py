@@ -200,13 +200,11 @@ def build_rows(
     """
     from types import SimpleNamespace
 
-    from datasets import Dataset
+    from axolotl_weave._sources import rows_table
 
     cfg = cfg or SimpleNamespace(train_on_inputs=False, sequence_len=2048)
     validated = dataset_entry(hooks.dataset_formats(), **entry)
-    columns = list(dict.fromkeys(key for row in rows for key in row))  # not only the first's
-    table = Dataset.from_dict({key: [row.get(key) for row in rows] for key in columns})
-    built = hooks.build_dataset(validated, table, tokenizer, cfg)
+    built = hooks.build_dataset(validated, rows_table(rows), tokenizer, cfg)
     return list(built)
 
 

@@ -13,7 +13,8 @@ import json
 import random
 from pathlib import Path
 
-from axolotl_weave.testing import SAMPLE_TEXT, build_tiny_llama, write_jsonl
+from axolotl_weave.testing import write_jsonl
+from axolotl_weave.tiny import SAMPLE_TEXT, build_tiny_llama
 
 HERE = Path(__file__).parent
 WORDS = (

@@ -196,14 +196,19 @@ def test_unimplemented_axolotl_keys_warn_and_are_dropped(
     tmp_path: Path, base_config: dict[str, Any], weave_log: pytest.LogCaptureFixture
 ) -> None:
     entry = {**base_config["datasets"][0], "roles_to_train": ["gpt"]}
-    config = {**base_config, "flash_attention": True, "sample_packing": True, "datasets": [entry]}
+    config = {
+        **base_config,
+        "neftune_noise_alpha": 5,
+        "curriculum_sampling": True,
+        "datasets": [entry],
+    }
     cfg = session_for(tmp_path, config).cfg
     warnings = [r.getMessage() for r in weave_log.records if r.levelno == logging.WARNING]
-    for key in ("'flash_attention'", "'sample_packing'", "'datasets[].roles_to_train'"):
+    for key in ("'neftune_noise_alpha'", "'curriculum_sampling'", "'datasets[].roles_to_train'"):
         assert any(key in w and "IGNORED" in w for w in warnings), (key, warnings)
     dumped = cfg.model_dump()
-    assert "flash_attention" not in dumped
-    assert "sample_packing" not in dumped
+    assert "neftune_noise_alpha" not in dumped
+    assert "curriculum_sampling" not in dumped
     assert "roles_to_train" not in dumped["datasets"][0]
     assert cfg.datasets[0].option("roles_to_train") is None
 
@@ -211,11 +216,11 @@ def test_unimplemented_axolotl_keys_warn_and_are_dropped(
 def test_unimplemented_axolotl_key_on_the_cli_validates_with_a_warning(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:
-    path = write_config(tmp_path / "config.yml", {**base_config, "flash_attention": True})
+    path = write_config(tmp_path / "config.yml", {**base_config, "neftune_noise_alpha": 5})
     result = run_weave("validate", str(path), cwd=tmp_path, env=WIDE)
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
-    assert "config key 'flash_attention'" in flat(result.stderr)
+    assert "config key 'neftune_noise_alpha'" in flat(result.stderr)
     assert "IGNORED" in result.stderr
 
 

@@ -152,7 +152,7 @@ def test_every_plugin_module_is_an_entry_point_and_every_entry_point_exists() ->
     modules = {
         ".".join(path.relative_to(PLUGINS.parent).with_suffix("").parts)
         for path in PLUGINS.rglob("*.py")
-        if path.name != "__init__.py"
+        if not path.name.startswith("_")  # __init__ and shared helpers (_name.py) are no plugins
     }
     assert len(modules) >= 10, modules
     eps = builtin_entry_points()
@@ -563,12 +563,12 @@ def test_axolotl_plugin_without_counterpart_warns_and_validates(
     weave_log: pytest.LogCaptureFixture,
 ) -> None:
     refuse_imports(monkeypatch)
-    liger = "axolotl.integrations.liger.LigerPlugin"
-    session = session_for(tmp_path, {**base_config, "plugins": [liger]})
-    assert session.cfg.plugins == [liger]
+    lm_eval = "axolotl.integrations.lm_eval.LMEvalPlugin"
+    session = session_for(tmp_path, {**base_config, "plugins": [lm_eval]})
+    assert session.cfg.plugins == [lm_eval]
     warnings = [r.getMessage() for r in weave_log.records if r.levelno == logging.WARNING]
-    assert any(liger in message and "IGNORED" in message for message in warnings), warnings
-    assert not session.hooks.pm.has_plugin(liger)
+    assert any(lm_eval in message and "IGNORED" in message for message in warnings), warnings
+    assert not session.hooks.pm.has_plugin(lm_eval)
 
 
 def test_axolotl_plugin_path_maps_onto_the_plugin_declaring_it(

@@ -1,10 +1,13 @@
 """The support matrix behind the README's "Supported models" table: every registered model family
 with a `tiny_config` trains a few steps on a tiny random-weight model of its architecture.
 
-CPU cells (CI): {full, LoRA} in float32. GPU cells (`gpu` marker, skipped without CUDA): {full,
-LoRA} in bf16. Each cell asserts that every logged loss is finite, that the loss falls, and that
-the saved output (the full model, or the LoRA adapter over the base) reloads with the logits the
-trained model gave.
+CPU cells (CI): {full, LoRA, packing} in float32. GPU cells (`gpu` marker, skipped without
+CUDA): {full, LoRA, QLoRA} in bf16, and packing with a varlen kernel. Each cell asserts that every
+logged loss is finite, that the loss falls, and that the saved output (the full model, or the LoRA
+adapter over the base) reloads with the logits the trained model gave. A packing cell also
+asserts that packed samples do not see each other: the per-token losses and the gradients of a
+packed micro-batch equal those of the same samples one by one. A family that declares it cannot
+be packed (`cannot_pack_because`) must be refused with that reason, recorded as "unsupported".
 
 With `WEAVE_SUPPORT_RESULTS=path.jsonl` every cell appends one JSON line (family, cell, status,
 where it ran, detail, versions, date) to that file with a single O_APPEND write, so pytest-xdist
@@ -19,8 +22,8 @@ into the README; the last record of a (family, cell) wins.
         python -m pytest -q tests/test_support_matrix.py -m gpu
     python scripts/support_table.py
 
-Cells the project has not built yet (QLoRA, GPTQ, packing, flash/varlen attention, Liger) have no
-test here: the table shows them as "not yet".
+Cells the project has not built yet (GPTQ, Liger) have no test here: the table shows them as
+"not yet".
 """
 
 from __future__ import annotations
@@ -67,16 +70,27 @@ class Cell:
     bf16: bool
     learning_rate: float
     quantized: bool = False  # QLoRA: the base loaded in 4 bits (nf4, double quant)
+    packed: bool = False  # sample_packing, and packed == unpacked checked on the tiny model
+    attention: str | None = None  # attn_implementation of a packed cell (None: the model's)
 
 
 CPU_CELLS = (
     Cell("full", adapter=False, bf16=False, learning_rate=3e-3),
     Cell("lora", adapter=True, bf16=False, learning_rate=1e-2),
+    Cell("packing", adapter=False, bf16=False, learning_rate=3e-3, packed=True),
 )
 GPU_CELLS = (
     Cell("bf16_full", adapter=False, bf16=True, learning_rate=3e-3),
     Cell("bf16_lora", adapter=True, bf16=True, learning_rate=1e-2),
     Cell("qlora", adapter=True, bf16=True, learning_rate=1e-2, quantized=True),
+    Cell(
+        "varlen",
+        adapter=False,
+        bf16=True,
+        learning_rate=3e-3,
+        packed=True,
+        attention="flash_attention_2",  # flash-attn when installed, else torch's varlen_attn
+    ),
 )
 
 
@@ -146,8 +160,9 @@ def first_line(exc: BaseException, limit: int = 240) -> str:
 def recorded(family: str, cell: str) -> Iterator[dict[str, str]]:
     """Record the outcome of the block as a pass, fail or skip of (family, cell).
 
-    The block may set `detail` in the yielded dict (shown for a pass)."""
-    outcome = {"detail": ""}
+    The block may set `detail` in the yielded dict (shown for a pass), and `status` to record
+    something other than "pass" (a refusal the family declares: "unsupported")."""
+    outcome = {"detail": "", "status": "pass"}
     record = {"family": family, "cell": cell, "where": device_name(), **environment()}
     start = time.monotonic()
 
@@ -163,7 +178,7 @@ def recorded(family: str, cell: str) -> Iterator[dict[str, str]]:
     except Exception as exc:
         write("fail", first_line(exc))
         raise
-    write("pass", outcome["detail"])
+    write(outcome["status"], outcome["detail"])
 
 
 # --- the tiny model and the run ----------------------------------------------------------------
@@ -268,6 +283,10 @@ def cell_config(base: Path, cell: Cell, tmp_path: Path) -> dict[str, Any]:
         config.update(adapter="lora", lora_r=8, lora_alpha=16, lora_dropout=0.0)
     if cell.quantized:
         config.update(adapter="qlora", load_in_4bit=True)
+    if cell.packed:  # several rows per packed row of 128 tokens
+        config.update(sample_packing=True, sequence_len=128, micro_batch_size=1)
+        if cell.attention:
+            config.update(attn_implementation=cell.attention)
     return config
 
 
@@ -320,6 +339,69 @@ def reloaded_logits(cell: Cell, base: Path, out: Path, probe: LogitsProbe) -> to
         return model(input_ids=probe.input_ids.to(probe.device)).logits.float().cpu()
 
 
+def packed_and_one_by_one(model: Any, rows: list[list[int]], device: Any) -> Any:
+    """Per-token losses and gradients of `rows` packed in one micro-batch row, then one by one."""
+    from axolotl_weave import model_inputs
+    from axolotl_weave._batches import collate
+    from axolotl_weave._packing import collate_packed
+
+    def run(batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        losses = []
+        for batch in batches:
+            batch = {key: value.to(device) for key, value in batch.items()}
+            logits = model(**model_inputs(batch), use_cache=False).logits[:, :-1].float()
+            labels = batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
+            )
+            losses.append(loss[labels != -100])
+        total = torch.cat(losses)
+        total.sum().backward()
+        return total.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    samples = [{"input_ids": ids, "labels": ids} for ids in rows]
+    packed = run([collate_packed([samples], pad_token_id=0)])
+    alone = run([collate([sample], pad_token_id=0) for sample in samples])
+    return packed, alone
+
+
+def check_packed_isolation(family: ModelFamily, cell: Cell, base: Path, tokenizer: Any) -> str:
+    """Packed per-token losses and gradients equal one-by-one ones (same attention as the run)."""
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if cell.bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype).to(device)
+    if cell.attention:
+        from axolotl_weave_plugins.kernels import attn_implementation
+
+        attn_implementation.patch_attention(model, open_attention(cell.attention), family)
+    texts = [PROBE_TEXT, "Add two and three.", "the quick brown fox jumps over the lazy dog."]
+    rows = [tokenizer(text).input_ids for text in texts]
+    (packed, packed_grads), (alone, alone_grads) = packed_and_one_by_one(model, rows, device)
+    tolerance = 2e-2 if cell.bf16 else 1e-4
+    torch.testing.assert_close(packed.float(), alone.float(), rtol=tolerance, atol=tolerance)
+    for got, expected in zip(packed_grads, alone_grads, strict=True):
+        error = (got.float() - expected.float()).norm() / expected.float().norm().clamp(min=1e-6)
+        assert error < (5e-2 if cell.bf16 else 1e-3), f"packed gradients differ by {error:.2e}"
+    return f"packed == one by one ({model.config._attn_implementation})"
+
+
+def attention_supported(name: str, family: ModelFamily) -> bool:
+    """Whether the family lists the attention implementation (what weave checks first)."""
+    from axolotl_weave_plugins.kernels import attn_implementation
+
+    return attn_implementation.supported_by(name, family)
+
+
+def open_attention(name: str) -> Any:
+    """A stand-in config carrying only `attn_implementation` (for patch_attention)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(attn_implementation=name)
+
+
 def run_cell(family: ModelFamily, cell: Cell, tiny_models: Any, tokenizer: Any, tmp: Path) -> None:
     """Train one cell, check it and record the outcome."""
     with recorded(family.name, cell.name) as outcome:
@@ -327,11 +409,24 @@ def run_cell(family: ModelFamily, cell: Cell, tiny_models: Any, tokenizer: Any, 
             pytest.skip(f"family '{family.name}' has no tiny_config")
         base = tiny_models(family)
         config = cell_config(base, cell, tmp)
+        if cell.packed and family.cannot_pack_because:
+            from axolotl_weave import ConfigError
+
+            with pytest.raises(ConfigError, match="cannot be packed"):
+                train(open_session(write_config(tmp / "config.yml", config), []))
+            outcome.update(status="unsupported", detail=family.cannot_pack_because)
+            return
+        if cell.attention and not attention_supported(cell.attention, family):
+            listed = ", ".join(family.attn_implementations)
+            outcome.update(status="unsupported", detail=f"{family.name} supports {listed}")
+            return
         probe = LogitsProbe(torch.tensor([tokenizer(PROBE_TEXT).input_ids]))
         pm = make_plugin_manager()
         pm.register(probe)
         state = train(open_session(write_config(tmp / "config.yml", config), [], pm))
         outcome["detail"] = check_losses(logged_losses(state))
+        if cell.packed:
+            outcome["detail"] += "; " + check_packed_isolation(family, cell, base, tokenizer)
         assert probe.logits is not None, "post_train was not called"
         got = reloaded_logits(cell, base, Path(config["output_dir"]), probe)
         tolerance = 5e-2 if cell.quantized else 2e-2 if cell.bf16 else 1e-4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pluggy
 
+from axolotl_weave._batches import batch_tokens, model_inputs
 from axolotl_weave._config import CoreConfig, DatasetEntry, PluginConfig
 from axolotl_weave._errors import (
     ConfigError,
@@ -50,8 +51,10 @@ __all__ = [
     "TrainState",
     "WeaveError",
     "__version__",
+    "batch_tokens",
     "hookimpl",
     "map_rows",
+    "model_inputs",
     "require",
     "resolve_precision",
     "require_columns",

@@ -12,6 +12,22 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 MODEL_COLUMNS = ("input_ids", "labels", "attention_mask")
+NOT_MODEL_INPUTS = ("labels", "num_tokens")
+"""Batch keys that are not passed to the model's forward."""
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of the model's forward: the batch without labels and counters."""
+    return {key: value for key, value in batch.items() if key not in NOT_MODEL_INPUTS}
+
+
+def batch_tokens(batch: dict[str, Any]) -> int:
+    """Real (non-padding) tokens in a micro-batch, packed or padded."""
+    if "num_tokens" in batch:
+        return int(batch["num_tokens"])
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
 
 
 def micro_batches_per_epoch(num_rows: int, micro_batch_size: int, world_size: int = 1) -> int:
@@ -38,14 +54,36 @@ def iter_micro_batches(
     micro_batch_size: int,
     pad_token_id: int,
     start: int = 0,
+    pad_to: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Padded micro-batches of `order`, beginning at micro-batch number `start`."""
-    columns = [c for c in MODEL_COLUMNS if c in dataset.column_names]
     for first in range(start * micro_batch_size, len(order), micro_batch_size):
-        chunk = dataset.select_columns(columns)[order[first : first + micro_batch_size]]
-        values = zip(*chunk.values(), strict=True)
-        rows = [dict(zip(columns, row, strict=True)) for row in values]
-        yield collate(rows, pad_token_id)
+        rows = read_rows(dataset, order[first : first + micro_batch_size])
+        yield collate(rows, pad_token_id, pad_to)
+
+
+def iter_packed_micro_batches(
+    dataset: Dataset,
+    bins: Iterator[list[list[int]]],
+    pad_token_id: int,
+    pad_to: int | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Packed micro-batches, one per item of `bins` (each a list of bins of row indices)."""
+    from axolotl_weave._packing import collate_packed
+
+    for micro_batch in bins:
+        rows = read_rows(dataset, [row for packed in micro_batch for row in packed])
+        it = iter(rows)
+        yield collate_packed(
+            [[next(it) for _ in packed] for packed in micro_batch], pad_token_id, pad_to
+        )
+
+
+def read_rows(dataset: Dataset, indices: list[int]) -> list[dict[str, Any]]:
+    """The model columns of `dataset`'s rows at `indices`, as dicts, in that order."""
+    columns = [c for c in MODEL_COLUMNS if c in dataset.column_names]
+    chunk = dataset.select_columns(columns)[indices]
+    return [dict(zip(columns, row, strict=True)) for row in zip(*chunk.values(), strict=True)]
 
 
 def iter_stream_micro_batches(
@@ -74,11 +112,14 @@ def iter_stream_micro_batches(
         yield collate(rows, pad_token_id)
 
 
-def collate(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad rows to the longest: pad id for inputs, IGNORE_INDEX for labels, 0 in the mask."""
+def collate(
+    rows: list[dict[str, Any]], pad_token_id: int, pad_to: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-pad rows to the longest (or to `pad_to`): pad id for inputs, IGNORE_INDEX for
+    labels, 0 in the mask."""
     import torch
 
-    longest = max(len(row["input_ids"]) for row in rows)
+    longest = pad_to or max(len(row["input_ids"]) for row in rows)
     batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "attention_mask": []}
     for row in rows:
         pad = longest - len(row["input_ids"])

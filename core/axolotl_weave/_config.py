@@ -241,6 +241,28 @@ class CoreConfig(BaseModel):
     )
     shuffle_merged_datasets: bool = Field(True, description="Shuffle the mixed datasets.")
     train_on_inputs: bool = Field(False, description="Train on prompt tokens too.")
+    sample_packing: bool = Field(
+        False, description="Pack whole rows into micro-batch rows of sequence_len tokens."
+    )
+    eval_sample_packing: bool | None = Field(
+        None, description="Pack the eval set too; default: as sample_packing."
+    )
+    sample_packing_group_size: int = Field(
+        100_000, gt=0, description="Rows packed together (first-fit decreasing) per group."
+    )
+    sample_packing_bin_size: int = Field(200, gt=0, description="Most rows in one packed row.")
+    sample_packing_sequentially: bool = Field(
+        False, description="Pack rows in their order (next fit) instead of longest first."
+    )
+    sample_packing_eff_est: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Axolotl's packing estimate; the count here is exact, so only warned against.",
+    )
+    pad_to_sequence_len: bool | None = Field(
+        None, description="Pad every micro-batch to sequence_len (static shapes)."
+    )
     val_set_size: float = Field(0.0, ge=0, description="Eval split: fraction (<1) or row count.")
 
     # training loop

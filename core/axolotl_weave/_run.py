@@ -8,7 +8,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 import yaml
@@ -27,6 +27,9 @@ from axolotl_weave._hooks import Hooks
 from axolotl_weave._optim import apply_unfrozen_parameters
 from axolotl_weave._pluginmanager import make_plugin_manager, register_config_plugins
 from axolotl_weave._types import DatasetFormat, ModelFamily, TrainState
+
+if TYPE_CHECKING:
+    from axolotl_weave._train import Trainer
 
 log = logging.getLogger("axolotl_weave")
 
@@ -128,7 +131,6 @@ def train(session: Session) -> TrainState:
     from transformers import set_seed
 
     from axolotl_weave._precision import resolve_precision
-    from axolotl_weave._train import Trainer
 
     cfg, hooks = session.cfg, session.hooks
     output_dir = Path(cfg.output_dir)
@@ -156,6 +158,31 @@ def train(session: Session) -> TrainState:
             " [cache]" if data.from_cache else "",
         )
 
+    trainer = build_trainer(session, family, tokenizer, data.train, data.eval)
+    state = trainer.run()
+    hooks.post_train(
+        cfg, trainer.acc.unwrap_model(trainer.model), tokenizer, trainer.acc, output_dir
+    )
+    return state
+
+
+def build_trainer(
+    session: Session,
+    family: ModelFamily | None,
+    tokenizer: Any,
+    train_set: Any,
+    eval_set: Any = None,
+) -> Trainer:
+    """Model (load_model, unfrozen_parameters, patch_attention), loss, devices and the loop, ready
+    to `run()` on prepared rows. `weave train` and `weave bench` both start here."""
+    from axolotl_weave._train import Trainer
+
+    cfg, hooks = session.cfg, session.hooks
+    if cfg.sample_packing and family is not None and family.cannot_pack_because:
+        raise ConfigError(
+            f"sample_packing: the '{family.name}' family cannot be packed: "
+            f"{family.cannot_pack_because}; set sample_packing: false"
+        )
     model = hooks.load_model(cfg, tokenizer, family)
     if cfg.unfrozen_parameters:
         apply_unfrozen_parameters(model, cfg.unfrozen_parameters)
@@ -163,15 +190,9 @@ def train(session: Session) -> TrainState:
     loss_fn = hooks.build_loss(cfg, model)
     accelerator = hooks.wrap_distributed(cfg)
     log_parameter_counts(model)
-
-    trainer = Trainer(
-        cfg, hooks, model, loss_fn, accelerator, data.train, data.eval, tokenizer.pad_token_id
+    return Trainer(
+        cfg, hooks, model, loss_fn, accelerator, train_set, eval_set, tokenizer.pad_token_id
     )
-    state = trainer.run()
-    hooks.post_train(
-        cfg, accelerator.unwrap_model(trainer.model), tokenizer, accelerator, output_dir
-    )
-    return state
 
 
 def log_parameter_counts(model: Any) -> None:

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from axolotl_weave._batches import (
+    batch_tokens,
     epoch_order,
     iter_micro_batches,
+    iter_packed_micro_batches,
     iter_stream_micro_batches,
     micro_batches_per_epoch,
 )
@@ -29,6 +31,7 @@ from axolotl_weave._console import console, progress_bar
 from axolotl_weave._errors import DataError
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._optim import build_optimizer, build_scheduler
+from axolotl_weave._packing import Packer, padded_efficiency, row_lengths
 from axolotl_weave._types import LossFunction, TrainState
 
 if TYPE_CHECKING:
@@ -49,18 +52,17 @@ class Schedule:
     eval_every: int | None
 
 
-def plan_schedule(cfg: Any, train_rows: int | None, world_size: int) -> Schedule:
+def plan_schedule(cfg: Any, per_epoch: int | None) -> Schedule:
     """Steps per epoch and in all, and how often to save and evaluate.
 
-    `train_rows` is None for a stream: its length is unknown, so `max_steps` sets the schedule
-    and an epoch (one pass over the stream) counts as `max_steps` steps.
+    `per_epoch` (micro-batches per process per epoch) is None for a stream: its length is
+    unknown, so `max_steps` sets the schedule and an epoch (one pass over the stream) counts as
+    `max_steps` steps.
     """
-    if train_rows is None:
+    if per_epoch is None:
         per_epoch = cfg.max_steps * cfg.gradient_accumulation_steps
-    else:
-        per_epoch = micro_batches_per_epoch(train_rows, cfg.micro_batch_size, world_size)
     if per_epoch == 0:
-        raise ValueError(f"{train_rows} training rows is fewer than one per process")
+        raise DataError("the training data makes no micro-batch for each process")
     steps_per_epoch = math.ceil(per_epoch / cfg.gradient_accumulation_steps)
     max_steps = cfg.max_steps or math.ceil(cfg.num_epochs * steps_per_epoch)
     save_every = cfg.save_steps or (
@@ -89,8 +91,20 @@ class Trainer:
         self.cfg, self.hooks, self.loss_fn, self.acc = cfg, hooks, loss_fn, accelerator
         self.train_set, self.eval_set, self.pad_token_id = train_set, eval_set, pad_token_id
         self.streaming = not hasattr(train_set, "__len__")
-        rows = None if self.streaming else len(train_set)
-        self.schedule = plan_schedule(cfg, rows, accelerator.num_processes)
+        self.pad_to = cfg.sequence_len if cfg.pad_to_sequence_len else None
+        self.packer = self.make_packer(train_set, shuffle=True) if self.packs(train_set) else None
+        if self.streaming:
+            per_epoch = None
+            if cfg.sample_packing:
+                log.info("sample_packing: a stream is packed by its format (sequence_len blocks)")
+        elif self.packer is not None:
+            per_epoch = self.packer.micro_batches_per_epoch()
+            self.report_packing(self.packer)
+        else:
+            per_epoch = micro_batches_per_epoch(
+                len(train_set), cfg.micro_batch_size, accelerator.num_processes
+            )
+        self.schedule = plan_schedule(cfg, per_epoch)
         self.output_dir = Path(cfg.output_dir)
         optimizer = build_optimizer(cfg, model, hooks)
         self.scheduler = build_scheduler(cfg, optimizer, self.schedule.max_steps)
@@ -122,16 +136,16 @@ class Trainer:
                     batches = self.micro_batches()
                     continue
                 loss, n_units, grad_norm = self.step(window)
+                n_tokens = sum(batch_tokens(b) for b in window)
                 self.state.global_step += 1
+                self.state.batches_into_epoch += len(window)
+                self.state.tokens_seen += n_tokens
                 self.hooks.on_step_end(
                     self.cfg,
                     self.state,
                     self.acc.unwrap_model(self.model),
                     getattr(self.optimizer, "optimizer", self.optimizer),  # the torch one
                 )
-                self.state.batches_into_epoch += len(window)
-                n_tokens = sum(int(b["attention_mask"].sum()) for b in window)
-                self.state.tokens_seen += n_tokens
                 window_tokens += n_tokens
                 bar.advance(loss)
                 step = self.state.global_step
@@ -186,8 +200,61 @@ class Trainer:
         return float(mean_loss), int(total_units), grad_norm
 
     # -- data ----------------------------------------------------------------------------------
+    def packs(self, dataset: Any, evaluation: bool = False) -> bool:
+        """Whether `dataset` is packed: `sample_packing` (`eval_sample_packing` for eval), not
+        for a stream."""
+        if dataset is None or not hasattr(dataset, "__len__"):
+            return False
+        if evaluation and self.cfg.eval_sample_packing is not None:
+            return bool(self.cfg.eval_sample_packing)
+        return bool(self.cfg.sample_packing)
+
+    def make_packer(self, dataset: Dataset, shuffle: bool) -> Packer:
+        """The bin packing of `dataset` for this process (`sample_packing_*` settings)."""
+        cfg = self.cfg
+        return Packer(
+            lengths=row_lengths(dataset),
+            capacity=cfg.sequence_len,
+            micro_batch_size=cfg.micro_batch_size if shuffle else self.eval_batch_size(),
+            seed=cfg.seed,
+            group_size=cfg.sample_packing_group_size,
+            bin_size=cfg.sample_packing_bin_size,
+            sequentially=cfg.sample_packing_sequentially,
+            shuffle=shuffle,
+            rank=self.acc.process_index,
+            world_size=self.acc.num_processes,
+            pad_to_capacity=bool(cfg.pad_to_sequence_len),
+        )
+
+    def report_packing(self, packer: Packer) -> None:
+        """Log the packing: rows, bins, and real tokens per slot against unpacked padding."""
+        efficiency = packer.efficiency()
+        unpacked = padded_efficiency(packer.lengths, self.cfg.micro_batch_size)
+        if self.acc.is_main_process:
+            console.print(
+                f"sample_packing: {len(packer.lengths):,} rows in {len(packer.all_bins(0)):,} "
+                f"bins of {packer.capacity} tokens, {packer.micro_batches_per_epoch():,} "
+                f"micro-batches per process per epoch; efficiency {efficiency:.1%} "
+                f"(unpacked, padded to the longest: {unpacked:.1%})"
+            )
+        estimate = self.cfg.sample_packing_eff_est
+        if estimate and efficiency < estimate:
+            log.warning(
+                "sample_packing_eff_est %.2f: the packing reached only %.3f (the step count "
+                "here is exact, not estimated)",
+                estimate,
+                efficiency,
+            )
+
+    def eval_batch_size(self) -> int:
+        """Rows (or packed bins) per eval micro-batch."""
+        return self.cfg.eval_batch_size or self.cfg.micro_batch_size
+
     def micro_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """Micro-batches of the current epoch, from where the state says it stands."""
+        if self.packer is not None:
+            bins = self.packer.micro_batch_bins(self.state.epoch, self.state.batches_into_epoch)
+            return iter_packed_micro_batches(self.train_set, bins, self.pad_token_id, self.pad_to)
         if self.streaming:
             return iter_stream_micro_batches(
                 self.train_set,
@@ -210,6 +277,25 @@ class Trainer:
             self.cfg.micro_batch_size,
             self.pad_token_id,
             start=self.state.batches_into_epoch,
+            pad_to=self.pad_to,
+        )
+
+    def eval_micro_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """This process's share of the eval set, in a fixed order (packed or padded)."""
+        assert self.eval_set is not None
+        if self.packs(self.eval_set, evaluation=True):
+            packer = self.make_packer(self.eval_set, shuffle=False)
+            bins = packer.micro_batch_bins(0)
+            return iter_packed_micro_batches(self.eval_set, bins, self.pad_token_id, self.pad_to)
+        order = epoch_order(
+            len(self.eval_set), 0, 0, self.acc.process_index, self.acc.num_processes
+        )
+        return iter_micro_batches(
+            self.eval_set,
+            sorted(order),
+            self.eval_batch_size(),
+            self.pad_token_id,
+            pad_to=self.pad_to,
         )
 
     def next_window(
@@ -236,11 +322,7 @@ class Trainer:
         self.model.eval()
         total_loss = torch.zeros((), device=self.acc.device)
         total_units = torch.zeros((), device=self.acc.device)
-        order = epoch_order(
-            len(self.eval_set), 0, 0, self.acc.process_index, self.acc.num_processes
-        )
-        size = self.cfg.eval_batch_size or self.cfg.micro_batch_size
-        for batch in iter_micro_batches(self.eval_set, sorted(order), size, self.pad_token_id):
+        for batch in self.eval_micro_batches():
             batch = {k: v.to(self.acc.device) for k, v in batch.items()}
             with self.acc.autocast():
                 total_loss += self.loss_fn(self.model, batch).float()

@@ -47,6 +47,8 @@ class ModelFamily:
     attn_implementations: the transformers attention implementations it supports.
     kernels: the fused-kernel plugins it works with (e.g. "liger").
     chat_template: the name of its default chat template (a `chat_template` plugin's name).
+    cannot_pack_because: why `sample_packing` would let packed samples affect each other (a
+        recurrent state, a model ignoring `position_ids`...); None when it keeps them apart.
     tiny_config: keyword arguments of a tiny config of this architecture (random weights, for
         tests and the support matrix): `AutoConfig.for_model(model_types[0], **tiny_config())`.
     """
@@ -60,6 +62,7 @@ class ModelFamily:
     attn_implementations: tuple[str, ...] = ("eager", "sdpa")
     kernels: tuple[str, ...] = ()
     chat_template: str | None = None
+    cannot_pack_because: str | None = None
     tiny_config: Callable[[], dict[str, Any]] | None = None
     description: str = ""
 

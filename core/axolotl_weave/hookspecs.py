@@ -218,7 +218,8 @@ def on_train_begin(cfg: Any, state: TrainState) -> None:
 def on_step_end(cfg: Any, state: TrainState, model: Any, optimizer: Any) -> None:
     """An optimizer step (and the learning-rate schedule's step) has finished.
 
-    :param state: ``state.global_step`` is the step just done.
+    :param state: ``state.global_step`` is the step just done; ``tokens_seen`` and
+        ``batches_into_epoch`` count it.
     :param model: the model being trained (unwrapped from any distributed wrapper).
     :param optimizer: the optimizer; a method may edit its state or the groups' ``lr``, which
         the next step uses (the schedule sets ``lr`` afresh at each of its steps).

@@ -18,72 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-SAMPLE_TEXT = (
-    "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request. Instruction: Input: Response: the quick brown fox jumps over the "
-    "lazy dog. What is the capital of France? Paris. Add two and three. Five. Reverse the word "
-    "cat. tac. Name a colour. Blue. 0 1 2 3 4 5 6 7 8 9 + - = , . ? ! : ; ( ) # \n"
+from axolotl_weave.tiny import (  # re-exported for test suites
+    SAMPLE_TEXT,  # noqa: F401
+    build_tiny_llama,
+    train_tokenizer,  # noqa: F401
 )
-
-
-def train_tokenizer(
-    out_dir: Path, texts: Iterable[str] = (SAMPLE_TEXT,), vocab_size: int = 512
-) -> Any:
-    """Train a llama-style byte-level BPE tokenizer (`<s>` BOS added, `</s>` EOS) into `out_dir`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-    )
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(out_dir)
-    return hf
-
-
-def build_tiny_llama(
-    out_dir: Path,
-    texts: Iterable[str] = (SAMPLE_TEXT,),
-    *,
-    vocab_size: int = 512,
-    hidden_size: int = 64,
-    layers: int = 2,
-    seed: int = 0,
-) -> Path:
-    """A llama-architecture model with random weights and a local tokenizer, saved to `out_dir`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = train_tokenizer(out_dir, texts, vocab_size)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2 + hidden_size // 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(out_dir)
-    return out_dir
 
 
 def alpaca_rows(count: int = 32) -> list[dict[str, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from axolotl_weave import IGNORE_INDEX, hookimpl
+from axolotl_weave import IGNORE_INDEX, hookimpl, model_inputs
 
 PLUGIN_KIND = "loss"
 
@@ -21,8 +21,7 @@ class CrossEntropy:
         mixture-of-experts router's auxiliary loss when the model returns one."""
         import torch.nn.functional as F
 
-        inputs = {key: value for key, value in batch.items() if key != "labels"}
-        outputs = model(**inputs, use_cache=False)
+        outputs = model(**model_inputs(batch), use_cache=False)
         logits = outputs.logits[:, :-1, :]
         labels = batch["labels"][:, 1:]
         loss = F.cross_entropy(

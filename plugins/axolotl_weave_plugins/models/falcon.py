@@ -31,6 +31,10 @@ def tiny_falcon_config() -> dict[str, Any]:
 FALCON = ModelFamily(
     name="falcon",
     model_types=("falcon",),
+    cannot_pack_because=(
+        "transformers builds its attention mask without position_ids"
+        " (packed samples would attend to each other)"
+    ),
     lora_target_modules=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
     decoder_layer="FalconDecoderLayer",
     prepare_tokenizer=prepare_falcon_tokenizer,

@@ -55,6 +55,10 @@ def tiny_gpt_oss_config() -> dict[str, Any]:
 GPT_OSS = ModelFamily(
     name="gpt_oss",
     model_types=("gpt_oss",),
+    cannot_pack_because=(
+        "transformers builds its attention masks without position_ids"
+        " (packed samples would attend to each other)"
+    ),
     lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
     decoder_layer="GptOssDecoderLayer",
     prepare_tokenizer=prepare_gpt_oss_tokenizer,

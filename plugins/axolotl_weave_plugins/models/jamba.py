@@ -48,6 +48,7 @@ def tiny_jamba_config() -> dict[str, Any]:
 JAMBA = ModelFamily(
     name="jamba",
     model_types=("jamba",),
+    cannot_pack_because=("its Mamba layers carry their state from one packed sample into the next"),
     lora_target_modules=(
         "q_proj",
         "k_proj",

@@ -36,6 +36,7 @@ def tiny_rwkv_config() -> dict[str, Any]:
 RWKV = ModelFamily(
     name="rwkv",
     model_types=("rwkv",),
+    cannot_pack_because=("it is recurrent: its state carries from one packed sample into the next"),
     lora_target_modules=("key", "value", "receptance", "output"),
     decoder_layer="RwkvBlock",
     prepare_tokenizer=prepare_rwkv_tokenizer,

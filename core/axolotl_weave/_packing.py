@@ -1,0 +1,207 @@
+"""Sample packing: whole rows packed into bins of `sequence_len` tokens, one bin per batch row.
+
+Each epoch, the rows are shuffled (seeded by seed and epoch) and cut into groups of
+`sample_packing_group_size`; within a group, rows are placed first-fit decreasing (longest first,
+each into the first bin with room, at most `sample_packing_bin_size` rows per bin), or in order
+with `sample_packing_sequentially`. The bins are shuffled and dealt out so that every process gets
+the same number. A bin becomes one row of a micro-batch: its rows concatenated, `position_ids`
+restarting at 0 for each, and the first label of each masked so that no row is trained to predict
+from another. Attention keeps the rows apart through the `position_ids` (transformers builds the
+block-diagonal mask from them; varlen kernels turn them into cumulative sequence lengths).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from axolotl_weave._types import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+
+
+def row_lengths(dataset: Dataset) -> np.ndarray:
+    """The token count of every row, read from the Arrow column without building Python lists."""
+    import pyarrow.compute as pc
+
+    column = dataset.select_columns(["input_ids"]).with_format("arrow")[:]["input_ids"]
+    return pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def first_fit_decreasing(
+    rows: Sequence[int], lengths: np.ndarray, capacity: int, bin_size: int
+) -> list[list[int]]:
+    """Pack `rows` (indices into `lengths`) longest first, each into the first bin with room.
+
+    A max-segment-tree over the bins' free space finds that bin in O(log n); a bin holding
+    `bin_size` rows is closed. Rows of equal length keep their order in `rows`.
+    """
+    ordered = sorted(rows, key=lambda row: -lengths[row])
+    size = 1
+    while size < max(len(ordered), 1):
+        size *= 2
+    tree = [-1] * (2 * size)  # free tokens of each bin; -1: no bin there (yet) or closed
+    bins: list[list[int]] = []
+    for row in ordered:
+        need = int(lengths[row])
+        if need > capacity:
+            raise ValueError(f"row {row} has {need} tokens, more than the {capacity} of a bin")
+        if tree[1] >= need:
+            node = 1
+            while node < size:  # descend to the leftmost leaf with room
+                node = 2 * node if tree[2 * node] >= need else 2 * node + 1
+            index = node - size
+        else:
+            index = len(bins)
+            bins.append([])
+            node = size + index
+            tree[node] = capacity
+        bins[index].append(row)
+        tree[node] = tree[node] - need if len(bins[index]) < bin_size else -1
+        node //= 2
+        while node:
+            tree[node] = max(tree[2 * node], tree[2 * node + 1])
+            node //= 2
+    return bins
+
+
+def next_fit(
+    rows: Sequence[int], lengths: np.ndarray, capacity: int, bin_size: int
+) -> list[list[int]]:
+    """Pack `rows` in their order, opening a new bin when the current one is full."""
+    bins: list[list[int]] = []
+    free = 0
+    for row in rows:
+        need = int(lengths[row])
+        if need > capacity:
+            raise ValueError(f"row {row} has {need} tokens, more than the {capacity} of a bin")
+        if not bins or need > free or len(bins[-1]) >= bin_size:
+            bins.append([])
+            free = capacity
+        bins[-1].append(row)
+        free -= need
+    return bins
+
+
+@dataclass
+class Packer:
+    """The packed bins of each epoch for this process, and what they cost in padding."""
+
+    lengths: np.ndarray
+    capacity: int
+    micro_batch_size: int
+    seed: int = 42
+    group_size: int = 100_000
+    bin_size: int = 200
+    sequentially: bool = False
+    shuffle: bool = True
+    rank: int = 0
+    world_size: int = 1
+    pad_to_capacity: bool = False
+    _cache: dict[int, list[list[int]]] = field(default_factory=dict, repr=False)
+
+    def all_bins(self, epoch: int) -> list[list[int]]:
+        """Every process's bins of `epoch`, in the epoch's (seeded) order."""
+        if epoch in self._cache:
+            return self._cache[epoch]
+        import torch
+
+        n = len(self.lengths)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
+        pack = next_fit if self.sequentially else first_fit_decreasing
+        bins: list[list[int]] = []
+        for start in range(0, n, self.group_size):
+            group = order[start : start + self.group_size]
+            bins.extend(pack(group, self.lengths, self.capacity, self.bin_size))
+        if self.shuffle and not self.sequentially:
+            bins = [bins[i] for i in torch.randperm(len(bins), generator=generator).tolist()]
+        self._cache = {e: b for e, b in self._cache.items() if e == 0}  # epoch 0 sets the count
+        self._cache[epoch] = bins
+        return bins
+
+    def bins(self, epoch: int) -> list[list[int]]:
+        """This process's bins of `epoch`: the same number on every process."""
+        bins = self.all_bins(epoch)
+        per_process = len(bins) // self.world_size
+        return bins[self.rank * per_process : (self.rank + 1) * per_process]
+
+    def micro_batches_per_epoch(self) -> int:
+        """Micro-batches per process per epoch (counted on epoch 0, for the schedule)."""
+        return -(-len(self.bins(0)) // self.micro_batch_size)
+
+    def micro_batch_bins(self, epoch: int, start: int = 0) -> Iterator[list[list[int]]]:
+        """The bins of each micro-batch of `epoch`, from micro-batch number `start`."""
+        bins = self.bins(epoch)[: self.micro_batches_per_epoch() * self.micro_batch_size]
+        for first in range(start * self.micro_batch_size, len(bins), self.micro_batch_size):
+            yield bins[first : first + self.micro_batch_size]
+
+    def efficiency(self, epoch: int = 0) -> float:
+        """Real tokens / token slots computed, over every process's micro-batches of `epoch`.
+
+        A packed micro-batch is as wide as its fullest bin, or `capacity` with `pad_to_capacity`
+        (`pad_to_sequence_len`); its slots are its rows times that width.
+        """
+        bins = self.all_bins(epoch)
+        slots = 0
+        for first in range(0, len(bins), self.micro_batch_size):
+            fills = [
+                int(self.lengths[b].sum()) for b in bins[first : first + self.micro_batch_size]
+            ]
+            slots += len(fills) * (self.capacity if self.pad_to_capacity else max(fills))
+        return int(self.lengths.sum()) / max(slots, 1)
+
+
+def padded_efficiency(lengths: np.ndarray, micro_batch_size: int) -> float:
+    """Real tokens / slots of unpacked micro-batches padded to their longest row (shuffled)."""
+    real = slots = 0
+    for first in range(0, len(lengths), micro_batch_size):
+        chunk = lengths[first : first + micro_batch_size]
+        real += int(chunk.sum())
+        slots += len(chunk) * int(chunk.max())
+    return real / max(slots, 1)
+
+
+def collate_packed(
+    bins: list[list[dict[str, Any]]], pad_token_id: int, pad_to: int | None = None
+) -> dict[str, torch.Tensor]:
+    """One micro-batch from packed bins: each bin's rows concatenated into one batch row.
+
+    `position_ids` restart at 0 for each row; the first label of each row is masked (the token
+    before it belongs to another row); the tail is padded (pad id, IGNORE_INDEX labels, positions
+    going on from 0 as one more, empty sample) to the widest bin or to `pad_to`. No attention
+    mask is returned: the model derives the packed mask from `position_ids`. `num_tokens` counts
+    the real tokens.
+    """
+    import torch
+
+    width = pad_to or max(sum(len(row["input_ids"]) for row in rows) for rows in bins)
+    input_ids, labels, positions = [], [], []
+    for rows in bins:
+        ids: list[int] = []
+        targets: list[int] = []
+        pos: list[int] = []
+        for row in rows:
+            n = len(row["input_ids"])
+            ids.extend(row["input_ids"])
+            targets.append(IGNORE_INDEX)
+            targets.extend(list(row["labels"])[1:])
+            pos.extend(range(n))
+        pad = width - len(ids)
+        if pad < 0:
+            raise ValueError(f"a packed bin holds {len(ids)} tokens, more than {width}")
+        input_ids.append(ids + [pad_token_id] * pad)
+        labels.append(targets + [IGNORE_INDEX] * pad)
+        positions.append(pos + list(range(pad)))
+    real = sum(sum(len(row["input_ids"]) for row in rows) for rows in bins)
+    return {
+        "input_ids": torch.tensor(input_ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "position_ids": torch.tensor(positions, dtype=torch.long),
+        "num_tokens": torch.tensor(real, dtype=torch.long),
+    }

@@ -11,6 +11,7 @@ and reused by every layer.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -119,6 +120,9 @@ def torch_varlen_kernel(
     from torch.nn.attention.varlen import varlen_attn
 
     left = -1 if window is None else window - 1
+    extra = {}
+    if q.shape[1] != k.shape[1] and takes_enable_gqa():  # torch 2.11 takes GQA without the flag
+        extra["enable_gqa"] = True
     return varlen_attn(
         q,
         k,
@@ -129,8 +133,18 @@ def torch_varlen_kernel(
         segments.max_len,
         scale=scale,
         window_size=(left, 0),
-        enable_gqa=q.shape[1] != k.shape[1],
+        **extra,
     )
+
+
+@functools.cache
+def takes_enable_gqa() -> bool:
+    """Whether this torch's `varlen_attn` has the `enable_gqa` flag (newer than 2.11)."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    return "enable_gqa" in inspect.signature(varlen_attn).parameters
 
 
 def xformers_kernel(

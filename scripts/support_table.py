@@ -69,7 +69,7 @@ COLUMNS = (
     Column("GPTQ"),
     Column("packing (CPU)", CPU, "packing"),
     Column("packed, flash / varlen attention (GPU)", GPU, "varlen"),
-    Column("Liger"),
+    Column("Liger (GPU)", GPU, "liger"),
 )
 SYMBOLS = {"pass": "✅", "fail": "❌", "unsupported": "🚫"}
 

@@ -22,8 +22,9 @@ into the README; the last record of a (family, cell) wins.
         python -m pytest -q tests/test_support_matrix.py -m gpu
     python scripts/support_table.py
 
-Cells the project has not built yet (GPTQ, Liger) have no test here: the table shows them as
-"not yet".
+GPTQ has no cell yet (no GPTQ backend could be installed): the table shows "not yet". The
+Liger cell (GPU) trains with every Liger kernel the family has and checks the first step's loss
+against the same run without them.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Cell:
     quantized: bool = False  # QLoRA: the base loaded in 4 bits (nf4, double quant)
     packed: bool = False  # sample_packing, and packed == unpacked checked on the tiny model
     attention: str | None = None  # attn_implementation of a packed cell (None: the model's)
+    liger: bool = False  # every Liger kernel the family has, and the loss checked against none
 
 
 CPU_CELLS = (
@@ -91,6 +93,7 @@ GPU_CELLS = (
         packed=True,
         attention="flash_attention_2",  # flash-attn when installed, else torch's varlen_attn
     ),
+    Cell("liger", adapter=False, bf16=True, learning_rate=3e-3, liger=True),
 )
 
 
@@ -283,6 +286,13 @@ def cell_config(base: Path, cell: Cell, tmp_path: Path) -> dict[str, Any]:
         config.update(adapter="lora", lora_r=8, lora_alpha=16, lora_dropout=0.0)
     if cell.quantized:
         config.update(adapter="qlora", load_in_4bit=True)
+    if cell.liger:
+        config.update(
+            liger_rope="auto",  # where liger-kernel has the family's RoPE
+            liger_rms_norm=True,
+            liger_glu_activation="auto",  # SwiGLU or GeGLU where the family has one
+            liger_fused_linear_cross_entropy=True,
+        )
     if cell.packed:  # several rows per packed row of 128 tokens
         config.update(sample_packing=True, sequence_len=128, micro_batch_size=1)
         if cell.attention:
@@ -416,6 +426,9 @@ def run_cell(family: ModelFamily, cell: Cell, tiny_models: Any, tokenizer: Any, 
                 train(open_session(write_config(tmp / "config.yml", config), []))
             outcome.update(status="unsupported", detail=family.cannot_pack_because)
             return
+        if cell.liger and "liger" not in family.kernels:
+            outcome.update(status="unsupported", detail=f"{family.name} does not list liger")
+            return
         if cell.attention and not attention_supported(cell.attention, family):
             listed = ", ".join(family.attn_implementations)
             outcome.update(status="unsupported", detail=f"{family.name} supports {listed}")
@@ -427,6 +440,13 @@ def run_cell(family: ModelFamily, cell: Cell, tiny_models: Any, tokenizer: Any, 
         outcome["detail"] = check_losses(logged_losses(state))
         if cell.packed:
             outcome["detail"] += "; " + check_packed_isolation(family, cell, base, tokenizer)
+        if cell.liger:  # the first step's loss (before any update) as without the kernels
+            plain = {k: v for k, v in config.items() if not k.startswith("liger_")}
+            plain.update(max_steps=1, output_dir=str(tmp / "plain"))
+            without = train(open_session(write_config(tmp / "plain.yml", plain), []))
+            first, reference = logged_losses(state)[0], logged_losses(without)[0]
+            assert abs(first - reference) <= 2e-2 * abs(reference), (first, reference)
+            outcome["detail"] += f"; first loss {first:.4f} (without Liger {reference:.4f})"
         assert probe.logits is not None, "post_train was not called"
         got = reloaded_logits(cell, base, Path(config["output_dir"]), probe)
         tolerance = 5e-2 if cell.quantized else 2e-2 if cell.bf16 else 1e-4

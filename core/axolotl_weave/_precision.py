@@ -41,3 +41,12 @@ def resolve_precision(cfg: Any) -> Precision:
     if fp16:
         return Precision("float32", "fp16", tf32)
     return Precision("float32", "no", tf32)
+
+
+def apply_tf32(precision: Precision) -> None:
+    """Allow (or forbid) TensorFloat-32 matmuls and convolutions on CUDA, as `precision` says."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = precision.tf32
+        torch.backends.cudnn.allow_tf32 = precision.tf32

@@ -127,10 +127,7 @@ def save_resolved_config(cfg: CoreConfig, output_dir: Path) -> Path:
 
 def train(session: Session) -> TrainState:
     """The whole fine-tune: every pipeline hook in order, then the loop, then `post_train`."""
-    import torch
     from transformers import set_seed
-
-    from axolotl_weave._precision import resolve_precision
 
     cfg, hooks = session.cfg, session.hooks
     output_dir = Path(cfg.output_dir)
@@ -138,10 +135,6 @@ def train(session: Session) -> TrainState:
     output_dir.mkdir(parents=True, exist_ok=True)
     save_resolved_config(cfg, output_dir)
     set_seed(cfg.seed)
-    precision = resolve_precision(cfg)
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = precision.tf32
-        torch.backends.cudnn.allow_tf32 = precision.tf32
 
     family = family_of(session)
     tokenizer = load_tokenizer(session, family)
@@ -175,9 +168,11 @@ def build_trainer(
 ) -> Trainer:
     """Model (load_model, unfrozen_parameters, patch_attention), loss, devices and the loop, ready
     to `run()` on prepared rows. `weave train` and `weave bench` both start here."""
+    from axolotl_weave._precision import apply_tf32, resolve_precision
     from axolotl_weave._train import Trainer
 
     cfg, hooks = session.cfg, session.hooks
+    apply_tf32(resolve_precision(cfg))
     if cfg.sample_packing and family is not None and family.cannot_pack_because:
         raise ConfigError(
             f"sample_packing: the '{family.name}' family cannot be packed: "

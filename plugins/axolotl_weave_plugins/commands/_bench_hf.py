@@ -1,0 +1,265 @@
+"""The baseline of `weave bench --baseline hf`: plain Hugging Face `transformers.Trainer`.
+
+What a Hugging Face user would write for the same job: `AutoModelForCausalLM.from_pretrained`
+with sdpa attention in the run's dtype, peft's LoRA (and bitsandbytes' 4/8-bit loading) built
+from the same config keys, `DataCollatorForSeq2Seq` padding each micro-batch to its longest
+sample, the same optimizer, schedule, precision, gradient clipping and gradient checkpointing.
+Nothing of weave's pipeline runs: no packing, no kernels, no weave loss. Its rows per micro-batch
+and accumulation steps are planned here too (`plan_hf_budget`).
+
+Not a plugin (no entry point): a helper of the `bench` command plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from axolotl_weave import IGNORE_INDEX, batch_tokens, resolve_precision
+
+from axolotl_weave_plugins.commands._bench_measure import MemoryMeter, RunResult, StepRecorder
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from axolotl_weave_plugins.commands.bench import BenchSettings
+
+HF_OPTIMIZERS = {
+    "adamw_torch": "adamw_torch",
+    "adamw": "adamw_torch",
+    "adamw_torch_fused": "adamw_torch_fused",
+    "sgd": "sgd",
+}
+"""weave `optimizer:` → `TrainingArguments.optim`; other names (plugin optimizers, plain adam)
+are built by weave's own builder and handed to the Trainer, so the optimizer is the same."""
+
+HF_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+"""weave `lr_scheduler:` → `TrainingArguments.lr_scheduler_type` (weave's constant has warm-up)."""
+
+
+class CountingCollator:
+    """Wraps a collator and counts real tokens and token slots of every micro-batch it makes."""
+
+    def __init__(self, inner: Callable[[list[dict[str, Any]]], Any]) -> None:
+        self.inner = inner
+        self.real = 0
+        self.slots = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> Any:
+        """Collate `features` (padding to the longest) and count."""
+        batch = self.inner(features)
+        self.real += batch_tokens(batch)
+        self.slots += int(batch["input_ids"].numel())
+        return batch
+
+    @property
+    def efficiency(self) -> float | None:
+        """Real tokens / slots over every micro-batch collated so far."""
+        return self.real / self.slots if self.slots else None
+
+
+def plan_hf_budget(
+    cfg: Any, lengths: np.ndarray, efficiency: float, settings: BenchSettings
+) -> tuple[int, int]:
+    """HF's rows per micro-batch and accumulation steps for the same real tokens per optimizer
+    step as weave: rows = weave's real tokens per micro-batch / mean sample length (unless
+    `--hf-micro-batch`), then accumulation = weave's tokens per step / HF's per micro-batch
+    (unless `--hf-grad-accum`)."""
+    mean = float(lengths.mean())
+    if cfg.sample_packing:
+        weave_micro = cfg.micro_batch_size * cfg.sequence_len * efficiency
+    else:
+        weave_micro = cfg.micro_batch_size * mean
+    weave_step = weave_micro * cfg.gradient_accumulation_steps
+    rows = settings.hf_micro_batch or max(1, round(weave_micro / mean))
+    accumulation = settings.hf_grad_accum or max(1, round(weave_step / (rows * mean)))
+    return rows, accumulation
+
+
+def load_hf_model(cfg: Any, tokenizer: Any, family: Any) -> Any:
+    """`from_pretrained` with sdpa in the run's dtype; quantized and wrapped in LoRA as the
+    config's `load_in_4bit` / `load_in_8bit` / `adapter` keys say."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    precision = resolve_precision(cfg)
+    kwargs: dict[str, Any] = {
+        "dtype": getattr(torch, precision.weight_dtype),
+        "attn_implementation": "sdpa",
+        "revision": cfg.revision_of_model,
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    quantized = bool(getattr(cfg, "load_in_4bit", False) or getattr(cfg, "load_in_8bit", False))
+    if quantized:
+        from transformers import BitsAndBytesConfig
+
+        from axolotl_weave_plugins.methods.bnb_quantization import (
+            quantization_kwargs,
+            require_bitsandbytes,
+        )
+
+        require_bitsandbytes(cfg)
+        kwargs["quantization_config"] = BitsAndBytesConfig(**quantization_kwargs(cfg))
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(cfg.base_model, **kwargs)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.use_cache = False
+    checkpointing = bool(getattr(cfg, "gradient_checkpointing", False))
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    if getattr(cfg, "adapter", None) in ("lora", "qlora"):
+        from peft import get_peft_model
+
+        from axolotl_weave_plugins.methods.lora import lora_config
+
+        model = get_peft_model(model, lora_config(cfg, model, tokenizer, family))
+    return model
+
+
+def training_arguments(
+    cfg: Any, rows: int, accumulation: int, max_steps: int, output_dir: Path
+) -> Any:
+    """The `TrainingArguments` of the baseline: the config's optimizer settings, no saving, no
+    evaluation, no reporting; non-padding tokens counted."""
+    import torch
+    from axolotl_weave._optim import warmup_steps
+    from transformers import TrainingArguments
+
+    precision = resolve_precision(cfg)
+    checkpointing = bool(getattr(cfg, "gradient_checkpointing", False))
+    checkpointing_kwargs = getattr(cfg, "gradient_checkpointing_kwargs", None) or {
+        "use_reentrant": False
+    }
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=rows,
+        gradient_accumulation_steps=accumulation,
+        max_steps=max_steps,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        adam_epsilon=cfg.adam_epsilon,
+        optim=HF_OPTIMIZERS.get(cfg.optimizer, "adamw_torch"),
+        lr_scheduler_type=HF_SCHEDULERS[cfg.lr_scheduler],
+        warmup_steps=warmup_steps(cfg, max_steps),
+        max_grad_norm=cfg.max_grad_norm or 0.0,
+        bf16=precision.mixed_precision == "bf16",
+        fp16=precision.mixed_precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs=checkpointing_kwargs if checkpointing else None,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def make_callback(recorder: StepRecorder, losses: list[float], say: Callable[[str], None]) -> Any:
+    """A `TrainerCallback` that records every step and keeps the losses."""
+    from transformers import TrainerCallback
+
+    class BenchCallback(TrainerCallback):
+        """Steps and loss of the HF run."""
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            """Training starts: the clock's zero."""
+            recorder.begin(state.num_input_tokens_seen)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            """A step ended; `num_input_tokens_seen` already counts its real tokens."""
+            recorder.step_end(state.global_step, state.num_input_tokens_seen)
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
+        ) -> None:
+            """Keep the loss, and show progress as weave's loop does."""
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+                say(f"hf step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4g}")
+
+    return BenchCallback()
+
+
+def run_hf(
+    session: Any,
+    family: Any,
+    tokenizer: Any,
+    train_set: Any,
+    rows: int,
+    accumulation: int,
+    settings: BenchSettings,
+    meter: MemoryMeter,
+    output_dir: Path,
+    say: Callable[[str], None],
+) -> RunResult:
+    """Train with plain `transformers.Trainer` for the bench's steps and measure it. Running
+    out of GPU memory is a result (the row says so), not a crash."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, ProgressCallback, Trainer
+
+    cfg = session.cfg
+    micro = f"{rows} row(s)"
+    if PartialState().num_processes == 1:
+        AcceleratorState._reset_state()  # weave's run set its own precision; start afresh
+    recorder, losses = StepRecorder("hf", settings), []
+    collator = CountingCollator(
+        DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX)
+    )
+    trainer = None
+    try:
+        model = load_hf_model(cfg, tokenizer, family)
+        args = training_arguments(cfg, rows, accumulation, settings.total_steps, output_dir)
+        optimizers: tuple[Any, Any] = (None, None)
+        if cfg.optimizer not in HF_OPTIMIZERS:
+            from axolotl_weave._optim import build_optimizer
+
+            optimizers = (build_optimizer(cfg, model, session.hooks), None)
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_set,
+            data_collator=collator,
+            processing_class=tokenizer,
+            callbacks=[make_callback(recorder, losses, say)],
+            optimizers=optimizers,
+        )
+        for noisy in (PrinterCallback, ProgressCallback):
+            trainer.remove_callback(noisy)
+        del model
+        meter.reset()
+        trainer.train()
+        peak = meter.peak_gib()
+    except torch.OutOfMemoryError:
+        return RunResult(
+            name="hf",
+            micro_batch=micro,
+            gradient_accumulation_steps=accumulation,
+            error=f"out of memory at {rows} rows per micro-batch (try --hf-micro-batch)",
+        )
+    finally:
+        if trainer is not None:
+            trainer.accelerator.free_memory()
+            trainer.model = trainer.model_wrapped = trainer.optimizer = None
+        del trainer
+    return recorder.result(
+        peak_memory_gib=peak,
+        packing_efficiency=collator.efficiency,
+        micro_batch=micro,
+        gradient_accumulation_steps=accumulation,
+        final_loss=losses[-1] if losses else None,
+        extra={"peak_reserved_gib": meter.reserved_gib()},
+    )

@@ -165,8 +165,12 @@ def test_validate_shows_which_plugin_answers_each_hook(
         f"plugin 'completion' (axolotl-weave=={version})"
     )
     load_model = table_row(result.stdout, "load_model").split("│")[2].strip()
-    assert load_model == "lora (wrapper) → gptq → bnb_quantization → hf_causal_lm"
-    assert table_row(result.stdout, "build_loss").split("│")[2].strip() == "sft_loss"
+    assert load_model == (
+        "lora (wrapper) → liger (wrapper) → cut_cross_entropy (wrapper) → gptq → "
+        "bnb_quantization → hf_causal_lm"
+    )
+    build_loss = table_row(result.stdout, "build_loss").split("│")[2].strip()
+    assert build_loss.endswith("sft_loss"), build_loss
 
 
 # --- weave preprocess ----------------------------------------------------------------------------

@@ -226,3 +226,18 @@ def test_peak_table_knows_the_usual_gpus() -> None:
     assert peak_tflops("NVIDIA GeForce RTX 4090", None) == 165.0
     assert peak_tflops("CPU (x86_64, 2 cores)", None) is None
     assert peak_tflops("CPU (x86_64, 2 cores)", 50.0) == 50.0
+
+
+BENCH_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "examples" / "bench").glob("*.yml"))
+
+
+@pytest.mark.parametrize("config", BENCH_CONFIGS, ids=lambda p: p.name)
+def test_shipped_bench_configs_validate(config: Path, base_config: dict[str, Any]) -> None:
+    """The configs docs/benchmarks.md runs on the GPU are valid (base_model comes from --shape,
+    the datasets from the bench's synthetic samples)."""
+    from axolotl_weave._run import open_session
+
+    overrides = [f"--base_model={base_config['base_model']}", "--datasets=[{path: synthetic}]"]
+    cfg = open_session(str(config), overrides).cfg
+    assert cfg.sample_packing and cfg.attn_implementation == "flash_attention_2"
+    assert cfg.liger_fused_linear_cross_entropy == "auto"

@@ -171,6 +171,11 @@ def resolve(name: str, family: Any, model: Any = None) -> str:
             listed = "flash_attention_2 (the flash-attn package) or eager: it soft-caps logits"
         raise ConfigError(f"attn_implementation {name}: {family_name} supports {listed}")
     package = missing_package(name)
+    if package is not None and name == "flash_attention_2":
+        raise MissingDependencyError(
+            f"attn_implementation {name}: {package}; without it, torch's varlen attention "
+            f"takes its place, which {missing_hardware('torch_varlen') or 'cannot run here'}"
+        )
     if package is not None:
         raise MissingDependencyError(f"attn_implementation {name}: {package}")
     hardware = missing_hardware(name)

@@ -25,7 +25,12 @@ from axolotl_weave._packing import (
     padded_efficiency,
 )
 from axolotl_weave._run import open_session, train
-from axolotl_weave.testing import run_weave, write_config
+from axolotl_weave.testing import (
+    packed_and_one_by_one,
+    per_token_losses,
+    run_weave,
+    write_config,
+)
 from axolotl_weave_plugins.kernels import _varlen_attention, attn_implementation
 
 HAS_CUDA = torch.cuda.is_available()
@@ -110,34 +115,6 @@ def sample_rows(count: int, seed: int = 0) -> list[dict[str, list[int]]]:
     return rows
 
 
-def per_token_losses(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The cross-entropy of every target token of the batch, in order."""
-    logits = model(**model_inputs(batch), use_cache=False).logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    losses = F.cross_entropy(
-        logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    return losses[labels != IGNORE_INDEX]
-
-
-def packed_and_unpacked(model: Any, rows: list[dict[str, Any]], device: str = "cpu") -> Any:
-    """Per-token losses and the gradients of their sum, packed (two bins) and one row at a time."""
-
-    def run(batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        model.zero_grad()
-        losses = torch.cat(
-            [per_token_losses(model, {k: v.to(device) for k, v in b.items()}) for b in batches]
-        )
-        losses.sum().backward()
-        grads = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
-        return losses.detach(), grads
-
-    half = len(rows) // 2
-    packed = run([collate_packed([rows[:half], rows[half:]], pad_token_id=0)])
-    unpacked = run([collate([row], pad_token_id=0) for row in rows])
-    return packed, unpacked
-
-
 @pytest.fixture
 def tiny_model(tiny_llama_dir: Path) -> Any:
     from transformers import AutoModelForCausalLM
@@ -149,7 +126,7 @@ def tiny_model(tiny_llama_dir: Path) -> Any:
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_packed_loss_and_gradients_equal_unpacked(tiny_model: Any, implementation: str) -> None:
     tiny_model.set_attn_implementation(implementation)
-    (loss_p, grads_p), (loss_u, grads_u) = packed_and_unpacked(tiny_model, sample_rows(6))
+    (loss_p, grads_p), (loss_u, grads_u) = packed_and_one_by_one(tiny_model, sample_rows(6), bins=2)
     torch.testing.assert_close(loss_p, loss_u, rtol=1e-5, atol=1e-5)
     for gp, gu in zip(grads_p, grads_u, strict=True):
         torch.testing.assert_close(gp, gu, rtol=1e-4, atol=1e-6)
@@ -225,9 +202,9 @@ def test_packed_equals_unpacked_on_the_gpu(tiny_model: Any, name: str) -> None:
         _varlen_attention.register(name)
     model = tiny_model.to("cuda", torch.bfloat16)
     model.set_attn_implementation("sdpa")
-    _, (loss_u, grads_u) = packed_and_unpacked(model, sample_rows(8), "cuda")
+    _, (loss_u, grads_u) = packed_and_one_by_one(model, sample_rows(8), "cuda", bins=2)
     model.set_attn_implementation(name)
-    (loss_p, grads_p), _ = packed_and_unpacked(model, sample_rows(8), "cuda")
+    (loss_p, grads_p), _ = packed_and_one_by_one(model, sample_rows(8), "cuda", bins=2)
     torch.testing.assert_close(loss_p.float(), loss_u.float(), rtol=2e-2, atol=2e-2)
     for gp, gu in zip(grads_p, grads_u, strict=True):
         assert (gp.float() - gu.float()).norm() <= 0.05 * gu.float().norm() + 1e-3

@@ -49,7 +49,13 @@ from axolotl_weave import ModelFamily, hookimpl
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import open_session, train
-from axolotl_weave.testing import SAMPLE_TEXT, alpaca_rows, write_config, write_jsonl
+from axolotl_weave.testing import (
+    SAMPLE_TEXT,
+    alpaca_rows,
+    packed_and_one_by_one,
+    write_config,
+    write_jsonl,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_ENV = "WEAVE_SUPPORT_RESULTS"
@@ -349,33 +355,6 @@ def reloaded_logits(cell: Cell, base: Path, out: Path, probe: LogitsProbe) -> to
         return model(input_ids=probe.input_ids.to(probe.device)).logits.float().cpu()
 
 
-def packed_and_one_by_one(model: Any, rows: list[list[int]], device: Any) -> Any:
-    """Per-token losses and gradients of `rows` packed in one micro-batch row, then one by one."""
-    from axolotl_weave import model_inputs
-    from axolotl_weave._batches import collate
-    from axolotl_weave._packing import collate_packed
-
-    def run(batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        model.zero_grad()
-        losses = []
-        for batch in batches:
-            batch = {key: value.to(device) for key, value in batch.items()}
-            logits = model(**model_inputs(batch), use_cache=False).logits[:, :-1].float()
-            labels = batch["labels"][:, 1:]
-            loss = torch.nn.functional.cross_entropy(
-                logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
-            )
-            losses.append(loss[labels != -100])
-        total = torch.cat(losses)
-        total.sum().backward()
-        return total.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
-
-    samples = [{"input_ids": ids, "labels": ids} for ids in rows]
-    packed = run([collate_packed([samples], pad_token_id=0)])
-    alone = run([collate([sample], pad_token_id=0) for sample in samples])
-    return packed, alone
-
-
 def check_packed_isolation(family: ModelFamily, cell: Cell, base: Path, tokenizer: Any) -> str:
     """Packed per-token losses and gradients equal one-by-one ones (same attention as the run)."""
     from transformers import AutoModelForCausalLM
@@ -388,7 +367,7 @@ def check_packed_isolation(family: ModelFamily, cell: Cell, base: Path, tokenize
 
         attn_implementation.patch_attention(model, open_attention(cell.attention), family)
     texts = [PROBE_TEXT, "Add two and three.", "the quick brown fox jumps over the lazy dog."]
-    rows = [tokenizer(text).input_ids for text in texts]
+    rows = [{"input_ids": ids, "labels": ids} for ids in (tokenizer(t).input_ids for t in texts)]
     (packed, packed_grads), (alone, alone_grads) = packed_and_one_by_one(model, rows, device)
     tolerance = 2e-2 if cell.bf16 else 1e-4
     torch.testing.assert_close(packed.float(), alone.float(), rtol=tolerance, atol=tolerance)

@@ -69,6 +69,44 @@ def run_weave(
     )
 
 
+def per_token_losses(model: Any, batch: dict[str, Any]) -> Any:
+    """The cross-entropy of every target token of a (packed or padded) batch, in order."""
+    import torch.nn.functional as F
+
+    from axolotl_weave._batches import model_inputs
+    from axolotl_weave._types import IGNORE_INDEX
+
+    logits = model(**model_inputs(batch), use_cache=False).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    losses = F.cross_entropy(
+        logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return losses[labels != IGNORE_INDEX]
+
+
+def packed_and_one_by_one(
+    model: Any, rows: list[dict[str, Any]], device: Any = "cpu", bins: int = 1
+) -> tuple[tuple[Any, list[Any]], tuple[Any, list[Any]]]:
+    """(per-token losses, gradients of their sum) for `rows` packed into `bins` packed rows, then
+    for each row alone: equal when packed samples do not see each other."""
+    import torch
+
+    from axolotl_weave._batches import collate
+    from axolotl_weave._packing import collate_packed
+
+    def run(batches: list[dict[str, Any]]) -> tuple[Any, list[Any]]:
+        model.zero_grad()
+        on_device = [{key: value.to(device) for key, value in b.items()} for b in batches]
+        losses = torch.cat([per_token_losses(model, batch) for batch in on_device])
+        losses.sum().backward()
+        grads = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+        return losses.detach(), grads
+
+    size = -(-len(rows) // bins)
+    packed = [rows[first : first + size] for first in range(0, len(rows), size)]
+    return run([collate_packed(packed, pad_token_id=0)]), run([collate([r], 0) for r in rows])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests marked `gpu` when no CUDA device is present."""
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]

@@ -229,7 +229,8 @@ class Trainer:
     def report_packing(self, packer: Packer) -> None:
         """Log the packing: rows, bins, and real tokens per slot against unpacked padding."""
         efficiency = packer.efficiency()
-        unpacked = padded_efficiency(packer.lengths, self.cfg.micro_batch_size)
+        order = epoch_order(len(packer.lengths), self.cfg.seed, 0)  # as unpacked training reads
+        unpacked = padded_efficiency(packer.lengths[order], self.cfg.micro_batch_size)
         if self.acc.is_main_process:
             console.print(
                 f"sample_packing: {len(packer.lengths):,} rows in {len(packer.all_bins(0)):,} "

@@ -826,3 +826,11 @@ def test_example_config_validates(path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert session.cfg.datasets
     for entry in session.cfg.datasets:
         assert entry.type in session.formats
+
+
+@pytest.mark.parametrize("path", sorted(PLUGINS.rglob("*.py")), ids=lambda p: p.name)
+def test_plugins_import_only_the_public_facade(path: Path) -> None:
+    """Built-in plugins use `axolotl_weave` (and `axolotl_weave.commands` for CLI commands), as
+    a third party must; the underscore modules are the core's to change."""
+    private = re.findall(r"^\s*(?:from|import) (axolotl_weave\._\w+)", path.read_text(), re.M)
+    assert private == [], f"{path.name} imports {private}"

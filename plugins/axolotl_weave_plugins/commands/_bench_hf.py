@@ -126,7 +126,7 @@ def training_arguments(
     """The `TrainingArguments` of the baseline: the config's optimizer settings, no saving, no
     evaluation, no reporting; non-padding tokens counted."""
     import torch
-    from axolotl_weave._optim import warmup_steps
+    from axolotl_weave.commands import warmup_steps
     from transformers import TrainingArguments
 
     precision = resolve_precision(cfg)
@@ -225,7 +225,7 @@ def run_hf(
         args = training_arguments(cfg, rows, accumulation, settings.total_steps, output_dir)
         optimizers: tuple[Any, Any] = (None, None)
         if cfg.optimizer not in HF_OPTIMIZERS:
-            from axolotl_weave._optim import build_optimizer
+            from axolotl_weave.commands import build_optimizer
 
             optimizers = (build_optimizer(cfg, model, session.hooks), None)
         trainer = Trainer(

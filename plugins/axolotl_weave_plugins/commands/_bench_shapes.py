@@ -142,7 +142,7 @@ SHAPES: dict[str, Shape] = {
 
 def get_shape(name: str) -> Shape:
     """The shape called `name`, or a `ConfigError` listing the known ones."""
-    from axolotl_weave._config import did_you_mean
+    from axolotl_weave.commands import did_you_mean
 
     if name not in SHAPES:
         known = ", ".join(SHAPES)

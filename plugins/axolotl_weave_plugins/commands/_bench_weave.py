@@ -45,8 +45,7 @@ def weave_efficiency(trainer: Any, lengths: np.ndarray) -> tuple[float, float]:
     """(efficiency of weave's micro-batches, efficiency of the same micro-batch size unpacked and
     padded to the longest): real tokens / slots."""
     import numpy as np
-    from axolotl_weave._batches import epoch_order
-    from axolotl_weave._packing import padded_efficiency
+    from axolotl_weave.commands import epoch_order, padded_efficiency
 
     cfg = trainer.cfg
     order = np.asarray(epoch_order(len(lengths), cfg.seed, 0), dtype=np.int64)
@@ -71,7 +70,7 @@ def run_weave(
     result and a weak reference to the trained model (to check that it was freed). Running out
     of GPU memory is an error saying what to lower."""
     import torch
-    from axolotl_weave._run import build_trainer
+    from axolotl_weave.commands import build_trainer
 
     cfg = session.cfg
     probe = WeaveProbe(StepRecorder("weave", settings))

@@ -144,7 +144,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """The whole benchmark: validate, build or find the model, run weave (then HF); returns the
     results as a JSON-ready mapping."""
-    from axolotl_weave._config import load_config_data
+    from axolotl_weave.commands import load_config_data
 
     from axolotl_weave_plugins.commands import _bench_shapes
 
@@ -174,7 +174,7 @@ def _run_bench(
 ) -> dict[str, Any]:
     """`run_bench` inside its temporary folder."""
     from axolotl_weave import resolve_precision
-    from axolotl_weave._run import family_of, load_tokenizer, open_session
+    from axolotl_weave.commands import family_of, load_tokenizer, open_session
     from transformers import AutoConfig, set_seed
 
     from axolotl_weave_plugins.commands import _bench_data, _bench_hf, _bench_report, _bench_shapes
@@ -316,7 +316,7 @@ def bench_command(
     """Time a config on synthetic data: real tokens/s, MFU, peak memory, packing efficiency;
     `--baseline hf` compares with plain Hugging Face Trainer. Extra `--key value` pairs override
     the config."""
-    from axolotl_weave._console import console
+    from axolotl_weave.commands import console
 
     from axolotl_weave_plugins.commands._bench_report import print_results, write_json
 
@@ -349,6 +349,6 @@ def bench_command(
 @hookimpl
 def add_cli_commands(app: typer.Typer) -> None:
     """`weave bench CONFIG [--shape NAME] [--baseline hf] [...] [--key value ...]`."""
-    from axolotl_weave._cli import OVERRIDES, user_errors
+    from axolotl_weave.commands import OVERRIDES, user_errors
 
     app.command("bench", context_settings=OVERRIDES)(user_errors(bench_command))

@@ -287,7 +287,7 @@ def merge_lora(cfg: Any, session: Any, adapter_dir: Path, key: str) -> Path:
     """Load the base unquantized, apply the adapter in `adapter_dir`, merge it into the weights
     and save the whole model with its tokenizer to `adapter_dir/merged`. `key` names where the
     folder came from, for errors."""
-    from axolotl_weave._run import family_of, load_tokenizer
+    from axolotl_weave.commands import family_of, load_tokenizer
     from peft import PeftModel
 
     from axolotl_weave_plugins.models.hf_causal_lm import load_pretrained
@@ -321,8 +321,7 @@ def merge_lora_command(
     ),
 ) -> None:
     """Merge a LoRA/QLoRA adapter into its base model; write the full model to DIR/merged."""
-    from axolotl_weave._cli import console
-    from axolotl_weave._run import open_session
+    from axolotl_weave.commands import console, open_session
 
     session = open_session(config, ctx.args, ctx.obj.pm)
     cfg = session.cfg
@@ -370,6 +369,6 @@ def adjust_param_groups(cfg: Any, model: Any, groups: list[dict[str, Any]]) -> N
 @hookimpl
 def add_cli_commands(app: typer.Typer) -> None:
     """`weave merge-lora CONFIG [--lora-model-dir DIR]`."""
-    from axolotl_weave._cli import OVERRIDES, user_errors
+    from axolotl_weave.commands import OVERRIDES, user_errors
 
     app.command("merge-lora", context_settings=OVERRIDES)(user_errors(merge_lora_command))

@@ -12,6 +12,7 @@ block-diagonal mask from them; varlen kernels turn them into cumulative sequence
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ from axolotl_weave._types import IGNORE_INDEX
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset
+
+log = logging.getLogger("axolotl_weave")
 
 
 def row_lengths(dataset: Dataset) -> np.ndarray:
@@ -155,6 +158,48 @@ class Packer:
             ]
             slots += len(fills) * (self.capacity if self.pad_to_capacity else max(fills))
         return int(self.lengths.sum()) / max(slots, 1)
+
+
+def packer_for(
+    cfg: Any, dataset: Dataset, micro_batch_size: int, shuffle: bool, rank: int, world_size: int
+) -> Packer:
+    """The `Packer` of `dataset` as the config's `sample_packing_*` keys set it up."""
+    return Packer(
+        lengths=row_lengths(dataset),
+        capacity=cfg.sequence_len,
+        micro_batch_size=micro_batch_size,
+        seed=cfg.seed,
+        group_size=cfg.sample_packing_group_size,
+        bin_size=cfg.sample_packing_bin_size,
+        sequentially=cfg.sample_packing_sequentially,
+        shuffle=shuffle,
+        rank=rank,
+        world_size=world_size,
+        pad_to_capacity=bool(cfg.pad_to_sequence_len),
+    )
+
+
+def packing_summary(packer: Packer, unpacked: float) -> str:
+    """One line: rows, bins, micro-batches, and the efficiency next to unpacked padding's."""
+    return (
+        f"sample_packing: {len(packer.lengths):,} rows in {len(packer.all_bins(0)):,} bins of "
+        f"{packer.capacity} tokens, {packer.micro_batches_per_epoch():,} micro-batches per "
+        f"process per epoch; efficiency {packer.efficiency():.1%} (unpacked, padded to the "
+        f"longest: {unpacked:.1%})"
+    )
+
+
+def warn_below_estimate(packer: Packer, estimate: float | None) -> None:
+    """Axolotl's `sample_packing_eff_est`: a warning when the real packing falls below it (the
+    step count here is exact, so the estimate sets nothing)."""
+    efficiency = packer.efficiency()
+    if estimate and efficiency < estimate:
+        log.warning(
+            "sample_packing_eff_est %.2f: the packing reached only %.3f (the step count here "
+            "is exact, not estimated)",
+            estimate,
+            efficiency,
+        )
 
 
 def padded_efficiency(lengths: np.ndarray, micro_batch_size: int) -> float:

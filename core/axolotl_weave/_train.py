@@ -31,7 +31,13 @@ from axolotl_weave._console import console, progress_bar
 from axolotl_weave._errors import DataError
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._optim import build_optimizer, build_scheduler
-from axolotl_weave._packing import Packer, padded_efficiency, row_lengths
+from axolotl_weave._packing import (
+    Packer,
+    packer_for,
+    packing_summary,
+    padded_efficiency,
+    warn_below_estimate,
+)
 from axolotl_weave._types import LossFunction, TrainState
 
 if TYPE_CHECKING:
@@ -211,41 +217,18 @@ class Trainer:
 
     def make_packer(self, dataset: Dataset, shuffle: bool) -> Packer:
         """The bin packing of `dataset` for this process (`sample_packing_*` settings)."""
-        cfg = self.cfg
-        return Packer(
-            lengths=row_lengths(dataset),
-            capacity=cfg.sequence_len,
-            micro_batch_size=cfg.micro_batch_size if shuffle else self.eval_batch_size(),
-            seed=cfg.seed,
-            group_size=cfg.sample_packing_group_size,
-            bin_size=cfg.sample_packing_bin_size,
-            sequentially=cfg.sample_packing_sequentially,
-            shuffle=shuffle,
-            rank=self.acc.process_index,
-            world_size=self.acc.num_processes,
-            pad_to_capacity=bool(cfg.pad_to_sequence_len),
+        size = self.cfg.micro_batch_size if shuffle else self.eval_batch_size()
+        return packer_for(
+            self.cfg, dataset, size, shuffle, self.acc.process_index, self.acc.num_processes
         )
 
     def report_packing(self, packer: Packer) -> None:
-        """Log the packing: rows, bins, and real tokens per slot against unpacked padding."""
-        efficiency = packer.efficiency()
+        """Print how well the rows packed, and warn below `sample_packing_eff_est`."""
         order = epoch_order(len(packer.lengths), self.cfg.seed, 0)  # as unpacked training reads
         unpacked = padded_efficiency(packer.lengths[order], self.cfg.micro_batch_size)
         if self.acc.is_main_process:
-            console.print(
-                f"sample_packing: {len(packer.lengths):,} rows in {len(packer.all_bins(0)):,} "
-                f"bins of {packer.capacity} tokens, {packer.micro_batches_per_epoch():,} "
-                f"micro-batches per process per epoch; efficiency {efficiency:.1%} "
-                f"(unpacked, padded to the longest: {unpacked:.1%})"
-            )
-        estimate = self.cfg.sample_packing_eff_est
-        if estimate and efficiency < estimate:
-            log.warning(
-                "sample_packing_eff_est %.2f: the packing reached only %.3f (the step count "
-                "here is exact, not estimated)",
-                estimate,
-                efficiency,
-            )
+            console.print(packing_summary(packer, unpacked))
+        warn_below_estimate(packer, self.cfg.sample_packing_eff_est)
 
     def eval_batch_size(self) -> int:
         """Rows (or packed bins) per eval micro-batch."""

@@ -1,7 +1,8 @@
 """Render README.md's support table from the support matrix's recorded results.
 
 The results are JSON lines written by tests/test_support_matrix.py (one per cell run) and
-committed under docs/support/: cpu.jsonl for the CPU cells, gpu.jsonl for the GPU cells. The
+committed under docs/support/: cpu.jsonl for the CPU cells, gpu.jsonl for the GPU cells,
+gptq.jsonl for the GPTQ cells (CPU, with the GPTQ backend on the path: scripts/setup-gptq.sh). The
 table is never filled in by hand: a cell shows what a recorded run gave, "not run" where no run
 recorded it, "not yet" where the matrix has no such cell yet.
 
@@ -32,6 +33,7 @@ class Source:
     name: str
     label: str
     marker: str
+    env: str = ""  # what the pytest run needs on its command line first
 
     @property
     def path(self) -> Path:
@@ -43,7 +45,7 @@ class Source:
         """The command that (re)produces the file."""
         results = f"docs/support/{self.name}.jsonl"
         return (
-            f"rm -f {results} && WEAVE_SUPPORT_RESULTS={results} "
+            f"rm -f {results} && WEAVE_SUPPORT_RESULTS={results} {self.env}"
             f"python -m pytest -q {MATRIX} -m '{self.marker}'"
         )
 
@@ -57,16 +59,19 @@ class Column:
     cell: str | None = None
 
 
-CPU = Source("cpu", "CPU cells", "not gpu")
+CPU = Source("cpu", "CPU cells", "not gpu and not gptq")
 GPU = Source("gpu", "GPU cells", "gpu")
-SOURCES = (CPU, GPU)
+GPTQ = Source(
+    "gptq", "GPTQ cells (CPU; scripts/gptq-requirements.txt)", "gptq", "PYTHONPATH=$PWD/.gptq "
+)
+SOURCES = (CPU, GPU, GPTQ)
 COLUMNS = (
     Column("full (fp32, CPU)", CPU, "full"),
     Column("LoRA (fp32, CPU)", CPU, "lora"),
     Column("bf16 full (GPU)", GPU, "bf16_full"),
     Column("bf16 LoRA (GPU)", GPU, "bf16_lora"),
     Column("QLoRA (GPU)", GPU, "qlora"),
-    Column("GPTQ"),
+    Column("GPTQ LoRA (CPU)", GPTQ, "gptq"),
     Column("packing (CPU)", CPU, "packing"),
     Column("packed, flash / varlen attention (GPU)", GPU, "varlen"),
     Column("Liger (GPU)", GPU, "liger"),
@@ -142,12 +147,13 @@ def provenance(source: Source, records: list[dict[str, Any]]) -> str:
 
 
 def notes(results: dict[str, Results], families: set[str]) -> list[str]:
-    """A line per failing or refused cell of an installed family, with what it recorded."""
+    """A line per failing, refused or skipped cell of an installed family, with what it
+    recorded."""
     return [
-        f"- {SYMBOLS[record['status']]} `{family}` {cell}: {record['detail']}"
+        f"- {SYMBOLS.get(record['status'], 'not run:')} `{family}` {cell}: {record['detail']}"
         for source in results.values()
         for (family, cell), record in sorted(source.items())
-        if record["status"] in ("fail", "unsupported") and family in families
+        if record["status"] in ("fail", "unsupported", "skip") and family in families
     ]
 
 

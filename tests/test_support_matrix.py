@@ -16,14 +16,21 @@ into the README; the last record of a (family, cell) wins.
 
     rm -f docs/support/cpu.jsonl   # CPU cells (CI-like machine)
     WEAVE_SUPPORT_RESULTS=docs/support/cpu.jsonl \
-        python -m pytest -q tests/test_support_matrix.py -m 'not gpu'
+        python -m pytest -q tests/test_support_matrix.py -m 'not gpu and not gptq'
     rm -f docs/support/gpu.jsonl   # GPU cells (on the CUDA machine)
     WEAVE_SUPPORT_RESULTS=docs/support/gpu.jsonl \
         python -m pytest -q tests/test_support_matrix.py -m gpu
     python scripts/support_table.py
 
-GPTQ has no cell yet (no GPTQ backend could be installed): the table shows "not yet". The
-Liger cell (GPU) trains with every Liger kernel the family has and checks the first step's loss
+The GPTQ cell (marker `gptq`, CPU) quantizes the tiny model to 4 bits with transformers' GPTQ
+integration on the spot (`axolotl_weave.tiny.quantize_gptq`) and trains LoRA on it with
+`gptq: true`; it needs the GPTQ backend on the path, which `scripts/test.sh` installs and runs in a
+second pytest process (`scripts/setup-gptq.sh`; results in docs/support/gptq.jsonl):
+
+    rm -f docs/support/gptq.jsonl && WEAVE_SUPPORT_RESULTS=docs/support/gptq.jsonl \
+        PYTHONPATH=$PWD/.gptq python -m pytest -q tests/test_support_matrix.py -m gptq
+
+The Liger cell (GPU) trains with every Liger kernel the family has and checks the first step's loss
 against the same run without them.
 """
 
@@ -80,6 +87,7 @@ class Cell:
     packed: bool = False  # sample_packing, and packed == unpacked checked on the tiny model
     attention: str | None = None  # attn_implementation of a packed cell (None: the model's)
     liger: bool = False  # every Liger kernel the family has, and the loss checked against none
+    gptq: bool = False  # LoRA over the tiny model GPTQ-quantized (4 bits) on the spot
 
 
 CPU_CELLS = (
@@ -101,6 +109,7 @@ GPU_CELLS = (
     ),
     Cell("liger", adapter=False, bf16=True, learning_rate=3e-3, liger=True),
 )
+GPTQ_CELLS = (Cell("gptq", adapter=True, bf16=False, learning_rate=1e-2, gptq=True),)
 
 
 def registered_families() -> list[ModelFamily]:
@@ -254,6 +263,26 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory, matrix_tokenizer: Any)
     return get
 
 
+@pytest.fixture(scope="session")
+def gptq_models(tmp_path_factory: pytest.TempPathFactory, tiny_models: Any) -> Any:
+    """`gptq_models(family)`: the family's tiny model GPTQ-quantized (4 bits), once per session."""
+    from axolotl_weave.tiny import NoLayerToQuantize, quantize_gptq
+
+    built: dict[str, Path] = {}
+
+    def get(family: ModelFamily) -> Path:
+        if family.name not in built:
+            out = tmp_path_factory.mktemp(f"gptq-{family.name}")
+            try:
+                built[family.name] = quantize_gptq(tiny_models(family), out, tokenizer_texts())
+            except NoLayerToQuantize as exc:
+                pytest.skip(f"the tiny model cannot be GPTQ-quantized here: {exc}")
+        return built[family.name]
+
+    get.unquantized = tiny_models  # type: ignore[attr-defined]
+    return get
+
+
 class LogitsProbe:
     """A plugin that records the trained model's logits on a probe input in post_train."""
 
@@ -292,6 +321,8 @@ def cell_config(base: Path, cell: Cell, tmp_path: Path) -> dict[str, Any]:
         config.update(adapter="lora", lora_r=8, lora_alpha=16, lora_dropout=0.0)
     if cell.quantized:
         config.update(adapter="qlora", load_in_4bit=True)
+    if cell.gptq:
+        config.update(gptq=True)
     if cell.liger:
         config.update(
             liger_rope="auto",  # where liger-kernel has the family's RoPE
@@ -339,6 +370,13 @@ def reloaded_logits(cell: Cell, base: Path, out: Path, probe: LogitsProbe) -> to
             bnb_4bit_quant_storage=torch.bfloat16,
         )
         extra["device_map"] = {"": probe.device}
+    if cell.gptq:  # the adapter goes over the GPTQ base, on the kernel the run trained with
+        from transformers import AutoConfig, GPTQConfig
+
+        written = AutoConfig.from_pretrained(base).quantization_config
+        extra["quantization_config"] = GPTQConfig.from_dict(
+            {**written, "backend": "auto_trainable"}
+        )
     model = AutoModelForCausalLM.from_pretrained(
         str(out if not cell.adapter else base), dtype=dtype, **extra
     )
@@ -377,6 +415,19 @@ def check_packed_isolation(family: ModelFamily, cell: Cell, base: Path, tokenize
     return f"packed == one by one ({model.config._attn_implementation})"
 
 
+def gptq_layer_count(checkpoint: Path) -> int:
+    """How many layers the saved GPTQ checkpoint holds packed (`.qweight` tensors); a cell
+    whose base has none would test nothing, so none fails it."""
+    from safetensors import safe_open
+
+    count = 0
+    for shard in checkpoint.glob("*.safetensors"):
+        with safe_open(str(shard), "pt") as tensors:
+            count += sum(key.endswith(".qweight") for key in tensors.keys())
+    assert count, f"{checkpoint} holds no GPTQ-quantized layer"
+    return count
+
+
 def attention_supported(name: str, family: ModelFamily) -> bool:
     """Whether the family lists the attention implementation (what weave checks first)."""
     from axolotl_weave_plugins.kernels import attn_implementation
@@ -392,11 +443,14 @@ def open_attention(name: str) -> Any:
 
 
 def run_cell(family: ModelFamily, cell: Cell, tiny_models: Any, tokenizer: Any, tmp: Path) -> None:
-    """Train one cell, check it and record the outcome."""
+    """Train one cell, check it and record the outcome. `tiny_models(family)` gives the base."""
     with recorded(family.name, cell.name) as outcome:
         if family.tiny_config is None:
             pytest.skip(f"family '{family.name}' has no tiny_config")
-        base = tiny_models(family)
+        if cell.gptq and "gptq" in family.unsupported:  # refused before the weights load
+            base = tiny_models.unquantized(family)
+        else:
+            base = tiny_models(family)
         config = cell_config(base, cell, tmp)
         if cell.packed and family.cannot_pack_because:
             from axolotl_weave import ConfigError
@@ -404,6 +458,13 @@ def run_cell(family: ModelFamily, cell: Cell, tiny_models: Any, tokenizer: Any, 
             with pytest.raises(ConfigError, match="cannot be packed"):
                 train(open_session(write_config(tmp / "config.yml", config), []))
             outcome.update(status="unsupported", detail=family.cannot_pack_because)
+            return
+        if cell.gptq and "gptq" in family.unsupported:
+            from axolotl_weave import ConfigError
+
+            with pytest.raises(ConfigError, match="cannot train on a GPTQ checkpoint"):
+                train(open_session(write_config(tmp / "config.yml", config), []))
+            outcome.update(status="unsupported", detail=family.unsupported["gptq"])
             return
         if cell.liger and "liger" not in family.kernels:
             outcome.update(status="unsupported", detail=f"{family.name} does not list liger")
@@ -426,6 +487,8 @@ def run_cell(family: ModelFamily, cell: Cell, tiny_models: Any, tokenizer: Any, 
             first, reference = logged_losses(state)[0], logged_losses(without)[0]
             assert abs(first - reference) <= 2e-2 * abs(reference), (first, reference)
             outcome["detail"] += f"; first loss {first:.4f} (without Liger {reference:.4f})"
+        if cell.gptq:
+            outcome["detail"] += f"; {gptq_layer_count(base)} linear layers in 4-bit GPTQ"
         assert probe.logits is not None, "post_train was not called"
         got = reloaded_logits(cell, base, Path(config["output_dir"]), probe)
         tolerance = 5e-2 if cell.quantized else 2e-2 if cell.bf16 else 1e-4
@@ -448,6 +511,16 @@ def test_gpu_cell(
     """bf16 full fine-tune, LoRA and QLoRA on CUDA: loss finite and falling, reload gives the
     logits."""
     run_cell(family, cell, tiny_models, matrix_tokenizer, tmp_path)
+
+
+@pytest.mark.gptq
+@pytest.mark.parametrize(("family", "cell"), cell_params(GPTQ_CELLS))
+def test_gptq_cell(
+    family: ModelFamily, cell: Cell, gptq_models: Any, matrix_tokenizer: Any, tmp_path: Path
+) -> None:
+    """LoRA over the tiny model GPTQ-quantized on the spot (gptqmodel's CPU kernels): loss
+    finite and falling, the adapter over the GPTQ base reloads with the trained logits."""
+    run_cell(family, cell, gptq_models, matrix_tokenizer, tmp_path)
 
 
 # --- the committed results and the README ------------------------------------------------------
@@ -479,6 +552,6 @@ def test_every_family_is_in_the_committed_cpu_results() -> None:
     assert not missing, (
         f"not in {CPU_RESULTS.relative_to(REPO)}: {', '.join(missing)}; rerun the matrix: "
         f"rm -f docs/support/cpu.jsonl && {RESULTS_ENV}=docs/support/cpu.jsonl "
-        "python -m pytest -q tests/test_support_matrix.py -m 'not gpu' "
+        "python -m pytest -q tests/test_support_matrix.py -m 'not gpu and not gptq' "
         "&& python scripts/support_table.py"
     )

@@ -49,6 +49,8 @@ class ModelFamily:
     chat_template: the name of its default chat template (a `chat_template` plugin's name).
     cannot_pack_because: why `sample_packing` would let packed samples affect each other (a
         recurrent state, a model ignoring `position_ids`...); None when it keeps them apart.
+    unsupported: config keys of method plugins this architecture cannot take, each with why
+        (e.g. {"gptq": "..."}); the plugin owning the key refuses it with that reason.
     tiny_config: keyword arguments of a tiny config of this architecture (random weights, for
         tests and the support matrix): `AutoConfig.for_model(model_types[0], **tiny_config())`.
     """
@@ -63,6 +65,7 @@ class ModelFamily:
     kernels: tuple[str, ...] = ()
     chat_template: str | None = None
     cannot_pack_because: str | None = None
+    unsupported: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     tiny_config: Callable[[], dict[str, Any]] | None = None
     description: str = ""
 

@@ -107,18 +107,28 @@ def packed_and_one_by_one(
     return run([collate_packed(packed, pad_token_id=0)]), run([collate([r], 0) for r in rows])
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked `gpu` when no CUDA device is present."""
-    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
-    if not gpu_items:
-        return
-    import torch
+GPTQ_SETUP = (
+    "needs the GPTQ backend (optimum, gptqmodel): bash scripts/setup-gptq.sh, then "
+    "PYTHONPATH=$PWD/.gptq python -m pytest -m gptq"
+)
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in gpu_items:
-        item.add_marker(skip)
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked `gpu` when no CUDA device is present, and tests marked `gptq` when the
+    GPTQ backend cannot be imported."""
+    import importlib.util
+
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_items:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in gpu_items:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+    if importlib.util.find_spec("gptqmodel") is None:
+        for item in items:
+            if item.get_closest_marker("gptq"):
+                item.add_marker(pytest.mark.skip(reason=GPTQ_SETUP))
 
 
 @pytest.fixture(scope="session")

@@ -138,13 +138,25 @@ def linear_module_names(model: Any) -> list[str]:
     return sorted(names)
 
 
+def has_linear_peft_all_linear_misses(model: Any) -> bool:
+    """Whether the model has linear layers that are not `torch.nn.Linear` (GPTQ kernels such as
+    gptqmodel's `TorchQuantLinear`), which peft's "all-linear" shortcut does not find."""
+    import torch
+
+    return any(
+        "Linear" in type(module).__name__ and not isinstance(module, torch.nn.Linear)
+        for module in model.modules()
+    )
+
+
 def target_modules(cfg: Any, family: ModelFamily | None, model: Any = None) -> list[str] | str:
     """What to adapt: all linear layers (and `lora_target_modules`), the config's list or regex,
     or the family's default."""
     if cfg.lora_target_linear:
-        if not cfg.lora_target_modules or model is None:
+        quantized_kernels = model is not None and has_linear_peft_all_linear_misses(model)
+        if not quantized_kernels and (not cfg.lora_target_modules or model is None):
             return "all-linear"
-        extra = cfg.lora_target_modules
+        extra = cfg.lora_target_modules or []
         extra = [extra] if isinstance(extra, str) else list(extra)
         return sorted(set(linear_module_names(model)) | set(extra))
     if cfg.lora_target_modules:
@@ -297,7 +309,13 @@ def merge_lora(cfg: Any, session: Any, adapter_dir: Path, key: str) -> Path:
     tokenizer = load_tokenizer(session, family)
     if getattr(cfg, "load_in_4bit", False) or getattr(cfg, "load_in_8bit", False):
         log.info("merge-lora: the base loads unquantized (the merged model is not quantized)")
-    base = load_pretrained(cfg, tokenizer, family, **placement(cfg))
+    if getattr(cfg, "gptq", False):
+        from axolotl_weave_plugins.methods.gptq import load_dequantized
+
+        log.info("merge-lora: the GPTQ base is dequantized (the merged model is not quantized)")
+        base = load_dequantized(cfg, tokenizer, family, **placement(cfg))
+    else:
+        base = load_pretrained(cfg, tokenizer, family, **placement(cfg))
     try:
         model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     except (OSError, ValueError, RuntimeError) as exc:

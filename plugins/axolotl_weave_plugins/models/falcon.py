@@ -35,6 +35,10 @@ FALCON = ModelFamily(
         "transformers builds its attention mask without position_ids"
         " (packed samples would attend to each other)"
     ),
+    unsupported={
+        "gptq": "transformers' GPTQ integration (optimum) takes only exact torch.nn.Linear "
+        "layers, and Falcon's are FalconLinear: none would be quantized or load quantized",
+    },
     lora_target_modules=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
     decoder_layer="FalconDecoderLayer",
     prepare_tokenizer=prepare_falcon_tokenizer,

@@ -118,8 +118,8 @@ def load_pretrained(
     cfg: Any, tokenizer: Any, family: ModelFamily | None, **model_kwargs: Any
 ) -> Any:
     """Load `base_model` with `from_pretrained`; `model_kwargs` (a quantization config...) are
-    passed on, after `overrides_of_model_kwargs`. Method plugins that must change how the
-    weights load call this.
+    passed on, after `overrides_of_model_kwargs`, and a `config` among them replaces the one
+    `load_config` would read. Method plugins that must change how the weights load call this.
 
     Grows the embeddings when the tokenizer has more tokens than the model (to a multiple of 32
     with `resize_token_embeddings_to_32x`), turns the generation cache off (it only costs memory
@@ -133,7 +133,7 @@ def load_pretrained(
         if cfg.model_type
         else AutoModelForCausalLM
     )
-    config = load_config(cfg)
+    config = model_kwargs.pop("config", None) or load_config(cfg)
     kwargs = {
         "dtype": getattr(torch, resolve_precision(cfg).weight_dtype),
         "revision": cfg.revision_of_model,

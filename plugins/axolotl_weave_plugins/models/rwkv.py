@@ -37,6 +37,10 @@ RWKV = ModelFamily(
     name="rwkv",
     model_types=("rwkv",),
     cannot_pack_because=("it is recurrent: its state carries from one packed sample into the next"),
+    unsupported={
+        "gptq": "switching to eval, RWKV divides its output layers' weights in place "
+        "(rescale_every), which packed GPTQ weights cannot take",
+    },
     lora_target_modules=("key", "value", "receptance", "output"),
     decoder_layer="RwkvBlock",
     prepare_tokenizer=prepare_rwkv_tokenizer,

@@ -68,6 +68,8 @@ SOURCES = (CPU, GPU, GPTQ)
 COLUMNS = (
     Column("full (fp32, CPU)", CPU, "full"),
     Column("LoRA (fp32, CPU)", CPU, "lora"),
+    Column("QLoRA nf4 (CPU)", CPU, "qlora"),
+    Column("8-bit LoRA (CPU)", CPU, "lora_8bit"),
     Column("bf16 full (GPU)", GPU, "bf16_full"),
     Column("bf16 LoRA (GPU)", GPU, "bf16_lora"),
     Column("QLoRA (GPU)", GPU, "qlora"),
@@ -131,6 +133,12 @@ def values(records: list[dict[str, Any]], key: str) -> str:
     return ", ".join(sorted({str(record.get(key, "?")) for record in records}))
 
 
+def extra_versions(records: list[dict[str, Any]]) -> str:
+    """`, bitsandbytes X` when the records carry its version (older records do not)."""
+    found = [record for record in records if "bitsandbytes" in record]
+    return f", bitsandbytes {values(found, 'bitsandbytes')}" if found else ""
+
+
 def provenance(source: Source, records: list[dict[str, Any]]) -> str:
     """Where and when the file's cells ran, with which versions; or how to run them."""
     path = source.path.relative_to(REPO)
@@ -141,8 +149,8 @@ def provenance(source: Source, records: list[dict[str, Any]]) -> str:
     return (
         f"- {source.label} (`{path}`): ran on {values(records, 'where')} "
         f"({values(records, 'platform')}) on {when}; torch {values(records, 'torch')}, "
-        f"transformers {values(records, 'transformers')}, peft {values(records, 'peft')}. "
-        f"Rerun: `{source.command}`."
+        f"transformers {values(records, 'transformers')}, peft {values(records, 'peft')}"
+        f"{extra_versions(records)}. Rerun: `{source.command}`."
     )
 
 

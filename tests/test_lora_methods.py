@@ -2,8 +2,9 @@
 
 CPU tests check that each option reaches peft's config, that DoRA and rsLoRA train, that added
 tokens make the embeddings train and save, that config mistakes fail clearly, that quantized
-loading composes with the LoRA wrapper, and that a merged model equals base + adapter. Tests
-marked `gpu` (QLoRA, 8-bit LoRA) need bitsandbytes and a CUDA GPU.
+loading composes with the LoRA wrapper, and that a merged model equals base + adapter. QLoRA and
+8-bit LoRA train and merge for real through bitsandbytes, which runs on the CPU from 0.50 on
+(`scripts/setup.sh` installs it); without it, the run says what to install.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from axolotl_weave import ConfigError, hookimpl
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import family_of, load_tokenizer, open_session, train
-from axolotl_weave.testing import run_weave, write_config
+from axolotl_weave.testing import run_weave, without_package, write_config
 from axolotl_weave_plugins.methods import bnb_quantization
 from safetensors.torch import load_file
 
@@ -304,52 +305,47 @@ def test_quantization_defaults_are_axolotls(base_config: dict, tmp_path: Path) -
     assert bnb_quantization.quantization_kwargs(cfg) == {"load_in_8bit": True}
 
 
-def test_lora_wraps_the_quantized_load(
-    base_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_quantized_loading_places_the_model_on_this_process_device(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """bnb_quantization answers load_model first; the lora wrapper wraps what it returned
-    (here without real quantization: the loading is intercepted on this CPU machine)."""
-    import peft
-    from axolotl_weave_plugins.models.hf_causal_lm import load_pretrained
-
-    calls: dict[str, Any] = {}
-
-    def fake_load(cfg: Any, tokenizer: Any, family: Any, **kwargs: Any) -> Any:
-        calls["kwargs"] = kwargs
-        calls["model"] = load_pretrained(cfg, tokenizer, family)
-        return calls["model"]
-
-    def fake_prepare(model: Any, **kwargs: Any) -> Any:
-        calls["prepared"] = model
-        return model
-
-    monkeypatch.setattr(bnb_quantization, "require_bitsandbytes", lambda cfg: None)
-    monkeypatch.setattr(bnb_quantization, "load_pretrained", fake_load)
-    monkeypatch.setattr(peft, "prepare_model_for_kbit_training", fake_prepare)
-    config = lora(base_config, adapter="qlora", load_in_4bit=True)
-    model, _ = load(config, tmp_path)
-    quantization = calls["kwargs"]["quantization_config"]
-    assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
-    assert quantization.bnb_4bit_use_double_quant is True
-    assert calls["kwargs"]["device_map"] == {"": 0}
-    assert calls["prepared"] is calls["model"]
-    assert isinstance(model, peft.PeftModel)
-    assert model.get_base_model() is calls["model"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bnb_quantization.device_map() == {"": "cpu"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert bnb_quantization.device_map() == {"": 3}
 
 
-@pytest.mark.skipif(HAS_BNB and torch.cuda.is_available(), reason="bitsandbytes can run here")
 @pytest.mark.parametrize("bits", ["load_in_4bit", "load_in_8bit"])
-def test_quantized_loading_without_bitsandbytes_or_cuda_says_what_to_install(
+def test_quantized_loading_without_bitsandbytes_says_what_to_install(
     base_config: dict, tmp_path: Path, bits: str
 ) -> None:
     adapter = "qlora" if bits == "load_in_4bit" else "lora"
-    path = write_config(tmp_path / "c.yml", lora(base_config, adapter=adapter, **{bits: True}))
-    result = run_weave("train", str(path))
+    out = tmp_path / "out"
+    config = lora(base_config, adapter=adapter, output_dir=str(out), **{bits: True})
+    path = write_config(tmp_path / "c.yml", config)
+    result = run_weave("train", str(path), env=without_package("bitsandbytes", tmp_path))
     assert result.returncode == 4, result.stderr[-2000:]
     err = " ".join(result.stderr.split())
-    assert "pip install bitsandbytes" in err
-    assert "and a CUDA GPU; missing here:" in err
+    assert f"{bits}: {bits[8]}-bit quantization needs the package bitsandbytes" in err
+    assert "pip install 'bitsandbytes>=0.50'" in err
     assert "Traceback" not in result.stderr
+    assert not (out / "adapter_model.safetensors").exists()
+
+
+def test_an_old_bitsandbytes_without_a_gpu_is_refused_clearly(
+    base_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before 0.50, bitsandbytes was not checked to quantize on the CPU: the run says so."""
+    from axolotl_weave import MissingDependencyError
+
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes
+
+    monkeypatch.setattr(bitsandbytes, "__version__", "0.45.5")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = open_session(write_config(tmp_path / "c.yml", lora(base_config, load_in_8bit=True))).cfg
+    with pytest.raises(MissingDependencyError, match="bitsandbytes 0.45.5 was not checked"):
+        bnb_quantization.require_bitsandbytes(cfg)
 
 
 # --- weave merge-lora ------------------------------------------------------------------------
@@ -444,24 +440,51 @@ def test_merge_lora_is_listed_in_help(tmp_path: Path) -> None:
     assert "--lora-model-dir" in result.stdout
 
 
-# --- on a CUDA GPU with bitsandbytes -----------------------------------------------------------
+# --- QLoRA and 8-bit LoRA through bitsandbytes (CPU from 0.50 on, or a CUDA GPU) ------------
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes")
-def test_qlora_nf4_double_quant_trains_and_merges(base_config: dict, tmp_path: Path) -> None:
+QUANTIZED_RUNS = {
+    "qlora-nf4-double-quant": {"adapter": "qlora", "load_in_4bit": True},
+    "qlora-fp4": {
+        "adapter": "qlora",
+        "load_in_4bit": True,
+        "bnb_config_kwargs": {"bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False},
+    },
+    "lora-8bit": {"adapter": "lora", "load_in_8bit": True},
+}
+
+
+def quantized_settings(model: Any) -> dict[str, Any]:
+    """How many linear layers are bitsandbytes-quantized, of which kind, and the saved settings."""
     import bitsandbytes as bnb
+
+    kinds = {bnb.nn.Linear4bit: "4bit", bnb.nn.Linear8bitLt: "8bit"}
+    found = [kinds[type(m)] for m in model.modules() if type(m) in kinds]
+    quantization = model.get_base_model().config.quantization_config
+    return {"kinds": set(found), "count": len(found), "config": quantization}
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes (scripts/setup.sh installs it)")
+@pytest.mark.parametrize("name", QUANTIZED_RUNS)
+def test_quantized_lora_trains_reloads_and_merges(
+    base_config: dict, tmp_path: Path, name: str
+) -> None:
+    """QLoRA (nf4 with double quantization, fp4) and LoRA on an 8-bit base, for real: every
+    linear layer of the tiny llama quantized, the loss falls, the adapter over the same
+    quantized base reloads with the trained logits, and merge-lora's model equals base +
+    adapter."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     out = tmp_path / "out"
     config = {
         **base_config,
-        "adapter": "qlora",
-        "load_in_4bit": True,
+        **QUANTIZED_RUNS[name],
         "lora_target_linear": True,
         "learning_rate": 1e-2,
-        "max_steps": 4,
+        "lr_scheduler": "constant",
+        "max_steps": 8,
+        "logging_steps": 1,
         "output_dir": str(out),
     }
     path = write_config(tmp_path / "c.yml", config)
@@ -470,42 +493,99 @@ def test_qlora_nf4_double_quant_trains_and_merges(base_config: dict, tmp_path: P
     class Inspect:
         @hookimpl(trylast=True)
         def post_train(self, model: Any) -> None:
-            seen["4bit"] = any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-            seen["config"] = model.get_base_model().config.quantization_config
+            seen.update(quantized_settings(model), logits=logits(model))
 
     state = run(config, path, Inspect())
-    assert state.global_step == 4
-    assert seen["4bit"]
-    assert seen["config"].bnb_4bit_quant_type == "nf4"
-    assert seen["config"].bnb_4bit_use_double_quant is True
-    assert (out / "adapter_model.safetensors").is_file()
+    losses = [rec["loss"] for rec in state.log_history if "loss" in rec]
+    assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-2:]) < 0.95 * sum(losses[:2]), losses
+    assert seen["kinds"] == {"8bit" if "8bit" in name else "4bit"}
+    assert seen["count"] == 7 * 2  # q, k, v, o, gate, up, down in each of the 2 layers
+    quantization = seen["config"]
+    if "4bit" in str(seen["kinds"]):
+        expected = config.get("bnb_config_kwargs") or {}
+        assert quantization.bnb_4bit_quant_type == expected.get("bnb_4bit_quant_type", "nf4")
+        assert quantization.bnb_4bit_use_double_quant is expected.get(
+            "bnb_4bit_use_double_quant", True
+        )
+    else:
+        assert quantization.load_in_8bit
+
+    # the saved adapter over the same quantized base: the logits the run ended with
+    settings = bnb_quantization.quantization_kwargs(open_session(path).cfg)
+    reloaded_base = bnb_quantization.keep_cpu_layers_differentiable(
+        AutoModelForCausalLM.from_pretrained(
+            base_config["base_model"],
+            quantization_config=BitsAndBytesConfig(**settings),
+            device_map={"": "cpu"},
+        )
+    )
+    reloaded = logits(PeftModel.from_pretrained(reloaded_base, str(out)))
+    torch.testing.assert_close(reloaded, seen["logits"], rtol=1e-4, atol=1e-4)
 
     result = run_weave("merge-lora", str(path))
     assert result.returncode == 0, result.stderr[-3000:]
     base = AutoModelForCausalLM.from_pretrained(base_config["base_model"], dtype=torch.float32)
-    expected = logits(PeftModel.from_pretrained(base, str(out)))
+    expected_logits = logits(PeftModel.from_pretrained(base, str(out)))
     merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32)
     assert not [n for n, _ in merged.named_parameters() if "lora" in n]
-    torch.testing.assert_close(logits(merged), expected, rtol=0, atol=1e-5)
+    assert getattr(merged.config, "quantization_config", None) is None
+    torch.testing.assert_close(logits(merged), expected_logits, rtol=0, atol=1e-5)
+    untouched = AutoModelForCausalLM.from_pretrained(base_config["base_model"], dtype=torch.float32)
+    assert (logits(merged) - logits(untouched)).abs().max() > 1e-2  # the adapter did something
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes")
-def test_lora_on_an_8bit_base_trains(base_config: dict, tmp_path: Path) -> None:
+@pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes (scripts/setup.sh installs it)")
+def test_qlora_gradients_are_the_same_after_an_evaluation(
+    base_config: dict, tmp_path: Path
+) -> None:
+    """An eval-mode, no-grad forward (an evaluation, a logits probe) must not change how the
+    4-bit layers train: bitsandbytes' CPU inference repacking would leave them on a kernel
+    without a backward, and no LoRA weight would get a gradient (keep_cpu_layers_differentiable
+    turns it off)."""
+    config = lora(base_config, adapter="qlora", load_in_4bit=True, lora_target_linear=True)
+
+    def lora_gradients(evaluate_first: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model, _ = load(config, tmp_path)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero; nonzero B lets gradients reach A
+                torch.nn.init.normal_(param, std=0.02)
+        if evaluate_first:
+            logits(model)
+        model.train()
+        model(input_ids=PROBE, labels=PROBE).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    plain, after_evaluation = lora_gradients(False), lora_gradients(True)
+    assert len(plain) == 2 * 7 * 2  # A and B of the 7 linears of both layers
+    missing = [name for name, grad in after_evaluation.items() if grad is None]
+    assert not missing, f"no gradient after an evaluation: {missing[:3]}"
+    for name, grad in plain.items():
+        torch.testing.assert_close(after_evaluation[name], grad, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes (scripts/setup.sh installs it)")
+def test_an_8bit_layer_takes_a_4d_input() -> None:
+    """deepseek_v3's attention feeds an 8-bit layer 4-D latents, which bitsandbytes' 8-bit
+    matmul (eval mode) cannot take: flatten_int8_inputs gives it rows and restores the shape."""
     import bitsandbytes as bnb
 
-    out = tmp_path / "out"
-    config = lora(base_config, load_in_8bit=True, output_dir=str(out), max_steps=3)
-    seen: dict[str, bool] = {}
-
-    class Inspect:
-        @hookimpl(trylast=True)
-        def post_train(self, model: Any) -> None:
-            seen["8bit"] = any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
-
-    state = run(config, tmp_path / "c.yml", Inspect())
-    assert state.global_step == 3 and seen["8bit"]
-    assert (out / "adapter_model.safetensors").is_file()
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(64, 32, bias=False)
+    layer = bnb.nn.Linear8bitLt(64, 32, bias=False, has_fp16_weights=False)
+    layer.weight = bnb.nn.Int8Params(
+        reference.weight.data.clone(), requires_grad=False, has_fp16_weights=False
+    )
+    model = bnb_quantization.flatten_int8_inputs(torch.nn.Sequential(layer.to("cpu"))).eval()
+    latents = torch.randn(2, 3, 5, 64)
+    latents[0, 0, 1, 3] = 10.0  # an outlier column, which the 8-bit matmul treats apart
+    with torch.no_grad():
+        out = model(latents)
+        rows = model(latents.reshape(-1, 64))  # 2-D: the hooks leave it as it is
+    assert out.shape == (2, 3, 5, 32)
+    torch.testing.assert_close(out, rows.reshape(2, 3, 5, 32), rtol=0, atol=0)
+    torch.testing.assert_close(out, reference(latents), rtol=0, atol=5e-2)
 
 
 def test_loraplus_gives_the_b_matrices_a_higher_rate(weave_hooks, tiny_llama_dir) -> None:

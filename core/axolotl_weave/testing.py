@@ -69,6 +69,19 @@ def run_weave(
     )
 
 
+def without_package(name: str, folder: Path) -> dict[str, str]:
+    """The environment for `run_weave` in which `import name` fails as if the package were not
+    installed (a package of that name on PYTHONPATH first, whose import raises
+    ModuleNotFoundError): how a test shows the message a user without it gets."""
+    shadow = folder / "without" / name
+    shadow.mkdir(parents=True, exist_ok=True)
+    (shadow / "__init__.py").write_text(
+        f"raise ModuleNotFoundError(\"No module named '{name}'\", name={name!r})\n"
+    )
+    paths = [str(folder / "without"), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(path for path in paths if path)}
+
+
 def per_token_losses(model: Any, batch: dict[str, Any]) -> Any:
     """The cross-entropy of every target token of a (packed or padded) batch, in order."""
     import torch.nn.functional as F

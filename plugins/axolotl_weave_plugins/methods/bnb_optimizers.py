@@ -2,8 +2,9 @@
 
 `optimizer: adamw_bnb_8bit` (or `adamw_8bit`, `paged_adamw_8bit`, `paged_adamw_32bit`,
 `paged_adamw`, `lion_8bit`, `lion_32bit`, `paged_lion_8bit`, `paged_lion_32bit`): 8-bit optimizer
-states take a quarter of AdamW's memory; paged ones spill to CPU memory under pressure. They need
-`bitsandbytes` (and, for most, a CUDA GPU): without it the run stops naming what to install.
+states take a quarter of AdamW's memory; paged ones spill to CPU memory under pressure (on the CPU,
+bitsandbytes runs them unpaged, and says so). They need `bitsandbytes` (on a CUDA GPU, or on the CPU
+from 0.50 on): without it the run stops naming what to install.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from axolotl_weave import hookimpl, require
+
+from axolotl_weave_plugins.methods.bnb_quantization import quiet_hub_kernel_notice
 
 PLUGIN_KIND = "method"
 
@@ -33,10 +36,11 @@ def builder(class_name: str) -> Callable[[list[dict[str, Any]], Any], Any]:
     """A function building `bitsandbytes.optim.<class_name>` over the core's parameter groups."""
 
     def build(param_groups: list[dict[str, Any]], cfg: Any) -> Any:
+        quiet_hub_kernel_notice()
         bnb = require(
             "bitsandbytes",
             feature=f"optimizer: {cfg.optimizer}",
-            install="bitsandbytes (8-bit and paged optimizers need a CUDA GPU)",
+            install="'bitsandbytes>=0.50' (CUDA GPUs, and the CPU from 0.50 on)",
         )
         optimizer_class = getattr(bnb.optim, class_name)
         betas = (cfg.adam_beta1, cfg.adam_beta2)

@@ -5,15 +5,19 @@ through the generic loader with a `transformers.BitsAndBytesConfig` and preparin
 k-bit training (`peft.prepare_model_for_kbit_training`: norms and embeddings in float32, the
 input gradients a frozen base needs). The `lora` plugin's `load_model` wrapper then wraps the
 quantized model. 4-bit defaults are Axolotl's: NF4, double quantization, the compute dtype of
-the run's precision; `bnb_config_kwargs` overrides them. bitsandbytes and a CUDA GPU are needed.
+the run's precision; `bnb_config_kwargs` overrides them. bitsandbytes is needed: on a CUDA GPU,
+or on the CPU from bitsandbytes 0.50 on (its CPU backend quantizes, trains and merges there: the
+CPU cells of the support matrix run QLoRA and 8-bit LoRA in CI).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from axolotl_weave import (
+    ConfigError,
     MissingDependencyError,
     ModelFamily,
     PluginConfig,
@@ -25,6 +29,10 @@ from pydantic import Field, model_validator
 from axolotl_weave_plugins.models.hf_causal_lm import load_pretrained
 
 PLUGIN_KIND = "method"
+
+CPU_MIN_VERSION = "0.50"
+"""The first bitsandbytes whose CPU backend was checked here to quantize, train and merge."""
+INSTALL = f"pip install 'bitsandbytes>={CPU_MIN_VERSION}'"
 
 INT8_KEYS = frozenset(
     {
@@ -117,23 +125,94 @@ def quantization_kwargs(cfg: Any) -> dict[str, Any]:
 
 
 def require_bitsandbytes(cfg: Any) -> None:
-    """Raise one `MissingDependencyError` naming what is missing: bitsandbytes, a CUDA GPU."""
+    """Raise one `MissingDependencyError` naming what is missing: bitsandbytes, or (without a
+    CUDA GPU) a bitsandbytes recent enough to quantize on the CPU."""
+    import torch
+    from packaging.version import Version
+
+    key, bits = ("load_in_4bit", 4) if cfg.load_in_4bit else ("load_in_8bit", 8)
+    quiet_hub_kernel_notice()
+    try:
+        import bitsandbytes
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{key}: {bits}-bit quantization needs the package bitsandbytes, which is not "
+            f"installed: {INSTALL} (it runs on CUDA GPUs, and on the CPU from "
+            f"{CPU_MIN_VERSION} on)"
+        ) from exc
+    found = Version(bitsandbytes.__version__)
+    if not torch.cuda.is_available() and found < Version(CPU_MIN_VERSION):
+        raise MissingDependencyError(
+            f"{key}: no CUDA GPU is visible, and bitsandbytes {found} was not checked to "
+            f"quantize on the CPU; bitsandbytes {CPU_MIN_VERSION} and later do: {INSTALL} -U"
+        )
+
+
+def _not_the_hub_kernel_notice(record: logging.LogRecord) -> bool:
+    """False for bitsandbytes' CPU-backend notice that an optional kernel could be fetched from
+    the Hugging Face hub with the `kernels` package: the built-in CPU kernel serves, and a run
+    never downloads code."""
+    return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")
+
+
+def quiet_hub_kernel_notice() -> None:
+    """Filter that notice out (once: a logger keeps a filter object once)."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_not_the_hub_kernel_notice)
+
+
+def keep_cpu_layers_differentiable(model: Any) -> Any:
+    """Turn off bitsandbytes' CPU inference repacking of 4-bit layers; return the model.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a `Linear4bit`'s weights for a bf16
+    inference kernel the first time the layer runs in eval mode with an input that needs no
+    gradient, and from then on runs the layer through that kernel, which has no backward. A
+    training step after an evaluation would then get no gradient through the frozen base (no
+    LoRA weight would learn), and an eval-mode forward differs from the training one (bf16).
+    Without the repacking every forward dequantizes and multiplies in the compute dtype, the
+    same in training and evaluation (tests/test_lora_methods.py checks both)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
+def flatten_int8_inputs(model: Any) -> Any:
+    """Give every 8-bit layer its input as (rows, features), and its output back in the
+    input's leading shape; return the model.
+
+    bitsandbytes' 8-bit matmul (0.50) flattens 3-D inputs to rows but not 4-D ones, whose
+    outlier columns it then finds along the wrong dimension and fails on (deepseek_v3's
+    attention feeds `kv_b_proj` 4-D latents)."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear8bitLt):
+            module.register_forward_pre_hook(_flatten_input)
+            module.register_forward_hook(_restore_output_shape)
+    return model
+
+
+def _flatten_input(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Forward pre-hook: an input of more than 3 dimensions as rows (its shape remembered)."""
+    if args[0].dim() <= 3:
+        return None
+    module._leading_shape = args[0].shape[:-1]
+    return (args[0].reshape(-1, args[0].shape[-1]), *args[1:])
+
+
+def _restore_output_shape(module: Any, args: tuple[Any, ...], output: Any) -> Any:
+    """Forward hook: the output in the leading shape `_flatten_input` remembered."""
+    shape = module.__dict__.pop("_leading_shape", None)
+    return None if shape is None else output.reshape(*shape, output.shape[-1])
+
+
+def device_map() -> dict[str, Any]:
+    """Every module on this process's GPU (LOCAL_RANK), or on the CPU without one."""
     import torch
 
-    missing = []
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        missing.append("bitsandbytes (not installed)")
-    if not torch.cuda.is_available():
-        missing.append("a CUDA GPU (none is visible)")
-    if missing:
-        key, bits = ("load_in_4bit", 4) if cfg.load_in_4bit else ("load_in_8bit", 8)
-        raise MissingDependencyError(
-            f"{key}: {bits}-bit quantization needs the package bitsandbytes (pip install "
-            f"bitsandbytes) and a CUDA GPU; missing here: {' and '.join(missing)}. Without a "
-            "GPU, train with adapter: lora and no load_in_4bit / load_in_8bit"
-        )
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return {"": "cpu"}
 
 
 @hookimpl(tryfirst=True)
@@ -141,14 +220,21 @@ def load_model(cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Any:
     """Load the base quantized when `load_in_8bit` or `load_in_4bit` is set; else None."""
     if not (cfg.load_in_8bit or cfg.load_in_4bit):
         return None
+    key = "load_in_4bit" if cfg.load_in_4bit else "load_in_8bit"
+    if family is not None and key in family.unsupported:
+        raise ConfigError(
+            f"{key}: the '{family.name}' family cannot be quantized by bitsandbytes: "
+            f"{family.unsupported[key]}"
+        )
     require_bitsandbytes(cfg)
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
     kwargs: dict[str, Any] = {"quantization_config": BitsAndBytesConfig(**quantization_kwargs(cfg))}
     if "device_map" not in (getattr(cfg, "overrides_of_model_kwargs", None) or {}):
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # this process's GPU
+        kwargs["device_map"] = device_map()
     model = load_pretrained(cfg, tokenizer, family, **kwargs)
+    model = flatten_int8_inputs(keep_cpu_layers_differentiable(model))
     return prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=bool(getattr(cfg, "gradient_checkpointing", False))
     )

@@ -38,6 +38,10 @@ FALCON = ModelFamily(
     unsupported={
         "gptq": "transformers' GPTQ integration (optimum) takes only exact torch.nn.Linear "
         "layers, and Falcon's are FalconLinear: none would be quantized or load quantized",
+        "load_in_4bit": "transformers' bitsandbytes integration quantizes only exact "
+        "torch.nn.Linear layers, and Falcon's are FalconLinear: the base would stay unquantized",
+        "load_in_8bit": "transformers' bitsandbytes integration quantizes only exact "
+        "torch.nn.Linear layers, and Falcon's are FalconLinear: the base would stay unquantized",
     },
     lora_target_modules=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
     decoder_layer="FalconDecoderLayer",

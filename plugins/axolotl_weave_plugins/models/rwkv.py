@@ -40,6 +40,10 @@ RWKV = ModelFamily(
     unsupported={
         "gptq": "switching to eval, RWKV divides its output layers' weights in place "
         "(rescale_every), which packed GPTQ weights cannot take",
+        "load_in_4bit": "switching to eval, RWKV divides its output layers' weights in place "
+        "(rescale_every), which bitsandbytes' 4-bit weights cannot take",
+        "load_in_8bit": "switching to eval, RWKV divides its output layers' weights in place "
+        "(rescale_every), which bitsandbytes' 8-bit weights cannot take",
     },
     lora_target_modules=("key", "value", "receptance", "output"),
     decoder_layer="RwkvBlock",

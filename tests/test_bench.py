@@ -7,6 +7,7 @@ mistakes give one clear message.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -116,6 +117,31 @@ def test_bench_lora_unpacked_with_profile_and_peak(
     assert (profile / "weave-trace.json").is_file()
     assert "aten::" in (profile / "weave-top-ops.txt").read_text()
     assert "top ops by self time" in result.stdout
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is None,
+    reason="needs bitsandbytes (scripts/setup.sh installs it)",
+)
+def test_bench_qlora_quantizes_both_runs(
+    base_config: dict[str, Any], tmp_path: Path, weave_cache: dict[str, str]
+) -> None:
+    """The 8B QLoRA setup's path on the tiny shape: weave and the HF baseline both load the
+    base in 4 bits on this process's device (the CPU here) and train."""
+    config = bench_config(
+        tmp_path, base_config, adapter="qlora", load_in_4bit=True, lora_target_linear=True,
+        sample_packing=True, lora_r=4, lora_alpha=8,
+    )  # fmt: skip
+    out = tmp_path / "bench.json"
+    result = run_weave(
+        "bench", config, *TINY, "--baseline", "hf", "--json", str(out), env=weave_cache
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    for run in runs.values():
+        assert run["error"] is None and run["tokens_per_second"] > 0
+        assert abs(run["final_loss"] - math.log(512)) < 1.0
+    assert "kernels-community" not in result.stderr  # bitsandbytes' hub-kernel notice is dropped
 
 
 def test_unknown_shape_is_one_clear_error(base_config: dict[str, Any], tmp_path: Path) -> None:

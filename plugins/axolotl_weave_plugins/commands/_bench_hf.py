@@ -95,13 +95,14 @@ def load_hf_model(cfg: Any, tokenizer: Any, family: Any) -> Any:
         from transformers import BitsAndBytesConfig
 
         from axolotl_weave_plugins.methods.bnb_quantization import (
+            device_map,
             quantization_kwargs,
             require_bitsandbytes,
         )
 
         require_bitsandbytes(cfg)
         kwargs["quantization_config"] = BitsAndBytesConfig(**quantization_kwargs(cfg))
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = device_map()
     model = AutoModelForCausalLM.from_pretrained(cfg.base_model, **kwargs)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))

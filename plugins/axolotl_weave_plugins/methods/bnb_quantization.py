@@ -156,8 +156,12 @@ def _not_the_hub_kernel_notice(record: logging.LogRecord) -> bool:
 
 
 def quiet_hub_kernel_notice() -> None:
-    """Filter that notice out (once: a logger keeps a filter object once)."""
+    """Filter that notice out (once: a logger keeps a filter object once). Done when this
+    plugin loads, before anything imports bitsandbytes."""
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_not_the_hub_kernel_notice)
+
+
+quiet_hub_kernel_notice()
 
 
 def keep_cpu_layers_differentiable(model: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 PROBE = torch.tensor([[1, 20, 30, 40, 50, 60]])
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 
 
 @pytest.fixture
@@ -58,6 +60,80 @@ def test_prune_zeroes_the_smallest_state() -> None:
     prune_optimizer_state(optimizer, [param], 0.9)
     assert optimizer.state[param]["exp_avg"].tolist() == [0.0] * 9 + [10.0]
     assert optimizer.state[param]["step"].item() == 3.0
+
+
+def test_prune_drops_a_first_moment_whose_second_moment_it_pruned() -> None:
+    """Adam divides the first moment by the root of the second: one kept without the other
+    would move that weight by ~1/eps."""
+    param = torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.Adam([param])
+    optimizer.state[param] = {
+        "step": torch.tensor(5.0),
+        "exp_avg": torch.tensor([4.0, 3.0, 2.0, 1.0]),
+        "exp_avg_sq": torch.tensor([1.0, 2.0, 3.0, 4.0]),
+    }
+    prune_optimizer_state(optimizer, [param], 0.5)
+    state = optimizer.state[param]
+    assert state["exp_avg_sq"].tolist() == [0.0, 0.0, 3.0, 4.0]
+    assert state["exp_avg"].tolist() == [0.0, 0.0, 0.0, 0.0]  # 4 and 3 lost their pair
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes (scripts/setup.sh installs it)")
+def test_prune_resets_a_quantized_8bit_state_whole() -> None:
+    """bitsandbytes' 8-bit state holds codes into a quantization map: pruning them by magnitude
+    would corrupt it (the map itself included), so the whole state starts afresh."""
+    import bitsandbytes as bnb
+
+    param = torch.nn.Parameter(torch.randn(128, 64))
+    optimizer = bnb.optim.AdamW8bit([param], lr=1e-3)
+    param.grad = torch.randn_like(param)
+    optimizer.step()
+    assert optimizer.state[param]["state1"].dtype == torch.uint8
+    prune_optimizer_state(optimizer, [param], 0.9)
+    assert not optimizer.state[param]
+    optimizer.step()  # and the optimizer re-creates it
+    assert optimizer.state[param]["step"] == 1
+
+
+@pytest.mark.parametrize(
+    ("adapter", "optimizer"),
+    [("lora", "adamw_torch"), ("lora", "adamw_bnb_8bit"), ("qlora", "adamw_torch")],
+)
+def test_restarts_keep_the_adapter_weights_in_scale(
+    base_config: dict, tmp_path: Path, adapter: str, optimizer: str
+) -> None:
+    """After each restart the adapter trains on from its fresh start: its weights stay of the
+    size plain LoRA gives them (pruned moments once moved A to ~300, and bitsandbytes' 8-bit
+    state, pruned code by code, moved B to ~5,000)."""
+    if (adapter == "qlora" or "bnb" in optimizer) and not HAS_BNB:
+        pytest.skip("needs bitsandbytes (scripts/setup.sh installs it)")
+    config = {
+        **base_config,
+        "adapter": adapter,
+        "load_in_4bit": adapter == "qlora",
+        "optimizer": optimizer,
+        "lora_r": 4,
+        "lora_target_linear": True,
+        "learning_rate": 1e-2,
+        "max_steps": 6,
+        "relora_steps": 2,
+        "relora_warmup_steps": 1,
+        "logging_steps": 1,
+    }
+    largest: list[float] = []
+
+    class Watch:
+        @hookimpl(trylast=True)
+        def on_step_end(self, model: Any) -> None:
+            lora = [p for n, p in model.named_parameters() if "lora_" in n]
+            largest.append(max(p.detach().abs().max().item() for p in lora))
+
+    pm = make_plugin_manager()
+    pm.register(Watch())
+    state = train(open_session(write_config(tmp_path / "c.yml", config), [], pm))
+    losses = [rec["loss"] for rec in state.log_history if "loss" in rec]
+    assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
+    assert max(largest) < 1.0, largest  # kaiming-initialised A is ~0.1; B starts at 0
 
 
 def test_cycle_factor() -> None:

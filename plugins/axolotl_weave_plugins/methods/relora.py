@@ -3,8 +3,10 @@
 Every `relora_steps` steps the adapter is merged into the base weights and started afresh
 (A re-initialised, B zero, so the model's function is unchanged at that moment), and the
 optimizer state of the adapter is magnitude-pruned (`relora_prune_ratio` of the smallest
-values zeroed). Each cycle's learning rate ramps up over `relora_warmup_steps` after a restart
-and, with `relora_anneal_steps`, down to zero before the next one, on top of the run's schedule.
+values zeroed; a first moment goes with its second, and bitsandbytes' 8-bit states, which hold
+quantization codes, are reset whole). Each cycle's learning rate ramps up over
+`relora_warmup_steps` after a restart and, with `relora_anneal_steps`, down to zero before the
+next one, on top of the run's schedule.
 At the end the adapter is merged once more and the whole model is saved: after a restart the
 adapter alone no longer describes the model.
 """
@@ -107,23 +109,47 @@ def merge_and_restart(model: Any, *, on_cpu: bool = False) -> list[Any]:
     return fresh
 
 
+MOMENT_PAIRS = (("exp_avg", "exp_avg_sq"), ("state1", "state2"))
+"""(first moment, second moment) state keys of Adam-type optimizers: torch's, bitsandbytes'."""
+
+
 def prune_optimizer_state(optimizer: Any, params: list[Any], ratio: float) -> None:
-    """Zero the smallest `ratio` of each tensor of the optimizer state of `params`."""
+    """ReLoRA's partial optimizer reset for `params`: zero the smallest `ratio` of each
+    floating-point state tensor (the moments), by magnitude.
+
+    Where a second moment was zeroed, the first moment is zeroed too: kept alone, Adam would
+    divide it by ~eps and move that weight by thousands (a re-initialised LoRA A gets no
+    gradient until B moves). A state stored quantized (bitsandbytes' 8-bit optimizers: uint8
+    codes into a quantization map, not magnitudes, beside the map itself) cannot be pruned
+    that way and is reset whole: the optimizer starts it afresh at the next step."""
     import torch
 
     for param in params:
-        for value in optimizer.state.get(param, {}).values():
-            if not torch.is_tensor(value) or value.ndim == 0:
-                continue
-            if ratio >= 1:
-                value.zero_()
-                continue
-            magnitude = value.abs().flatten().float()
-            k = int(ratio * magnitude.numel())
-            if k == 0:
-                continue
-            threshold = magnitude.kthvalue(k).values
-            value.masked_fill_(value.abs() <= threshold, 0)
+        state = optimizer.state.get(param)
+        if not state:
+            continue
+        if any(torch.is_tensor(v) and not v.is_floating_point() for v in state.values()):
+            optimizer.state[param] = {}
+            continue
+        for value in state.values():
+            if torch.is_tensor(value) and value.ndim > 0:  # not the step count
+                _prune_smallest(value, ratio)
+        for first, second in MOMENT_PAIRS:
+            if first in state and second in state:
+                state[first].masked_fill_(state[second] == 0, 0)
+
+
+def _prune_smallest(value: Any, ratio: float) -> None:
+    """Zero the smallest `ratio` of `value`'s entries (by magnitude), in place."""
+    if ratio >= 1:
+        value.zero_()
+        return
+    magnitude = value.abs().flatten().float()
+    k = int(ratio * magnitude.numel())
+    if k == 0:
+        return
+    threshold = magnitude.kthvalue(k).values
+    value.masked_fill_(value.abs() <= threshold, 0)
 
 
 @hookimpl

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from axolotl_weave import ConfigError, hookimpl
+from axolotl_weave import ConfigError, WeaveError, hookimpl
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import open_session, train
 from axolotl_weave.testing import write_config
@@ -199,9 +200,9 @@ def test_relora_run_restarts_on_schedule_and_saves_the_merged_model(
     [
         ({"relora_steps": 3}, "relora_steps needs adapter: lora or qlora"),
         (
-            {"relora_steps": 3, "adapter": "lora", "lora_target_linear": True,
-             "resume_from_checkpoint": "auto"},
-            "resume_from_checkpoint is not supported with ReLoRA",
+            {"relora_steps": 3, "adapter": "qlora", "load_in_4bit": True,
+             "lora_target_linear": True, "resume_from_checkpoint": "auto"},
+            "resume_from_checkpoint with ReLoRA needs an unquantized base",
         ),
         (
             {"relora_steps": 3, "adapter": "lora", "lora_target_linear": True,
@@ -214,3 +215,73 @@ def test_relora_config_errors(base_config: dict, tmp_path: Path, keys: dict, mes
     with pytest.raises(ConfigError) as info:
         open_session(write_config(tmp_path / "c.yml", {**base_config, **keys}))
     assert message in str(info.value)
+
+
+def relora_resume_config(base_config: dict, out: Path, **extra: Any) -> dict:
+    return {
+        **base_config,
+        "adapter": "lora",
+        "lora_r": 4,
+        "lora_target_linear": True,
+        "learning_rate": 1e-2,
+        "max_steps": 8,
+        "relora_steps": 3,
+        "relora_warmup_steps": 1,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "output_dir": str(out),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("resume_at", [2, 4, 6])
+def test_a_resumed_relora_run_goes_on_as_if_never_stopped(
+    base_config: dict, tmp_path: Path, resume_at: int
+) -> None:
+    """Restarts at 3 and 6, checkpoints at 2, 4, 6, 8: resuming from one before any restart,
+    one between, or one at a restart ends with the uninterrupted run's losses and model."""
+    whole, resumed = Recording(), Recording()
+    straight = relora_resume_config(base_config, tmp_path / "straight")
+    pm = make_plugin_manager()
+    pm.register(whole)
+    train(open_session(write_config(tmp_path / "straight.yml", straight), [], pm))
+    snapshots = sorted(p.name for p in (tmp_path / "straight" / "relora").iterdir())
+    assert snapshots == ["step-3.safetensors", "step-6.safetensors"]
+
+    out = tmp_path / "stopped"  # the same run, stopped after step `resume_at`'s checkpoint
+    shutil.copytree(tmp_path / "straight", out)
+    for later in [*out.glob("checkpoint-*"), *(out / "relora").glob("step-*")]:
+        if int(later.name.split("-")[1].split(".")[0]) > resume_at:
+            shutil.rmtree(later) if later.is_dir() else later.unlink()
+    second = relora_resume_config(
+        base_config, out, resume_from_checkpoint=str(out / f"checkpoint-{resume_at}")
+    )
+    pm = make_plugin_manager()
+    pm.register(resumed)
+    state = train(open_session(write_config(tmp_path / "second.yml", second), [], pm))
+    losses = [r["loss"] for r in state.log_history if "loss" in r]
+    expected = [r["loss"] for r in whole_history(tmp_path / "straight") if "loss" in r]
+    assert losses == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(resumed.logits, whole.logits, rtol=1e-5, atol=1e-5)
+
+
+def whole_history(out: Path) -> list[dict]:
+    """The logged metrics of a finished run (metrics.jsonl)."""
+    import json
+
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resuming_past_a_restart_without_its_weights_is_refused(
+    base_config: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    train(
+        open_session(write_config(tmp_path / "a.yml", relora_resume_config(base_config, out)), [])
+    )
+    (out / "relora" / "step-3.safetensors").unlink()
+    for later in ("checkpoint-6", "checkpoint-8"):
+        shutil.rmtree(out / later)
+    again = relora_resume_config(base_config, out, resume_from_checkpoint="auto")
+    with pytest.raises(WeaveError, match=r"restart at step 3, whose merged weights .* missing"):
+        train(open_session(write_config(tmp_path / "b.yml", again), []))

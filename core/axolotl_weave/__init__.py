@@ -9,6 +9,7 @@ from __future__ import annotations
 import pluggy
 
 from axolotl_weave._batches import batch_tokens, model_inputs
+from axolotl_weave._checkpoint import checkpoint_step, checkpoints, resolve_resume
 from axolotl_weave._config import CoreConfig, DatasetEntry, PluginConfig
 from axolotl_weave._errors import (
     ConfigError,
@@ -52,11 +53,14 @@ __all__ = [
     "WeaveError",
     "__version__",
     "batch_tokens",
+    "checkpoint_step",
+    "checkpoints",
     "hookimpl",
     "map_rows",
     "model_inputs",
     "require",
     "resolve_precision",
+    "resolve_resume",
     "require_columns",
     "set_pad_token",
     "text_field",

@@ -38,6 +38,14 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint folder was saved at (from its `checkpoint-<step>` name)."""
+    match = CHECKPOINT_RE.match(path.name)
+    if match:
+        return int(match.group(1))
+    return int(json.loads((path / STATE_FILE).read_text())["global_step"])
+
+
 def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
     """The checkpoint folder to resume from: a path, or 'auto' for the newest (None if none)."""
     if not resume:

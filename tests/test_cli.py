@@ -130,9 +130,10 @@ def test_blocked_plugin_no_longer_wraps_load_model(
     path = write_config(tmp_path / "config.yml", base_config)
     result = weave(tmp_path, "-p", "no:lora", "validate", str(path))
     assert result.returncode == 0, result.stderr
-    load_model = table_row(result.stdout, "load_model")
-    assert "hf_causal_lm" in load_model
-    assert "lora" not in load_model
+    load_model = table_row(result.stdout, "load_model").split("│")[2]
+    answering = [part.split()[0] for part in load_model.split("→")]
+    assert "hf_causal_lm" in answering
+    assert "lora" not in answering
 
 
 def test_adapter_lora_with_lora_blocked_fails_validation(
@@ -166,7 +167,8 @@ def test_validate_shows_which_plugin_answers_each_hook(
     )
     load_model = table_row(result.stdout, "load_model").split("│")[2].strip()
     assert load_model == (
-        "lora (wrapper) → liger (wrapper) → cut_cross_entropy (wrapper) → gptq → "
+        "relora (wrapper) → lora (wrapper) → liger (wrapper) → cut_cross_entropy (wrapper) → "
+        "gptq → "
         "bnb_quantization → hf_causal_lm"
     )
     build_loss = table_row(result.stdout, "build_loss").split("│")[2].strip()

@@ -18,6 +18,8 @@ from axolotl_weave_plugins.methods.bnb_quantization import quiet_hub_kernel_noti
 
 PLUGIN_KIND = "method"
 
+quiet_hub_kernel_notice()  # before anything imports bitsandbytes, as bnb_quantization does
+
 OPTIMIZER_CLASSES = {
     "adamw_bnb_8bit": "AdamW8bit",
     "adamw_8bit": "AdamW8bit",
@@ -36,7 +38,6 @@ def builder(class_name: str) -> Callable[[list[dict[str, Any]], Any], Any]:
     """A function building `bitsandbytes.optim.<class_name>` over the core's parameter groups."""
 
     def build(param_groups: list[dict[str, Any]], cfg: Any) -> Any:
-        quiet_hub_kernel_notice()
         bnb = require(
             "bitsandbytes",
             feature=f"optimizer: {cfg.optimizer}",

@@ -131,7 +131,6 @@ def require_bitsandbytes(cfg: Any) -> None:
     from packaging.version import Version
 
     key, bits = ("load_in_4bit", 4) if cfg.load_in_4bit else ("load_in_8bit", 8)
-    quiet_hub_kernel_notice()
     try:
         import bitsandbytes
     except ImportError as exc:

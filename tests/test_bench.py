@@ -163,10 +163,25 @@ def test_bad_options_and_lengths_over_sequence_len_are_refused(
     err = " ".join(result.stderr.split())
     assert "--steps must be at least 1" in err and "'vllm' is not one of: none, hf" in err
 
-    result = run_weave("bench", config, "--shape", "tiny-llama", env=weave_cache)
+    result = run_weave(
+        "bench", config, "--shape", "tiny-llama", "--max-length", "2048", env=weave_cache
+    )
     assert result.returncode == 2
     assert "--max-length 2048 is more than sequence_len 128" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
+
+
+def test_bench_lengths_default_to_the_config(
+    base_config: dict[str, Any], tmp_path: Path, weave_cache: dict[str, str]
+) -> None:
+    """No length flags on a config with a short sequence_len: the samples follow the config."""
+    config = bench_config(tmp_path, base_config, sequence_len=64)
+    out = tmp_path / "bench.json"
+    args = ["--shape", "tiny-llama", "--steps", "1", "--warmup", "0", "--samples", "16"]
+    result = run_weave("bench", config, *args, "--json", str(out), env=weave_cache)
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(out.read_text())["data"]
+    assert settings["max_length"] == 64 and settings["median_length"] == 64
 
 
 # --- the pieces ----------------------------------------------------------------------------------

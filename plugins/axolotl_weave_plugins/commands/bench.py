@@ -64,7 +64,7 @@ class BenchSettings:
     median_length: int = 300
     length_sigma: float = 1.0
     min_length: int = 16
-    max_length: int = 2048
+    max_length: int | None = None  # None: the config's sequence_len
     baseline: str = "none"
     seed: int = 0
     peak_tflops: float | None = None
@@ -85,7 +85,7 @@ class BenchSettings:
             problems.append("--warmup must be 0 or more")
         if self.length_sigma < 0:
             problems.append("--length-sigma must be 0 or more")
-        if self.max_length < self.min_length:
+        if self.max_length is not None and self.max_length < self.min_length:
             problems.append(
                 f"--max-length {self.max_length} is less than --min-length {self.min_length}"
             )
@@ -185,6 +185,9 @@ def _run_bench(
     extra = bench_overrides(raw, settings, workdir / "weave", model_path)
     session = open_session(config, [*overrides, *extra], pm)
     cfg = session.cfg
+    if settings.max_length is None:  # defaults follow the config
+        settings.max_length = max(cfg.sequence_len, settings.min_length)
+        settings.median_length = min(settings.median_length, settings.max_length)
     if settings.max_length > cfg.sequence_len:
         raise ConfigError(
             f"--max-length {settings.max_length} is more than sequence_len {cfg.sequence_len}: "
@@ -290,7 +293,9 @@ def bench_command(
         1.0, "--length-sigma", help="Sigma of the log-normal length distribution."
     ),
     min_length: int = typer.Option(16, "--min-length", help="Shortest sample (clipped)."),
-    max_length: int = typer.Option(2048, "--max-length", help="Longest sample (clipped)."),
+    max_length: int | None = typer.Option(
+        None, "--max-length", help="Longest sample (clipped; default: the config's sequence_len)."
+    ),
     baseline: str = typer.Option(
         "none", "--baseline", help="hf: also run plain Hugging Face Trainer and compare."
     ),

@@ -22,9 +22,13 @@ from axolotl_weave._errors import (
 from axolotl_weave._precision import Precision, resolve_precision
 from axolotl_weave._rows import map_rows, require_columns, text_field, tokenize_prompt_response
 from axolotl_weave._tokens import set_pad_token
+from axolotl_weave._strategy import AccelerateStrategy, Strategy
 from axolotl_weave._types import (
     IGNORE_INDEX,
+    PAD_TOKEN,
+    SFT_COLUMNS,
     DatasetFormat,
+    DataSource,
     LossFunction,
     ModelFamily,
     TrainState,
@@ -38,9 +42,13 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 __all__ = [
     "IGNORE_INDEX",
+    "PAD_TOKEN",
+    "SFT_COLUMNS",
+    "AccelerateStrategy",
     "ConfigError",
     "CoreConfig",
     "DataError",
+    "DataSource",
     "DatasetEntry",
     "DatasetFormat",
     "LossFunction",
@@ -49,6 +57,7 @@ __all__ = [
     "PluginConfig",
     "Precision",
     "PluginError",
+    "Strategy",
     "TrainState",
     "WeaveError",
     "__version__",

@@ -17,11 +17,12 @@ from axolotl_weave._types import DatasetFormat, LossFunction, ModelFamily, Train
 
 if TYPE_CHECKING:
     import typer
-    from accelerate import Accelerator
     from datasets import Dataset
     from pydantic import BaseModel
 
     from axolotl_weave._config import DatasetEntry
+    from axolotl_weave._strategy import Strategy
+    from axolotl_weave._types import DataSource
 
 T = TypeVar("T")
 
@@ -65,6 +66,44 @@ class Hooks:
         """Every plugin-registered optimizer builder by name."""
         found = self._collect("register_optimizers", lambda item: [item[0]])  # (name, build)
         return {name: item[1] for name, (item, _) in found.items()}
+
+    def lr_schedulers(self) -> dict[str, Callable[..., Any]]:
+        """Every plugin-registered learning-rate schedule builder by name."""
+        found = self._collect("register_lr_schedulers", lambda item: [item[0]])  # (name, build)
+        return {name: item[1] for name, (item, _) in found.items()}
+
+    def data_sources(self) -> list[DataSource]:
+        """Every registered data source, in the order they are asked to claim an entry."""
+        sources: list[DataSource] = []
+        for impl in reversed(self.pm.hook.register_data_sources.get_hookimpls()):
+            self._call_impl("register_data_sources", impl, register=sources.append)
+        return sources
+
+    def adapt_config_data(self, data: dict[str, Any], known_keys: frozenset[str]) -> list[str]:
+        """Let compatibility plugins rewrite the raw config; their warnings."""
+        results = self.pm.hook.adapt_config_data(data=data, known_keys=known_keys)
+        return [warning for warnings in results if warnings for warning in warnings]
+
+    def explain_unknown_key(self, key: str) -> str | None:
+        """A plugin's reason for refusing an unknown key, if any."""
+        return self.pm.hook.explain_unknown_key(key=key)
+
+    def configure(self, cfg: Any) -> list[str]:
+        """Register the run-scoped plugin objects; returns their names (to `unconfigure`)."""
+        names: list[str] = []
+
+        def register(obj: object, name: str) -> None:
+            self.pm.register(obj, name)
+            names.append(name)
+
+        self.pm.hook.configure(cfg=cfg, register=register)
+        return names
+
+    def unconfigure(self, names: list[str]) -> None:
+        """Unregister the run-scoped plugin objects `configure` registered."""
+        for name in names:
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
 
     def add_cli_commands(self, app: typer.Typer) -> None:
         """Let plugins add commands to the CLI."""
@@ -126,9 +165,16 @@ class Hooks:
         return self._answered(f"build_dataset (type: {entry.type})", result)
 
     # -- model -----------------------------------------------------------------------------
-    def load_model(self, cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Any:
-        """The model to train, with every method plugin's wrapping applied."""
-        result = self.pm.hook.load_model(cfg=cfg, tokenizer=tokenizer, family=family)
+    def load_model(
+        self, cfg: Any, tokenizer: Any, family: ModelFamily | None, purpose: str = "train"
+    ) -> Any:
+        """The model for `purpose` (train, infer, merge), every method plugin's wrapping applied;
+        the loader gets every plugin's `model_load_kwargs`."""
+        load_kwargs: dict[str, Any] = {}
+        self.pm.hook.model_load_kwargs(cfg=cfg, purpose=purpose, kwargs=load_kwargs)
+        result = self.pm.hook.load_model(
+            cfg=cfg, tokenizer=tokenizer, family=family, purpose=purpose, load_kwargs=load_kwargs
+        )
         return self._answered("load_model", result)
 
     def patch_attention(self, model: Any, cfg: Any, family: ModelFamily | None) -> None:
@@ -140,9 +186,47 @@ class Hooks:
         """The training objective."""
         return self._answered("build_loss", self.pm.hook.build_loss(cfg=cfg, model=model))
 
-    def wrap_distributed(self, cfg: Any) -> Accelerator:
-        """The accelerator that places model, optimizer and data."""
+    def wrap_distributed(self, cfg: Any) -> Strategy:
+        """The device strategy that places model, optimizer and data."""
         return self._answered("wrap_distributed", self.pm.hook.wrap_distributed(cfg=cfg))
+
+    def training_step(
+        self,
+        cfg: Any,
+        strategy: Strategy,
+        model: Any,
+        objective: LossFunction,
+        window: list[dict[str, Any]],
+        state: TrainState,
+    ) -> dict[str, float]:
+        """Forward and backward over one accumulation window; the step's metrics."""
+        result = self.pm.hook.training_step(
+            cfg=cfg, strategy=strategy, model=model, objective=objective, window=window, state=state
+        )
+        return self._answered("training_step", result)
+
+    def save_checkpoint_state(self, cfg: Any, state: TrainState, model: Any, folder: Path) -> None:
+        """Let plugins add their state to a staged checkpoint."""
+        self.pm.hook.save_checkpoint_state(cfg=cfg, state=state, model=model, folder=folder)
+
+    def load_checkpoint_state(self, cfg: Any, state: TrainState, model: Any, folder: Path) -> None:
+        """Let plugins restore their state from the checkpoint resumed from."""
+        self.pm.hook.load_checkpoint_state(cfg=cfg, state=state, model=model, folder=folder)
+
+    def lr_multiplier(self, cfg: Any) -> Callable[[int], float]:
+        """The product of every plugin's `lr_multiplier` at a step, as a function of the step."""
+        caller = self.pm.hook.lr_multiplier
+        if not caller.get_hookimpls():
+            return lambda step: 1.0
+
+        def factor(step: int) -> float:
+            result = 1.0
+            for value in caller(cfg=cfg, step=step):
+                if value is not None:
+                    result *= float(value)
+            return result
+
+        return factor
 
     def on_train_begin(self, cfg: Any, state: TrainState) -> None:
         """Tell loggers training starts."""
@@ -156,20 +240,16 @@ class Hooks:
         """Hand new metrics to loggers."""
         self.pm.hook.on_log(cfg=cfg, state=state, metrics=metrics)
 
-    def on_train_end(self, cfg: Any, state: TrainState) -> None:
-        """Tell loggers training ended."""
-        self.pm.hook.on_train_end(cfg=cfg, state=state)
+    def on_train_end(self, cfg: Any, state: TrainState, error: BaseException | None) -> None:
+        """Tell loggers training ended, and how (`error` is None on success)."""
+        self.pm.hook.on_train_end(cfg=cfg, state=state, error=error)
 
     def post_train(
-        self, cfg: Any, model: Any, tokenizer: Any, accelerator: Accelerator, output_dir: Path
+        self, cfg: Any, model: Any, tokenizer: Any, strategy: Strategy, output_dir: Path
     ) -> None:
         """Every plugin's after-training step (saving first)."""
         self.pm.hook.post_train(
-            cfg=cfg,
-            model=model,
-            tokenizer=tokenizer,
-            accelerator=accelerator,
-            output_dir=output_dir,
+            cfg=cfg, model=model, tokenizer=tokenizer, strategy=strategy, output_dir=output_dir
         )
 
     def implementations(self, hook_name: str) -> list[str]:

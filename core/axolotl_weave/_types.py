@@ -15,10 +15,29 @@ IGNORE_INDEX = -100
 """Label value of a token that is not trained on (masked)."""
 
 
+PAD_TOKEN = "pad"
+"""Padding of a column declared in `DatasetFormat.columns`: the tokenizer's pad token id."""
+
+SFT_COLUMNS: dict[str, int | str | None] = {
+    "input_ids": PAD_TOKEN,
+    "labels": IGNORE_INDEX,
+    "attention_mask": 0,
+}
+"""The columns of a supervised format, and how each is right-padded in a micro-batch."""
+
+
 @dataclass(frozen=True)
 class DatasetFormat:
     """A dataset `type:` that a plugin can build (see `register_dataset_formats`).
 
+    `build(entry, dataset, tokenizer, cfg)` turns the raw rows of one `datasets:` entry into
+    tokenized rows (a `datasets.Dataset`); the core calls it for every entry of this `type:`
+    (see the `build_dataset` hook for its contract). `columns` declares the columns a training
+    batch takes from those rows and how each is right-padded: `PAD_TOKEN` (the pad token id),
+    an int (e.g. `IGNORE_INDEX` for labels, 0 for a mask), or None for a column that is not a
+    token sequence (a scalar such as KTO's `label`, or text such as a GRPO prompt: scalars
+    become a tensor, text a list). Sequence columns are fitted to `sequence_len` together, and
+    only formats with exactly the supervised columns (`SFT_COLUMNS`) can be packed.
     `options` is an optional pydantic model of the extra keys this format accepts on a
     `datasets:` entry, beyond the common ones (path, type, ds_type, data_files, split, ...).
     `inline=True` marks the one format that builds a `type:` given as a mapping (Axolotl's
@@ -32,6 +51,33 @@ class DatasetFormat:
     options: type[BaseModel] | None = None
     inline: bool = False
     streams: bool = False
+    build: Callable[..., Any] | None = field(default=None, compare=False)
+    columns: dict[str, int | str | None] = field(
+        default_factory=lambda: dict(SFT_COLUMNS), compare=False, hash=False
+    )
+
+    @property
+    def packable(self) -> bool:
+        """Whether rows of this format can be packed (exactly the supervised columns)."""
+        return set(self.columns) == set(SFT_COLUMNS)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the rows of a `datasets:` entry come from (see `register_data_sources`).
+
+    claims(entry): whether this source reads the entry (a local path, a saved dataset, a URL...).
+    load(entry, streaming): the rows, as the core's loader expects them (see the built-in
+        sources for the `LoadedRows` shape: a `datasets.Dataset` and a row locator).
+    identity(entry): a string that changes when the source's content does (file digests, an
+        ETag, a hub revision), for the preprocessing cache's fingerprint.
+    """
+
+    name: str
+    claims: Callable[[Any], bool]
+    load: Callable[..., Any]
+    identity: Callable[[Any], str] | None = None
+    description: str = ""
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,18 @@ import pluggy
 
 if TYPE_CHECKING:
     import typer
-    from accelerate import Accelerator
     from datasets import Dataset
     from pydantic import BaseModel
 
     from axolotl_weave._config import DatasetEntry
-    from axolotl_weave._types import DatasetFormat, LossFunction, ModelFamily, TrainState
+    from axolotl_weave._strategy import Strategy
+    from axolotl_weave._types import (
+        DataSource,
+        DatasetFormat,
+        LossFunction,
+        ModelFamily,
+        TrainState,
+    )
 
 PROJECT_NAME = "axolotl_weave"
 """pluggy project name, and the entry-point group plugins register under."""
@@ -108,6 +114,71 @@ def register_optimizers(register: Callable[[str, Callable[..., Any]], None]) -> 
 
 
 @hookspec
+def register_lr_schedulers(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register learning-rate schedules by the name `lr_scheduler:` gives, by calling ``register``.
+
+    :param register: call as ``register(name, build)``; ``build(cfg, total_steps,
+        warmup_steps)`` returns a function ``factor(step) -> float``, the multiplier of each
+        parameter group's base ``lr`` at optimizer step ``step`` (0 before the first step). The
+        core runs it as a ``torch.optim.lr_scheduler.LambdaLR``, multiplied by every
+        ``lr_multiplier`` answer. A name registered twice is an error naming both plugins.
+
+    Called once, before the config is validated (an unknown ``lr_scheduler:`` is rejected with
+    the registered names as suggestions). Collects all results (return value ignored).
+    """
+
+
+@hookspec
+def register_data_sources(register: Callable[[DataSource], None]) -> None:
+    """Register where rows of a ``datasets:`` entry can come from, by calling ``register``.
+
+    :param register: call with a :class:`~axolotl_weave.DataSource` for each kind of source
+        (local files, a saved dataset, a hub name, a URL, an fsspec URL...). The core asks each
+        source, in registration order (``tryfirst`` plugins first), whether it ``claims`` an
+        entry; the first that does loads it.
+
+    Called once per run, before any dataset is read. Collects all results.
+    """
+
+
+@hookspec
+def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[str] | None:
+    """Rewrite the raw config mapping in place before it is validated; return warnings.
+
+    :param data: the YAML mapping with CLI overrides applied; edit it in place (rename an alias,
+        drop a key of another tool that changes nothing trained).
+    :param known_keys: every top-level key some installed plugin (or the core) validates.
+
+    For compatibility plugins (Axolotl's key names, aliases, ignored keys). Called once, before
+    validation. Collects all results: each plugin's warnings are logged.
+    """
+
+
+@hookspec(firstresult=True)
+def explain_unknown_key(key: str) -> str | None:
+    """Why a top-level key that no plugin validates is refused, when a plugin knows better
+    than "unknown key" (a key of another tool that changes what is trained), or None.
+
+    Called while formatting a validation error, once per unknown key. Stops at the first
+    non-None result.
+    """
+
+
+@hookspec
+def configure(cfg: Any, register: Callable[[object, str], None]) -> None:
+    """Register this plugin's per-run object, only when its feature is on.
+
+    :param register: call as ``register(obj, name)``; ``obj`` is a plugin (an object with
+        ``@hookimpl`` methods, holding the run's state) registered for this run only and
+        unregistered when the run ends, whatever its outcome.
+
+    Called once per run, right after the config is validated and before anything is loaded
+    (pytest's ``pytest_configure`` pattern: a feature that is off costs nothing and adds no
+    hook). Collects all results.
+    """
+
+
+@hookspec
 def add_cli_commands(app: typer.Typer) -> None:
     """Add commands to the ``weave`` command line.
 
@@ -161,13 +232,40 @@ def build_dataset(
 
 
 @hookspec(firstresult=True)
-def load_model(cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Any:
-    """Build and return the model to train (a ``torch.nn.Module`` with Hugging Face's API).
+def load_model(
+    cfg: Any,
+    tokenizer: Any,
+    family: ModelFamily | None,
+    purpose: str,
+    load_kwargs: dict[str, Any],
+) -> Any:
+    """Build and return the model (a ``torch.nn.Module`` with Hugging Face's API).
+
+    :param purpose: ``"train"`` (the model to fine-tune), ``"infer"`` (generation, serving) or
+        ``"merge"`` (``weave merge-lora``: the base, to fold an adapter into). A method plugin
+        that only matters while training (k-bit preparation, a fresh adapter) checks it.
+    :param load_kwargs: the keyword arguments every plugin contributed for the base model's
+        ``from_pretrained`` (``model_load_kwargs``): a loader passes them on, over its own.
 
     Called once per run, after the datasets are built. Stops at the first non-None result; the
     generic Hugging Face causal-LM loader answers last (``trylast``). Method plugins (LoRA,
     QLoRA, ...) implement it as ``wrapper=True`` and wrap what the loader returned: they check
     their own config and return the model unchanged when they are off.
+    """
+
+
+@hookspec
+def model_load_kwargs(cfg: Any, purpose: str, kwargs: dict[str, Any]) -> None:
+    """Add to or change, in place, the keyword arguments of the base model's
+    ``from_pretrained`` (``quantization_config``, ``device_map``, ``dtype``...).
+
+    :param purpose: as in ``load_model``.
+    :param kwargs: the arguments so far. Quantization plugins add theirs here instead of
+        calling a loader themselves, so that whichever plugin answers ``load_model`` (a third
+        party's too) honours them.
+
+    Called once before ``load_model``, which receives the result as ``load_kwargs``. Collects
+    all results.
     """
 
 
@@ -197,12 +295,47 @@ def build_loss(cfg: Any, model: Any) -> LossFunction | None:
 
 
 @hookspec(firstresult=True)
-def wrap_distributed(cfg: Any) -> Accelerator | None:
-    """Return the ``accelerate.Accelerator`` that places model, optimizer and data on devices.
+def wrap_distributed(cfg: Any) -> Strategy | None:
+    """Return the device :class:`~axolotl_weave.Strategy` of the run.
 
-    Called once per run, after ``build_loss``; the core then calls ``accelerator.prepare`` on
-    the model and optimizer. DDP, FSDP and DeepSpeed plugins configure the accelerator when the
+    The strategy places the model (and any frozen extra model, such as a reference), the
+    optimizer and the schedule on devices (``prepare``), runs ``backward``, steps the optimizer
+    with clipping at accumulation boundaries (``optimizer_step``), unwraps the model, and saves
+    and loads model and optimizer state in checkpoints (collectively where it shards). An
+    engine that owns accumulation and the step (DeepSpeed) makes ``optimizer_step`` read the
+    norm without stepping again. :class:`~axolotl_weave.AccelerateStrategy` is the base most
+    strategies extend.
+
+    Called once per run, after ``build_loss``. DDP, FSDP and DeepSpeed plugins answer when the
     config asks for them. Stops at the first non-None result; single device answers last.
+    """
+
+
+@hookspec(firstresult=True)
+def training_step(
+    cfg: Any,
+    strategy: Strategy,
+    model: Any,
+    objective: LossFunction,
+    window: list[dict[str, Any]],
+    state: TrainState,
+) -> dict[str, float] | None:
+    """Run the forward and backward passes of one accumulation window; return its metrics.
+
+    :param strategy: the run's strategy: call ``strategy.backward(loss)`` (never
+        ``loss.backward()``), ``strategy.no_sync(model)`` around micro-batches before the last,
+        ``strategy.autocast()`` around forward passes, ``strategy.reduce`` for metrics.
+    :param model: the prepared (possibly wrapped) model, in training mode.
+    :param objective: what ``build_loss`` returned.
+    :param window: ``gradient_accumulation_steps`` micro-batches (fewer at an epoch's end), as
+        the collator made them, on the CPU: every column the format declared.
+    :param state: ``state.global_step`` is the number of steps done before this one.
+
+    Return a mapping with at least ``loss`` (the mean over the window, every process), and any
+    other metric (``rewards/margins``, ``kl``...): each is logged and handed to loggers. The
+    core then lets the strategy step the optimizer and the schedule. Stops at the first
+    non-None result: a method that needs two forward passes (a reference model) or generation
+    answers when its config is on; the supervised step answers last (``trylast``).
     """
 
 
@@ -241,10 +374,48 @@ def on_log(cfg: Any, state: TrainState, metrics: dict[str, float]) -> None:
 
 
 @hookspec
-def on_train_end(cfg: Any, state: TrainState) -> None:
-    """Training has finished (before ``post_train``). For loggers to flush and close.
+def save_checkpoint_state(cfg: Any, state: TrainState, model: Any, folder: Path) -> None:
+    """Add this plugin's own state to the checkpoint being written in ``folder``.
 
-    Called once, on the main process only. Collects all results.
+    :param model: the unwrapped model.
+    :param folder: the checkpoint while it is staged (renamed into place once complete):
+        write files under ``folder / <your plugin name>``.
+
+    Called at each checkpoint on every process (write from the main one,
+    ``strategy.is_main_process``, unless the state is per process), after the core's files.
+    Collects all results.
+    """
+
+
+@hookspec
+def load_checkpoint_state(cfg: Any, state: TrainState, model: Any, folder: Path) -> None:
+    """Restore what ``save_checkpoint_state`` wrote, resuming from ``folder``.
+
+    Called once when a run resumes, on every process, before the core restores the trainable
+    weights, the optimizer and the schedule (so a plugin can put back base weights a
+    trainable adapter sits on). Collects all results.
+    """
+
+
+@hookspec
+def lr_multiplier(cfg: Any, step: int) -> float | None:
+    """A factor on the learning rate at optimizer step ``step``, or None for none.
+
+    Called by the schedule at each step (keep it cheap and pure: a function of ``step``);
+    every answer multiplies the ``lr_scheduler``'s factor, so the logged ``learning_rate`` is
+    the rate the optimizer used. Collects all results.
+    """
+
+
+@hookspec
+def on_train_end(cfg: Any, state: TrainState, error: BaseException | None) -> None:
+    """Training has ended, well or not (before ``post_train``). For loggers to flush and close.
+
+    :param error: None when every step ran; else the exception that stopped training
+        (``KeyboardInterrupt`` included), which propagates after this hook: close the run as
+        failed. Checkpoints already written are intact.
+
+    Called once, on the main process only, from a ``finally``. Collects all results.
     """
 
 
@@ -254,15 +425,15 @@ def on_train_end(cfg: Any, state: TrainState) -> None:
 
 
 @hookspec
-def post_train(
-    cfg: Any, model: Any, tokenizer: Any, accelerator: Accelerator, output_dir: Path
-) -> None:
+def post_train(cfg: Any, model: Any, tokenizer: Any, strategy: Strategy, output_dir: Path) -> None:
     """Every plugin's chance after training: save, merge an adapter, push, upload artifacts.
 
     :param model: the trained model, unwrapped from any distributed wrapper.
+    :param strategy: the run's strategy (``strategy.is_main_process``,
+        ``strategy.wait_for_everyone()``, ``strategy.full_state_dict(model)`` for a sharded one).
     :param output_dir: ``cfg.output_dir`` as a path; it exists.
 
-    Called once after the last step, on every process (use ``accelerator.is_main_process`` to
-    write once). Collects all results; use ``tryfirst``/``trylast`` when one must run before
+    Called once after the last step of a successful run, on every process (use
+    ``strategy.is_main_process`` to write once). Collects all results; use ``tryfirst``/``trylast`` when one must run before
     another (saving before uploading).
     """

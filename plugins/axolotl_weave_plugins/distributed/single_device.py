@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from axolotl_weave import hookimpl, resolve_precision
+from axolotl_weave import AccelerateStrategy, hookimpl, resolve_precision
 
 PLUGIN_KIND = "distributed"
 
 
 @hookimpl(trylast=True)
-def wrap_distributed(cfg: Any) -> Any:
-    """An `accelerate.Accelerator` with the config's mixed precision.
+def wrap_distributed(cfg: Any) -> AccelerateStrategy:
+    """An `AccelerateStrategy` on an `accelerate.Accelerator` with the config's mixed precision.
 
     accelerate keeps its state in a process-wide singleton; a second run in the same process
     (a notebook, a sweep, the tests) may ask for another precision, so a single-process run
@@ -26,4 +26,4 @@ def wrap_distributed(cfg: Any) -> Any:
 
     if PartialState().num_processes == 1:
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=resolve_precision(cfg).mixed_precision)
+    return AccelerateStrategy(Accelerator(mixed_precision=resolve_precision(cfg).mixed_precision))

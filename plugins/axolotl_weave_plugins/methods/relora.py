@@ -298,12 +298,12 @@ def is_main_process() -> bool:
 
 @hookimpl(wrapper=True)
 def post_train(
-    cfg: Any, model: Any, tokenizer: Any, accelerator: Any, output_dir: Path
+    cfg: Any, model: Any, tokenizer: Any, strategy: Any, output_dir: Path
 ) -> Generator[None, None, None]:
     """After the other plugins saved, replace the adapter in `output_dir` by the whole merged
     model (written to a temporary folder, then moved in)."""
     result = yield
-    if not getattr(cfg, "relora_steps", None) or not accelerator.is_main_process:
+    if not getattr(cfg, "relora_steps", None) or not strategy.is_main_process:
         return result
     merged = model.merge_and_unload()
     staging = output_dir / ".saving-relora"

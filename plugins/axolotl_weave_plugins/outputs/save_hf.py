@@ -18,10 +18,10 @@ PLUGIN_KIND = "output"
 
 
 @hookimpl(tryfirst=True)
-def post_train(model: Any, tokenizer: Any, accelerator: Any, output_dir: Path) -> None:
+def post_train(model: Any, tokenizer: Any, strategy: Any, output_dir: Path) -> None:
     """Write the model (or adapter) and tokenizer to `output_dir` on the main process."""
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
+    strategy.wait_for_everyone()
+    if not strategy.is_main_process:
         return
     staging = output_dir / ".saving"
     shutil.rmtree(staging, ignore_errors=True)

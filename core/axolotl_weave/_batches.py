@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from axolotl_weave._types import IGNORE_INDEX
+from axolotl_weave._types import PAD_TOKEN, SFT_COLUMNS
 
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset
 
-MODEL_COLUMNS = ("input_ids", "labels", "attention_mask")
+Columns = dict[str, "int | str | None"]
+"""Batch columns and their padding (see `DatasetFormat.columns`)."""
+
 NOT_MODEL_INPUTS = ("labels", "num_tokens")
 """Batch keys that are not passed to the model's forward."""
 
@@ -22,12 +24,19 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def batch_tokens(batch: dict[str, Any]) -> int:
-    """Real (non-padding) tokens in a micro-batch, packed or padded."""
+    """Real (non-padding) tokens in a micro-batch, packed or padded, over every sequence of a
+    row (`chosen_input_ids` and `rejected_input_ids` both count)."""
     if "num_tokens" in batch:
         return int(batch["num_tokens"])
-    if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
-    return int(batch["input_ids"].numel())
+    masks = [value for key, value in batch.items() if key.endswith("attention_mask")]
+    if masks:
+        return int(sum(int(mask.sum()) for mask in masks))
+    return int(sum(v.numel() for k, v in batch.items() if k.endswith("input_ids")))
+
+
+def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    """The batch with its tensors on `device` (text and other columns as they are)."""
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
 def micro_batches_per_epoch(num_rows: int, micro_batch_size: int, world_size: int = 1) -> int:
@@ -55,11 +64,13 @@ def iter_micro_batches(
     pad_token_id: int,
     start: int = 0,
     pad_to: int | None = None,
+    columns: Columns | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Padded micro-batches of `order`, beginning at micro-batch number `start`."""
+    columns = columns or SFT_COLUMNS
     for first in range(start * micro_batch_size, len(order), micro_batch_size):
-        rows = read_rows(dataset, order[first : first + micro_batch_size])
-        yield collate(rows, pad_token_id, pad_to)
+        rows = read_rows(dataset, order[first : first + micro_batch_size], columns)
+        yield collate(rows, pad_token_id, pad_to, columns)
 
 
 def iter_packed_micro_batches(
@@ -79,11 +90,13 @@ def iter_packed_micro_batches(
         )
 
 
-def read_rows(dataset: Dataset, indices: list[int]) -> list[dict[str, Any]]:
-    """The model columns of `dataset`'s rows at `indices`, as dicts, in that order."""
-    columns = [c for c in MODEL_COLUMNS if c in dataset.column_names]
-    chunk = dataset.select_columns(columns)[indices]
-    return [dict(zip(columns, row, strict=True)) for row in zip(*chunk.values(), strict=True)]
+def read_rows(
+    dataset: Dataset, indices: list[int], columns: Columns | None = None
+) -> list[dict[str, Any]]:
+    """The batch columns of `dataset`'s rows at `indices`, as dicts, in that order."""
+    wanted = [c for c in (columns or SFT_COLUMNS) if c in dataset.column_names]
+    chunk = dataset.select_columns(wanted)[indices]
+    return [dict(zip(wanted, row, strict=True)) for row in zip(*chunk.values(), strict=True)]
 
 
 def iter_stream_micro_batches(
@@ -93,6 +106,7 @@ def iter_stream_micro_batches(
     rank: int = 0,
     world_size: int = 1,
     start: int = 0,
+    columns: Columns | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Padded micro-batches read from a stream (an `IterableDataset`), this process's share,
     beginning at micro-batch number `start` (the rows before it are skipped, for resuming)."""
@@ -102,29 +116,43 @@ def iter_stream_micro_batches(
         stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
     if start:
         stream = stream.skip(start * micro_batch_size)
+    columns = columns or SFT_COLUMNS
     rows: list[dict[str, Any]] = []
     for row in stream:
-        rows.append({key: row[key] for key in MODEL_COLUMNS if key in row})
+        rows.append({key: row[key] for key in columns if key in row})
         if len(rows) == micro_batch_size:
-            yield collate(rows, pad_token_id)
+            yield collate(rows, pad_token_id, columns=columns)
             rows = []
     if rows:
-        yield collate(rows, pad_token_id)
+        yield collate(rows, pad_token_id, columns=columns)
 
 
 def collate(
-    rows: list[dict[str, Any]], pad_token_id: int, pad_to: int | None = None
-) -> dict[str, torch.Tensor]:
-    """Right-pad rows to the longest (or to `pad_to`): pad id for inputs, IGNORE_INDEX for
-    labels, 0 in the mask."""
+    rows: list[dict[str, Any]],
+    pad_token_id: int,
+    pad_to: int | None = None,
+    columns: Columns | None = None,
+) -> dict[str, Any]:
+    """Right-pad each sequence column to its longest (or to `pad_to`) with its padding (the pad
+    id for inputs, IGNORE_INDEX for labels, 0 in masks); scalar columns become a tensor, text a
+    list. A missing `attention_mask` is all ones over `input_ids`."""
     import torch
 
-    longest = pad_to or max(len(row["input_ids"]) for row in rows)
-    batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "attention_mask": []}
-    for row in rows:
-        pad = longest - len(row["input_ids"])
-        batch["input_ids"].append(list(row["input_ids"]) + [pad_token_id] * pad)
-        batch["labels"].append(list(row["labels"]) + [IGNORE_INDEX] * pad)
-        mask = row.get("attention_mask") or [1] * len(row["input_ids"])
-        batch["attention_mask"].append(list(mask) + [0] * pad)
-    return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+    columns = columns or SFT_COLUMNS
+    batch: dict[str, Any] = {}
+    for key, padding in columns.items():
+        if key == "attention_mask" and "input_ids" in rows[0]:
+            values = [row.get(key) or [1] * len(row["input_ids"]) for row in rows]
+        elif key in rows[0]:
+            values = [row[key] for row in rows]
+        else:
+            continue
+        if padding is None:
+            is_text = isinstance(values[0], str)
+            batch[key] = values if is_text else torch.tensor(values)
+            continue
+        fill = pad_token_id if padding == PAD_TOKEN else int(padding)
+        longest = pad_to or max(len(value) for value in values)
+        padded = [list(value) + [fill] * (longest - len(value)) for value in values]
+        batch[key] = torch.tensor(padded, dtype=torch.long)
+    return batch

@@ -63,68 +63,87 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
     return path
 
 
-def save_checkpoint(
-    output_dir: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    state: TrainState,
-    save_total_limit: int | None,
-) -> Path:
-    """Write `checkpoint-<step>` atomically, then prune beyond `save_total_limit`."""
-    import torch
-    from safetensors.torch import save_file
-
-    final = output_dir / f"checkpoint-{state.global_step}"
-    tmp = output_dir / f".checkpoint-{state.global_step}.tmp"
+def stage_checkpoint(output_dir: Path, step: int) -> Path:
+    """A fresh, empty staging folder for the checkpoint of `step` (main process)."""
+    tmp = output_dir / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    trainable = {
-        name: param.detach().to("cpu").contiguous()
-        for name, param in model.named_parameters()
-        if param.requires_grad
-    }
-    save_file(trainable, str(tmp / WEIGHTS_FILE))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng_state.pt")
-    _write_json(tmp / STATE_FILE, state.to_json())
+    return tmp
+
+
+def finish_checkpoint(
+    output_dir: Path, staged: Path, state: TrainState, save_total_limit: int | None
+) -> Path:
+    """Add the RNG and train state to a staged checkpoint, rename it into place, then prune
+    beyond `save_total_limit` (main process). `trainer_state.json` marks it complete."""
+    import torch
+
+    torch.save(rng_state(), staged / "rng_state.pt")
+    _write_json(staged / STATE_FILE, state.to_json())
+    final = output_dir / f"checkpoint-{state.global_step}"
     if final.exists():  # re-saving a step (after a resume): swap, never delete first
         old = output_dir / f".checkpoint-{state.global_step}.old"
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
-        os.replace(tmp, final)
+        os.replace(staged, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, final)
+        os.replace(staged, final)
     if save_total_limit:
         for stale in checkpoints(output_dir)[:-save_total_limit]:
             shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
-def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> dict[str, Any]:
-    """Restore weights, optimizer, schedule and RNG from `path`; return the saved train state."""
+def write_training_state(
+    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> None:
+    """The trainable weights (by parameter name), the optimizer and the schedule, into `folder`."""
+    import torch
+    from safetensors.torch import save_file
+
+    trainable = {
+        name: param.detach().to("cpu").contiguous()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+    save_file(trainable, str(folder / WEIGHTS_FILE))
+    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    torch.save(scheduler.state_dict(), folder / "scheduler.pt")
+
+
+def read_training_state(
+    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> None:
+    """Restore what `write_training_state` wrote."""
     import torch
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / WEIGHTS_FILE))
+    weights = load_file(str(folder / WEIGHTS_FILE))
     params = dict(model.named_parameters())
     unknown = [name for name in weights if name not in params]
     if unknown:
         raise WeaveError(
-            f"checkpoint {path} does not fit this model: {len(unknown)} unknown weight(s), "
+            f"checkpoint {folder} does not fit this model: {len(unknown)} unknown weight(s), "
             f"e.g. {unknown[0]}; was it made with another config?"
         )
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    set_rng_state(torch.load(path / "rng_state.pt", weights_only=False))
-    return json.loads((path / STATE_FILE).read_text())
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+
+
+def read_train_state(folder: Path) -> dict[str, Any]:
+    """The train state saved in `folder` (step, epoch, data position, log history)."""
+    return json.loads((folder / STATE_FILE).read_text())
+
+
+def restore_rng(folder: Path) -> None:
+    """Every random generator as `folder` saved it."""
+    import torch
+
+    set_rng_state(torch.load(folder / "rng_state.pt", weights_only=False))
 
 
 def rng_state() -> dict[str, Any]:

@@ -4,8 +4,10 @@ training loop → post_train. `weave preprocess` stops after the datasets.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +61,7 @@ def open_session(
     hooks = Hooks(pm)
     model = build_config_model(hooks.config_fields())
     formats = hooks.dataset_formats()
-    cfg = validate_config(data, model, formats, str(source), sorted(hooks.optimizers()))
+    cfg = validate_config(data, model, formats, str(source), hooks)
     return Session(cfg, hooks, str(source), formats, hooks.model_families())
 
 
@@ -127,13 +129,31 @@ def save_resolved_config(cfg: CoreConfig, output_dir: Path) -> Path:
 
 def train(session: Session) -> TrainState:
     """The whole fine-tune: every pipeline hook in order, then the loop, then `post_train`."""
-    from transformers import set_seed
-
-    cfg, hooks = session.cfg, session.hooks
+    cfg = session.cfg
     output_dir = Path(cfg.output_dir)
     resolve_resume(cfg.resume_from_checkpoint, output_dir)  # a bad path fails before any work
     output_dir.mkdir(parents=True, exist_ok=True)
     save_resolved_config(cfg, output_dir)
+    with run_scoped_plugins(session):
+        return train_configured(session)
+
+
+@contextlib.contextmanager
+def run_scoped_plugins(session: Session) -> Iterator[None]:
+    """The run-scoped plugin objects `configure` registers, unregistered when the run ends."""
+    names = session.hooks.configure(session.cfg)
+    try:
+        yield
+    finally:
+        session.hooks.unconfigure(names)
+
+
+def train_configured(session: Session) -> TrainState:
+    """`train` once the run-scoped plugins are registered."""
+    from transformers import set_seed
+
+    cfg, hooks = session.cfg, session.hooks
+    output_dir = Path(cfg.output_dir)
     set_seed(cfg.seed)
 
     family = family_of(session)
@@ -153,10 +173,23 @@ def train(session: Session) -> TrainState:
 
     trainer = build_trainer(session, family, tokenizer, data.train, data.eval)
     state = trainer.run()
-    hooks.post_train(
-        cfg, trainer.acc.unwrap_model(trainer.model), tokenizer, trainer.acc, output_dir
-    )
+    strategy = trainer.strategy
+    hooks.post_train(cfg, strategy.unwrap(trainer.model), tokenizer, strategy, output_dir)
     return state
+
+
+def batch_columns(formats: dict[str, DatasetFormat]) -> dict[str, Any]:
+    """Every column some format declares, with its padding; two formats padding one column
+    differently is a plugin conflict."""
+    columns: dict[str, Any] = {}
+    for fmt in formats.values():
+        for name, padding in fmt.columns.items():
+            if columns.setdefault(name, padding) != padding:
+                raise ConfigError(
+                    f"dataset formats disagree on how column '{name}' is padded "
+                    f"({columns[name]!r} vs {padding!r} in '{fmt.name}')"
+                )
+    return columns
 
 
 def build_trainer(
@@ -183,10 +216,18 @@ def build_trainer(
         apply_unfrozen_parameters(model, cfg.unfrozen_parameters)
     hooks.patch_attention(model, cfg, family)
     loss_fn = hooks.build_loss(cfg, model)
-    accelerator = hooks.wrap_distributed(cfg)
+    strategy = hooks.wrap_distributed(cfg)
     log_parameter_counts(model)
     return Trainer(
-        cfg, hooks, model, loss_fn, accelerator, train_set, eval_set, tokenizer.pad_token_id
+        cfg,
+        hooks,
+        model,
+        loss_fn,
+        strategy,
+        train_set,
+        eval_set,
+        tokenizer.pad_token_id,
+        batch_columns(session.formats),
     )
 
 

@@ -13,7 +13,6 @@ speak to both engines).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -57,7 +56,9 @@ class Strategy(Protocol):
     def backward(self, loss: torch.Tensor) -> None:
         """Back-propagate `loss` (scaled, or stepping the engine, as the strategy needs)."""
 
-    def optimizer_step(self, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float) -> float:
+    def optimizer_step(
+        self, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float
+    ) -> float:
         """At an accumulation boundary: clip to `max_grad_norm` (when > 0), step the optimizer and
         the schedule, zero the gradients; return the gradient norm (NaN when not clipped)."""
 
@@ -135,7 +136,9 @@ class AccelerateStrategy:
         """accelerate's backward (it scales fp16 losses and steps a DeepSpeed engine)."""
         self.accelerator.backward(loss)
 
-    def optimizer_step(self, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float) -> float:
+    def optimizer_step(
+        self, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float
+    ) -> float:
         """Clip, step, advance the schedule, zero the gradients; the norm before clipping."""
         grad_norm = float("nan")
         if max_grad_norm:
@@ -173,9 +176,3 @@ class AccelerateStrategy:
     def free_memory(self) -> None:
         """accelerate's free_memory."""
         self.accelerator.free_memory()
-
-
-@contextlib.contextmanager
-def nullcontext() -> Iterator[None]:
-    """A context that does nothing (for strategies without a given feature)."""
-    yield

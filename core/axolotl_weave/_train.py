@@ -1,13 +1,15 @@
-"""The training loop, on accelerate: accumulation with exact token normalisation, eval, checkpoints.
+"""The training loop: windows of micro-batches, the `training_step` hook, the strategy's
+optimizer step, evaluation, logging and checkpoints.
 
-One optimizer step takes `gradient_accumulation_steps` micro-batches. Each micro-batch's summed loss
-is divided by the number of target units in the whole accumulated batch (all processes), so a step
-equals one step on the concatenated micro-batches, whatever their lengths.
+One optimizer step takes `gradient_accumulation_steps` micro-batches (a window). The
+`training_step` plugin runs their forward and backward passes (the supervised one divides each
+micro-batch's summed loss by the target units of the whole window, so a step equals one step on
+the concatenated micro-batches); the strategy then clips and steps. `on_train_end` is called
+whatever the outcome.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -19,16 +21,24 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from axolotl_weave._batches import (
+    Columns,
     batch_tokens,
     epoch_order,
     iter_micro_batches,
     iter_packed_micro_batches,
     iter_stream_micro_batches,
     micro_batches_per_epoch,
+    to_device,
 )
-from axolotl_weave._checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from axolotl_weave._checkpoint import (
+    finish_checkpoint,
+    read_train_state,
+    resolve_resume,
+    restore_rng,
+    stage_checkpoint,
+)
 from axolotl_weave._console import console, progress_bar
-from axolotl_weave._errors import DataError
+from axolotl_weave._errors import ConfigError, DataError
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._optim import build_optimizer, build_scheduler
 from axolotl_weave._packing import (
@@ -38,11 +48,12 @@ from axolotl_weave._packing import (
     padded_efficiency,
     warn_below_estimate,
 )
-from axolotl_weave._types import LossFunction, TrainState
+from axolotl_weave._types import SFT_COLUMNS, LossFunction, TrainState
 
 if TYPE_CHECKING:
-    from accelerate import Accelerator
     from datasets import Dataset, IterableDataset
+
+    from axolotl_weave._strategy import Strategy
 
 log = logging.getLogger("axolotl_weave")
 
@@ -89,15 +100,18 @@ class Trainer:
         hooks: Hooks,
         model: torch.nn.Module,
         loss_fn: LossFunction,
-        accelerator: Accelerator,
+        strategy: Strategy,
         train_set: Dataset | IterableDataset,
         eval_set: Dataset | None,
         pad_token_id: int,
+        columns: Columns | None = None,
     ) -> None:
-        self.cfg, self.hooks, self.loss_fn, self.acc = cfg, hooks, loss_fn, accelerator
+        self.cfg, self.hooks, self.loss_fn, self.strategy = cfg, hooks, loss_fn, strategy
         self.train_set, self.eval_set, self.pad_token_id = train_set, eval_set, pad_token_id
+        self.columns = dict(columns or SFT_COLUMNS)
         self.streaming = not hasattr(train_set, "__len__")
         self.pad_to = cfg.sequence_len if cfg.pad_to_sequence_len else None
+        self.refuse_unpackable_columns(train_set)
         self.packer = self.make_packer(train_set, shuffle=True) if self.packs(train_set) else None
         if self.streaming:
             per_epoch = None
@@ -108,13 +122,13 @@ class Trainer:
             self.report_packing(self.packer)
         else:
             per_epoch = micro_batches_per_epoch(
-                len(train_set), cfg.micro_batch_size, accelerator.num_processes
+                len(train_set), cfg.micro_batch_size, strategy.num_processes
             )
         self.schedule = plan_schedule(cfg, per_epoch)
         self.output_dir = Path(cfg.output_dir)
         optimizer = build_optimizer(cfg, model, hooks)
-        self.scheduler = build_scheduler(cfg, optimizer, self.schedule.max_steps)
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        scheduler = build_scheduler(cfg, optimizer, self.schedule.max_steps)
+        self.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
         self.state = TrainState(
             output_dir=self.output_dir,
             max_steps=self.schedule.max_steps,
@@ -123,11 +137,26 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> TrainState:
-        """Train to `max_steps` (resuming first if asked), evaluating and saving on schedule."""
-        self.maybe_resume()
-        main = self.acc.is_main_process
-        if main:
-            self.hooks.on_train_begin(self.cfg, self.state)
+        """Train to `max_steps` (resuming first if asked), evaluating and saving on schedule;
+        `on_train_end` is told the outcome, whatever it is."""
+        main = self.strategy.is_main_process
+        error: BaseException | None = None
+        try:
+            self.maybe_resume()
+            if main:
+                self.hooks.on_train_begin(self.cfg, self.state)
+            self.train_steps()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if main:
+                self.hooks.on_train_end(self.cfg, self.state, error)
+        return self.state
+
+    def train_steps(self) -> None:
+        """The loop over windows until `max_steps`."""
+        main = self.strategy.is_main_process
         self.model.train()
         batches = self.micro_batches()
         window_tokens, window_start = 0, time.perf_counter()
@@ -141,7 +170,7 @@ class Trainer:
                     self.state.batches_into_epoch = 0
                     batches = self.micro_batches()
                     continue
-                loss, n_units, grad_norm = self.step(window)
+                metrics = self.step(window)
                 n_tokens = sum(batch_tokens(b) for b in window)
                 self.state.global_step += 1
                 self.state.batches_into_epoch += len(window)
@@ -149,21 +178,23 @@ class Trainer:
                 self.hooks.on_step_end(
                     self.cfg,
                     self.state,
-                    self.acc.unwrap_model(self.model),
+                    self.strategy.unwrap(self.model),
                     getattr(self.optimizer, "optimizer", self.optimizer),  # the torch one
                 )
                 window_tokens += n_tokens
-                bar.advance(loss)
+                bar.advance(metrics["loss"])
                 step = self.state.global_step
                 if step % self.cfg.logging_steps == 0 or step == self.schedule.max_steps:
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    grad_norm = metrics.pop("grad_norm")
                     self.log(
                         {
-                            "loss": loss,
+                            "loss": metrics.pop("loss"),
                             "learning_rate": self.scheduler.get_last_lr()[0],
                             "grad_norm": grad_norm,
                             "epoch": self.fractional_epoch(),
                             "tokens_per_second": window_tokens / elapsed,
+                            **metrics,
                         }
                     )
                     window_tokens, window_start = 0, time.perf_counter()
@@ -174,38 +205,35 @@ class Trainer:
                     self.log({"eval_loss": self.evaluate(), "epoch": self.fractional_epoch()})
                 if self.schedule.save_every and step % self.schedule.save_every == 0:
                     self.save()
-        if main:
-            self.hooks.on_train_end(self.cfg, self.state)
-        return self.state
 
-    def step(self, window: list[dict[str, torch.Tensor]]) -> tuple[float, int, float]:
-        """One optimizer step over the micro-batches of `window`; returns loss, units, grad norm."""
-        device = self.acc.device
-        window = [{k: v.to(device) for k, v in batch.items()} for batch in window]
-        units = sum(self.loss_fn.count(batch) for batch in window)
-        total_units = self.acc.reduce(torch.as_tensor(units, device=device), "sum")
-        scale = self.acc.num_processes / total_units.clamp(min=1).float()
-        summed = torch.zeros((), device=device)
-        for i, batch in enumerate(window):
-            last = i == len(window) - 1
-            sync = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
-            with sync:
-                with self.acc.autocast():
-                    loss_sum = self.loss_fn(self.model, batch)
-                self.acc.backward(loss_sum * scale)
-            summed += loss_sum.detach().float()
-        grad_norm = float("nan")
-        if self.cfg.max_grad_norm:
-            grad_norm = float(
-                self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-            )
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        mean_loss = self.acc.reduce(summed, "sum") / total_units.clamp(min=1)
-        return float(mean_loss), int(total_units), grad_norm
+    def step(self, window: list[dict[str, Any]]) -> dict[str, float]:
+        """One optimizer step over the micro-batches of `window`: the `training_step` plugin's
+        passes, then the strategy's step; returns the step's metrics with `grad_norm`."""
+        window = [to_device(batch, self.strategy.device) for batch in window]
+        metrics = self.hooks.training_step(
+            self.cfg, self.strategy, self.model, self.loss_fn, window, self.state
+        )
+        if "loss" not in metrics:
+            raise TypeError(f"training_step returned no 'loss' (got {sorted(metrics)})")
+        grad_norm = self.strategy.optimizer_step(
+            self.model, self.optimizer, self.scheduler, self.cfg.max_grad_norm
+        )
+        return {**{k: float(v) for k, v in metrics.items()}, "grad_norm": grad_norm}
 
     # -- data ----------------------------------------------------------------------------------
+    def refuse_unpackable_columns(self, dataset: Any) -> None:
+        """Packing joins rows end to end: refused, with the reason, for rows with other columns
+        than the supervised ones (pairs, scalars, text)."""
+        if not self.cfg.sample_packing or not hasattr(dataset, "column_names"):
+            return
+        extra = [c for c in dataset.column_names if c in self.columns and c not in SFT_COLUMNS]
+        if extra:
+            raise ConfigError(
+                f"sample_packing: these rows carry columns that cannot be packed "
+                f"({', '.join(extra)}): packing joins rows of input_ids/labels only; "
+                "set sample_packing: false"
+            )
+
     def packs(self, dataset: Any, evaluation: bool = False) -> bool:
         """Whether `dataset` is packed: `sample_packing` (`eval_sample_packing` for eval), not
         for a stream."""
@@ -219,14 +247,19 @@ class Trainer:
         """The bin packing of `dataset` for this process (`sample_packing_*` settings)."""
         size = self.cfg.micro_batch_size if shuffle else self.eval_batch_size()
         return packer_for(
-            self.cfg, dataset, size, shuffle, self.acc.process_index, self.acc.num_processes
+            self.cfg,
+            dataset,
+            size,
+            shuffle,
+            self.strategy.process_index,
+            self.strategy.num_processes,
         )
 
     def report_packing(self, packer: Packer) -> None:
         """Print how well the rows packed, and warn below `sample_packing_eff_est`."""
         order = epoch_order(len(packer.lengths), self.cfg.seed, 0)  # as unpacked training reads
         unpacked = padded_efficiency(packer.lengths[order], self.cfg.micro_batch_size)
-        if self.acc.is_main_process:
+        if self.strategy.is_main_process:
             console.print(packing_summary(packer, unpacked))
         warn_below_estimate(packer, self.cfg.sample_packing_eff_est)
 
@@ -244,16 +277,17 @@ class Trainer:
                 self.train_set,
                 self.cfg.micro_batch_size,
                 self.pad_token_id,
-                self.acc.process_index,
-                self.acc.num_processes,
+                self.strategy.process_index,
+                self.strategy.num_processes,
                 start=self.state.batches_into_epoch,
+                columns=self.columns,
             )
         order = epoch_order(
             len(self.train_set),
             self.cfg.seed,
             self.state.epoch,
-            self.acc.process_index,
-            self.acc.num_processes,
+            self.strategy.process_index,
+            self.strategy.num_processes,
         )
         return iter_micro_batches(
             self.train_set,
@@ -262,6 +296,7 @@ class Trainer:
             self.pad_token_id,
             start=self.state.batches_into_epoch,
             pad_to=self.pad_to,
+            columns=self.columns,
         )
 
     def eval_micro_batches(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -272,7 +307,7 @@ class Trainer:
             bins = packer.micro_batch_bins(0)
             return iter_packed_micro_batches(self.eval_set, bins, self.pad_token_id, self.pad_to)
         order = epoch_order(
-            len(self.eval_set), 0, 0, self.acc.process_index, self.acc.num_processes
+            len(self.eval_set), 0, 0, self.strategy.process_index, self.strategy.num_processes
         )
         return iter_micro_batches(
             self.eval_set,
@@ -280,6 +315,7 @@ class Trainer:
             self.eval_batch_size(),
             self.pad_token_id,
             pad_to=self.pad_to,
+            columns=self.columns,
         )
 
     def next_window(
@@ -303,21 +339,22 @@ class Trainer:
     def evaluate(self) -> float:
         """Token-weighted mean loss over the eval set."""
         assert self.eval_set is not None
+        strategy = self.strategy
         self.model.eval()
-        total_loss = torch.zeros((), device=self.acc.device)
-        total_units = torch.zeros((), device=self.acc.device)
+        total_loss = torch.zeros((), device=strategy.device)
+        total_units = torch.zeros((), device=strategy.device)
         for batch in self.eval_micro_batches():
-            batch = {k: v.to(self.acc.device) for k, v in batch.items()}
-            with self.acc.autocast():
+            batch = to_device(batch, strategy.device)
+            with strategy.autocast():
                 total_loss += self.loss_fn(self.model, batch).float()
             total_units += self.loss_fn.count(batch)
         self.model.train()
-        loss = self.acc.reduce(total_loss, "sum") / self.acc.reduce(total_units, "sum").clamp(min=1)
+        loss = strategy.reduce(total_loss, "sum") / strategy.reduce(total_units, "sum").clamp(min=1)
         return float(loss)
 
     def log(self, metrics: dict[str, float]) -> None:
         """Record metrics in the state, print them, and hand them to logger plugins."""
-        if not self.acc.is_main_process:
+        if not self.strategy.is_main_process:
             return
         metrics = {k: float(v) for k, v in metrics.items()}
         self.state.log_history.append({"step": self.state.global_step, **metrics})
@@ -327,32 +364,39 @@ class Trainer:
         self.hooks.on_log(self.cfg, self.state, metrics)
 
     def save(self) -> None:
-        """Write a checkpoint (main process), after every process reached this step."""
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            model = self.acc.unwrap_model(self.model)
-            path = save_checkpoint(
-                self.output_dir,
-                model,
-                self.optimizer,
-                self.scheduler,
-                self.state,
-                self.cfg.save_total_limit,
-            )
+        """Write a checkpoint: staged by the main process, filled by every process (the strategy
+        may shard), plugins' state added, then renamed into place."""
+        strategy, main = self.strategy, self.strategy.is_main_process
+        strategy.wait_for_everyone()
+        staged = self.output_dir / f".checkpoint-{self.state.global_step}.tmp"
+        if main:
+            stage_checkpoint(self.output_dir, self.state.global_step)
+        strategy.wait_for_everyone()
+        strategy.save_state(staged, self.model, self.optimizer, self.scheduler)
+        model = strategy.unwrap(self.model)
+        self.hooks.save_checkpoint_state(self.cfg, self.state, model, staged)
+        strategy.wait_for_everyone()
+        if main:
+            path = finish_checkpoint(self.output_dir, staged, self.state, self.cfg.save_total_limit)
             log.info("saved %s", path)
-        self.acc.wait_for_everyone()
+        strategy.wait_for_everyone()
 
     def maybe_resume(self) -> None:
-        """Restore from `resume_from_checkpoint` (a folder, or 'auto' for the newest)."""
+        """Restore from `resume_from_checkpoint` (a folder, or 'auto' for the newest): plugins'
+        state (the train state already read), then the strategy's weights, optimizer and
+        schedule, then the random generators."""
         path = resolve_resume(self.cfg.resume_from_checkpoint, self.output_dir)
         if path is None:
             if self.cfg.resume_from_checkpoint == "auto":
                 log.info("resume_from_checkpoint: auto found no checkpoint; starting fresh")
             return
-        model = self.acc.unwrap_model(self.model)
-        saved = load_checkpoint(path, model, self.optimizer, self.scheduler)
+        saved = read_train_state(path)
         for key in ("global_step", "epoch", "batches_into_epoch", "tokens_seen", "log_history"):
             setattr(self.state, key, saved[key])
+        model = self.strategy.unwrap(self.model)
+        self.hooks.load_checkpoint_state(self.cfg, self.state, model, path)
+        self.strategy.load_state(path, self.model, self.optimizer, self.scheduler)
+        restore_rng(path)
         console.print(f"resumed from {path} at step {self.state.global_step}")
 
 

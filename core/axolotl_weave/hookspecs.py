@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from axolotl_weave._config import DatasetEntry
     from axolotl_weave._strategy import Strategy
     from axolotl_weave._types import (
-        DataSource,
         DatasetFormat,
+        DataSource,
         LossFunction,
         ModelFamily,
         TrainState,
@@ -434,6 +434,6 @@ def post_train(cfg: Any, model: Any, tokenizer: Any, strategy: Strategy, output_
     :param output_dir: ``cfg.output_dir`` as a path; it exists.
 
     Called once after the last step of a successful run, on every process (use
-    ``strategy.is_main_process`` to write once). Collects all results; use ``tryfirst``/``trylast`` when one must run before
-    another (saving before uploading).
+    ``strategy.is_main_process`` to write once). Collects all results; use
+    ``tryfirst``/``trylast`` when one must run before another (saving before uploading).
     """

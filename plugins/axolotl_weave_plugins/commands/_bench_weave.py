@@ -83,7 +83,7 @@ def run_weave(
         state = trainer.run()
         peak = meter.peak_gib()
         reserved = meter.reserved_gib()
-        trainer.acc.free_memory()
+        trainer.strategy.free_memory()
         del trainer
     except torch.OutOfMemoryError:
         raise WeaveError(

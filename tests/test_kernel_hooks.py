@@ -1,0 +1,321 @@
+"""The kernel's open parts, used by test plugins end to end: a `training_step` of its own on a
+format with an extra column and its own metric; a run-scoped (`configure`) plugin with state in
+the checkpoints that resumes exactly; `on_train_end` told of a failure with the last checkpoint
+intact; `lr_multiplier` in the logged learning rate; the strategy the core steps through.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from axolotl_weave import (
+    IGNORE_INDEX,
+    SFT_COLUMNS,
+    AccelerateStrategy,
+    DatasetFormat,
+    PluginConfig,
+    Strategy,
+    hookimpl,
+    model_inputs,
+)
+from axolotl_weave._checkpoint import checkpoints
+from axolotl_weave._pluginmanager import make_plugin_manager
+from axolotl_weave._run import open_session, train
+from axolotl_weave.testing import write_config
+from safetensors.torch import load_file
+
+
+def run(config: dict[str, Any], path: Path, *plugins: object) -> Any:
+    """Train in-process with extra plugin objects registered; return the final TrainState."""
+    pm = make_plugin_manager()
+    for plugin in plugins:
+        pm.register(plugin)
+    return train(open_session(write_config(path, config), [], pm))
+
+
+def losses(state: Any) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in state.log_history if "loss" in e}
+
+
+# --- a training step of its own, on a column of its own -----------------------------------------
+
+
+def build_weighted(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+    """Alpaca rows as prompt+response, with a per-row `weight` column (1, 2 or 3)."""
+
+    def tokenize(row: dict[str, Any]) -> dict[str, Any]:
+        prompt = tokenizer(row["instruction"] + "\n")["input_ids"]
+        response = tokenizer(row["output"])["input_ids"] + [tokenizer.eos_token_id]
+        return {
+            "input_ids": prompt + response,
+            "labels": [IGNORE_INDEX] * len(prompt) + response,
+            "weight": float(1 + len(row["output"]) % 3),
+        }
+
+    return dataset.map(tokenize, remove_columns=dataset.column_names)
+
+
+class WeightedStep:
+    """A format declaring a scalar `weight` column, and a training step that weights each row's
+    mean token loss by it and reports its own metric."""
+
+    def __init__(self) -> None:
+        self.weights_seen: list[torch.Tensor] = []
+        self.logged: list[dict[str, float]] = []
+
+    @hookimpl
+    def register_dataset_formats(self, register: Any) -> None:
+        register(
+            DatasetFormat(
+                "weighted_alpaca", build=build_weighted, columns={**SFT_COLUMNS, "weight": None}
+            )
+        )
+
+    @hookimpl
+    def training_step(
+        self, strategy: Strategy, model: Any, window: list[dict[str, Any]]
+    ) -> dict[str, float]:
+        total = torch.zeros(())
+        for batch in window:
+            self.weights_seen.append(batch["weight"].cpu())
+            logits = model(**model_inputs({k: batch[k] for k in SFT_COLUMNS})).logits[:, :-1]
+            labels = batch["labels"][:, 1:]
+            per_token = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="none"
+            )
+            mask = (labels != IGNORE_INDEX).float()
+            per_row = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1)
+            loss = (per_row * batch["weight"].float()).mean() / len(window)
+            strategy.backward(loss)
+            total += loss.detach().cpu()
+        weights = torch.cat([b["weight"].float().cpu() for b in window])
+        return {"loss": float(total), "weighted/mean_weight": float(weights.mean())}
+
+    @hookimpl
+    def on_log(self, metrics: dict[str, float]) -> None:
+        self.logged.append(dict(metrics))
+
+
+def test_a_training_step_plugin_trains_on_its_own_column_and_logs_its_metric(
+    base_config: dict, tmp_path: Path
+) -> None:
+    plugin = WeightedStep()
+    config = {**base_config, "datasets": [{**base_config["datasets"][0], "type": "weighted_alpaca"}]}
+    state = run(config, tmp_path / "weighted.yml", plugin)
+
+    assert state.global_step == 4
+    assert len(plugin.weights_seen) == 4  # one window of one micro-batch per step
+    for weights in plugin.weights_seen:  # the scalar column reached the step as a tensor
+        assert weights.shape == (2,) and set(weights.tolist()) <= {1.0, 2.0, 3.0}
+    train_logs = [m for m in plugin.logged if "loss" in m]
+    assert len(train_logs) == 4
+    assert all(1.0 <= m["weighted/mean_weight"] <= 3.0 for m in train_logs)
+    assert all("grad_norm" in m and "learning_rate" in m for m in train_logs)
+    assert "weighted/mean_weight" in state.log_history[0]
+    metrics_file = Path(config["output_dir"]) / "metrics.jsonl"
+    if metrics_file.exists():  # the JSONL logger writes every metric
+        assert "weighted/mean_weight" in metrics_file.read_text()
+
+
+def test_packing_is_refused_for_rows_with_other_columns(base_config: dict, tmp_path: Path) -> None:
+    config = {
+        **base_config,
+        "sample_packing": True,
+        "datasets": [{**base_config["datasets"][0], "type": "weighted_alpaca"}],
+    }
+    with pytest.raises(Exception, match="cannot be packed.*weight"):
+        run(config, tmp_path / "packed.yml", WeightedStep())
+
+
+# --- a run-scoped plugin whose state lives in the checkpoints ------------------------------------
+
+
+class EmaSettings(PluginConfig):
+    loss_ema: bool = False
+
+
+class LossEma:
+    """The run-scoped object: an exponential moving average of the loss, checkpointed."""
+
+    def __init__(self) -> None:
+        self.ema: float | None = None
+
+    @hookimpl
+    def on_log(self, metrics: dict[str, float]) -> None:
+        if "loss" in metrics:
+            loss = metrics["loss"]
+            self.ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
+
+    @hookimpl
+    def save_checkpoint_state(self, folder: Path) -> None:
+        (folder / "loss_ema").mkdir()
+        (folder / "loss_ema" / "state.json").write_text(json.dumps({"ema": self.ema}))
+
+    @hookimpl
+    def load_checkpoint_state(self, folder: Path) -> None:
+        self.ema = json.loads((folder / "loss_ema" / "state.json").read_text())["ema"]
+
+
+class LossEmaFeature:
+    """The installed plugin: registers a `LossEma` for the run only when `loss_ema: true`."""
+
+    def __init__(self) -> None:
+        self.registered: list[LossEma] = []
+
+    @hookimpl
+    def add_config_fields(self) -> type[PluginConfig]:
+        return EmaSettings
+
+    @hookimpl
+    def configure(self, cfg: Any, register: Any) -> None:
+        if cfg.loss_ema:
+            ema = LossEma()
+            self.registered.append(ema)
+            register(ema, "loss-ema-run")
+
+
+class CrashAt:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @hookimpl
+    def on_step_end(self, state: Any) -> None:
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_a_run_scoped_plugin_with_checkpointed_state_resumes_exactly(
+    base_config: dict, tmp_path: Path
+) -> None:
+    config = {**base_config, "max_steps": 6, "save_steps": 2, "warmup_steps": 1, "loss_ema": True}
+
+    off = LossEmaFeature()
+    run({**config, "loss_ema": False, "output_dir": str(tmp_path / "off")}, tmp_path / "o.yml", off)
+    assert off.registered == []  # a feature that is off registers nothing
+
+    full = LossEmaFeature()
+    run({**config, "output_dir": str(tmp_path / "full")}, tmp_path / "full.yml", full)
+    expected = full.registered[0].ema
+
+    crashed = tmp_path / "crashed"
+    first = LossEmaFeature()
+    with pytest.raises(KeyboardInterrupt):
+        run({**config, "output_dir": str(crashed)}, tmp_path / "crash.yml", first, CrashAt(3))
+    assert [p.name for p in checkpoints(crashed)] == ["checkpoint-2"]
+    assert (crashed / "checkpoint-2" / "loss_ema" / "state.json").is_file()
+
+    again = LossEmaFeature()
+    config_resume = {**config, "output_dir": str(crashed), "resume_from_checkpoint": "auto"}
+    resumed = run(config_resume, tmp_path / "resume.yml", again)
+    assert resumed.global_step == 6
+    assert again.registered[0].ema == pytest.approx(expected, rel=1e-6)
+
+
+# --- failure ---------------------------------------------------------------------------------------
+
+
+class Outcome:
+    """Records what `on_train_end` and `post_train` were told."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException | None] = []
+        self.post_train_called = False
+
+    @hookimpl
+    def on_train_end(self, error: BaseException | None) -> None:
+        self.errors.append(error)
+
+    @hookimpl
+    def post_train(self) -> None:
+        self.post_train_called = True
+
+
+class FailAt:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @hookimpl
+    def on_step_end(self, state: Any) -> None:
+        if state.global_step == self.step:
+            raise RuntimeError(f"boom at step {self.step}")
+
+
+def test_a_failed_run_tells_on_train_end_and_keeps_the_last_checkpoint(
+    base_config: dict, tmp_path: Path
+) -> None:
+    config = {**base_config, "max_steps": 6, "save_steps": 2}
+    outcome = Outcome()
+    with pytest.raises(RuntimeError, match="boom at step 3"):
+        run(config, tmp_path / "fail.yml", outcome, FailAt(3))
+    assert len(outcome.errors) == 1 and isinstance(outcome.errors[0], RuntimeError)
+    assert not outcome.post_train_called
+    out = Path(config["output_dir"])
+    assert [p.name for p in checkpoints(out)] == ["checkpoint-2"]
+    weights = load_file(str(out / "checkpoint-2" / "trainable.safetensors"))
+    assert weights and all(torch.isfinite(t).all() for t in weights.values())
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+    assert not list(out.glob(".checkpoint-*"))  # nothing half-written
+
+    success = Outcome()
+    run({**config, "output_dir": str(tmp_path / "ok")}, tmp_path / "ok.yml", success)
+    assert success.errors == [None] and success.post_train_called
+
+
+# --- the learning rate a plugin scales, and the strategy -----------------------------------------
+
+
+class HalfRate:
+    @hookimpl
+    def lr_multiplier(self, step: int) -> float:
+        return 0.5
+
+
+def test_an_lr_multiplier_shows_in_the_logged_learning_rate(
+    base_config: dict, tmp_path: Path
+) -> None:
+    config = {**base_config, "lr_scheduler": "constant"}
+    plain = run({**config, "output_dir": str(tmp_path / "a")}, tmp_path / "a.yml")
+    halved = run({**config, "output_dir": str(tmp_path / "b")}, tmp_path / "b.yml", HalfRate())
+    rates = [e["learning_rate"] for e in plain.log_history if "learning_rate" in e]
+    halved_rates = [e["learning_rate"] for e in halved.log_history if "learning_rate" in e]
+    assert rates and halved_rates == pytest.approx([r / 2 for r in rates])
+
+
+class CountingStrategy(AccelerateStrategy):
+    """The default strategy, counting what the core asks of it."""
+
+    steps = 0
+    saves = 0
+
+    def optimizer_step(self, *args: Any) -> float:
+        CountingStrategy.steps += 1
+        return super().optimizer_step(*args)
+
+    def save_state(self, *args: Any) -> None:
+        CountingStrategy.saves += 1
+        super().save_state(*args)
+
+
+class CountingDistributed:
+    def __init__(self) -> None:
+        self.strategy: Strategy | None = None
+
+    @hookimpl
+    def wrap_distributed(self) -> Strategy:
+        from accelerate import Accelerator
+
+        self.strategy = CountingStrategy(Accelerator(cpu=True))
+        return self.strategy
+
+
+def test_the_core_steps_and_saves_through_the_strategy(base_config: dict, tmp_path: Path) -> None:
+    CountingStrategy.steps = CountingStrategy.saves = 0
+    config = {**base_config, "max_steps": 4, "save_steps": 2, "gradient_accumulation_steps": 2}
+    distributed = CountingDistributed()
+    run(config, tmp_path / "s.yml", distributed)
+    assert CountingStrategy.steps == 4 and CountingStrategy.saves == 2
+    assert isinstance(distributed.strategy, Strategy)

@@ -13,8 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from axolotl_weave.testing import write_jsonl
-from axolotl_weave.tiny import SAMPLE_TEXT, build_tiny_llama
+from axolotl_weave_testing import SAMPLE_TEXT, build_tiny_llama, write_jsonl
 
 HERE = Path(__file__).parent
 WORDS = (

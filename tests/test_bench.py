@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 from axolotl_weave import ConfigError, WeaveError
-from axolotl_weave.testing import run_weave, write_config
 from axolotl_weave_plugins.commands import _bench_data, _bench_hf, _bench_measure, _bench_shapes
 from axolotl_weave_plugins.commands.bench import BenchSettings
+from axolotl_weave_testing import run_weave, write_config
 
 TINY = ["--shape", "tiny-llama", "--steps", "2", "--warmup", "1", "--samples", "64"]
 TINY += ["--median-length", "40", "--max-length", "128"]

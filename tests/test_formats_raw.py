@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from axolotl_weave import IGNORE_INDEX, DataError
-from axolotl_weave.testing import build_rows, dataset_entry
+from axolotl_weave._data import build_format
 from axolotl_weave_plugins.formats import input_output, pretraining
+from axolotl_weave_testing import build_rows, dataset_entry
 from datasets import Dataset, IterableDataset
 
 
@@ -183,7 +184,7 @@ def test_input_output_skip_invalid_rows_empties_the_bad_row(weave_hooks, tiny_to
         {"segments": [{"text": "x", "label": None}]},
     ]
     entry = entry_with(weave_hooks, type="input_output", skip_invalid=True)
-    built = weave_hooks.build_dataset(entry, Dataset.from_list(rows), tiny_tokenizer, cfg())
+    built = build_format(weave_hooks, entry, Dataset.from_list(rows), tiny_tokenizer, cfg())
     assert tiny_tokenizer.decode(built[0]["input_ids"]) == "Blue."
     assert built[1]["input_ids"] == []  # the core drops and counts it
 
@@ -241,7 +242,7 @@ def test_pretraining_reads_text_column_or_field(weave_hooks, tiny_tokenizer) -> 
 def test_pretraining_on_a_stream_gives_the_same_blocks(weave_hooks, tiny_tokenizer) -> None:
     entry = entry_with(weave_hooks, type="pretraining", text_column="body")
     table = Dataset.from_list([{"body": t, "id": i} for i, t in enumerate(TEXTS)])
-    built = weave_hooks.build_dataset(entry, table.to_iterable_dataset(), tiny_tokenizer, cfg(8))
+    built = build_format(weave_hooks, entry, table.to_iterable_dataset(), tiny_tokenizer, cfg(8))
     assert isinstance(built, IterableDataset)  # still a stream, tokenized as it is read
     assert built.column_names == ["input_ids", "labels", "attention_mask"]
     rows = list(built)
@@ -259,15 +260,15 @@ def test_pretraining_stream_of_unknown_columns(weave_hooks, tiny_tokenizer) -> N
     entry = entry_with(weave_hooks, type="pretraining")
     stream = table.to_iterable_dataset().map(lambda row: row)  # features unknown after a map
     assert stream.column_names is None
-    built = weave_hooks.build_dataset(entry, stream, tiny_tokenizer, cfg(8))
+    built = build_format(weave_hooks, entry, stream, tiny_tokenizer, cfg(8))
     assert [row["input_ids"] for row in built] == blocks_of(documents(tiny_tokenizer, TEXTS), 8)
     stream = table.to_iterable_dataset().map(lambda row: row)
     entry = entry_with(weave_hooks, type="pretraining", text_column="body")
     with pytest.raises(DataError, match="lacks the text column 'body'; its rows have: text, meta"):
-        weave_hooks.build_dataset(entry, stream, tiny_tokenizer, cfg(8))
+        build_format(weave_hooks, entry, stream, tiny_tokenizer, cfg(8))
     empty = Dataset.from_list([{"text": "x"}]).to_iterable_dataset().skip(1).map(lambda r: r)
     with pytest.raises(DataError, match=r"'rows' \(type: pretraining\): the stream has no rows"):
-        weave_hooks.build_dataset(entry, empty, tiny_tokenizer, cfg(8))
+        build_format(weave_hooks, entry, empty, tiny_tokenizer, cfg(8))
 
 
 def test_pretraining_packs_each_batch_of_rows(weave_hooks, tiny_tokenizer, monkeypatch) -> None:
@@ -286,7 +287,7 @@ def test_pretraining_on_several_processes(weave_hooks, tiny_tokenizer, monkeypat
     texts = [*TEXTS, "Name a colour. Blue."]
     entry = entry_with(weave_hooks, type="pretraining", num_proc=2)
     table = Dataset.from_list([{"text": t} for t in texts])
-    built = weave_hooks.build_dataset(entry, table, tiny_tokenizer, cfg(8))
+    built = build_format(weave_hooks, entry, table, tiny_tokenizer, cfg(8))
     expected = blocks_of(documents(tiny_tokenizer, texts[:2]), 8)
     expected += blocks_of(documents(tiny_tokenizer, texts[2:]), 8)
     assert built["input_ids"] == expected
@@ -321,7 +322,7 @@ def test_pretraining_bad_text_in_a_stream_names_the_row_after_skip(
     rows = [{"text": TEXTS[0]}, {"text": TEXTS[1]}, {"text": None}]
     entry = entry_with(weave_hooks, type="pretraining", skip=1)
     stream = Dataset.from_list(rows).to_iterable_dataset().skip(1)  # as the core hands it over
-    built = weave_hooks.build_dataset(entry, stream, tiny_tokenizer, cfg(8))
+    built = build_format(weave_hooks, entry, stream, tiny_tokenizer, cfg(8))
     with pytest.raises(DataError, match=r"row 3: field 'text' is missing or null"):
         list(built)
 
@@ -330,13 +331,13 @@ def test_pretraining_skip_invalid_rows(weave_hooks, tiny_tokenizer) -> None:
     rows = [{"text": TEXTS[0]}, {"text": None}, {"text": TEXTS[1]}]
     expected = blocks_of(documents(tiny_tokenizer, [TEXTS[0], TEXTS[1]]), 8)
     entry = entry_with(weave_hooks, type="pretraining", skip_invalid=True)
-    built = weave_hooks.build_dataset(entry, Dataset.from_list(rows), tiny_tokenizer, cfg(8))
+    built = build_format(weave_hooks, entry, Dataset.from_list(rows), tiny_tokenizer, cfg(8))
     # a dataset: the bad row becomes one empty row, which the core drops and counts as invalid
     assert built["input_ids"] == [*expected, []]
     assert built["labels"][-1] == built["attention_mask"][-1] == []
     # a stream: the bad row is left out
     stream = Dataset.from_list(rows).to_iterable_dataset()
-    built = weave_hooks.build_dataset(entry, stream, tiny_tokenizer, cfg(8))
+    built = build_format(weave_hooks, entry, stream, tiny_tokenizer, cfg(8))
     assert [row["input_ids"] for row in built] == expected
 
 
@@ -457,7 +458,7 @@ def test_a_type_that_changes_between_lines_is_named(
     tmp_path: Path, base_config: dict, second: dict, message: str
 ) -> None:
     from axolotl_weave._run import open_session, preprocess
-    from axolotl_weave.testing import write_config
+    from axolotl_weave_testing import write_config
 
     first = {"segments": [{"text": "ok", "label": True}], "input_ids": [1, 2]}
     path = tmp_path / "rows.jsonl"

@@ -27,7 +27,6 @@ import pytest
 import torch
 from axolotl_weave import ConfigError, MissingDependencyError
 from axolotl_weave._run import open_session, train
-from axolotl_weave.testing import run_weave, train_tokenizer, write_config
 from axolotl_weave_plugins.kernels import cut_cross_entropy as cce
 from axolotl_weave_plugins.kernels import liger
 from axolotl_weave_plugins.kernels._fused_linear_loss import (
@@ -39,6 +38,7 @@ from axolotl_weave_plugins.kernels._fused_linear_loss import (
 from axolotl_weave_plugins.losses.sft import CrossEntropy
 from axolotl_weave_plugins.models.gpt2 import GPT2
 from axolotl_weave_plugins.models.llama import LLAMA
+from axolotl_weave_testing import run_weave, train_tokenizer, write_config
 from transformers import AutoConfig, AutoModelForCausalLM
 
 HAS_LIGER = importlib.util.find_spec("liger_kernel") is not None
@@ -120,7 +120,9 @@ def tiny_model(family_name: str, weave_hooks: Any, **overrides: Any) -> Any:
 def test_fused_loss_equals_the_sft_loss_and_gradients(tiny_llama_dir: Path, make_batch) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     batch = make_batch(vocab=model.config.vocab_size)
-    fused = FusedLinearCrossEntropy(model, reference_linear_cross_entropy, name="test")
+    fused = FusedLinearCrossEntropy(
+        model, reference_linear_cross_entropy, name="test", base=CrossEntropy()
+    )
     assert fused.count(batch) == CrossEntropy().count(batch)
     assert_same(model, batch, fused)
 
@@ -133,7 +135,7 @@ def test_fused_loss_never_builds_the_logits(tiny_llama_dir: Path) -> None:
         seen.append((tuple(hidden.shape), tuple(weight.shape), tuple(targets.shape)))
         return reference_linear_cross_entropy(hidden, weight, targets, **kwargs)
 
-    loss = FusedLinearCrossEntropy(model, fused, name="test")
+    loss = FusedLinearCrossEntropy(model, fused, name="test", base=CrossEntropy())
     logits: list[tuple[int, ...]] = []
     model.register_forward_hook(lambda m, args, out: logits.append(tuple(out.logits.shape)))
     batch = padded_batch(vocab=model.config.vocab_size)
@@ -160,7 +162,9 @@ def test_fused_loss_applies_the_familys_logit_transform(
     model = tiny_model(family_name, weave_hooks, **overrides)
     got = logit_transform(model.config)
     assert (got.scale, got.softcap) == pytest.approx(transform)
-    fused = FusedLinearCrossEntropy(model, reference_linear_cross_entropy, name="test")
+    fused = FusedLinearCrossEntropy(
+        model, reference_linear_cross_entropy, name="test", base=CrossEntropy()
+    )
     assert_same(model, padded_batch(), fused)
 
 
@@ -173,7 +177,9 @@ def test_fused_loss_keeps_the_router_aux_loss(weave_hooks) -> None:
     assert_same(
         model,
         padded_batch(),
-        FusedLinearCrossEntropy(model, reference_linear_cross_entropy, name="t"),
+        FusedLinearCrossEntropy(
+            model, reference_linear_cross_entropy, name="t", base=CrossEntropy()
+        ),
     )
 
 
@@ -183,7 +189,9 @@ def test_fused_loss_through_a_peft_model_with_a_trained_head(tiny_llama_dir: Pat
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"])
     model = get_peft_model(base, config)
-    fused = FusedLinearCrossEntropy(model, reference_linear_cross_entropy, name="test")
+    fused = FusedLinearCrossEntropy(
+        model, reference_linear_cross_entropy, name="test", base=CrossEntropy()
+    )
     batch = padded_batch(vocab=base.config.vocab_size)
     assert_same(model, batch, fused)
     _, grads = loss_and_grads(model, fused, batch)
@@ -220,7 +228,9 @@ def test_cut_cross_entropy_refuses_a_head_with_a_bias(tiny_llama_dir: Path) -> N
     assert_same(
         model,
         padded_batch(vocab=model.config.vocab_size),
-        FusedLinearCrossEntropy(model, reference_linear_cross_entropy, name="t"),
+        FusedLinearCrossEntropy(
+            model, reference_linear_cross_entropy, name="t", base=CrossEntropy()
+        ),
     )
 
 
@@ -350,7 +360,7 @@ def test_cut_cross_entropy_auto_logs_a_fallback_and_trains(
 @pytest.fixture
 def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny gpt2 (a family that does not list liger) with a local tokenizer."""
-    from axolotl_weave.testing import SAMPLE_TEXT
+    from axolotl_weave_testing import SAMPLE_TEXT
     from transformers import GPT2Config, GPT2LMHeadModel
 
     out = tmp_path_factory.mktemp("tiny-gpt2")

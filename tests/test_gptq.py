@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import torch
-from axolotl_weave.testing import run_weave, write_config
-from axolotl_weave.tiny import quantize_gptq
+from axolotl_weave_plugins.methods._gptq_quantize import quantize_gptq
+from axolotl_weave_testing import run_weave, write_config
 
 pytestmark = pytest.mark.gptq
 
@@ -23,7 +23,7 @@ LLAMA_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj
 @pytest.fixture(scope="module")
 def gptq_llama(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny llama, 4-bit GPTQ, calibrated on alpaca-like text."""
-    from axolotl_weave.testing import alpaca_rows
+    from axolotl_weave_testing import alpaca_rows
 
     texts = [json.dumps(row) for row in alpaca_rows(32)]
     return quantize_gptq(tiny_llama_dir, tmp_path_factory.mktemp("gptq-llama"), texts)

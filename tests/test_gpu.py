@@ -8,7 +8,7 @@ import pytest
 import torch
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import open_session, train
-from axolotl_weave.testing import write_config
+from axolotl_weave_testing import write_config
 from safetensors import safe_open
 
 pytestmark = pytest.mark.gpu

@@ -25,7 +25,7 @@ from axolotl_weave import (
 from axolotl_weave._checkpoint import checkpoints
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import open_session, train
-from axolotl_weave.testing import write_config
+from axolotl_weave_testing import write_config
 from safetensors.torch import load_file
 
 
@@ -104,7 +104,10 @@ def test_a_training_step_plugin_trains_on_its_own_column_and_logs_its_metric(
     base_config: dict, tmp_path: Path
 ) -> None:
     plugin = WeightedStep()
-    config = {**base_config, "datasets": [{**base_config["datasets"][0], "type": "weighted_alpaca"}]}
+    config = {
+        **base_config,
+        "datasets": [{**base_config["datasets"][0], "type": "weighted_alpaca"}],
+    }
     state = run(config, tmp_path / "weighted.yml", plugin)
 
     assert state.global_step == 4
@@ -215,7 +218,7 @@ def test_a_run_scoped_plugin_with_checkpointed_state_resumes_exactly(
     assert again.registered[0].ema == pytest.approx(expected, rel=1e-6)
 
 
-# --- failure ---------------------------------------------------------------------------------------
+# --- failure ------------------------------------------------------------------------------------
 
 
 class Outcome:
@@ -259,10 +262,13 @@ def test_a_failed_run_tells_on_train_end_and_keeps_the_last_checkpoint(
     assert weights and all(torch.isfinite(t).all() for t in weights.values())
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
     assert not list(out.glob(".checkpoint-*"))  # nothing half-written
+    status = json.loads((out / "run_status.json").read_text())  # the JSONL logger's record
+    assert status == {"status": "failed", "step": 3, "error": "RuntimeError: boom at step 3"}
 
     success = Outcome()
     run({**config, "output_dir": str(tmp_path / "ok")}, tmp_path / "ok.yml", success)
     assert success.errors == [None] and success.post_train_called
+    assert json.loads((tmp_path / "ok" / "run_status.json").read_text())["status"] == "finished"
 
 
 # --- the learning rate a plugin scales, and the strategy -----------------------------------------

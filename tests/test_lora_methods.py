@@ -20,8 +20,8 @@ import torch
 from axolotl_weave import ConfigError, hookimpl
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import family_of, load_tokenizer, open_session, train
-from axolotl_weave.testing import run_weave, without_package, write_config
 from axolotl_weave_plugins.methods import bnb_quantization
+from axolotl_weave_testing import run_weave, without_package, write_config
 from safetensors.torch import load_file
 
 PROBE = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46]])

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from axolotl_weave import ConfigError, set_pad_token
 from axolotl_weave._run import family_of, load_tokenizer, open_session
-from axolotl_weave.testing import write_config
+from axolotl_weave_testing import write_config
 
 
 def load(tmp_path: Path, config: dict[str, Any]) -> tuple[Any, Any]:

@@ -13,7 +13,7 @@ from axolotl_weave import ConfigError, hookimpl
 from axolotl_weave._optim import apply_unfrozen_parameters, build_optimizer, param_groups
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import open_session, train
-from axolotl_weave.testing import run_weave, without_package, write_config
+from axolotl_weave_testing import run_weave, without_package, write_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 

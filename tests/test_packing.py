@@ -25,13 +25,13 @@ from axolotl_weave._packing import (
     padded_efficiency,
 )
 from axolotl_weave._run import open_session, train
-from axolotl_weave.testing import (
+from axolotl_weave_plugins.kernels import _varlen_attention, attn_implementation
+from axolotl_weave_testing import (
     packed_and_one_by_one,
     per_token_losses,
     run_weave,
     write_config,
 )
-from axolotl_weave_plugins.kernels import _varlen_attention, attn_implementation
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -358,7 +358,7 @@ def test_attention_choices_are_checked_against_the_family_and_each_other() -> No
 @pytest.mark.parametrize("name", ["rwkv", "jamba", "falcon", "mpt", "gpt_oss"])
 def test_families_whose_packed_samples_would_mix_refuse_sample_packing(name: str) -> None:
     family = family_named(name)
-    assert family.cannot_pack_because
+    assert family.cannot["sample_packing"]
 
 
 def test_sample_packing_on_an_unpackable_family_is_refused_before_loading(

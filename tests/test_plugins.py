@@ -32,7 +32,7 @@ import pytest
 from axolotl_weave import ConfigError, DatasetFormat, PluginConfig, PluginError, hookimpl, hookspecs
 from axolotl_weave._pluginmanager import describe_plugins, make_plugin_manager
 from axolotl_weave._run import Session, open_session, train
-from axolotl_weave.testing import run_weave, write_config, write_jsonl
+from axolotl_weave_testing import run_weave, write_config, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "core" / "axolotl_weave"
@@ -57,6 +57,11 @@ TEST_ONLY_HOOKS = {
     "add_cli_commands": "test_plugin_adds_a_cli_command",
     "on_train_begin": "test_local_plugin_hooks_fire_during_training",
     "on_train_end": "test_local_plugin_hooks_fire_during_training",
+    # implemented by ReLoRA's run-scoped object (registered by `configure`, not at start-up)
+    "on_step_end": "test_run_scoped_plugin_hooks_fire_in_order",
+    "lr_multiplier": "test_run_scoped_plugin_hooks_fire_in_order",
+    "save_checkpoint_state": "test_run_scoped_plugin_hooks_fire_in_order",
+    "load_checkpoint_state": "test_run_scoped_plugin_hooks_fire_in_order",
 }
 WIDE = {"COLUMNS": "200"}
 
@@ -315,7 +320,7 @@ def test_installed_distribution_plugin_is_listed(reverse_format_site: Path, tmp_
         "distribution": "weave-reverse-format==0.1.0",
         "builtin": False,
         "blocked": False,
-        "hooks": ["build_dataset", "register_dataset_formats"],
+        "hooks": ["register_dataset_formats"],  # its build function is in the registration
     }
     assert rows["alpaca"]["builtin"] is True
 
@@ -453,6 +458,66 @@ def on_log(state, metrics):
 def on_train_end(cfg, state):
     CALLS.append(("on_train_end", state.global_step))
 """
+
+
+RUN_SCOPED = """
+from axolotl_weave import hookimpl
+
+PLUGIN_KIND = "method"
+CALLS = []
+
+
+class Run:
+    @hookimpl
+    def lr_multiplier(self, step):
+        return 0.5
+
+    @hookimpl
+    def on_step_end(self, state, optimizer):
+        CALLS.append(("on_step_end", state.global_step, optimizer.param_groups[0]["lr"]))
+
+    @hookimpl
+    def save_checkpoint_state(self, state, folder, strategy):
+        CALLS.append(("save_checkpoint_state", state.global_step, strategy.is_main_process))
+        (folder / "run_scoped").mkdir()
+        (folder / "run_scoped" / "step.txt").write_text(str(state.global_step))
+
+    @hookimpl
+    def load_checkpoint_state(self, state, folder):
+        saved = int((folder / "run_scoped" / "step.txt").read_text())
+        CALLS.append(("load_checkpoint_state", state.global_step, saved))
+
+
+@hookimpl
+def configure(cfg, register):
+    CALLS.append(("configure",))
+    register(Run(), "run-scoped-test")
+"""
+
+
+def test_run_scoped_plugin_hooks_fire_in_order(
+    local_plugin: Callable, tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    name = local_plugin("run_scoped_plugin", RUN_SCOPED)
+    config = {**base_config, "plugins": [name], "max_steps": 2, "save_steps": 1}
+    config["lr_scheduler"] = "constant"
+    session = session_for(tmp_path, config)
+    train(session)
+    calls = sys.modules[name].CALLS
+    lr = config["learning_rate"] / 2  # the multiplier, in the rate the optimizer used
+    assert calls == [
+        ("configure",),
+        ("on_step_end", 1, pytest.approx(lr)),
+        ("save_checkpoint_state", 1, True),
+        ("on_step_end", 2, pytest.approx(lr)),
+        ("save_checkpoint_state", 2, True),
+    ]
+    assert not session.hooks.pm.has_plugin("run-scoped-test")  # unregistered after the run
+
+    calls.clear()
+    resume = {**config, "max_steps": 3, "resume_from_checkpoint": "auto"}
+    train(session_for(tmp_path, resume, "resume.yml"))
+    assert calls[:2] == [("configure",), ("load_checkpoint_state", 2, 2)]
 
 
 def test_local_plugin_field_needs_the_plugin(tmp_path: Path, base_config: dict[str, Any]) -> None:

@@ -13,12 +13,12 @@ import torch
 from axolotl_weave import ConfigError, WeaveError, hookimpl
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import open_session, train
-from axolotl_weave.testing import write_config
 from axolotl_weave_plugins.methods.relora import (
     cycle_factor,
     merge_and_restart,
     prune_optimizer_state,
 )
+from axolotl_weave_testing import write_config
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -245,14 +245,17 @@ def test_a_resumed_relora_run_goes_on_as_if_never_stopped(
     pm = make_plugin_manager()
     pm.register(whole)
     train(open_session(write_config(tmp_path / "straight.yml", straight), [], pm))
-    snapshots = sorted(p.name for p in (tmp_path / "straight" / "relora").iterdir())
-    assert snapshots == ["step-3.safetensors", "step-6.safetensors"]
+    held = sorted(
+        p.parent.parent.name
+        for p in (tmp_path / "straight").glob("checkpoint-*/relora/base_weights.safetensors")
+    )
+    assert held == ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
 
     out = tmp_path / "stopped"  # the same run, stopped after step `resume_at`'s checkpoint
     shutil.copytree(tmp_path / "straight", out)
-    for later in [*out.glob("checkpoint-*"), *(out / "relora").glob("step-*")]:
-        if int(later.name.split("-")[1].split(".")[0]) > resume_at:
-            shutil.rmtree(later) if later.is_dir() else later.unlink()
+    for later in out.glob("checkpoint-*"):
+        if int(later.name.split("-")[1]) > resume_at:
+            shutil.rmtree(later)
     second = relora_resume_config(
         base_config, out, resume_from_checkpoint=str(out / f"checkpoint-{resume_at}")
     )
@@ -279,7 +282,58 @@ def test_resuming_past_a_restart_without_its_weights_is_refused(
     train(
         open_session(write_config(tmp_path / "a.yml", relora_resume_config(base_config, out)), [])
     )
-    (out / "relora" / "step-3.safetensors").unlink()
+    (out / "checkpoint-4" / "relora" / "base_weights.safetensors").unlink()
+    for later in ("checkpoint-6", "checkpoint-8"):
+        shutil.rmtree(out / later)
+    again = relora_resume_config(base_config, out, resume_from_checkpoint="auto")
+    with pytest.raises(WeaveError, match=r"restart at step 3, whose merged weights .* missing"):
+        train(open_session(write_config(tmp_path / "b.yml", again), []))
+
+
+def test_the_logged_learning_rate_shows_the_restart_cycle(
+    base_config: dict, tmp_path: Path
+) -> None:
+    """The cycle's factor is part of the schedule: the logged rate (the next step's) is the
+    plain LoRA run's times the anneal before each restart and the warm-up after it."""
+    lora = {**base_config, "adapter": "lora", "lora_r": 4, "lora_target_linear": True}
+    lora |= {"max_steps": 9, "logging_steps": 1, "lr_scheduler": "cosine", "warmup_steps": 2}
+    relora = {**lora, "relora_steps": 4, "relora_warmup_steps": 1, "relora_anneal_steps": 1}
+    rates = []
+    for name, config in (("lora", lora), ("relora", relora)):
+        config = {**config, "output_dir": str(tmp_path / name)}
+        state = train(open_session(write_config(tmp_path / f"{name}.yml", config), []))
+        rates.append([r["learning_rate"] for r in state.log_history if "learning_rate" in r])
+    plain, cycled = rates
+    # after step 3 the anneal before the restart at 4; after 4 the warm-up after it; ...
+    factors = [1, 1, 1 / 2, 1 / 2, 1, 1, 1 / 2, 1 / 2, 1]
+    assert cycled == pytest.approx(
+        [rate * f for rate, f in zip(plain, factors, strict=True)], rel=1e-12
+    )
+    assert plain[3] > 0 and cycled[3] == pytest.approx(plain[3] / 2)  # right after the restart
+
+
+def test_checkpoints_hold_the_merged_base_weights_once_restarted(
+    base_config: dict, tmp_path: Path
+) -> None:
+    """Restarts at 3 and 6: checkpoint-2 holds no base weights (the base is the one loaded),
+    the later ones hold those of the last restart (and no store of ReLoRA's own beside them);
+    resuming past a restart without them is refused."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    first = relora_resume_config(base_config, out)
+    train(open_session(write_config(tmp_path / "a.yml", first), []))
+    assert not (out / "checkpoint-2" / "relora").exists()
+    assert not (out / "relora").exists()
+    saved = {
+        step: load_file(out / f"checkpoint-{step}" / "relora" / "base_weights.safetensors")
+        for step in (4, 6, 8)
+    }
+    q_proj = next(key for key in saved[4] if "layers.0.self_attn.q_proj" in key)
+    assert not torch.equal(saved[4][q_proj], saved[6][q_proj])  # the restart at 6 merged
+    assert torch.equal(saved[6][q_proj], saved[8][q_proj])  # none at the last step
+
+    (out / "checkpoint-4" / "relora" / "base_weights.safetensors").unlink()
     for later in ("checkpoint-6", "checkpoint-8"):
         shutil.rmtree(out / later)
     again = relora_resume_config(base_config, out, resume_from_checkpoint="auto")

@@ -8,7 +8,7 @@ logged loss is finite, that the loss falls, and that the saved output (the full 
 adapter over the base) reloads with the logits the trained model gave. A packing cell also
 asserts that packed samples do not see each other: the per-token losses and the gradients of a
 packed micro-batch equal those of the same samples one by one. A family that declares it cannot
-be packed (`cannot_pack_because`) must be refused with that reason, recorded as "unsupported".
+be packed (`cannot["sample_packing"]`) must be refused with that reason, recorded as "unsupported".
 
 With `WEAVE_SUPPORT_RESULTS=path.jsonl` every cell appends one JSON line (family, cell, status,
 where it ran, detail, versions, date) to that file with a single O_APPEND write, so pytest-xdist
@@ -24,7 +24,7 @@ into the README; the last record of a (family, cell) wins.
     python scripts/support_table.py
 
 The GPTQ cell (marker `gptq`, CPU) quantizes the tiny model to 4 bits with transformers' GPTQ
-integration on the spot (`axolotl_weave.tiny.quantize_gptq`) and trains LoRA on it with
+integration on the spot (`axolotl_weave_plugins.methods._gptq_quantize`) and trains LoRA on it with
 `gptq: true`; it needs the GPTQ backend on the path, which `scripts/test.sh` installs and runs in a
 second pytest process (`scripts/setup-gptq.sh`; results in docs/support/gptq.jsonl):
 
@@ -57,7 +57,7 @@ from axolotl_weave import ModelFamily, hookimpl
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import open_session, train
-from axolotl_weave.testing import (
+from axolotl_weave_testing import (
     SAMPLE_TEXT,
     alpaca_rows,
     packed_and_one_by_one,
@@ -95,7 +95,7 @@ class Cell:
 
     @property
     def method_key(self) -> str | None:
-        """The config key of the cell's method that a family may declare `unsupported`."""
+        """The config key of the cell's method that a family may declare in `cannot`."""
         if self.gptq:
             return "gptq"
         if self.quantized:
@@ -256,7 +256,7 @@ def training_rows(tokenizer: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
 @pytest.fixture(scope="session")
 def matrix_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One byte-level BPE tokenizer for every family (no pad token: families pick theirs)."""
-    from axolotl_weave.testing import train_tokenizer
+    from axolotl_weave_testing import train_tokenizer
 
     return train_tokenizer(tmp_path_factory.mktemp("matrix-tokenizer"), tokenizer_texts())
 
@@ -306,7 +306,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory, matrix_tokenizer: Any)
 @pytest.fixture(scope="session")
 def gptq_models(tmp_path_factory: pytest.TempPathFactory, tiny_models: Any) -> Any:
     """`gptq_models(family)`: the family's tiny model GPTQ-quantized (4 bits), once per session."""
-    from axolotl_weave.tiny import NoLayerToQuantize, quantize_gptq
+    from axolotl_weave_plugins.methods._gptq_quantize import NoLayerToQuantize, quantize_gptq
 
     built: dict[str, Path] = {}
 
@@ -534,22 +534,22 @@ def run_cell(family: ModelFamily, cell: Cell, tiny_models: Any, tokenizer: Any, 
     with recorded(family.name, cell.name) as outcome:
         if family.tiny_config is None:
             pytest.skip(f"family '{family.name}' has no tiny_config")
-        if cell.gptq and "gptq" in family.unsupported:  # refused before the weights load
+        if cell.gptq and "gptq" in family.cannot:  # refused before the weights load
             base = tiny_models.unquantized(family)
         else:
             base = tiny_models(family)
         config = cell_config(base, cell, tmp)
-        if cell.packed and family.cannot_pack_because:
+        if cell.packed and "sample_packing" in family.cannot:
             from axolotl_weave import ConfigError
 
             with pytest.raises(ConfigError, match="cannot be packed"):
                 train(open_session(write_config(tmp / "config.yml", config), []))
-            outcome.update(status="unsupported", detail=family.cannot_pack_because)
+            outcome.update(status="unsupported", detail=family.cannot["sample_packing"])
             return
-        if cell.method_key in family.unsupported:  # refused with the family's reason
+        if cell.method_key in family.cannot:  # refused with the family's reason
             from axolotl_weave import ConfigError
 
-            reason = family.unsupported[cell.method_key]
+            reason = family.cannot[cell.method_key]
             with pytest.raises(ConfigError, match=f"^{cell.method_key}: .*cannot") as refused:
                 train(open_session(write_config(tmp / "config.yml", config), []))
             assert reason in str(refused.value)

@@ -14,7 +14,7 @@ from axolotl_weave import hookimpl
 from axolotl_weave._checkpoint import checkpoints, resolve_resume
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import open_session, train
-from axolotl_weave.testing import run_weave, write_config, write_jsonl
+from axolotl_weave_testing import run_weave, write_config, write_jsonl
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]

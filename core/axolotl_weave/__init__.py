@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pluggy
 
+from axolotl_weave._atomic import move_into, replace_folder, staged_folder, write_atomically
 from axolotl_weave._batches import batch_tokens, model_inputs
 from axolotl_weave._checkpoint import checkpoint_step, checkpoints, resolve_resume
 from axolotl_weave._config import CoreConfig, DatasetEntry, PluginConfig
@@ -19,10 +20,25 @@ from axolotl_weave._errors import (
     WeaveError,
     require,
 )
+from axolotl_weave._head_loss import (
+    HeadCrossEntropy,
+    HiddenStatesLoss,
+    logits_cross_entropy,
+    next_token_targets,
+)
 from axolotl_weave._precision import Precision, resolve_precision
-from axolotl_weave._rows import map_rows, require_columns, text_field, tokenize_prompt_response
-from axolotl_weave._tokens import set_pad_token
+from axolotl_weave._rows import (
+    LoadedRows,
+    RowLocator,
+    map_rows,
+    require_columns,
+    rows_table,
+    text_field,
+    tokenize_prompt_response,
+)
 from axolotl_weave._strategy import AccelerateStrategy, Strategy
+from axolotl_weave._switch import Switch, switch_applies, switch_value
+from axolotl_weave._tokens import set_pad_token
 from axolotl_weave._types import (
     IGNORE_INDEX,
     PAD_TOKEN,
@@ -51,6 +67,8 @@ __all__ = [
     "DataSource",
     "DatasetEntry",
     "DatasetFormat",
+    "HeadCrossEntropy",
+    "HiddenStatesLoss",
     "LossFunction",
     "MissingDependencyError",
     "ModelFamily",
@@ -58,6 +76,7 @@ __all__ = [
     "Precision",
     "PluginError",
     "Strategy",
+    "Switch",
     "TrainState",
     "WeaveError",
     "__version__",
@@ -65,13 +84,24 @@ __all__ = [
     "checkpoint_step",
     "checkpoints",
     "hookimpl",
+    "replace_folder",
+    "staged_folder",
+    "write_atomically",
+    "logits_cross_entropy",
     "map_rows",
+    "move_into",
     "model_inputs",
+    "next_token_targets",
     "require",
     "resolve_precision",
     "resolve_resume",
     "require_columns",
     "set_pad_token",
+    "switch_applies",
+    "switch_value",
     "text_field",
     "tokenize_prompt_response",
+    "LoadedRows",
+    "RowLocator",
+    "rows_table",
 ]

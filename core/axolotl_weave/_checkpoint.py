@@ -8,13 +8,13 @@ mid-save leaves the previous checkpoint untouched and no half-written one that l
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from axolotl_weave._atomic import replace_folder, write_atomically
 from axolotl_weave._errors import WeaveError
 from axolotl_weave._types import TrainState
 
@@ -81,14 +81,7 @@ def finish_checkpoint(
     torch.save(rng_state(), staged / "rng_state.pt")
     _write_json(staged / STATE_FILE, state.to_json())
     final = output_dir / f"checkpoint-{state.global_step}"
-    if final.exists():  # re-saving a step (after a resume): swap, never delete first
-        old = output_dir / f".checkpoint-{state.global_step}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(staged, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, final)
+    replace_folder(staged, final)  # re-saving a step (after a resume): swapped, never deleted first
     if save_total_limit:
         for stale in checkpoints(output_dir)[:-save_total_limit]:
             shutil.rmtree(stale, ignore_errors=True)
@@ -174,6 +167,4 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=2))

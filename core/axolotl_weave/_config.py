@@ -1,18 +1,20 @@
 """The config: pydantic models with Axolotl's key names, plus loading YAML, URLs and overrides.
 
 The root model is the core's `CoreConfig` merged with every plugin's `add_config_fields` model;
-unknown keys are errors (with "did you mean ...?"), except keys Axolotl knows and this project
-does not implement yet, which are dropped with a warning so that an Axolotl YAML still runs.
+unknown keys are errors (with "did you mean ...?"). Compatibility plugins (`adapt_config_data`)
+rewrite the raw mapping first: the Axolotl plugin drops keys Axolotl knows and nothing here
+implements, with a warning, so that an Axolotl YAML still runs.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import logging
 import urllib.request
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,19 +29,18 @@ from pydantic import (
     model_validator,
 )
 
-from axolotl_weave._axolotl_keys import (
-    AXOLOTL_DATASET_KEYS,
-    AXOLOTL_DECISIVE_KEYS,
-    AXOLOTL_TOP_LEVEL_KEYS,
-)
 from axolotl_weave._errors import ConfigError
 from axolotl_weave._overrides import apply_overrides
 from axolotl_weave._types import DatasetFormat
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from axolotl_weave._hooks import Hooks
+
 log = logging.getLogger("axolotl_weave")
 
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw", "adam", "sgd")
-LR_SCHEDULERS = ("cosine", "linear", "constant")
 AutoBool = bool | Literal["auto"]
 
 
@@ -66,18 +67,19 @@ class DatasetEntry(BaseModel):
     )
     type: str | None = Field(
         None,
-        description="Dataset format (e.g. alpaca, chat_template), a mapping defining a prompt "
-        "format inline, or empty for rows that are already tokenized.",
+        description="Dataset format: a registered `type:` name (`weave plugin list`), a mapping "
+        "defining a prompt format inline, or empty for rows that are already tokenized.",
     )
     ds_type: Literal["json", "jsonl", "csv", "parquet", "arrow", "text"] | None = Field(
         None, description="File type when the extension does not say it."
     )
     data_files: str | list[str] | None = Field(None, description="Files inside `path` to load.")
     split: str = Field("train", description="Split to load.")
-    train_on_split: str | None = Field(None, description="Alias of `split` (Axolotl).")
     name: str | None = Field(None, description="Dataset configuration name (hub datasets).")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
-    field: str | None = Field(None, description="Column holding the text (completion).")
+    field: str | None = Field(
+        None, description="Column holding the text (for formats that read one)."
+    )
     shards: int | None = Field(None, gt=0, description="Split the rows into this many shards...")
     shards_idx: int | None = Field(None, ge=0, description="...and keep this one (default 0).")
     skip: int | None = Field(
@@ -106,13 +108,6 @@ class DatasetEntry(BaseModel):
             raise ValueError(f"{', '.join(clash)} given both in type: and beside it; keep one")
         return {**data, **mapping, "type": inline[0]}
 
-    @model_validator(mode="before")
-    @classmethod
-    def _split_alias(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("train_on_split") and not data.get("split"):
-            return {**data, "split": data["train_on_split"]}
-        return data
-
     @field_validator("type")
     @classmethod
     def _known_type(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -128,18 +123,13 @@ class DatasetEntry(BaseModel):
 
     @model_validator(mode="after")
     def _format_options(self, info: ValidationInfo) -> DatasetEntry:
-        context = info.context or {}
-        formats: dict[str, DatasetFormat] = context.get("formats", {})
+        formats: dict[str, DatasetFormat] = (info.context or {}).get("formats", {})
         extra = dict(self.__pydantic_extra__ or {})
         fmt = formats.get(self.type or "")
         allowed = set(fmt.options.model_fields) if fmt and fmt.options else set()
         problems = []
         for key in list(extra):
             if key in allowed:
-                continue
-            if key in AXOLOTL_DATASET_KEYS:
-                context.setdefault("ignored", []).append(f"datasets[].{key}")
-                del self.__pydantic_extra__[key]
                 continue
             hint = did_you_mean(key, allowed | set(DatasetEntry.model_fields))
             problems.append(f"unknown key '{key}'{hint}")
@@ -277,7 +267,10 @@ class CoreConfig(BaseModel):
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1.")
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2.")
     adam_epsilon: float = Field(1e-8, gt=0, description="Adam epsilon.")
-    lr_scheduler: str = Field("cosine", description=f"One of: {', '.join(LR_SCHEDULERS)}.")
+    lr_scheduler: str = Field(
+        "cosine",
+        description="Schedule after the warm-up: a registered name (cosine, linear, constant...).",
+    )
     warmup_steps: int | None = Field(None, ge=0, description="Linear warm-up steps.")
     warmup_ratio: float | None = Field(None, ge=0, le=1, description="Warm-up as a fraction.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay (not on biases, norms).")
@@ -323,13 +316,18 @@ class CoreConfig(BaseModel):
 
     @field_validator("lr_scheduler")
     @classmethod
-    def _known_scheduler(cls, value: str) -> str:
-        if value not in LR_SCHEDULERS:
+    def _known_scheduler(cls, value: str, info: ValidationInfo) -> str:
+        names = (info.context or {}).get("lr_schedulers")
+        if names is None or value in names:  # None: validated without the registry
+            return value
+        if not names:
             raise ValueError(
-                f"unknown lr_scheduler '{value}'{did_you_mean(value, LR_SCHEDULERS)}; "
-                f"valid: {', '.join(LR_SCHEDULERS)}"
+                f"unknown lr_scheduler '{value}': no installed plugin registers learning-rate "
+                "schedules (is one blocked? see `weave plugin list`)"
             )
-        return value
+        raise ValueError(
+            f"unknown lr_scheduler '{value}'{did_you_mean(value, names)}; valid: {', '.join(names)}"
+        )
 
     @model_validator(mode="before")
     @classmethod
@@ -418,21 +416,34 @@ def read_config_source(source: str | Path) -> dict[str, Any]:
     return data
 
 
-def drop_unimplemented_axolotl_keys(data: dict[str, Any], model: type[BaseModel]) -> list[str]:
-    """Remove top-level keys that Axolotl knows but nothing here implements; return those set.
-
-    Keys left unset (null, false, empty) are dropped quietly. A key that changes *what* is
-    trained (`adapter: lora`, `rl: dpo`, quantization) is kept when set, so that validation
-    fails on it: ignoring it would silently train something else.
-    """
-    ignored = []
-    for key in [k for k in data if k not in model.model_fields and k in AXOLOTL_TOP_LEVEL_KEYS]:
-        if data[key] in (None, False, "", [], {}):
-            del data[key]
-        elif key not in AXOLOTL_DECISIVE_KEYS:
-            ignored.append(key)
-            del data[key]
-    return ignored
+def known_config_keys(
+    data: dict[str, Any], model: type[BaseModel], formats: dict[str, DatasetFormat]
+) -> frozenset[str]:
+    """The keys `model` validates in `data`: every top-level field, and `SECTION.N.KEY` for each
+    key that entry N of a list of dataset entries validates (the entry's own fields and its
+    format's options); one entry given alone (a mapping) is entry 0."""
+    known = set(model.model_fields)
+    inline = [fmt for fmt in formats.values() if fmt.inline]
+    streams = [fmt for fmt in formats.values() if fmt.streams]
+    for section, info in model.model_fields.items():
+        entries = data.get(section)
+        entries = [entries] if isinstance(entries, dict) else entries
+        if info.annotation != list[DatasetEntry] or not isinstance(entries, list):
+            continue
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue
+            kind = entry.get("type")
+            if isinstance(kind, dict):
+                fmt = inline[0] if inline else None
+            elif isinstance(kind, str) and kind:
+                fmt = formats.get(kind)
+            else:  # see CoreConfig._streamed_type
+                fmt = streams[0] if section == "pretraining_dataset" and streams else None
+            keys = set(DatasetEntry.model_fields)
+            keys |= set(fmt.options.model_fields) if fmt and fmt.options else set()
+            known |= {f"{section}.{index}.{key}" for key in keys}
+    return frozenset(known)
 
 
 def validate_config(
@@ -440,27 +451,37 @@ def validate_config(
     model: type[CoreConfig],
     formats: dict[str, DatasetFormat],
     source: str,
-    optimizers: list[str] | tuple[str, ...] = (),
+    hooks: Hooks,
 ) -> CoreConfig:
-    """Validate `data`: one `ConfigError` lists every problem; ignored Axolotl keys warn."""
-    data = dict(data)
-    ignored = drop_unimplemented_axolotl_keys(data, model)
-    context: dict[str, Any] = {"formats": formats, "ignored": [], "optimizers": list(optimizers)}
+    """Validate `data` against `model` and the registries of `hooks` (formats, optimizers,
+    schedules), after compatibility plugins adapted a copy of it (`adapt_config_data`): one
+    `ConfigError` lists every problem; the plugins' warnings are logged."""
+    data = copy.deepcopy(data)  # plugins edit it in place
+    warnings = hooks.adapt_config_data(data, known_config_keys(data, model, formats))
+    context: dict[str, Any] = {
+        "formats": formats,
+        "optimizers": sorted(hooks.optimizers()),
+        "lr_schedulers": sorted(hooks.lr_schedulers()),
+    }
     try:
         cfg = model.model_validate(data, context=context)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, model, source)) from None
-    for key in [*ignored, *sorted(set(context["ignored"]))]:
-        log.warning(
-            "config key '%s' is an Axolotl option that Axolotl Weave does not implement yet: "
-            "it is IGNORED",
-            key,
-        )
+        raise ConfigError(
+            format_validation_error(exc, model, source, hooks.explain_unknown_key)
+        ) from None
+    for warning in warnings:
+        log.warning("%s", warning)
     return cfg
 
 
-def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
-    """One readable line per key at fault: what is wrong, and what would be valid.
+def format_validation_error(
+    exc: ValidationError,
+    model: type[BaseModel],
+    source: str,
+    explain: Callable[[str], str | None] | None = None,
+) -> str:
+    """One readable line per key at fault: what is wrong, and what would be valid; `explain`
+    (a plugin's `explain_unknown_key`) may say why an unknown top-level key is refused.
 
     The alternatives of a union (`bf16: true | auto`) fail separately in pydantic; they are
     merged into one line for their key.
@@ -470,14 +491,9 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
         keys = [part for part in err["loc"] if not _is_union_tag(part)]
         loc = ".".join(str(p) for p in keys) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden" and str(keys[-1]) in AXOLOTL_DECISIVE_KEYS:
-            msg = (
-                "an Axolotl option that no installed plugin implements (is its plugin blocked "
-                "or not installed? see `weave plugin list`); it changes what is trained, so it "
-                "is not ignored"
-            )
-        elif err["type"] == "extra_forbidden":
-            msg = f"unknown key{did_you_mean(str(keys[-1]), set(model.model_fields))}"
+        if err["type"] == "extra_forbidden":
+            reason = explain(str(keys[0])) if explain and len(keys) == 1 else None
+            msg = reason or f"unknown key{did_you_mean(str(keys[-1]), set(model.model_fields))}"
         elif err["type"] == "missing":
             field = model.model_fields.get(str(keys[0])) if len(keys) == 1 else None
             desc = f" ({field.description})" if field and field.description else ""

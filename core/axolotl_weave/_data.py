@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from axolotl_weave._errors import DataError
 from axolotl_weave._hooks import Hooks
-from axolotl_weave._sources import LoadedRows, load_rows, source_identity
-from axolotl_weave._types import IGNORE_INDEX
+from axolotl_weave._rows import LoadedRows
+from axolotl_weave._types import IGNORE_INDEX, SFT_COLUMNS, DatasetFormat, DataSource
 
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
@@ -184,17 +184,23 @@ def build_entry(
     stats: DataStats,
     loaded: dict[int, LoadedRows],
 ) -> Dataset:
-    """One entry: load its rows, let its format plugin tokenize them, fit them to length."""
-    rows = loaded.pop(id(entry), None) or load_rows(entry)
+    """One entry: load its rows, let its format tokenize them, fit them to length."""
+    fmt = format_of(hooks, entry)
+    if cfg.excess_length_strategy == "split" and not fmt.packable:
+        raise DataError(
+            f"{where} ({entry.label}): excess_length_strategy: split cannot cut rows of format "
+            f"'{fmt.name}' into pieces: its columns ({', '.join(fmt.columns)}) are not one token "
+            "sequence, and only formats with the supervised columns can be split; use drop, "
+            "truncate or raise"
+        )
+    rows = loaded.pop(id(entry), None) or load_rows(hooks, entry)
     entry._source = SourceContext(
         rows.locate, processes_for(cfg, len(rows.dataset)), bool(cfg.skip_invalid_rows)
     )
-    built = hooks.build_dataset(entry, rows.dataset, tokenizer, cfg)
-    if built is None:
-        raise DataError(f"{where}: no installed plugin builds {entry.label}")
-    check_tokenized(built, f"{where} ({entry.label})")
+    built = build_format(hooks, entry, rows.dataset, tokenizer, cfg, fmt)
+    check_tokenized(built, f"{where} ({entry.label})", fmt)
     one_to_one = len(built) == len(rows.dataset)
-    kept, counts = fit_rows(built, cfg, entry if one_to_one else None)
+    kept, counts = fit_rows(built, cfg, entry if one_to_one else None, fmt)
     stats.per_dataset.append(
         {
             "where": where,
@@ -209,6 +215,32 @@ def build_entry(
     for key, value in counts.items():
         setattr(stats, key, getattr(stats, key) + value)
     return kept
+
+
+def format_of(hooks: Hooks, entry: DatasetEntry) -> DatasetFormat:
+    """The registered format of the entry's `type:`; rows without one, or a type built only by
+    the `build_dataset` hook, have the supervised columns and no `build`."""
+    return hooks.dataset_formats().get(entry.type or "") or DatasetFormat(entry.type or "")
+
+
+def build_format(
+    hooks: Hooks,
+    entry: DatasetEntry,
+    dataset: Any,
+    tokenizer: Any,
+    cfg: Any,
+    fmt: DatasetFormat | None = None,
+) -> Any:
+    """The entry's rows tokenized by its format's `build`; a format registered without one
+    (and rows without `type:`) go to the `build_dataset` hook, for plugins written before
+    formats carried their build function."""
+    fmt = fmt or format_of(hooks, entry)
+    if fmt.build is None:
+        return hooks.build_dataset(entry, dataset, tokenizer, cfg)
+    built = fmt.build(entry, dataset, tokenizer, cfg)
+    if built is None:
+        raise DataError(f"{entry.label}: its format's build returned nothing (a plugin bug)")
+    return built
 
 
 def processes_for(cfg: Any, rows: int) -> int | None:
@@ -228,21 +260,35 @@ def concatenate(parts: list[Dataset]) -> Dataset:
     return concatenate_datasets([p.select_columns(sorted(shared)) for p in parts])
 
 
-def check_tokenized(dataset: Dataset, where: str) -> None:
-    """Refuse a plugin's output that lacks `input_ids`/`labels` (a bug in the format plugin)."""
-    missing = {"input_ids", "labels"} - set(dataset.column_names)
+def check_tokenized(dataset: Dataset, where: str, fmt: DatasetFormat | None = None) -> None:
+    """Refuse a format's output that lacks one of its sequence columns (a bug in the plugin);
+    attention masks may be left out."""
+    columns = fmt.columns if fmt is not None else SFT_COLUMNS
+    wanted = {c for c, pad in columns.items() if pad is not None}
+    missing = {c for c in wanted if not c.endswith("attention_mask")} - set(dataset.column_names)
     if missing:
         raise DataError(f"{where}: the format plugin returned rows without {sorted(missing)}")
 
 
 def fit_rows(
-    dataset: Dataset, cfg: Any, entry: DatasetEntry | None
+    dataset: Dataset, cfg: Any, entry: DatasetEntry | None, fmt: DatasetFormat | None = None
 ) -> tuple[Dataset, dict[str, int]]:
     """Apply `excess_length_strategy` to rows over `sequence_len` (drop, truncate, split or
     raise), then drop rows with no trained token and rows a bad input emptied; add `length` and
-    `n_targets`. `entry` (when rows map one to one to the source) names a row that raises."""
+    `n_targets`. Every sequence column (declared with a padding, holding lists) is fitted: a
+    row's length is its longest one's. `entry` (when rows map one to one to the source) names a
+    row that raises."""
+    fmt = fmt or DatasetFormat("")
     limit, strategy = cfg.sequence_len, cfg.excess_length_strategy or "drop"
-    lengths = [len(ids) for ids in dataset["input_ids"]]
+    seqs = [c for c, pad in fmt.columns.items() if pad is not None and c in dataset.column_names]
+    targets = [c for c in seqs if c.endswith("labels")]
+    if not seqs:
+        raise DataError(f"format '{fmt.name}' built rows with none of its sequence columns")
+
+    def row_length(values: list[Any]) -> int:
+        return max((len(v) for v in values if isinstance(v, list)), default=0)
+
+    lengths = [row_length(list(v)) for v in zip(*(dataset[c] for c in seqs), strict=True)]
     over = [i for i, n in enumerate(lengths) if n > limit]
     if over and strategy == "raise":
         index = over[0]
@@ -263,22 +309,28 @@ def fit_rows(
     def fit(batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {key: [] for key in batch}
         out["length"], out["n_targets"] = [], []
-        for i, ids in enumerate(batch["input_ids"]):
-            n = len(ids)
-            if len(batch["labels"][i]) != n:
-                raise DataError("a row's input_ids and labels differ in length (plugin bug)")
+        for i in range(len(batch[seqs[0]])):
+            for labels in targets:
+                ids = labels[: -len("labels")] + "input_ids"
+                if ids in batch and len(batch[labels][i]) != len(batch[ids][i]):
+                    raise DataError(f"a row's {ids} and {labels} differ in length (plugin bug)")
+            n = row_length([batch[c][i] for c in seqs])
             if n == 0 or (n > limit and strategy == "drop"):
                 continue
             starts = range(0, n, limit) if n > limit and strategy == "split" else [0]
             for start in starts:
-                end = min(start + limit, n)
                 for key in batch:
                     value = batch[key][i]
-                    whole = isinstance(value, list) and len(value) == n
-                    out[key].append(value[start:end] if whole else value)
-                out["length"].append(end - start)
+                    fitted = key in seqs and isinstance(value, list)
+                    out[key].append(value[start : start + limit] if fitted else value)
+                out["length"].append(row_length([out[c][-1] for c in seqs]))
                 out["n_targets"].append(
-                    sum(1 for label in batch["labels"][i][start + 1 : end] if label != IGNORE_INDEX)
+                    sum(
+                        1
+                        for labels in targets
+                        for label in batch[labels][i][start + 1 : start + limit]
+                        if label != IGNORE_INDEX
+                    )
                 )
         return out
 
@@ -292,11 +344,12 @@ def fit_rows(
 
 
 def deduplicate(dataset: Dataset, against: Dataset | None = None) -> tuple[Dataset, int]:
-    """Drop rows whose tokens and labels repeat an earlier row's (or a row of `against`)."""
-    seen = set() if against is None else {row_hash(i, labels) for i, labels in _pairs(against)}
+    """Drop rows whose tokens, labels and scalar columns repeat an earlier row's (or a row of
+    `against`); attention masks and the core's `length` and `n_targets` are not compared."""
+    seen = set() if against is None else {row_hash(*row) for row in _keys(against)}
     keep = []
-    for index, (ids, labels) in enumerate(_pairs(dataset)):
-        key = row_hash(ids, labels)
+    for index, row in enumerate(_keys(dataset)):
+        key = row_hash(*row)
         if key not in seen:
             seen.add(key)
             keep.append(index)
@@ -305,13 +358,17 @@ def deduplicate(dataset: Dataset, against: Dataset | None = None) -> tuple[Datas
     return dataset.select(keep).flatten_indices(), len(dataset) - len(keep)
 
 
-def _pairs(dataset: Dataset) -> Any:
-    return zip(dataset["input_ids"], dataset["labels"], strict=True)
+def _keys(dataset: Dataset) -> Any:
+    skipped = ("length", "n_targets")
+    names = [
+        c for c in dataset.column_names if c not in skipped and not c.endswith("attention_mask")
+    ]
+    return zip(*(dataset[c] for c in names), strict=True)
 
 
-def row_hash(ids: list[int], labels: list[int]) -> bytes:
-    """A digest of one row's tokens and labels."""
-    return hashlib.blake2b(json.dumps([ids, labels]).encode(), digest_size=16).digest()
+def row_hash(*values: Any) -> bytes:
+    """A digest of one row's values (its tokens and labels...)."""
+    return hashlib.blake2b(json.dumps(list(values)).encode(), digest_size=16).digest()
 
 
 def split_eval(dataset: Dataset, val_set_size: float, seed: int) -> tuple[Dataset, Dataset | None]:
@@ -347,6 +404,48 @@ def drop_summary(stats: DataStats, sequence_len: int) -> str:
     return "; ".join(f"{r} ({n})" for r, n in drop_reasons(stats, sequence_len)) or "no rows"
 
 
+# -- where the rows come from: the registered data sources ------------------------------------
+
+
+def source_for(hooks: Hooks, entry: DatasetEntry) -> DataSource:
+    """The first registered data source that claims the entry."""
+    for source in hooks.data_sources():
+        if source.claims(entry):
+            return source
+    raise DataError(f"{entry.label}: no installed data source reads it; see `weave plugin list`")
+
+
+def load_rows(hooks: Hooks, entry: DatasetEntry, *, streaming: bool = False) -> LoadedRows:
+    """The raw rows of one entry from its source: a stream with `skip` rows skipped, or rows
+    sharded as `shards`/`shards_idx` ask (an empty source is a `DataError`)."""
+    rows = source_for(hooks, entry).load(entry, streaming)
+    rows = rows if isinstance(rows, LoadedRows) else LoadedRows(rows)
+    if streaming:
+        return LoadedRows(rows.dataset.skip(entry.skip), rows.locate) if entry.skip else rows
+    if len(rows.dataset) == 0:
+        raise DataError(f"{entry.label} is empty: it holds no rows")
+    if not entry.shards:
+        return rows
+    index, count, total = entry.shards_idx or 0, entry.shards, len(rows.dataset)
+    if count > total:
+        raise DataError(f"{entry.label}: shards={count} is more than its {total} rows")
+    size, extra = divmod(total, count)
+    rows.locate.offset = size * index + min(index, extra)
+    part = rows.dataset.shard(num_shards=count, index=index, contiguous=True)
+    return LoadedRows(part, rows.locate)
+
+
+def source_identity(hooks: Hooks, entry: DatasetEntry, loaded: dict[int, LoadedRows]) -> str:
+    """What identifies the entry's content for the fingerprint: its source's `identity`, else
+    the loaded rows' own fingerprint (the rows are kept in `loaded`, to be built once)."""
+    source = source_for(hooks, entry)
+    if source.identity is not None:
+        return source.identity(entry)
+    if id(entry) not in loaded:
+        loaded[id(entry)] = load_rows(hooks, entry)
+    return f"{source.name}:{getattr(loaded[id(entry)].dataset, '_fingerprint', None)}"
+
+
 # -- a streamed pretraining_dataset --------------------------------------------------------------
 
 
@@ -356,13 +455,10 @@ def stream_pretraining(cfg: Any, hooks: Hooks, tokenizer: Any) -> PreparedData:
     from datasets import interleave_datasets
 
     streams = []
-    for index, entry in enumerate(cfg.pretraining_dataset):
-        rows = load_rows(entry, streaming=True)
+    for entry in cfg.pretraining_dataset:
+        rows = load_rows(hooks, entry, streaming=True)
         entry._source = SourceContext(rows.locate, None, bool(cfg.skip_invalid_rows))
-        built = hooks.build_dataset(entry, rows.dataset, tokenizer, cfg)
-        if built is None:
-            raise DataError(f"pretraining_dataset[{index}]: no plugin streams {entry.label}")
-        streams.append(built)
+        streams.append(build_format(hooks, entry, rows.dataset, tokenizer, cfg))
     train = streams[0] if len(streams) == 1 else interleave_datasets(streams, seed=cfg.seed)
     stats = DataStats(
         per_dataset=[
@@ -392,7 +488,7 @@ def fingerprint(
         add(len(entries))
         for entry in entries:
             add(entry.model_dump())
-            add(source_identity(entry, loaded))
+            add(source_identity(hooks, entry, loaded))
     add({key: getattr(cfg, key, None) for key in DATA_KEYS})
     add(plugin_data_settings(cfg))
     add(tokenizer_identity(tokenizer))

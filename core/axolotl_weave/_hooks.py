@@ -205,13 +205,21 @@ class Hooks:
         )
         return self._answered("training_step", result)
 
-    def save_checkpoint_state(self, cfg: Any, state: TrainState, model: Any, folder: Path) -> None:
+    def save_checkpoint_state(
+        self, cfg: Any, state: TrainState, model: Any, folder: Path, strategy: Strategy
+    ) -> None:
         """Let plugins add their state to a staged checkpoint."""
-        self.pm.hook.save_checkpoint_state(cfg=cfg, state=state, model=model, folder=folder)
+        self.pm.hook.save_checkpoint_state(
+            cfg=cfg, state=state, model=model, folder=folder, strategy=strategy
+        )
 
-    def load_checkpoint_state(self, cfg: Any, state: TrainState, model: Any, folder: Path) -> None:
+    def load_checkpoint_state(
+        self, cfg: Any, state: TrainState, model: Any, folder: Path, strategy: Strategy
+    ) -> None:
         """Let plugins restore their state from the checkpoint resumed from."""
-        self.pm.hook.load_checkpoint_state(cfg=cfg, state=state, model=model, folder=folder)
+        self.pm.hook.load_checkpoint_state(
+            cfg=cfg, state=state, model=model, folder=folder, strategy=strategy
+        )
 
     def lr_multiplier(self, cfg: Any) -> Callable[[int], float]:
         """The product of every plugin's `lr_multiplier` at a step, as a function of the step."""

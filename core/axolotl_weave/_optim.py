@@ -110,14 +110,28 @@ def warmup_steps(cfg: Any, total_steps: int) -> int:
     return 0
 
 
-def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
-    """Linear warm-up then `cfg.lr_scheduler` (cosine, linear or constant) to the last step."""
-    from transformers import get_scheduler
+def build_scheduler(
+    cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int, hooks: Hooks | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule `cfg.lr_scheduler` that a plugin registered (`register_lr_schedulers`), with
+    its warm-up, over `total_steps`, times every plugin's `lr_multiplier`, as one `LambdaLR`.
 
-    name = "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler
-    return get_scheduler(
-        name,
-        optimizer=optimizer,
-        num_warmup_steps=warmup_steps(cfg, total_steps),
-        num_training_steps=total_steps,
+    Without `hooks`, the installed plugins' (a fresh plugin manager's) registry and multipliers.
+    """
+    import torch
+
+    if hooks is None:
+        from axolotl_weave._hooks import Hooks
+        from axolotl_weave._pluginmanager import make_plugin_manager
+
+        hooks = Hooks(make_plugin_manager())
+    schedules = hooks.lr_schedulers()
+    if cfg.lr_scheduler not in schedules:
+        raise ConfigError(
+            f"unknown lr_scheduler '{cfg.lr_scheduler}'; registered: {', '.join(sorted(schedules))}"
+        )
+    schedule = schedules[cfg.lr_scheduler](cfg, total_steps, warmup_steps(cfg, total_steps))
+    multiplier = hooks.lr_multiplier(cfg)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: schedule(step) * multiplier(step)
     )

@@ -1,15 +1,18 @@
-"""Helpers for format plugins: tokenize a prompt/response pair, map rows with clear errors."""
+"""Helpers for format and data-source plugins: tokenize a prompt/response pair, map rows with
+clear errors, and hand loaded rows to the core with a way to name each of them (file and line)."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from axolotl_weave._errors import DataError
 from axolotl_weave._types import IGNORE_INDEX
 
 if TYPE_CHECKING:
-    from datasets import Dataset
+    from datasets import Dataset, IterableDataset
 
     from axolotl_weave._config import DatasetEntry
 
@@ -71,21 +74,24 @@ def map_rows(
     fn: Callable[[dict[str, Any]], dict[str, Any]],
     *,
     num_proc: int | None = None,
+    empty: dict[str, Any] | None = None,
 ) -> Dataset:
     """`dataset.map(fn)` replacing the raw columns; an error in a row names the entry and row.
 
     The row is named by its file and line for JSON Lines (`entry.where`). With
-    `skip_invalid_rows: true` a bad row becomes an empty one, which the core drops and counts.
-    Runs on `dataset_processes` processes unless `num_proc` is given.
+    `skip_invalid_rows: true` a bad row becomes `empty` (default: empty supervised columns; a
+    format with other columns passes its own, empty sequences and None scalars), which the core
+    drops and counts. Runs on `dataset_processes` processes unless `num_proc` is given.
     """
     skip_invalid = entry.skip_invalid_rows
+    empty = empty if empty is not None else {"input_ids": [], "labels": [], "attention_mask": []}
 
     def wrapped(row: dict[str, Any], index: int) -> dict[str, Any]:
         try:
             return fn(row)
         except (DataError, KeyError, TypeError, ValueError, AttributeError) as exc:
             if skip_invalid:
-                return {"input_ids": [], "labels": [], "attention_mask": []}
+                return dict(empty)
             if isinstance(exc, DataError):
                 raise DataError(f"{entry.label}, {entry.where(index)}: {exc}") from None
             raise DataError(
@@ -125,3 +131,46 @@ def text_field(row: dict[str, Any], name: str, *, required: bool = True) -> str:
     if not isinstance(value, str):
         raise TypeError(f"field '{name}' must be a string, got {type(value).__name__}: {value!r}")
     return value
+
+
+@dataclass
+class RowLocator:
+    """Names a row of an entry by where it was read: 'file:line' for JSON Lines, else 'row N'."""
+
+    spans: list[tuple[int, str, list[int] | None]] = field(default_factory=list)
+    """(index of the span's first row, file name, line number of each of its rows or None)."""
+    offset: int = 0
+    """Rows before the first one handed on (taken off by `shards`)."""
+
+    def add(self, first: int, name: str, lines: list[int] | None) -> None:
+        """Record that rows from `first` on come from `name` (at `lines`, when known)."""
+        self.spans.append((first, name, lines))
+
+    def __call__(self, index: int) -> str:
+        """Where row `index` (0-based, after sharding) was read."""
+        absolute = index + self.offset
+        starts = [first for first, _, _ in self.spans]
+        at = bisect.bisect_right(starts, absolute) - 1
+        if at < 0:
+            return f"row {absolute + 1}"
+        first, name, lines = self.spans[at]
+        if lines is not None and absolute - first < len(lines):
+            return f"{name}:{lines[absolute - first]}"
+        return f"{name}, row {absolute - first + 1}"
+
+
+@dataclass
+class LoadedRows:
+    """The raw rows of an entry (what a `DataSource` loads), and how to name each of them."""
+
+    dataset: Dataset | IterableDataset
+    locate: RowLocator = field(default_factory=RowLocator)
+
+
+def rows_table(rows: list[dict[str, Any]]) -> Dataset:
+    """A `Dataset` of rows with a column for every key any row has (missing values None);
+    `Dataset.from_list` would take the columns of the first row only."""
+    from datasets import Dataset
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return Dataset.from_dict({key: [row.get(key) for row in rows] for key in columns})

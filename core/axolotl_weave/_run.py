@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 import yaml
 
+from axolotl_weave._atomic import write_atomically
 from axolotl_weave._checkpoint import resolve_resume
 from axolotl_weave._config import (
     CoreConfig,
@@ -120,11 +120,9 @@ def preprocess(session: Session) -> tuple[PreparedData, Any]:
 
 def save_resolved_config(cfg: CoreConfig, output_dir: Path) -> Path:
     """Write the validated config, defaults filled in, to `output_dir/config.yml` (atomically)."""
-    path = output_dir / "config.yml"
-    tmp = path.with_suffix(".yml.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return write_atomically(
+        output_dir / "config.yml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    )
 
 
 def train(session: Session) -> TrainState:
@@ -206,10 +204,11 @@ def build_trainer(
 
     cfg, hooks = session.cfg, session.hooks
     apply_tf32(resolve_precision(cfg))
-    if cfg.sample_packing and family is not None and family.cannot_pack_because:
+    why = family.cannot.get("sample_packing") if family is not None else None
+    if cfg.sample_packing and why:
         raise ConfigError(
             f"sample_packing: the '{family.name}' family cannot be packed: "
-            f"{family.cannot_pack_because}; set sample_packing: false"
+            f"{why}; set sample_packing: false"
         )
     model = hooks.load_model(cfg, tokenizer, family)
     if cfg.unfrozen_parameters:

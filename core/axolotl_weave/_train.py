@@ -127,7 +127,7 @@ class Trainer:
         self.schedule = plan_schedule(cfg, per_epoch)
         self.output_dir = Path(cfg.output_dir)
         optimizer = build_optimizer(cfg, model, hooks)
-        scheduler = build_scheduler(cfg, optimizer, self.schedule.max_steps)
+        scheduler = build_scheduler(cfg, optimizer, self.schedule.max_steps, hooks)
         self.model, self.optimizer, self.scheduler = strategy.prepare(model, optimizer, scheduler)
         self.state = TrainState(
             output_dir=self.output_dir,
@@ -374,7 +374,7 @@ class Trainer:
         strategy.wait_for_everyone()
         strategy.save_state(staged, self.model, self.optimizer, self.scheduler)
         model = strategy.unwrap(self.model)
-        self.hooks.save_checkpoint_state(self.cfg, self.state, model, staged)
+        self.hooks.save_checkpoint_state(self.cfg, self.state, model, staged, strategy)
         strategy.wait_for_everyone()
         if main:
             path = finish_checkpoint(self.output_dir, staged, self.state, self.cfg.save_total_limit)
@@ -394,7 +394,7 @@ class Trainer:
         for key in ("global_step", "epoch", "batches_into_epoch", "tokens_seen", "log_history"):
             setattr(self.state, key, saved[key])
         model = self.strategy.unwrap(self.model)
-        self.hooks.load_checkpoint_state(self.cfg, self.state, model, path)
+        self.hooks.load_checkpoint_state(self.cfg, self.state, model, path, self.strategy)
         self.strategy.load_state(path, self.model, self.optimizer, self.scheduler)
         restore_rng(path)
         console.print(f"resumed from {path} at step {self.state.global_step}")

@@ -67,10 +67,14 @@ class DataSource:
     """Where the rows of a `datasets:` entry come from (see `register_data_sources`).
 
     claims(entry): whether this source reads the entry (a local path, a saved dataset, a URL...).
-    load(entry, streaming): the rows, as the core's loader expects them (see the built-in
-        sources for the `LoadedRows` shape: a `datasets.Dataset` and a row locator).
+    load(entry, streaming): the entry's raw rows: a `datasets.Dataset` (an `IterableDataset` when
+        `streaming`), or a `LoadedRows` holding it with a `RowLocator` that names each row by
+        file and line. The core refuses an empty result, and applies `shards` and `skip`. A
+        missing file or a broken row is a `DataError` naming it.
     identity(entry): a string that changes when the source's content does (file digests, an
-        ETag, a hub revision), for the preprocessing cache's fingerprint.
+        ETag), for the preprocessing cache's fingerprint, computed without tokenizing. None: the
+        core loads the rows (once, reused to build them) and takes `<name>:` and the loaded
+        dataset's own fingerprint (which follows a hub revision).
     """
 
     name: str
@@ -85,33 +89,32 @@ class ModelFamily:
     """What a model-family plugin knows about one architecture (see `register_model_families`).
 
     model_types: the `config.model_type` values it covers ("llama", ...).
-    lora_target_modules: default LoRA targets when the config names none.
+    adapter_target_modules: the projection layers an adapter attaches to by default (when the
+        config names none).
     decoder_layer: class name of the repeated decoder block (FSDP wrapping, checkpointing).
     prepare_tokenizer: called with the loaded tokenizer to fix quirks (missing pad token...).
     prepare_model: called with the loaded model and the config to fix quirks or switch on
         options (an MoE router's auxiliary loss...), before adapters wrap it.
     attn_implementations: the transformers attention implementations it supports.
     kernels: the fused-kernel plugins it works with (e.g. "liger").
-    chat_template: the name of its default chat template (a `chat_template` plugin's name).
-    cannot_pack_because: why `sample_packing` would let packed samples affect each other (a
-        recurrent state, a model ignoring `position_ids`...); None when it keeps them apart.
-    unsupported: config keys of method plugins this architecture cannot take, each with why
-        (e.g. {"gptq": "..."}); the plugin owning the key refuses it with that reason.
+    cannot: what this architecture cannot take, by capability name, each with why: a config key
+        of the core or of a method plugin ("sample_packing", "gptq", "load_in_4bit",
+        "load_in_8bit"...). The owner of the capability asks `family.cannot.get(name)` and
+        refuses it with that reason; e.g. {"sample_packing": "it is recurrent: its state
+        carries from one packed sample into the next"}. Empty when it takes everything.
     tiny_config: keyword arguments of a tiny config of this architecture (random weights, for
         tests and the support matrix): `AutoConfig.for_model(model_types[0], **tiny_config())`.
     """
 
     name: str
     model_types: tuple[str, ...]
-    lora_target_modules: tuple[str, ...] = ()
+    adapter_target_modules: tuple[str, ...] = ()
     decoder_layer: str | None = None
     prepare_tokenizer: Callable[[Any], None] | None = None
     prepare_model: Callable[[Any, Any], None] | None = None
     attn_implementations: tuple[str, ...] = ("eager", "sdpa")
     kernels: tuple[str, ...] = ()
-    chat_template: str | None = None
-    cannot_pack_because: str | None = None
-    unsupported: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    cannot: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     tiny_config: Callable[[], dict[str, Any]] | None = None
     description: str = ""
 
@@ -124,6 +127,10 @@ class LossFunction(Protocol):
     denominator; `__call__(model, batch)` returns the loss *summed* over those units. The core
     divides by the units of the whole accumulated batch, so a step with gradient accumulation equals
     one step on the concatenated micro-batches.
+
+    An objective computed from the final hidden states and the output layer may also implement
+    `HiddenStatesLoss` (`hidden_states_loss(model, batch, head)`), so that kernel plugins (liger,
+    cut_cross_entropy) can compute its cross-entropy without materialising the logits.
     """
 
     def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...

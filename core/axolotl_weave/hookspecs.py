@@ -147,7 +147,9 @@ def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[
 
     :param data: the YAML mapping with CLI overrides applied; edit it in place (rename an alias,
         drop a key of another tool that changes nothing trained).
-    :param known_keys: every top-level key some installed plugin (or the core) validates.
+    :param known_keys: every top-level key some installed plugin (or the core) validates, and
+        ``SECTION.N.KEY`` (``datasets.0.field_messages``) for each key that entry N of a list of
+        dataset entries accepts (the core's entry fields and its format's options).
 
     For compatibility plugins (Axolotl's key names, aliases, ignored keys). Called once, before
     validation. Collects all results: each plugin's warnings are logged.
@@ -211,6 +213,12 @@ def build_dataset(
 ) -> Dataset | None:
     """Turn one ``datasets:`` entry into tokenized rows, or return None if not this plugin's type.
 
+    The fallback, kept for compatibility: a format normally passes its build function as
+    ``DatasetFormat(build=...)`` and the core calls it directly, without this hook. The hook is
+    called only for an entry whose format was registered without ``build`` (a plugin written
+    before formats carried it) and for an entry without ``type:`` (pre-tokenized rows), so an
+    implementation must check ``entry.type`` and return None for the types it does not build.
+
     :param entry: the validated entry; ``entry.type`` says which format; format-specific
         options are read with ``entry.option(name, default)``.
     :param dataset: the raw rows loaded from the entry's source (a ``datasets.Dataset``).
@@ -221,8 +229,8 @@ def build_dataset(
     positions set to ``IGNORE_INDEX``), and optionally ``attention_mask``. Raise
     :class:`~axolotl_weave.DataError` naming the row for bad rows.
 
-    Called once per entry, after ``load_tokenizer``. Stops at the first non-None result: the
-    plugin that registered ``entry.type`` answers, the others return None.
+    Called once per such entry, after ``load_tokenizer``. Stops at the first non-None result:
+    the plugin owning ``entry.type`` answers, the others return None.
     """
 
 
@@ -374,10 +382,13 @@ def on_log(cfg: Any, state: TrainState, metrics: dict[str, float]) -> None:
 
 
 @hookspec
-def save_checkpoint_state(cfg: Any, state: TrainState, model: Any, folder: Path) -> None:
+def save_checkpoint_state(
+    cfg: Any, state: TrainState, model: Any, folder: Path, strategy: Strategy
+) -> None:
     """Add this plugin's own state to the checkpoint being written in ``folder``.
 
     :param model: the unwrapped model.
+    :param strategy: the run's strategy (``strategy.is_main_process``).
     :param folder: the checkpoint while it is staged (renamed into place once complete):
         write files under ``folder / <your plugin name>``.
 
@@ -388,7 +399,9 @@ def save_checkpoint_state(cfg: Any, state: TrainState, model: Any, folder: Path)
 
 
 @hookspec
-def load_checkpoint_state(cfg: Any, state: TrainState, model: Any, folder: Path) -> None:
+def load_checkpoint_state(
+    cfg: Any, state: TrainState, model: Any, folder: Path, strategy: Strategy
+) -> None:
     """Restore what ``save_checkpoint_state`` wrote, resuming from ``folder``.
 
     Called once when a run resumes, on every process, before the core restores the trainable

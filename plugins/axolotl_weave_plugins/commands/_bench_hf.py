@@ -1,10 +1,11 @@
 """The baseline of `weave bench --baseline hf`: plain Hugging Face `transformers.Trainer`.
 
-What a Hugging Face user would write for the same job: `AutoModelForCausalLM.from_pretrained`
-with sdpa attention in the run's dtype, peft's LoRA (and bitsandbytes' 4/8-bit loading) built
-from the same config keys, `DataCollatorForSeq2Seq` padding each micro-batch to its longest
-sample, the same optimizer, schedule, precision, gradient clipping and gradient checkpointing.
-Nothing of weave's pipeline runs: no packing, no kernels, no weave loss. Its rows per micro-batch
+What a Hugging Face user would write for the same job, on the same model: the base loaded as
+the config's plugins load it (`load_model`: `from_pretrained` in the run's dtype with
+transformers' default attention, quantized and wrapped in peft's LoRA as the config's keys say),
+`DataCollatorForSeq2Seq` padding each micro-batch to its longest sample, the same optimizer,
+schedule, precision, gradient clipping and gradient checkpointing. Nothing else of weave's
+pipeline runs: no packing, no attention patches or kernels, no weave loss. Its rows per micro-batch
 and accumulation steps are planned here too (`plan_hf_budget`).
 
 Not a plugin (no entry point): a helper of the `bench` command plugin.
@@ -35,7 +36,8 @@ HF_OPTIMIZERS = {
 are built by weave's own builder and handed to the Trainer, so the optimizer is the same."""
 
 HF_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-"""weave `lr_scheduler:` → `TrainingArguments.lr_scheduler_type` (weave's constant has warm-up)."""
+"""weave `lr_scheduler:` → `TrainingArguments.lr_scheduler_type` where the names differ (weave's
+constant has warm-up); the other registered names are transformers' own."""
 
 
 class CountingCollator:
@@ -77,48 +79,11 @@ def plan_hf_budget(
     return rows, accumulation
 
 
-def load_hf_model(cfg: Any, tokenizer: Any, family: Any) -> Any:
-    """`from_pretrained` with sdpa in the run's dtype; quantized and wrapped in LoRA as the
-    config's `load_in_4bit` / `load_in_8bit` / `adapter` keys say."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    precision = resolve_precision(cfg)
-    kwargs: dict[str, Any] = {
-        "dtype": getattr(torch, precision.weight_dtype),
-        "attn_implementation": "sdpa",
-        "revision": cfg.revision_of_model,
-        "trust_remote_code": cfg.trust_remote_code,
-    }
-    quantized = bool(getattr(cfg, "load_in_4bit", False) or getattr(cfg, "load_in_8bit", False))
-    if quantized:
-        from transformers import BitsAndBytesConfig
-
-        from axolotl_weave_plugins.methods.bnb_quantization import (
-            device_map,
-            quantization_kwargs,
-            require_bitsandbytes,
-        )
-
-        require_bitsandbytes(cfg)
-        kwargs["quantization_config"] = BitsAndBytesConfig(**quantization_kwargs(cfg))
-        kwargs["device_map"] = device_map()
-    model = AutoModelForCausalLM.from_pretrained(cfg.base_model, **kwargs)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.use_cache = False
-    checkpointing = bool(getattr(cfg, "gradient_checkpointing", False))
-    if quantized:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-    if getattr(cfg, "adapter", None) in ("lora", "qlora"):
-        from peft import get_peft_model
-
-        from axolotl_weave_plugins.methods.lora import lora_config
-
-        model = get_peft_model(model, lora_config(cfg, model, tokenizer, family))
-    return model
+def load_hf_model(session: Any, tokenizer: Any, family: Any) -> Any:
+    """The model the config's plugins load for training (`load_model`, purpose "train"):
+    quantized and wrapped in LoRA as the config's `load_in_4bit` / `load_in_8bit` / `adapter`
+    keys say; no attention patch or kernel (`patch_attention` does not run)."""
+    return session.hooks.load_model(session.cfg, tokenizer, family, purpose="train")
 
 
 def training_arguments(
@@ -146,7 +111,7 @@ def training_arguments(
         adam_beta2=cfg.adam_beta2,
         adam_epsilon=cfg.adam_epsilon,
         optim=HF_OPTIMIZERS.get(cfg.optimizer, "adamw_torch"),
-        lr_scheduler_type=HF_SCHEDULERS[cfg.lr_scheduler],
+        lr_scheduler_type=HF_SCHEDULERS.get(cfg.lr_scheduler, cfg.lr_scheduler),
         warmup_steps=warmup_steps(cfg, max_steps),
         max_grad_norm=cfg.max_grad_norm or 0.0,
         bf16=precision.mixed_precision == "bf16",
@@ -222,7 +187,7 @@ def run_hf(
     )
     trainer = None
     try:
-        model = load_hf_model(cfg, tokenizer, family)
+        model = load_hf_model(session, tokenizer, family)
         args = training_arguments(cfg, rows, accumulation, settings.total_steps, output_dir)
         optimizers: tuple[Any, Any] = (None, None)
         if cfg.optimizer not in HF_OPTIMIZERS:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from axolotl_weave import DatasetFormat, PluginConfig, hookimpl, text_field
 from pydantic import Field
 
-from axolotl_weave_plugins.formats.alpaca import (
+from axolotl_weave_plugins.formats._prompts import (
     PROMPT_STYLES,
     SYSTEM_NO_INPUT_PROMPT,
     SYSTEM_PROMPT,
@@ -90,14 +90,11 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `alpaca_chat` and its `load_*` variants."""
     for name, description in DESCRIPTIONS.items():
         options = AlpacaChatOptions if name == "alpaca_chat" else None
-        register(DatasetFormat(name, description, options=options))
+        register(DatasetFormat(name, description, options=options, build=build))
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize rows in the alpaca chat prompt, masking the prompt unless `train_on_inputs`."""
-    if entry.type not in VARIANTS:
-        return None
     (instruction_field, input_field, response_field), (system, system_no_input) = VARIANTS[
         entry.type
     ]

@@ -22,7 +22,7 @@ from typing import Any
 
 from axolotl_weave import DatasetFormat, hookimpl, text_field
 
-from axolotl_weave_plugins.formats.alpaca import (
+from axolotl_weave_plugins.formats._prompts import (
     PROMPT_STYLES,
     PromptStyle,
     build_prompt,
@@ -78,14 +78,11 @@ VARIANTS: dict[str, tuple[PromptStyle, tuple[str, str | None, str, str], str]] =
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `alpaca_w_system` and its `load_*` variants."""
     for name, (_, _, description) in VARIANTS.items():
-        register(DatasetFormat(name, description))
+        register(DatasetFormat(name, description, build=build))
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize rows with their own system text, masking the prompt unless `train_on_inputs`."""
-    if entry.type not in VARIANTS:
-        return None
     style, (instruction_field, input_field, response_field, system_field), _ = VARIANTS[entry.type]
 
     def render(row: dict[str, Any]) -> tuple[str, str]:

@@ -391,6 +391,7 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
             "chat_template",
             "conversations (messages with role, content) rendered with a chat template",
             options=ChatTemplateOptions,
+            build=build,
         )
     )
     register(
@@ -398,6 +399,7 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
             "sharegpt",
             "deprecated: ShareGPT conversations (from, value), read as chat_template",
             options=SharegptOptions,
+            build=build,
         )
     )
 
@@ -574,11 +576,8 @@ def make_plan(entry: Any, tokenizer: Any, cfg: Any) -> Plan:
     )
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Render and tokenize each conversation, labelling the trained turns' tokens."""
-    if entry.type not in ("chat_template", "sharegpt"):
-        return None
     plan = make_plan(entry, tokenizer, cfg)
     require_columns(dataset, entry, [plan.field_messages])
 

@@ -20,14 +20,13 @@ PLUGIN_KIND = "format"
 @hookimpl
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `completion`."""
-    register(DatasetFormat("completion", "raw text in one column (field:, default text)"))
+    register(
+        DatasetFormat("completion", "raw text in one column (field:, default text)", build=build)
+    )
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize the text column; all tokens are trained, EOS appended."""
-    if entry.type != "completion":
-        return None
     column = entry.field or "text"
     require_columns(dataset, entry, [column])
 

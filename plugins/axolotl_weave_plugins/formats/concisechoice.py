@@ -20,13 +20,13 @@ from typing import Any
 
 from axolotl_weave import DatasetFormat, hookimpl
 
-from axolotl_weave_plugins.formats.alpaca import (
+from axolotl_weave_plugins.formats._choices import choice_fields, require_choice_columns
+from axolotl_weave_plugins.formats._prompts import (
     PROMPT_STYLES,
     PromptStyle,
     build_prompt,
     build_prompt_response_rows,
 )
-from axolotl_weave_plugins.formats.explainchoice import choice_fields, require_choice_columns
 
 PLUGIN_KIND = "format"
 
@@ -49,14 +49,11 @@ FORMATS = {
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `concisechoice` and `concisechoice:<style>` (the same) for each prompt style."""
     for name, description in FORMATS.items():
-        register(DatasetFormat(name, description))
+        register(DatasetFormat(name, description, build=build))
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize multiple-choice rows, masking the prompt unless `train_on_inputs`."""
-    if entry.type not in FORMATS:
-        return None
     require_choice_columns(dataset, entry)
 
     def render(row: dict[str, Any]) -> tuple[str, str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from axolotl_weave import DatasetFormat, hookimpl, text_field
 
-from axolotl_weave_plugins.formats.alpaca import (
+from axolotl_weave_plugins.formats._prompts import (
     PROMPT_STYLES,
     build_prompt,
     build_prompt_response_rows,
@@ -85,13 +85,10 @@ VARIANTS: dict[str, tuple[list[str], Callable[[dict[str, Any]], tuple[str, str]]
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `context_qa`, `context_qa.load_v2` and `context_qa.load_404`."""
     for name, (_, _, description) in VARIANTS.items():
-        register(DatasetFormat(name, description))
+        register(DatasetFormat(name, description, build=build))
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize context QA rows, masking the prompt unless `train_on_inputs`."""
-    if entry.type not in VARIANTS:
-        return None
     required, render, _ = VARIANTS[entry.type]
     return build_prompt_response_rows(entry, dataset, tokenizer, cfg, required, render)

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from axolotl_weave import DatasetFormat, hookimpl, text_field
 
-from axolotl_weave_plugins.formats.alpaca import build_prompt_response_rows
+from axolotl_weave_plugins.formats._prompts import build_prompt_response_rows
 
 PLUGIN_KIND = "format"
 
@@ -149,13 +149,10 @@ VARIANTS: dict[str, tuple[list[str], Callable[[dict[str, Any]], tuple[str, str]]
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `creative_acr.load_answer`, `.load_critique` and `.load_revise`."""
     for name, (_, _, description) in VARIANTS.items():
-        register(DatasetFormat(name, description))
+        register(DatasetFormat(name, description, build=build))
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize creative answer/critique/revise rows, masking the prompt unless trained."""
-    if entry.type not in VARIANTS:
-        return None
     required, render, _ = VARIANTS[entry.type]
     return build_prompt_response_rows(entry, dataset, tokenizer, cfg, required, render)

@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import DataError, DatasetFormat, hookimpl, require_columns, text_field
+from axolotl_weave import DatasetFormat, hookimpl
 
-from axolotl_weave_plugins.formats.alpaca import (
+from axolotl_weave_plugins.formats._choices import choice_fields, require_choice_columns
+from axolotl_weave_plugins.formats._prompts import (
     build_prompt,
     build_prompt_response_rows,
     style_of,
@@ -32,40 +33,15 @@ SYSTEM_PROMPT = "Choose the answer that best answers the question. Explain your 
 FORMATS = styled_formats("explainchoice", "question, choices, solution or explanation (explained)")
 
 
-def require_choice_columns(dataset: Any, entry: Any) -> None:
-    """Raise a `DataError` unless the rows have question, choices and solution or explanation."""
-    require_columns(dataset, entry, ["question", "choices"])
-    if "solution" not in dataset.column_names and "explanation" not in dataset.column_names:
-        raise DataError(
-            f"dataset '{entry.path}' (type: {entry.type}) lacks the field 'solution' or "
-            f"'explanation'; its rows have: {', '.join(dataset.column_names)}"
-        )
-
-
-def choice_fields(row: dict[str, Any]) -> tuple[str, str, str]:
-    """(question, choices as `- "choice"` lines, solution or explanation) of a row."""
-    choices = row.get("choices")
-    if not isinstance(choices, list):
-        raise TypeError(
-            f"field 'choices' must be a list, got {type(choices).__name__}: {choices!r}"
-        )
-    rendered = "\n".join(f'- "{choice}"' for choice in choices)
-    answer_field = "solution" if row.get("solution") is not None else "explanation"
-    return text_field(row, "question"), rendered, text_field(row, answer_field)
-
-
 @hookimpl
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `explainchoice` and `explainchoice:<style>` for each prompt style."""
     for name, description in FORMATS.items():
-        register(DatasetFormat(name, description))
+        register(DatasetFormat(name, description, build=build))
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize multiple-choice rows, masking the prompt unless `train_on_inputs`."""
-    if entry.type not in FORMATS:
-        return None
     require_choice_columns(dataset, entry)
     style = style_of(entry.type)
 

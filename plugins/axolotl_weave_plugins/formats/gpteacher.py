@@ -14,7 +14,7 @@ from typing import Any
 
 from axolotl_weave import DatasetFormat, hookimpl, text_field
 
-from axolotl_weave_plugins.formats.alpaca import (
+from axolotl_weave_plugins.formats._prompts import (
     build_prompt,
     build_prompt_response_rows,
     style_of,
@@ -30,14 +30,11 @@ FORMATS = styled_formats("gpteacher", "instruction, optional input, response (GP
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `gpteacher` and `gpteacher:<style>` for each prompt style."""
     for name, description in FORMATS.items():
-        register(DatasetFormat(name, description))
+        register(DatasetFormat(name, description, build=build))
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize GPTeacher rows, masking the prompt unless `train_on_inputs`."""
-    if entry.type not in FORMATS:
-        return None
     style = style_of(entry.type)
 
     def render(row: dict[str, Any]) -> tuple[str, str]:

@@ -40,6 +40,7 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
         DatasetFormat(
             "input_output",
             "template-free segments of text, each label: true (trained) or false (masked)",
+            build=build,
         )
     )
 
@@ -113,11 +114,8 @@ def tokenize_each_segment(
     return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize `segments` rows: trained segments labelled, the others masked."""
-    if entry.type != "input_output":
-        return None
     require_columns(dataset, entry, ["segments"])
     train_on_inputs = bool(cfg.train_on_inputs)
 

@@ -31,14 +31,13 @@ NUM_EOS_TOKENS = 3
 @hookimpl
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `metharme`."""
-    register(DatasetFormat("metharme", "prompt, generation (Metharme; three EOS tokens)"))
+    register(
+        DatasetFormat("metharme", "prompt, generation (Metharme; three EOS tokens)", build=build)
+    )
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize prompt/generation rows, masking the prompt unless `train_on_inputs`."""
-    if entry.type != "metharme":
-        return None
     require_columns(dataset, entry, ["prompt", "generation"])
     train_on_inputs = bool(cfg.train_on_inputs)
     eos = tokenizer.eos_token_id

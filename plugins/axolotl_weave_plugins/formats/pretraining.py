@@ -59,6 +59,7 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
                 "raw text packed into sequence_len blocks, all trained (text_column, default text)",
                 options=PretrainingOptions,
                 streams=True,
+                build=build,
             )
         )
 
@@ -135,12 +136,9 @@ def output_features() -> Any:
     )
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Pack the entry's texts into `sequence_len` blocks: a `Dataset` for a `datasets:` entry,
     an `IterableDataset` (still lazy) for a streamed `pretraining_dataset:` entry."""
-    if entry.type not in NAMES:
-        return None
     from datasets import Dataset
 
     column = text_column(entry)

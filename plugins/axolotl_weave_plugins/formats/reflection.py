@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 from axolotl_weave import DatasetFormat, hookimpl, text_field
 
-from axolotl_weave_plugins.formats.alpaca import PROMPT_STYLES, build_prompt_response_rows
+from axolotl_weave_plugins.formats._prompts import PROMPT_STYLES, build_prompt_response_rows
 
 PLUGIN_KIND = "format"
 
@@ -93,15 +93,12 @@ FORMATS = {
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `reflection` and `reflection:<style>` for each prompt style."""
     for name, description in FORMATS.items():
-        register(DatasetFormat(name, description))
+        register(DatasetFormat(name, description, build=build))
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize reflection rows, masking the prompt unless `train_on_inputs`."""
-    templates = TEMPLATES.get(entry.type)
-    if templates is None:
-        return None
+    templates = TEMPLATES[entry.type]
 
     def render(row: dict[str, Any]) -> tuple[str, str]:
         instruction = text_field(row, "instruction")

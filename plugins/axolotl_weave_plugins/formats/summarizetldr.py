@@ -16,7 +16,7 @@ from typing import Any
 
 from axolotl_weave import DatasetFormat, hookimpl, text_field
 
-from axolotl_weave_plugins.formats.alpaca import PROMPT_STYLES, build_prompt_response_rows
+from axolotl_weave_plugins.formats._prompts import PROMPT_STYLES, build_prompt_response_rows
 
 PLUGIN_KIND = "format"
 
@@ -34,14 +34,11 @@ FORMATS = {
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `summarizetldr` and `summarizetldr:<style>` (the same) for each prompt style."""
     for name, description in FORMATS.items():
-        register(DatasetFormat(name, description))
+        register(DatasetFormat(name, description, build=build))
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize article/summary rows, masking the prompt unless `train_on_inputs`."""
-    if entry.type not in FORMATS:
-        return None
 
     def render(row: dict[str, Any]) -> tuple[str, str]:
         return PROMPT.format(article=text_field(row, "article")), text_field(row, "summary")

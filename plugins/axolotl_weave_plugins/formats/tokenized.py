@@ -10,8 +10,9 @@ such an id or -100 (`IGNORE_INDEX`, not trained), the mask only 0 and 1.
 
 Axolotl documents the three columns as required; here `labels` and `attention_mask` may be
 left out (or null in a row) and are filled as above. This format has no `type` name, so it
-registers none: the config turns `type: ""` into no type, and the plugin answers
-`build_dataset` for entries whose `entry.type` is None.
+registers none: the config turns `type: ""` into no type, and an entry without a registered
+format falls back to the `build_dataset` hook, which this plugin answers for entries whose
+`entry.type` is None.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from typing import Any
 from axolotl_weave import DatasetFormat, PluginConfig, hookimpl, text_field
 from pydantic import Field, field_validator, model_validator
 
-from axolotl_weave_plugins.formats.alpaca import (
+from axolotl_weave_plugins.formats._prompts import (
     PromptStyle,
     build_prompt,
     build_prompt_response_rows,
@@ -93,15 +93,13 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
             "prompt format defined inline in type: (format, field_instruction, ...)",
             options=UserDefinedOptions,
             inline=True,
+            build=build,
         )
     )
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize rows in the user-defined prompt, masking it unless `train_on_inputs`."""
-    if entry.type != "user_defined":
-        return None
     options = UserDefinedOptions.model_validate(
         {name: entry.option(name) for name in UserDefinedOptions.model_fields}
     )

@@ -1,16 +1,23 @@
-"""Fused linear cross-entropy: the SFT loss from the last hidden states and the output layer's
-weight, without materialising the logits. Shared by the `liger` and `cut_cross_entropy` plugins
-(a helper module: no entry point, no hooks).
+"""Fused linear cross-entropy: an objective's cross-entropy from the last hidden states and the
+output layer's weight, without materialising the logits. Shared by the `liger` and
+`cut_cross_entropy` plugins (a helper module: no entry point, no hooks).
+
+It wraps any objective that is a `HiddenStatesLoss` (the SFT cross-entropy, and any other
+objective exposing `hidden_states_loss`; see `axolotl_weave.HiddenStatesLoss`): the objective
+decides the targets and combines the result, this module gives it a `HeadCrossEntropy` that
+computes the cross-entropy with a fused function. `objective_problem` says why an objective
+cannot be wrapped.
 
 How it works: the model's own forward runs unchanged, so data-parallel wrappers, FSDP, peft,
 `torch.compile` and gradient checkpointing see an ordinary forward, but the output layer is
 *tapped*. While a loss call is in flight, the tap takes the hidden states the output layer was
 about to multiply by its weight (after the final norm and anything a family does before the
-head), computes the fused loss against the shifted labels, and returns an empty
+head), computes the fused loss against the objective's targets, and returns an empty
 ``(batch, sequence, 0)`` tensor in place of the logits. Outside a loss call (generation,
 saving, another objective) the output layer behaves as before.
 
-- Shift: the hidden state at position t predicts ``labels[t + 1]``; positions whose target is
+- Targets: the objective gives one per position (for SFT the hidden state at position t
+  predicts ``labels[t + 1]``: `next_token_targets`); positions whose target is
   ``IGNORE_INDEX`` (prompt, padding, a packed row's first token, the last position) are dropped
   before the fused function sees them.
 - What a family does to its logits after the output layer is applied here instead:
@@ -30,9 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from axolotl_weave import IGNORE_INDEX, ConfigError, model_inputs
-
-from axolotl_weave_plugins.losses.sft import CrossEntropy, router_aux_coef
+from axolotl_weave import IGNORE_INDEX, ConfigError, HiddenStatesLoss, model_inputs
 
 if TYPE_CHECKING:
     import torch
@@ -164,13 +169,16 @@ def head_problem(model: Any, *, bias_ok: bool = True) -> str | None:
     return None
 
 
-def add_router_aux(loss: Any, outputs: Any, model: Any, units: Any) -> Any:
-    """`loss` plus a mixture-of-experts router's auxiliary loss when the model returned one,
-    exactly as the SFT cross-entropy adds it (a per-batch mean, scaled by the units)."""
-    aux = getattr(outputs, "aux_loss", None)
-    if aux is None:
-        return loss
-    return loss + router_aux_coef(model) * aux.float() * units
+def objective_problem(loss: Any) -> str | None:
+    """Why a cross-entropy kernel cannot wrap the objective `loss` (it is no
+    `HiddenStatesLoss`), or None when it can."""
+    if isinstance(loss, HiddenStatesLoss):
+        return None
+    return (
+        "it replaces the SFT cross-entropy, or that of an objective computed from the hidden "
+        f"states (one with a hidden_states_loss method); the objective is {type(loss).__name__}, "
+        "which has none"
+    )
 
 
 def compute_dtypes(
@@ -216,16 +224,18 @@ def install_tap(linear: Any, loss: FusedLinearCrossEntropy) -> None:
 
 
 class FusedLinearCrossEntropy:
-    """The SFT cross-entropy computed by a fused linear cross-entropy function.
+    """An objective's loss with its cross-entropy computed by a fused linear cross-entropy
+    function.
 
-    A :class:`~axolotl_weave.LossFunction`: `count` is the wrapped SFT objective's (target
-    tokens), `__call__` returns the loss summed over them, plus the router's auxiliary loss of a
-    mixture-of-experts model, as the SFT objective does.
+    A :class:`~axolotl_weave.LossFunction`: `count` is the wrapped objective's, `__call__` is
+    the objective's `hidden_states_loss` with `head_cross_entropy` as its `HeadCrossEntropy`
+    (for SFT: the loss summed over the target tokens, plus the router's auxiliary loss of a
+    mixture-of-experts model).
 
     :param model: the loaded (possibly peft-wrapped) model; its output layer gets a tap.
     :param fused: the fused function (see `FusedFunction`).
     :param name: the config key that asked for it, for messages.
-    :param base: the SFT objective it replaces (its `count` is used).
+    :param base: the objective it wraps, a `HiddenStatesLoss` (e.g. the SFT cross-entropy).
     :param bias_ok: whether `fused` takes the output layer's bias.
     """
 
@@ -235,7 +245,7 @@ class FusedLinearCrossEntropy:
         fused: FusedFunction,
         *,
         name: str,
-        base: CrossEntropy | None = None,
+        base: HiddenStatesLoss,
         bias_ok: bool = True,
     ) -> None:
         problem = head_problem(model, bias_ok=bias_ok)
@@ -243,7 +253,7 @@ class FusedLinearCrossEntropy:
             raise ConfigError(f"{name}: {problem}; or set {name}: false")
         self.fused = fused
         self.name = name
-        self.base = base if base is not None else CrossEntropy()
+        self.base: HiddenStatesLoss = base
         self.transform = logit_transform(unwrap(model).config)
         self.targets: Any = None
         self.result: Any = None
@@ -251,17 +261,17 @@ class FusedLinearCrossEntropy:
             install_tap(linear, self)
 
     def count(self, batch: dict[str, Any]) -> Any:
-        """Target tokens in the batch (the SFT objective's count)."""
+        """The wrapped objective's count (target tokens for SFT)."""
         return self.base.count(batch)
 
     def __call__(self, model: Any, batch: dict[str, Any]) -> Any:
-        """The fused cross-entropy summed over the batch's target tokens (plus the router's
-        auxiliary loss when the model returns one)."""
-        import torch
+        """The wrapped objective's loss, its cross-entropy computed by the fused function."""
+        return self.base.hidden_states_loss(model, batch, self.head_cross_entropy)
 
-        labels = batch["labels"]
-        targets = torch.full_like(labels, IGNORE_INDEX)
-        targets[:, :-1] = labels[:, 1:]
+    def head_cross_entropy(self, model: Any, batch: dict[str, Any], targets: Any) -> Any:
+        """The `HeadCrossEntropy` given to the objective: the model's forward with the output
+        layer tapped, returning (the fused cross-entropy against `targets`, summed; the model's
+        outputs, with empty logits)."""
         self.targets, self.result = targets, None
         try:
             outputs = model(**model_inputs(batch), use_cache=False)
@@ -273,7 +283,7 @@ class FusedLinearCrossEntropy:
                 f"{self.name}: the model's forward never called its output layer, so the fused "
                 f"loss cannot be computed for this model; set {self.name}: false"
             )
-        return add_router_aux(loss, outputs, model, self.count(batch))
+        return loss, outputs
 
     def head_forward(self, module: Any, hidden: Any) -> Any:
         """The tap's work: the fused loss of `hidden` against the pending targets (kept in
@@ -282,7 +292,7 @@ class FusedLinearCrossEntropy:
         if tuple(hidden.shape[:-1]) != tuple(targets.shape):
             raise ConfigError(
                 f"{self.name}: the output layer got hidden states of shape "
-                f"{tuple(hidden.shape)} for labels of shape {tuple(targets.shape)}; this model "
+                f"{tuple(hidden.shape)} for targets of shape {tuple(targets.shape)}; this model "
                 f"cannot use the fused loss; set {self.name}: false"
             )
         flat = targets.reshape(-1).to(hidden.device)

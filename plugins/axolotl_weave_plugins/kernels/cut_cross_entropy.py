@@ -1,11 +1,13 @@
-"""Cut cross-entropy (`cut_cross_entropy: true`): the SFT loss computed by Apple's
-cut-cross-entropy kernel, which never materialises the logits.
+"""Cut cross-entropy (`cut_cross_entropy: true`): the SFT loss (or any other objective's
+cross-entropy) computed by Apple's cut-cross-entropy kernel, which never materialises the logits.
 
 Key: `cut_cross_entropy`, `true` (required: refused before the model loads when it cannot run),
 `auto` (used where it can run, otherwise one logged line and the run goes on without it) or
-`false` (the default). It wraps the SFT objective in `build_loss` (see `_fused_linear_loss`
-for how the output layer is tapped, the shift, and the families' logit soft-capping and
-scaling); any other objective (an `rl:` method) is left alone. It needs
+`false` (the default), following the facade's switch policy (`switch_applies`). It wraps, in
+`build_loss`, the SFT objective or any other `axolotl_weave.HiddenStatesLoss` (see
+`_fused_linear_loss` for how the output layer is tapped, the targets, and the families' logit
+soft-capping and scaling); an objective that is not one is left alone (`auto`) or refused
+(`true`). It needs
 `pip install cut-cross-entropy` (import name `cut_cross_entropy`; Axolotl pins its fork
 `cut-cross-entropy[transformers] @ git+https://github.com/axolotl-ai-cloud/ml-cross-entropy`),
 an NVIDIA GPU (Ampere or newer) with Triton, and bf16 or fp16 training: its backward takes
@@ -17,20 +19,25 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Callable, Generator
-from typing import Any, Literal
+from typing import Any
 
 from axolotl_weave import (
     IGNORE_INDEX,
     ConfigError,
-    MissingDependencyError,
     PluginConfig,
+    Switch,
     hookimpl,
     resolve_precision,
+    switch_applies,
+    switch_value,
 )
 from pydantic import Field, model_validator
 
-from axolotl_weave_plugins.kernels._fused_linear_loss import FusedLinearCrossEntropy, head_problem
-from axolotl_weave_plugins.losses.sft import CrossEntropy
+from axolotl_weave_plugins.kernels._fused_linear_loss import (
+    FusedLinearCrossEntropy,
+    head_problem,
+    objective_problem,
+)
 
 PLUGIN_KIND = "kernel"
 AXOLOTL_ALIASES = ("axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin",)
@@ -47,7 +54,7 @@ OTHER_LOSSES = ("liger_cross_entropy", "liger_fused_linear_cross_entropy")
 class CutCrossEntropySettings(PluginConfig):
     """The `cut_cross_entropy` key (Axolotl's name)."""
 
-    cut_cross_entropy: bool | Literal["auto"] = Field(
+    cut_cross_entropy: Switch = Field(
         False, description="SFT cross-entropy by Apple's cut-cross-entropy: no logits in memory."
     )
 
@@ -96,26 +103,12 @@ def precision_problem(cfg: Any) -> str | None:
     return "it needs bf16 or fp16 training and this run trains in float32; set bf16: true"
 
 
-def usable(value: bool | str, problem: str | None, *, missing: bool = False) -> bool:
-    """True without a problem; with one, False and a logged line for `auto`, an error for
-    `true` (`MissingDependencyError` when this machine lacks something, else `ConfigError`)."""
-    if problem is None:
-        return True
-    if value == "auto":
-        log.info("%s: auto: not used, %s", KEY, problem)
-        return False
-    if missing:
-        raise MissingDependencyError(
-            f"{KEY}: needs {NEEDS}; missing here: {problem}. Set {KEY}: auto to use it only "
-            "where it can run, or false"
-        )
-    raise ConfigError(f"{KEY}: {problem}; or set {KEY}: false")
-
-
-def requested(cfg: Any) -> bool | str:
-    """The key's value: True, "auto", or False."""
-    value = getattr(cfg, KEY, False)
-    return value if value in (True, "auto") else False
+def runs_here(value: Switch, cfg: Any) -> bool:
+    """Whether this machine and the run's precision suit the kernel (the switch policy: an
+    error naming what is missing for `true`, a logged line for `auto`)."""
+    return switch_applies(KEY, value, missing_here(), needs=NEEDS) and switch_applies(
+        KEY, value, precision_problem(cfg)
+    )
 
 
 @hookimpl(wrapper=True)
@@ -123,9 +116,8 @@ def load_model(cfg: Any) -> Generator[None, Any, Any]:
     """Before the model loads: refuse `cut_cross_entropy: true` when this machine cannot run it
     (missing package, no GPU) or the run is not in half precision. Returns the loaded model
     unchanged."""
-    if requested(cfg) is True:
-        usable(True, missing_here(), missing=True)
-        usable(True, precision_problem(cfg))
+    if switch_value(cfg, KEY) is True:
+        runs_here(True, cfg)
     return (yield)
 
 
@@ -146,19 +138,17 @@ def cut_cross_entropy_function() -> Callable[..., Any]:
 
 
 def wrap_loss(cfg: Any, model: Any, loss: Any) -> Any:
-    """Cut cross-entropy around the SFT objective `loss` when asked, or `loss` as it is."""
-    value = requested(cfg)
-    if not value:
+    """Cut cross-entropy around the objective `loss` (a `HiddenStatesLoss`) when asked, or
+    `loss` as it is."""
+    value = switch_value(cfg, KEY)
+    if not switch_applies(KEY, value, objective_problem(loss)) or not runs_here(value, cfg):
         return loss
-    if not isinstance(loss, CrossEntropy):
-        objective = type(loss).__name__
-        if not usable(value, f"it replaces the SFT cross-entropy; the objective is {objective}"):
-            return loss
-    if not usable(value, missing_here(), missing=True) or not usable(value, precision_problem(cfg)):
+    if not switch_applies(KEY, value, head_problem(model, bias_ok=False)):
         return loss
-    if not usable(value, head_problem(model, bias_ok=False)):
-        return loss
-    log.info("cut_cross_entropy: the SFT loss by cut-cross-entropy (no logits materialised)")
+    objective = type(loss).__name__
+    log.info(
+        "cut_cross_entropy: the %s loss by cut-cross-entropy (no logits materialised)", objective
+    )
     return FusedLinearCrossEntropy(
         model, cut_cross_entropy_function(), name=KEY, base=loss, bias_ok=False
     )
@@ -166,6 +156,7 @@ def wrap_loss(cfg: Any, model: Any, loss: Any) -> Any:
 
 @hookimpl(wrapper=True)
 def build_loss(cfg: Any, model: Any) -> Generator[None, Any, Any]:
-    """Wrap the SFT cross-entropy in cut cross-entropy when asked."""
+    """Wrap the objective (the SFT cross-entropy, or any `HiddenStatesLoss`) in cut
+    cross-entropy when asked."""
     loss = yield
     return wrap_loss(cfg, model, loss)

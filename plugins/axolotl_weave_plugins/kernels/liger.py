@@ -10,10 +10,13 @@ or `false` (the default):
   model's `model_type` (`MODEL_TYPE_TO_APPLY_LIGER_FN`). Only families that list "liger" in
   their `kernels` (or unregistered model types liger-kernel knows) are patched. Liger's RoPE
   replaces the modeling module's `apply_rotary_pos_emb`, so it holds for the whole process.
-- `liger_cross_entropy`: the SFT cross-entropy computed by Liger's cross-entropy kernel on the
-  logits. `liger_fused_linear_cross_entropy`: Liger's fused linear cross-entropy, which never
-  materialises the logits (see `_fused_linear_loss`). Both wrap the SFT objective in
-  `build_loss`; any other objective (an `rl:` method) is left alone.
+- `liger_cross_entropy`: the objective's cross-entropy computed by Liger's cross-entropy kernel
+  on the logits. `liger_fused_linear_cross_entropy`: Liger's fused linear cross-entropy, which
+  never materialises the logits (see `_fused_linear_loss`). Both wrap, in `build_loss`, the
+  SFT objective or any other objective that is an `axolotl_weave.HiddenStatesLoss` (exposes
+  `hidden_states_loss`); an objective that is not is left alone (`auto`) or refused (`true`).
+
+`true | auto | false` follows the facade's switch policy (`switch_applies`).
 
 Liger needs `pip install liger-kernel` and an NVIDIA (CUDA) or AMD (ROCm) GPU with Triton.
 """
@@ -24,32 +27,32 @@ import importlib.util
 import inspect
 import logging
 from collections.abc import Callable, Generator
-from typing import Any, Literal
+from typing import Any
 
 from axolotl_weave import (
     IGNORE_INDEX,
     ConfigError,
-    MissingDependencyError,
+    HiddenStatesLoss,
     ModelFamily,
     PluginConfig,
+    Switch,
     hookimpl,
-    model_inputs,
+    logits_cross_entropy,
+    switch_applies,
+    switch_value,
 )
 from pydantic import Field, model_validator
 
 from axolotl_weave_plugins.kernels._fused_linear_loss import (
     FusedLinearCrossEntropy,
-    add_router_aux,
     head_problem,
+    objective_problem,
     unwrap,
 )
-from axolotl_weave_plugins.losses.sft import CrossEntropy
 
 PLUGIN_KIND = "kernel"
 AXOLOTL_ALIASES = ("axolotl.integrations.liger.LigerPlugin",)
 log = logging.getLogger("axolotl_weave")
-
-AutoBool = bool | Literal["auto"]
 
 MODULE_KERNELS: dict[str, tuple[str, ...]] = {
     "liger_rope": ("rope",),
@@ -72,19 +75,19 @@ NEEDS = (
 class LigerSettings(PluginConfig):
     """Liger's keys, with Axolotl's names; each true, auto or false."""
 
-    liger_rope: AutoBool = Field(False, description="Liger's rotary embedding kernel.")
-    liger_rms_norm: AutoBool = Field(False, description="Liger's RMSNorm kernel.")
-    liger_glu_activation: AutoBool | None = Field(
+    liger_rope: Switch = Field(False, description="Liger's rotary embedding kernel.")
+    liger_rms_norm: Switch = Field(False, description="Liger's RMSNorm kernel.")
+    liger_glu_activation: Switch | None = Field(
         None, description="Liger's SwiGLU / GeGLU MLP kernel (default false)."
     )
-    liger_swiglu: AutoBool | None = Field(
+    liger_swiglu: Switch | None = Field(
         None, description="Axolotl's older name of liger_glu_activation."
     )
-    liger_layer_norm: AutoBool = Field(False, description="Liger's LayerNorm kernel.")
-    liger_cross_entropy: AutoBool = Field(
+    liger_layer_norm: Switch = Field(False, description="Liger's LayerNorm kernel.")
+    liger_cross_entropy: Switch = Field(
         False, description="SFT cross-entropy by Liger's kernel (on the logits)."
     )
-    liger_fused_linear_cross_entropy: AutoBool = Field(
+    liger_fused_linear_cross_entropy: Switch = Field(
         False, description="SFT cross-entropy fused with the output layer: no logits in memory."
     )
 
@@ -114,12 +117,6 @@ def add_config_fields() -> type[PluginConfig]:
 # --- deciding what runs -----------------------------------------------------------------------
 
 
-def requested(cfg: Any, key: str) -> bool | str:
-    """The key's value: True, "auto", or False (unset)."""
-    value = getattr(cfg, key, False)
-    return value if value in (True, "auto") else False
-
-
 def missing_here() -> str | None:
     """What this machine lacks for Liger's kernels, or None when they can run."""
     import torch
@@ -140,31 +137,20 @@ def family_problem(family: ModelFamily | None) -> str | None:
     return None
 
 
-def usable(key: str, value: bool | str, problem: str | None, *, missing: bool = False) -> bool:
-    """Whether a requested kernel runs: True without a problem; with one, False and a logged
-    line for `auto`, an error for `true` (`MissingDependencyError` when this machine lacks
-    something, else `ConfigError`)."""
-    if problem is None:
-        return True
-    if value == "auto":
-        log.info("%s: auto: not used, %s", key, problem)
-        return False
-    if missing:
-        raise MissingDependencyError(
-            f"{key}: Liger's kernels need {NEEDS}; missing here: {problem}. Set {key}: "
-            "auto to use it only where it can run, or false"
-        )
-    raise ConfigError(f"{key}: {problem}; set {key}: false (or auto to skip it where unsupported)")
+def runs_here(key: str, value: Switch) -> bool:
+    """Whether this machine can run Liger's kernels for `key` (the switch policy for what it
+    lacks: an error naming what to install for `true`, a logged line for `auto`)."""
+    return switch_applies(key, value, missing_here(), needs=NEEDS)
 
 
 def check_before_loading(cfg: Any, family: ModelFamily | None) -> None:
     """Refuse a key set to `true` that cannot run: the family, then this machine."""
     for key in (*MODULE_KERNELS, *LOSS_KERNELS):
-        if requested(cfg, key) is not True:
+        if switch_value(cfg, key) is not True:
             continue
         if key in MODULE_KERNELS:
-            usable(key, True, family_problem(family))
-        usable(key, True, missing_here(), missing=True)
+            switch_applies(key, True, family_problem(family))
+        runs_here(key, True)
 
 
 @hookimpl(wrapper=True)
@@ -206,7 +192,7 @@ def plan_module_kernels(
     switches = dict.fromkeys(SWITCHES if forwards else named, False)
     applied = []
     for key, options in MODULE_KERNELS.items():
-        value = requested(cfg, key)
+        value = switch_value(cfg, key)
         if not value:
             continue
         found: list[str] = []
@@ -224,7 +210,7 @@ def plan_module_kernels(
                 else f"liger-kernel has no {'/'.join(options)} kernel for model_type "
                 f"'{model_type}' (it has: {offered})"
             )
-        if usable(key, value, problem):
+        if switch_applies(key, value, problem):
             switches.update(dict.fromkeys(found, True))
             applied.append(key)
     return (apply_fn if applied else None), switches, applied
@@ -245,12 +231,11 @@ def check_activation(config: Any, switches: dict[str, bool]) -> None:
 def patch_attention(model: Any, cfg: Any, family: ModelFamily | None) -> None:
     """Swap the model's RoPE, RMSNorm, GLU MLP and LayerNorm for Liger's, as the keys ask, with
     liger-kernel's apply function for the model's `model_type` (on the base of a peft model)."""
-    wanted = [key for key in MODULE_KERNELS if requested(cfg, key)]
     wanted = [
         key
-        for key in wanted
-        if usable(key, requested(cfg, key), family_problem(family))
-        and usable(key, requested(cfg, key), missing_here(), missing=True)
+        for key in MODULE_KERNELS
+        if switch_applies(key, switch_value(cfg, key), family_problem(family))
+        and runs_here(key, switch_value(cfg, key))
     ]
     if not wanted:
         return
@@ -295,55 +280,50 @@ def liger_fused_function() -> Callable[..., Any]:
 
 
 class LigerCrossEntropy:
-    """The SFT cross-entropy with the loss on the logits computed by another cross-entropy
-    function (Liger's kernel); counts and router auxiliary loss as the SFT objective."""
+    """An objective (a `HiddenStatesLoss`: the SFT cross-entropy...) with its cross-entropy on
+    the logits computed by another cross-entropy function (Liger's kernel); its count and the
+    rest of its loss (a router's auxiliary loss...) are the objective's."""
 
-    def __init__(self, cross_entropy: Callable[..., Any], base: CrossEntropy | None = None):
+    def __init__(self, cross_entropy: Callable[..., Any], base: HiddenStatesLoss) -> None:
         self.cross_entropy = cross_entropy
-        self.base = base if base is not None else CrossEntropy()
+        self.base = base
 
     def count(self, batch: dict[str, Any]) -> Any:
-        """Target tokens in the batch (the SFT objective's count)."""
+        """The wrapped objective's count (target tokens for SFT)."""
         return self.base.count(batch)
 
     def __call__(self, model: Any, batch: dict[str, Any]) -> Any:
-        """Cross-entropy summed over the batch's target tokens (float32 logits)."""
-        outputs = model(**model_inputs(batch), use_cache=False)
-        logits = outputs.logits[:, :-1, :]
-        loss = self.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]).contiguous(),
-            batch["labels"][:, 1:].reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        return add_router_aux(loss, outputs, model, self.count(batch))
+        """The wrapped objective's loss, its cross-entropy by `cross_entropy` (float32 logits)."""
+        return self.base.hidden_states_loss(model, batch, self.head_cross_entropy)
+
+    def head_cross_entropy(self, model: Any, batch: dict[str, Any], targets: Any) -> Any:
+        """The `HeadCrossEntropy` given to the objective: the logits' cross-entropy against
+        `targets` by `cross_entropy`, and the model's outputs."""
+        return logits_cross_entropy(model, batch, targets, cross_entropy=self.cross_entropy)
 
 
 def wrap_loss(cfg: Any, model: Any, loss: Any) -> Any:
-    """The liger loss the config asks for around the SFT objective `loss`, or `loss` as it is."""
-    key = next((k for k in LOSS_KERNELS if requested(cfg, k)), None)
+    """The liger loss the config asks for around the objective `loss` (a `HiddenStatesLoss`),
+    or `loss` as it is."""
+    key = next((k for k in LOSS_KERNELS if switch_value(cfg, k)), None)
     if key is None:
         return loss
-    value = requested(cfg, key)
-    if not isinstance(loss, CrossEntropy):
-        objective = type(loss).__name__
-        if not usable(
-            key, value, f"it replaces the SFT cross-entropy; the objective is {objective}"
-        ):
-            return loss
-    if not usable(key, value, missing_here(), missing=True):
+    value = switch_value(cfg, key)
+    if not switch_applies(key, value, objective_problem(loss)) or not runs_here(key, value):
         return loss
     if key == "liger_cross_entropy":
-        log.info("liger: liger_cross_entropy (Liger's cross-entropy kernel)")
+        log.info("liger: liger_cross_entropy on %s (Liger's kernel)", type(loss).__name__)
         return LigerCrossEntropy(liger_cross_entropy_function(), base=loss)
-    if not usable(key, value, head_problem(model)):
+    if not switch_applies(key, value, head_problem(model)):
         return loss
-    log.info("liger: liger_fused_linear_cross_entropy (no logits materialised)")
+    objective = type(loss).__name__
+    log.info("liger: liger_fused_linear_cross_entropy on %s (no logits materialised)", objective)
     return FusedLinearCrossEntropy(model, liger_fused_function(), name=key, base=loss)
 
 
 @hookimpl(wrapper=True)
 def build_loss(cfg: Any, model: Any) -> Generator[None, Any, Any]:
-    """Wrap the SFT cross-entropy in Liger's (fused linear) cross-entropy when asked."""
+    """Wrap the objective (the SFT cross-entropy, or any `HiddenStatesLoss`) in Liger's (fused
+    linear) cross-entropy when asked."""
     loss = yield
     return wrap_loss(cfg, model, loss)

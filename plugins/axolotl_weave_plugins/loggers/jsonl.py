@@ -1,14 +1,16 @@
-"""Append every logged metric to `output_dir/metrics.jsonl`, one JSON object per line."""
+"""Append every logged metric to `output_dir/metrics.jsonl`, one JSON object per line, and
+record how the run ended in `output_dir/run_status.json` (finished, or failed with the error)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from axolotl_weave import TrainState, hookimpl
+from axolotl_weave import TrainState, hookimpl, write_atomically
 
 PLUGIN_KIND = "logger"
 FILE_NAME = "metrics.jsonl"
+STATUS_FILE = "run_status.json"
 
 
 @hookimpl
@@ -17,6 +19,16 @@ def on_log(state: TrainState, metrics: dict[str, float]) -> None:
     state.output_dir.mkdir(parents=True, exist_ok=True)
     with (state.output_dir / FILE_NAME).open("a") as handle:
         handle.write(json.dumps({"step": state.global_step, **metrics}) + "\n")
+
+
+@hookimpl
+def on_train_end(state: TrainState, error: BaseException | None) -> None:
+    """Write `{"status": "finished" | "failed", "step": N, "error": ...}` (staged, renamed)."""
+    status: dict[str, Any] = {"status": "finished" if error is None else "failed"}
+    status["step"] = state.global_step
+    if error is not None:
+        status["error"] = f"{type(error).__name__}: {error}"
+    write_atomically(state.output_dir / STATUS_FILE, json.dumps(status) + "\n")
 
 
 def read_metrics(output_dir: Any) -> list[dict[str, Any]]:

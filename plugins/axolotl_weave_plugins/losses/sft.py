@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from axolotl_weave import IGNORE_INDEX, hookimpl, model_inputs
+from axolotl_weave import (
+    IGNORE_INDEX,
+    HeadCrossEntropy,
+    hookimpl,
+    logits_cross_entropy,
+    next_token_targets,
+)
 
 PLUGIN_KIND = "loss"
 
 
 class CrossEntropy:
-    """Summed next-token cross-entropy; its unit is one target token."""
+    """Summed next-token cross-entropy; its unit is one target token.
+
+    A `HiddenStatesLoss`: a kernel plugin (liger, cut_cross_entropy) computes its
+    cross-entropy step, e.g. without materialising the logits.
+    """
 
     def count(self, batch: dict[str, Any]) -> Any:
         """Target tokens in the batch (labels shifted by one, masked ones excluded)."""
@@ -19,17 +29,11 @@ class CrossEntropy:
     def __call__(self, model: Any, batch: dict[str, Any]) -> Any:
         """Cross-entropy summed over the batch's target tokens (computed in float32), plus a
         mixture-of-experts router's auxiliary loss when the model returns one."""
-        import torch.nn.functional as F
+        return self.hidden_states_loss(model, batch, logits_cross_entropy)
 
-        outputs = model(**model_inputs(batch), use_cache=False)
-        logits = outputs.logits[:, :-1, :]
-        labels = batch["labels"][:, 1:]
-        loss = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]),
-            labels.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
+    def hidden_states_loss(self, model: Any, batch: dict[str, Any], head: HeadCrossEntropy) -> Any:
+        """The loss of `__call__` with the forward and cross-entropy computed by `head`."""
+        loss, outputs = head(model, batch, next_token_targets(batch["labels"]))
         aux = getattr(outputs, "aux_loss", None)
         if aux is not None:  # a per-batch mean: scaled by the units, as the sum is
             loss = loss + router_aux_coef(model) * aux.float() * self.count(batch)

@@ -14,7 +14,7 @@ from typing import Any
 
 from axolotl_weave import hookimpl, require
 
-from axolotl_weave_plugins.methods.bnb_quantization import quiet_hub_kernel_notice
+from axolotl_weave_plugins.methods._bnb import quiet_hub_kernel_notice
 
 PLUGIN_KIND = "method"
 

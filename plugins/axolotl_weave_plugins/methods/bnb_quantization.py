@@ -1,9 +1,11 @@
 """`load_in_8bit` / `load_in_4bit`: load the base model quantized by bitsandbytes, for (Q)LoRA.
 
-Answers `load_model` first (`tryfirst`) when one of the two keys is set, loading the weights
-through the generic loader with a `transformers.BitsAndBytesConfig` and preparing the model for
-k-bit training (`peft.prepare_model_for_kbit_training`: norms and embeddings in float32, the
-input gradients a frozen base needs). The `lora` plugin's `load_model` wrapper then wraps the
+When one of the two keys is set, it gives whichever plugin loads the model (`load_model`) a
+`transformers.BitsAndBytesConfig` and a device map (`model_load_kwargs`), for training and
+inference (`weave merge-lora` loads the base unquantized). Its `load_model` wrapper, innermost,
+refuses a family that cannot be quantized before the weights load, and afterwards prepares the
+model for k-bit training (`peft.prepare_model_for_kbit_training`: norms and embeddings in
+float32, the input gradients a frozen base needs); the `lora` plugin's wrapper then wraps the
 quantized model. 4-bit defaults are Axolotl's: NF4, double quantization, the compute dtype of
 the run's precision; `bnb_config_kwargs` overrides them. bitsandbytes is needed: on a CUDA GPU,
 or on the CPU from bitsandbytes 0.50 on (its CPU backend quantizes, trains and merges there: the
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Generator
 from typing import Any
 
 from axolotl_weave import (
@@ -26,9 +29,10 @@ from axolotl_weave import (
 )
 from pydantic import Field, model_validator
 
-from axolotl_weave_plugins.models.hf_causal_lm import load_pretrained
+from axolotl_weave_plugins.methods._bnb import quiet_hub_kernel_notice
 
 PLUGIN_KIND = "method"
+log = logging.getLogger("axolotl_weave")
 
 CPU_MIN_VERSION = "0.50"
 """The first bitsandbytes whose CPU backend was checked here to quantize, train and merge."""
@@ -147,20 +151,7 @@ def require_bitsandbytes(cfg: Any) -> None:
         )
 
 
-def _not_the_hub_kernel_notice(record: logging.LogRecord) -> bool:
-    """False for bitsandbytes' CPU-backend notice that an optional kernel could be fetched from
-    the Hugging Face hub with the `kernels` package: the built-in CPU kernel serves, and a run
-    never downloads code."""
-    return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")
-
-
-def quiet_hub_kernel_notice() -> None:
-    """Filter that notice out (once: a logger keeps a filter object once). Done when this
-    plugin loads, before anything imports bitsandbytes."""
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_not_the_hub_kernel_notice)
-
-
-quiet_hub_kernel_notice()
+quiet_hub_kernel_notice()  # before anything imports bitsandbytes
 
 
 def keep_cpu_layers_differentiable(model: Any) -> Any:
@@ -218,26 +209,54 @@ def device_map() -> dict[str, Any]:
     return {"": "cpu"}
 
 
-@hookimpl(tryfirst=True)
-def load_model(cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Any:
-    """Load the base quantized when `load_in_8bit` or `load_in_4bit` is set; else None."""
-    if not (cfg.load_in_8bit or cfg.load_in_4bit):
+QUANTIZED_PURPOSES = ("train", "infer")
+"""The `load_model` purposes that load the base quantized (a merge folds into full weights)."""
+
+
+def quantized_key(cfg: Any, purpose: str) -> str | None:
+    """`load_in_4bit` or `load_in_8bit` when the base loads quantized for `purpose`, else None."""
+    if purpose not in QUANTIZED_PURPOSES:
         return None
-    key = "load_in_4bit" if cfg.load_in_4bit else "load_in_8bit"
-    if family is not None and key in family.unsupported:
-        raise ConfigError(
-            f"{key}: the '{family.name}' family cannot be quantized by bitsandbytes: "
-            f"{family.unsupported[key]}"
-        )
-    require_bitsandbytes(cfg)
-    from peft import prepare_model_for_kbit_training
+    if cfg.load_in_4bit:
+        return "load_in_4bit"
+    return "load_in_8bit" if cfg.load_in_8bit else None
+
+
+@hookimpl
+def model_load_kwargs(cfg: Any, purpose: str, kwargs: dict[str, Any]) -> None:
+    """The `BitsAndBytesConfig`, and every module on this process's device unless
+    `overrides_of_model_kwargs` places them, when the base loads quantized."""
+    if quantized_key(cfg, purpose) is None:
+        if purpose == "merge" and (cfg.load_in_4bit or cfg.load_in_8bit):
+            log.info("merge-lora: the base loads unquantized (the merged model is not quantized)")
+        return
     from transformers import BitsAndBytesConfig
 
-    kwargs: dict[str, Any] = {"quantization_config": BitsAndBytesConfig(**quantization_kwargs(cfg))}
+    kwargs["quantization_config"] = BitsAndBytesConfig(**quantization_kwargs(cfg))
     if "device_map" not in (getattr(cfg, "overrides_of_model_kwargs", None) or {}):
         kwargs["device_map"] = device_map()
-    model = load_pretrained(cfg, tokenizer, family, **kwargs)
+
+
+@hookimpl(wrapper=True, trylast=True)
+def load_model(cfg: Any, family: ModelFamily | None, purpose: str) -> Generator[None, Any, Any]:
+    """Before the weights load: refuse a family that cannot be quantized, and a missing
+    bitsandbytes. After: the quantized layers fixed for training and, for training, the model
+    prepared for k-bit training (innermost: before an adapter wraps it)."""
+    key = quantized_key(cfg, purpose)
+    if key is None:
+        return (yield)
+    reason = family.cannot.get(key) if family is not None else None
+    if reason:
+        raise ConfigError(
+            f"{key}: the '{family.name}' family cannot be quantized by bitsandbytes: {reason}"
+        )
+    require_bitsandbytes(cfg)
+    model = yield
     model = flatten_int8_inputs(keep_cpu_layers_differentiable(model))
+    if purpose != "train":
+        return model
+    from peft import prepare_model_for_kbit_training
+
     return prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=bool(getattr(cfg, "gradient_checkpointing", False))
     )

@@ -3,14 +3,19 @@
 The checkpoint's own `quantization_config` (written when it was quantized) tells transformers
 how to load the packed weights; this plugin checks that the packages that integration needs are
 installed (`optimum` and `gptqmodel`; gptqmodel's kernels also run on the CPU), that an adapter
-is set (the quantized weights themselves cannot train) and that the family can take it, loads
-the checkpoint on a kernel that can train, checks that every packed layer loaded as one, and
-prepares the model for k-bit training. `weave merge-lora` merges into the dequantized base.
+is set (the quantized weights themselves cannot train) and that the family can take it. It gives
+whichever plugin loads the model (`model_load_kwargs`) the checkpoint's config and a `GPTQConfig`
+on a kernel fit for the purpose (one that can train, for training); its `load_model` wrapper,
+innermost, checks that every packed layer loaded as one, then prepares the model for k-bit
+training, or, for `weave merge-lora`, dequantizes it (peft cannot merge into packed weights).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import warnings
+from collections.abc import Generator
 from typing import Any
 
 from axolotl_weave import (
@@ -25,6 +30,7 @@ from axolotl_weave import (
 from pydantic import Field, model_validator
 
 PLUGIN_KIND = "method"
+log = logging.getLogger("axolotl_weave")
 
 
 class GptqSettings(PluginConfig):
@@ -75,15 +81,33 @@ def block_list_name(layer_name: str) -> str | None:
     return None
 
 
+BACKENDS = {"train": "auto_trainable", "merge": "gptq_torch", "infer": "auto"}
+"""The gptqmodel kernel per `load_model` purpose: training needs one with a backward (the
+inference-only CPU and Marlin kernels have none); a merge dequantizes through the torch one."""
+
+INSTALL = "optimum gptqmodel (GPTQ kernels; a CUDA GPU makes them fast)"
+
+
+def read_model_config(cfg: Any) -> Any:
+    """The checkpoint's model config (`base_model_config` or `base_model`)."""
+    from transformers import AutoConfig
+
+    where = cfg.base_model_config or cfg.base_model
+    try:
+        return AutoConfig.from_pretrained(
+            where, revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise WeaveError(f"cannot read the model config of '{where}': {exc}") from None
+
+
 def checkpoint_gptq_config(cfg: Any) -> tuple[Any, dict[str, Any]]:
     """The model config of the GPTQ checkpoint `base_model`, and its `quantization_config` as
     written when it was quantized. A checkpoint whose config does not say where its decoder
     blocks are (optimum writes `block_name_to_quantize: null`, then finds only common layouts
     such as `model.layers` again: not MPT's `transformer.blocks` nor RWKV's `rwkv.blocks`) gets
     it from the names of its packed tensors. A checkpoint that is not GPTQ is refused."""
-    from axolotl_weave_plugins.models.hf_causal_lm import load_config
-
-    config = load_config(cfg)
+    config = read_model_config(cfg)
     written = getattr(config, "quantization_config", None)
     if not (isinstance(written, dict) and written.get("quant_method") == "gptq"):
         method = written.get("quant_method") if isinstance(written, dict) else None
@@ -100,45 +124,75 @@ def checkpoint_gptq_config(cfg: Any) -> tuple[Any, dict[str, Any]]:
     return config, written
 
 
-def load_gptq_checkpoint(
-    cfg: Any, tokenizer: Any, family: ModelFamily | None, backend: str, **model_kwargs: Any
-) -> Any:
-    """`base_model` loaded through transformers' GPTQ integration on the gptqmodel kernel
-    `backend` (`auto_trainable` for training: the inference-only CPU and Marlin kernels have no
-    backward), after checking the packages it needs and that the family can take it. Every
-    layer the checkpoint stores packed must load as a GPTQ layer: one that did not would be
-    left with random weights."""
-    if family is not None and "gptq" in family.unsupported:
-        raise ConfigError(
-            f"gptq: the '{family.name}' family cannot train on a GPTQ checkpoint: "
-            f"{family.unsupported['gptq']}"
-        )
-    install = "optimum gptqmodel (GPTQ kernels; a CUDA GPU makes them fast)"
-    require("optimum", feature="gptq: true", install=install)
-    require("gptqmodel", feature="gptq: true", install=install)
-    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+def packages_installed() -> bool:
+    """Whether the packages transformers' GPTQ integration needs are importable."""
+    return all(importlib.util.find_spec(name) is not None for name in ("optimum", "gptqmodel"))
+
+
+@hookimpl
+def model_load_kwargs(cfg: Any, purpose: str, kwargs: dict[str, Any]) -> None:
+    """The checkpoint's config (its block list filled in) and a `GPTQConfig` on the kernel
+    `BACKENDS` names for `purpose`. Adds nothing when the packages are missing or the
+    checkpoint is not GPTQ: the `load_model` wrapper refuses those, after the family's own
+    refusal."""
+    if not getattr(cfg, "gptq", False) or not packages_installed():
+        return
+    try:
+        config, written = checkpoint_gptq_config(cfg)
+    except WeaveError:
+        return
     from transformers import GPTQConfig
 
-    from axolotl_weave_plugins.models.hf_causal_lm import load_pretrained
+    kwargs["config"] = config
+    kwargs["quantization_config"] = GPTQConfig.from_dict(
+        {**written, "backend": BACKENDS.get(purpose, "auto")}
+    )
 
-    config, written = checkpoint_gptq_config(cfg)
-    quantization = GPTQConfig.from_dict({**written, "backend": backend})
+
+@hookimpl(wrapper=True, trylast=True)
+def load_model(
+    cfg: Any, family: ModelFamily | None, purpose: str, load_kwargs: dict[str, Any]
+) -> Generator[None, Any, Any]:
+    """Before the weights load: refuse a family that cannot take a GPTQ checkpoint, missing
+    packages, a checkpoint that is not GPTQ. After: every packed layer must have loaded as a
+    GPTQ layer (one that did not would be left with random weights); then, for training, the
+    model prepared for k-bit training, for a merge the base dequantized."""
+    if not getattr(cfg, "gptq", False):
+        return (yield)
+    reason = family.cannot.get("gptq") if family is not None else None
+    if reason:
+        raise ConfigError(
+            f"gptq: the '{family.name}' family cannot train on a GPTQ checkpoint: {reason}"
+        )
+    require("optimum", feature="gptq: true", install=INSTALL)
+    require("gptqmodel", feature="gptq: true", install=INSTALL)
+    if "quantization_config" not in load_kwargs:
+        checkpoint_gptq_config(cfg)  # refuses a checkpoint that is not GPTQ
     with warnings.catch_warnings():  # "loading attributes will be overwritten": as meant
         warnings.filterwarnings("ignore", message=".*already has a `quantization_config`")
         try:
-            model = load_pretrained(
-                cfg,
-                tokenizer,
-                family,
-                config=config,
-                quantization_config=quantization,
-                **model_kwargs,
-            )
+            model = yield
         except (AttributeError, KeyError, RuntimeError) as exc:
             raise WeaveError(
                 f"gptq: true: transformers could not load the GPTQ checkpoint "
                 f"'{cfg.base_model}': {type(exc).__name__}: {exc}"
             ) from None
+    check_every_packed_layer_loaded(cfg, model)
+    if purpose == "merge":
+        log.info("merge-lora: the GPTQ base is dequantized (the merged model is not quantized)")
+        return dequantized(cfg, model)
+    if purpose != "train":
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def check_every_packed_layer_loaded(cfg: Any, model: Any) -> None:
+    """Refuse a model in which a layer the checkpoint stores packed did not load as a GPTQ
+    layer (transformers' integration does not place it in this architecture)."""
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+
     loaded = {name for name, module in model.named_modules() if isinstance(module, BaseQuantLinear)}
     missed = [name for name in packed_layer_names(cfg.base_model) if name not in loaded]
     if missed:
@@ -147,31 +201,15 @@ def load_gptq_checkpoint(
             f"GPTQ layers (first: {missed[0]}): transformers' GPTQ integration does not place "
             "them in this architecture, so they would train from random weights"
         )
-    return model
 
 
-@hookimpl(tryfirst=True)
-def load_model(cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Any:
-    """Load the GPTQ checkpoint (transformers reads its quantization_config) on a trainable
-    kernel, ready for LoRA."""
-    if not getattr(cfg, "gptq", False):
-        return None
-    model = load_gptq_checkpoint(cfg, tokenizer, family, backend="auto_trainable")
-    from peft import prepare_model_for_kbit_training
-
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-
-
-def load_dequantized(
-    cfg: Any, tokenizer: Any, family: ModelFamily | None, **model_kwargs: Any
-) -> Any:
-    """The GPTQ base with each quantized layer replaced by a `torch.nn.Linear` holding its
+def dequantized(cfg: Any, model: Any) -> Any:
+    """The GPTQ model with each quantized layer replaced by a `torch.nn.Linear` holding its
     dequantized weights, in the training precision: what `weave merge-lora` merges into (peft
     cannot merge into packed GPTQ weights)."""
     import torch
     from gptqmodel.nn_modules.qlinear import BaseQuantLinear
 
-    model = load_gptq_checkpoint(cfg, tokenizer, family, backend="gptq_torch", **model_kwargs)
     dtype = getattr(torch, resolve_precision(cfg).weight_dtype)
     quantized = [
         (name, module)

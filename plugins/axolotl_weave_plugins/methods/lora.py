@@ -161,8 +161,8 @@ def target_modules(cfg: Any, family: ModelFamily | None, model: Any = None) -> l
         return sorted(set(linear_module_names(model)) | set(extra))
     if cfg.lora_target_modules:
         return cfg.lora_target_modules
-    if family is not None and family.lora_target_modules:
-        return list(family.lora_target_modules)
+    if family is not None and family.adapter_target_modules:
+        return list(family.adapter_target_modules)
     raise ConfigError(
         f"adapter: {cfg.adapter} needs lora_target_modules (or lora_target_linear: true): no "
         "model-family plugin gives a default for this architecture"
@@ -225,17 +225,24 @@ def lora_config(cfg: Any, model: Any, tokenizer: Any, family: ModelFamily | None
 
 
 @hookimpl(wrapper=True)
-def load_model(cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Generator[None, Any, Any]:
-    """Wrap the loaded model (quantized or not) with a new LoRA adapter, or the one in
-    `lora_model_dir`."""
+def load_model(
+    cfg: Any, tokenizer: Any, family: ModelFamily | None, purpose: str
+) -> Generator[None, Any, Any]:
+    """Wrap the loaded model (quantized or not): for training, with a new LoRA adapter or the
+    one in `lora_model_dir` (trainable); for inference, with the one in `lora_model_dir`. A
+    merge's base is returned as loaded (`weave merge-lora` applies the adapter itself)."""
     model = yield
-    if cfg.adapter not in ("lora", "qlora"):
+    if cfg.adapter not in ("lora", "qlora") or purpose == "merge":
+        return model
+    if purpose != "train" and not cfg.lora_model_dir:
         return model
     from peft import PeftModel, get_peft_model
 
     if cfg.lora_model_dir:
         try:
-            return PeftModel.from_pretrained(model, cfg.lora_model_dir, is_trainable=True)
+            return PeftModel.from_pretrained(
+                model, cfg.lora_model_dir, is_trainable=purpose == "train"
+            )
         except (OSError, ValueError) as exc:
             raise WeaveError(
                 f"lora_model_dir: cannot load the adapter '{cfg.lora_model_dir}': {exc}"
@@ -245,6 +252,13 @@ def load_model(cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Generato
         return get_peft_model(model, config)
     except ValueError as exc:
         raise ConfigError(f"adapter: {cfg.adapter}: peft refused the LoRA options: {exc}") from None
+
+
+@hookimpl
+def model_load_kwargs(cfg: Any, purpose: str, kwargs: dict[str, Any]) -> None:
+    """A merge's base placed as `lora_on_cpu` and `gpu_memory_limit` say (`placement`)."""
+    if purpose == "merge":
+        kwargs.update(placement(cfg))
 
 
 # --- weave merge-lora ------------------------------------------------------------------------
@@ -296,26 +310,17 @@ def save_atomically(model: Any, tokenizer: Any, target: Path) -> None:
 
 
 def merge_lora(cfg: Any, session: Any, adapter_dir: Path, key: str) -> Path:
-    """Load the base unquantized, apply the adapter in `adapter_dir`, merge it into the weights
-    and save the whole model with its tokenizer to `adapter_dir/merged`. `key` names where the
-    folder came from, for errors."""
+    """Load the base for a merge (`load_model` with purpose "merge", through whichever plugin
+    loads models: unquantized, a GPTQ base dequantized, placed as `placement` says), apply the
+    adapter in `adapter_dir`, merge it into the weights and save the whole model with its
+    tokenizer to `adapter_dir/merged`. `key` names where the folder came from, for errors."""
     from axolotl_weave.commands import family_of, load_tokenizer
     from peft import PeftModel
-
-    from axolotl_weave_plugins.models.hf_causal_lm import load_pretrained
 
     check_adapter_dir(adapter_dir, key)
     family = family_of(session)
     tokenizer = load_tokenizer(session, family)
-    if getattr(cfg, "load_in_4bit", False) or getattr(cfg, "load_in_8bit", False):
-        log.info("merge-lora: the base loads unquantized (the merged model is not quantized)")
-    if getattr(cfg, "gptq", False):
-        from axolotl_weave_plugins.methods.gptq import load_dequantized
-
-        log.info("merge-lora: the GPTQ base is dequantized (the merged model is not quantized)")
-        base = load_dequantized(cfg, tokenizer, family, **placement(cfg))
-    else:
-        base = load_pretrained(cfg, tokenizer, family, **placement(cfg))
+    base = session.hooks.load_model(cfg, tokenizer, family, purpose="merge")
     try:
         model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     except (OSError, ValueError, RuntimeError) as exc:
@@ -323,7 +328,7 @@ def merge_lora(cfg: Any, session: Any, adapter_dir: Path, key: str) -> Path:
             f"cannot apply the adapter in '{adapter_dir}' to base_model '{cfg.base_model}': {exc}"
         ) from None
     merged = model.merge_and_unload(safe_merge=True)
-    merged.config.use_cache = True  # an inference artifact (training turned the cache off)
+    merged.config.use_cache = True  # an inference artifact
     target = adapter_dir / "merged"
     save_atomically(merged, tokenizer, target)
     return target

@@ -6,38 +6,30 @@ optimizer state of the adapter is magnitude-pruned (`relora_prune_ratio` of the 
 values zeroed; a first moment goes with its second, and bitsandbytes' 8-bit states, which hold
 quantization codes, are reset whole). Each cycle's learning rate ramps up over
 `relora_warmup_steps` after a restart and, with `relora_anneal_steps`, down to zero before the
-next one, on top of the run's schedule.
+next one: a factor on the run's schedule (`lr_multiplier`), so the logged rate shows it.
 At the end the adapter is merged once more and the whole model is saved: after a restart the
 adapter alone no longer describes the model.
 
-Resuming: a checkpoint holds the adapter, not the base weights the restarts changed, so when
-the run saves checkpoints each restart also writes the merged weights of the adapted layers to
-`OUTPUT_DIR/relora/step-<N>.safetensors` (kept while a checkpoint needs them). Resuming from a
-checkpoint first puts back the weights of the last restart at or before it, then the core
-restores the adapter, optimizer and data position from the checkpoint: the run goes on as if
-never stopped. A quantized base (QLoRA, 8-bit) cannot resume yet: its merged weights are
+Resuming: the core's checkpoint holds the adapter, not the base weights the restarts changed,
+so once a restart has happened each checkpoint also holds the merged weights of the adapted
+layers (`checkpoint-N/relora/base_weights.safetensors`). Resuming puts them back into the base
+layers before the core restores the adapter, optimizer and data position: the run goes on as
+if never stopped. A quantized base (QLoRA, 8-bit) cannot resume yet: its merged weights are
 re-quantized in place, and the run refuses rather than resuming wrongly.
+
+The run's state lives in a `ReloraRun`, registered (`configure`) only when `relora_steps` is set.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
-from axolotl_weave import (
-    ModelFamily,
-    PluginConfig,
-    WeaveError,
-    checkpoint_step,
-    checkpoints,
-    hookimpl,
-    resolve_resume,
-)
+from axolotl_weave import PluginConfig, WeaveError, hookimpl
 from pydantic import Field, model_validator
 
 PLUGIN_KIND = "method"
@@ -171,8 +163,9 @@ def _prune_smallest(value: Any, ratio: float) -> None:
     value.masked_fill_(value.abs() <= threshold, 0)
 
 
-SNAPSHOT_DIR = "relora"
-SNAPSHOT_RE = re.compile(r"^step-(\d+)\.safetensors$")
+STATE_DIR = "relora"
+BASE_WEIGHTS = "base_weights.safetensors"
+"""A checkpoint's `STATE_DIR/BASE_WEIGHTS`: the adapted layers' base weights, once merged into."""
 
 
 def adapted_base_weights(model: Any) -> dict[str, Any]:
@@ -186,134 +179,105 @@ def adapted_base_weights(model: Any) -> dict[str, Any]:
     }
 
 
-def snapshots(output_dir: Path) -> dict[int, Path]:
-    """Restart step -> the merged-weights file saved at it, for the restarts on disk."""
-    folder = output_dir / SNAPSHOT_DIR
-    if not folder.is_dir():
-        return {}
-    found = {}
-    for path in folder.iterdir():
-        match = SNAPSHOT_RE.match(path.name)
-        if match:
-            found[int(match.group(1))] = path
-    return found
-
-
-def save_snapshot(model: Any, output_dir: Path, step: int) -> Path:
-    """Write the adapted layers' merged base weights for `step` (atomically), then delete the
-    snapshots no checkpoint needs any more (each needs the last restart at or before it)."""
-    from safetensors.torch import save_file
-
-    folder = output_dir / SNAPSHOT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    final, tmp = folder / f"step-{step}.safetensors", folder / f".step-{step}.tmp"
-    weights = {k: w.detach().to("cpu").contiguous() for k, w in adapted_base_weights(model).items()}
-    save_file(weights, str(tmp))
-    os.replace(tmp, final)
-    on_disk = snapshots(output_dir)
-    needed = {step} | {
-        max((r for r in on_disk if r <= checkpoint_step(c)), default=-1)
-        for c in checkpoints(output_dir)
-    }
-    for restart, path in on_disk.items():
-        if restart not in needed:
-            path.unlink(missing_ok=True)
-    return final
-
-
-def restore_snapshot(cfg: Any, model: Any) -> None:
-    """When the run resumes from a checkpoint past a restart, put back the merged base weights
-    of the last restart at or before it."""
-    import torch
-    from safetensors.torch import load_file
-
-    output_dir = Path(cfg.output_dir)
-    checkpoint = resolve_resume(cfg.resume_from_checkpoint, output_dir)
-    if checkpoint is None:
-        return
-    resumed_at = checkpoint_step(checkpoint)
-    last_restart = resumed_at - resumed_at % cfg.relora_steps
-    if last_restart == resumed_at == getattr(cfg, "max_steps", None):
-        last_restart -= cfg.relora_steps  # the run ended there: no restart at its last step
-    if last_restart == 0:
-        return  # no restart before the checkpoint: the base is the one just loaded
-    path = snapshots(output_dir).get(last_restart)
-    if path is None:
-        raise WeaveError(
-            f"resume_from_checkpoint: {checkpoint} is past ReLoRA's restart at step "
-            f"{last_restart}, whose merged weights ({output_dir / SNAPSHOT_DIR}/"
-            f"step-{last_restart}.safetensors) are missing: without them the adapter would "
-            "resume on the wrong base"
-        )
-    saved, weights = load_file(str(path)), adapted_base_weights(model)
-    if set(saved) != set(weights):
-        raise WeaveError(
-            f"{path} does not fit this model's adapted layers (another lora_target_modules?)"
-        )
-    with torch.no_grad():
-        for key, weight in weights.items():
-            weight.copy_(saved[key].to(weight.device, weight.dtype))
-    log.info("relora: restored the weights merged at step %d from %s", last_restart, path)
-
-
-@hookimpl(wrapper=True, tryfirst=True)
-def load_model(cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Generator[None, Any, Any]:
-    """Around the LoRA-wrapped model: on resume, the base weights of the last restart."""
-    model = yield
-    if getattr(cfg, "relora_steps", None) and getattr(cfg, "resume_from_checkpoint", None):
-        restore_snapshot(cfg, model)
-    return model
-
-
-def saves_checkpoints(cfg: Any) -> bool:
-    """Whether the run writes checkpoints (which then need the restarts' merged weights)."""
-    return bool(getattr(cfg, "save_steps", None) or getattr(cfg, "saves_per_epoch", None))
-
-
 @hookimpl
-def on_step_end(cfg: Any, state: Any, model: Any, optimizer: Any) -> None:
-    """Restart at every `relora_steps`; scale the learning rate of the step to come."""
-    every = getattr(cfg, "relora_steps", None)
-    if not every:
-        return
-    step = state.global_step
-    if step % every == 0 and step < state.max_steps:
-        params = merge_and_restart(model, on_cpu=cfg.relora_cpu_offload)
-        prune_optimizer_state(optimizer, params, cfg.relora_prune_ratio)
+def configure(cfg: Any, register: Callable[[object, str], None]) -> None:
+    """A `ReloraRun` for a run with `relora_steps`."""
+    if getattr(cfg, "relora_steps", None):
+        register(ReloraRun(cfg), "relora-run")
+
+
+class ReloraRun:
+    """One ReLoRA run: the restarts, the cycles' learning-rate factor, the merged base weights
+    in checkpoints, and the merged model at the end."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.every: int = cfg.relora_steps
+        self.warmup: int = cfg.relora_warmup_steps or 0
+        self.anneal: int = cfg.relora_anneal_steps or 0
+        self.prune_ratio: float = cfg.relora_prune_ratio
+        self.on_cpu: bool = cfg.relora_cpu_offload
+        self.quantized = bool(
+            getattr(cfg, "load_in_4bit", False) or getattr(cfg, "load_in_8bit", False)
+        )
+        self.restarted = False  # whether the base weights differ from the loaded model's
+
+    @hookimpl
+    def lr_multiplier(self, step: int) -> float:
+        """The cycle's factor on the rate of the step after the schedule's `step` steps, that is
+        after optimizer step `step` (`cycle_factor(step)`); none for the first step."""
+        return cycle_factor(step, self.every, self.warmup, self.anneal) if step else 1.0
+
+    @hookimpl
+    def on_step_end(self, state: Any, model: Any, optimizer: Any) -> None:
+        """Merge and restart at every `relora_steps` (not after the last step)."""
+        step = state.global_step
+        if step % self.every or step >= state.max_steps:
+            return
+        params = merge_and_restart(model, on_cpu=self.on_cpu)
+        prune_optimizer_state(optimizer, params, self.prune_ratio)
+        self.restarted = True
         log.info("relora: merged the adapter into the base and restarted at step %d", step)
-        if saves_checkpoints(cfg) and is_main_process():
-            save_snapshot(model, Path(cfg.output_dir), step)
-    factor = cycle_factor(step, every, cfg.relora_warmup_steps or 0, cfg.relora_anneal_steps or 0)
-    if factor != 1.0:
-        for group in optimizer.param_groups:
-            group["lr"] *= factor
 
+    @hookimpl
+    def save_checkpoint_state(self, model: Any, folder: Path, strategy: Any) -> None:
+        """Once a restart has happened, the adapted layers' merged base weights (unquantized
+        only: a quantized base cannot resume)."""
+        from safetensors.torch import save_file
 
-def is_main_process() -> bool:
-    """Whether this is the process that writes files (rank 0)."""
-    from accelerate import PartialState
+        if not self.restarted or self.quantized or not strategy.is_main_process:
+            return
+        (folder / STATE_DIR).mkdir(exist_ok=True)
+        weights = adapted_base_weights(model)
+        cpu = {key: w.detach().to("cpu").contiguous() for key, w in weights.items()}
+        save_file(cpu, str(folder / STATE_DIR / BASE_WEIGHTS))
 
-    return PartialState().is_main_process
+    @hookimpl
+    def load_checkpoint_state(self, state: Any, model: Any, folder: Path) -> None:
+        """Put back the merged base weights the checkpoint holds, before the core restores the
+        adapter on them; refuse a checkpoint past a restart without them."""
+        import torch
+        from safetensors.torch import load_file
 
+        path = folder / STATE_DIR / BASE_WEIGHTS
+        if not path.is_file():
+            if state.global_step > self.every:  # a restart at `every` happened (the last step
+                # of a run is never one, so at `every` itself it cannot be told)
+                last = (state.global_step - 1) // self.every * self.every
+                raise WeaveError(
+                    f"resume_from_checkpoint: {folder} is past ReLoRA's restart at step {last}, "
+                    f"whose merged weights ({path}) are missing: without them the adapter would "
+                    "resume on the wrong base"
+                )
+            return
+        saved, weights = load_file(str(path)), adapted_base_weights(model)
+        if set(saved) != set(weights):
+            raise WeaveError(
+                f"{path} does not fit this model's adapted layers (another lora_target_modules?)"
+            )
+        with torch.no_grad():
+            for key, weight in weights.items():
+                weight.copy_(saved[key].to(weight.device, weight.dtype))
+        self.restarted = True
+        log.info("relora: restored the merged base weights from %s", path)
 
-@hookimpl(wrapper=True)
-def post_train(
-    cfg: Any, model: Any, tokenizer: Any, strategy: Any, output_dir: Path
-) -> Generator[None, None, None]:
-    """After the other plugins saved, replace the adapter in `output_dir` by the whole merged
-    model (written to a temporary folder, then moved in)."""
-    result = yield
-    if not getattr(cfg, "relora_steps", None) or not strategy.is_main_process:
+    @hookimpl(wrapper=True)
+    def post_train(
+        self, model: Any, tokenizer: Any, strategy: Any, output_dir: Path
+    ) -> Generator[None, None, None]:
+        """After the other plugins saved, replace the adapter in `output_dir` by the whole
+        merged model (written to a temporary folder, then moved in)."""
+        result = yield
+        if not strategy.is_main_process:
+            return result
+        merged = model.merge_and_unload()
+        staging = output_dir / ".saving-relora"
+        shutil.rmtree(staging, ignore_errors=True)
+        merged.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+            (output_dir / name).unlink(missing_ok=True)
+        for item in staging.iterdir():
+            os.replace(item, output_dir / item.name)
+        staging.rmdir()
+        log.info("relora: saved the merged model to %s", output_dir)
         return result
-    merged = model.merge_and_unload()
-    staging = output_dir / ".saving-relora"
-    shutil.rmtree(staging, ignore_errors=True)
-    merged.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
-        (output_dir / name).unlink(missing_ok=True)
-    for item in staging.iterdir():
-        os.replace(item, output_dir / item.name)
-    staging.rmdir()
-    log.info("relora: saved the merged model to %s", output_dir)
-    return result

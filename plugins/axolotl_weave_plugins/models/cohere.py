@@ -42,7 +42,7 @@ def tiny_cohere_config() -> dict[str, Any]:
 COHERE = ModelFamily(
     name="cohere",
     model_types=("cohere",),
-    lora_target_modules=(
+    adapter_target_modules=(
         "q_proj",
         "k_proj",
         "v_proj",
@@ -54,7 +54,6 @@ COHERE = ModelFamily(
     decoder_layer="CohereDecoderLayer",
     prepare_tokenizer=prepare_cohere_tokenizer,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
-    chat_template="cohere",
     tiny_config=tiny_cohere_config,
     description="Command R / R+ and Aya (parallel attention+MLP blocks, scaled tied logits)",
 )

@@ -82,7 +82,7 @@ def tiny_deepseek_v3_config() -> dict[str, Any]:
 DEEPSEEK_V3 = ModelFamily(
     name="deepseek_v3",
     model_types=("deepseek_v3",),
-    lora_target_modules=(
+    adapter_target_modules=(
         "q_proj",
         "q_a_proj",
         "q_b_proj",
@@ -94,7 +94,6 @@ DEEPSEEK_V3 = ModelFamily(
     prepare_tokenizer=prepare_deepseek_v3_tokenizer,
     prepare_model=check_router_settings,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
-    chat_template="deepseek_v3",
     tiny_config=tiny_deepseek_v3_config,
     description="DeepSeek-V3/R1, Kimi K2, Moonlight (MLA; fused experts: LoRA on attention)",
 )

@@ -31,11 +31,11 @@ def tiny_falcon_config() -> dict[str, Any]:
 FALCON = ModelFamily(
     name="falcon",
     model_types=("falcon",),
-    cannot_pack_because=(
-        "transformers builds its attention mask without position_ids"
-        " (packed samples would attend to each other)"
-    ),
-    unsupported={
+    cannot={
+        "sample_packing": (
+            "transformers builds its attention mask without position_ids"
+            " (packed samples would attend to each other)"
+        ),
         "gptq": "transformers' GPTQ integration (optimum) takes only exact torch.nn.Linear "
         "layers, and Falcon's are FalconLinear: none would be quantized or load quantized",
         "load_in_4bit": "transformers' bitsandbytes integration quantizes only exact "
@@ -43,7 +43,7 @@ FALCON = ModelFamily(
         "load_in_8bit": "transformers' bitsandbytes integration quantizes only exact "
         "torch.nn.Linear layers, and Falcon's are FalconLinear: the base would stay unquantized",
     },
-    lora_target_modules=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+    adapter_target_modules=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
     decoder_layer="FalconDecoderLayer",
     prepare_tokenizer=prepare_falcon_tokenizer,
     attn_implementations=("eager", "sdpa", "flash_attention_2"),

@@ -41,7 +41,7 @@ def tiny_gemma_config() -> dict[str, Any]:
 GEMMA = ModelFamily(
     name="gemma",
     model_types=("gemma",),
-    lora_target_modules=(
+    adapter_target_modules=(
         "q_proj",
         "k_proj",
         "v_proj",
@@ -54,7 +54,6 @@ GEMMA = ModelFamily(
     prepare_tokenizer=prepare_gemma_tokenizer,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
     kernels=("liger",),
-    chat_template="gemma",
     tiny_config=tiny_gemma_config,
     description="Gemma 1 and CodeGemma (embeddings scaled by sqrt(hidden), tied, 256k vocab)",
 )

@@ -44,7 +44,7 @@ def tiny_gemma2_config() -> dict[str, Any]:
 GEMMA2 = ModelFamily(
     name="gemma2",
     model_types=("gemma2",),
-    lora_target_modules=(
+    adapter_target_modules=(
         "q_proj",
         "k_proj",
         "v_proj",
@@ -57,7 +57,6 @@ GEMMA2 = ModelFamily(
     prepare_tokenizer=prepare_gemma2_tokenizer,
     attn_implementations=("eager", "flash_attention_2", "flex_attention"),
     kernels=("liger",),
-    chat_template="gemma",
     tiny_config=tiny_gemma2_config,
     description="Gemma 2 (logit soft-capping, so no SDPA; alternating sliding-window layers)",
 )

@@ -49,7 +49,7 @@ def tiny_gemma3_config() -> dict[str, Any]:
 GEMMA3 = ModelFamily(
     name="gemma3",
     model_types=("gemma3_text", "gemma3"),
-    lora_target_modules=(
+    adapter_target_modules=(
         "q_proj",
         "k_proj",
         "v_proj",
@@ -62,7 +62,6 @@ GEMMA3 = ModelFamily(
     prepare_tokenizer=prepare_gemma3_tokenizer,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
     kernels=("liger",),
-    chat_template="gemma",
     tiny_config=tiny_gemma3_config,
     description="Gemma 3 text and multimodal checkpoints (QK-norm, 5:1 sliding-window layers)",
 )

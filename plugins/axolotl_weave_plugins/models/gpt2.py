@@ -36,11 +36,11 @@ def tiny_gpt2_config() -> dict[str, Any]:
 GPT2 = ModelFamily(
     name="gpt2",
     model_types=("gpt2",),
-    unsupported={
+    cannot={
         "gptq": "transformers cannot load a GPT-2 GPTQ checkpoint (its GPT-2 weight "
         "initialisation reads `.weight` of the packed GPTQ layers)",
     },
-    lora_target_modules=("c_attn", "c_proj", "c_fc"),
+    adapter_target_modules=("c_attn", "c_proj", "c_fc"),
     decoder_layer="GPT2Block",
     prepare_tokenizer=prepare_gpt2_tokenizer,
     attn_implementations=("eager", "sdpa", "flash_attention_2"),

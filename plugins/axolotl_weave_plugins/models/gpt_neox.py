@@ -31,7 +31,7 @@ def tiny_neox_config() -> dict[str, Any]:
 GPT_NEOX = ModelFamily(
     name="gpt_neox",
     model_types=("gpt_neox",),
-    lora_target_modules=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+    adapter_target_modules=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
     decoder_layer="GPTNeoXLayer",
     prepare_tokenizer=prepare_neox_tokenizer,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),

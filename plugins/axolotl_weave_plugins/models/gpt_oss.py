@@ -22,7 +22,7 @@ from typing import Any
 
 from axolotl_weave import ModelFamily, hookimpl, set_pad_token
 
-from axolotl_weave_plugins.models.mixtral import apply_router_settings
+from axolotl_weave_plugins.models._moe import apply_router_settings
 
 PLUGIN_KIND = "model"
 
@@ -55,11 +55,13 @@ def tiny_gpt_oss_config() -> dict[str, Any]:
 GPT_OSS = ModelFamily(
     name="gpt_oss",
     model_types=("gpt_oss",),
-    cannot_pack_because=(
-        "transformers builds its attention masks without position_ids"
-        " (packed samples would attend to each other)"
-    ),
-    lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+    cannot={
+        "sample_packing": (
+            "transformers builds its attention masks without position_ids"
+            " (packed samples would attend to each other)"
+        ),
+    },
+    adapter_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
     decoder_layer="GptOssDecoderLayer",
     prepare_tokenizer=prepare_gpt_oss_tokenizer,
     prepare_model=apply_router_settings,

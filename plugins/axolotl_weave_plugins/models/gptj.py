@@ -32,7 +32,7 @@ def tiny_gptj_config() -> dict[str, Any]:
 GPTJ = ModelFamily(
     name="gptj",
     model_types=("gptj",),
-    lora_target_modules=("q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"),
+    adapter_target_modules=("q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"),
     decoder_layer="GPTJBlock",
     prepare_tokenizer=prepare_gptj_tokenizer,
     attn_implementations=("eager", "flash_attention_2"),

@@ -42,7 +42,7 @@ def tiny_granite_config() -> dict[str, Any]:
 GRANITE = ModelFamily(
     name="granite",
     model_types=("granite",),
-    lora_target_modules=(
+    adapter_target_modules=(
         "q_proj",
         "k_proj",
         "v_proj",

@@ -87,23 +87,32 @@ def load_tokenizer(cfg: Any) -> Any:
 
 
 @hookimpl(trylast=True)
-def load_model(cfg: Any, tokenizer: Any, family: ModelFamily | None) -> Any:
-    """`AutoModelForCausalLM.from_pretrained(base_model)` in the configured dtype."""
-    return load_pretrained(cfg, tokenizer, family)
+def load_model(
+    cfg: Any,
+    tokenizer: Any,
+    family: ModelFamily | None,
+    purpose: str,
+    load_kwargs: dict[str, Any],
+) -> Any:
+    """`AutoModelForCausalLM.from_pretrained(base_model)` in the configured dtype, with every
+    plugin's `load_kwargs` (a quantization config...)."""
+    return load_pretrained(cfg, tokenizer, family, purpose, load_kwargs)
 
 
-def load_config(cfg: Any) -> Any:
-    """The model's config (`base_model_config` or `base_model`), `overrides_of_model_config`
-    applied; an override naming no known key is refused."""
+def load_config(cfg: Any, config: Any = None) -> Any:
+    """The model's config (`base_model_config` or `base_model`, unless `config` is given, as a
+    quantization plugin gives the checkpoint's), `overrides_of_model_config` applied; an
+    override naming no known key is refused."""
     from transformers import AutoConfig
 
     where = cfg.base_model_config or cfg.base_model
-    try:
-        config = AutoConfig.from_pretrained(
-            where, revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code
-        )
-    except (OSError, ValueError) as exc:
-        raise WeaveError(f"cannot read the model config of '{where}': {exc}") from None
+    if config is None:
+        try:
+            config = AutoConfig.from_pretrained(
+                where, revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code
+            )
+        except (OSError, ValueError) as exc:
+            raise WeaveError(f"cannot read the model config of '{where}': {exc}") from None
     known = set(config.to_dict())
     for key, value in cfg.overrides_of_model_config.items():
         if key not in known and not hasattr(config, key):
@@ -115,15 +124,19 @@ def load_config(cfg: Any) -> Any:
 
 
 def load_pretrained(
-    cfg: Any, tokenizer: Any, family: ModelFamily | None, **model_kwargs: Any
+    cfg: Any,
+    tokenizer: Any,
+    family: ModelFamily | None,
+    purpose: str = "train",
+    load_kwargs: dict[str, Any] | None = None,
 ) -> Any:
-    """Load `base_model` with `from_pretrained`; `model_kwargs` (a quantization config...) are
-    passed on, after `overrides_of_model_kwargs`, and a `config` among them replaces the one
-    `load_config` would read. Method plugins that must change how the weights load call this.
+    """Load `base_model` with `from_pretrained`; `load_kwargs` (what `model_load_kwargs` hooks
+    contributed) are passed on after `overrides_of_model_kwargs`, and a `config` among them
+    replaces the one `load_config` would read (the overrides are applied to it too).
 
     Grows the embeddings when the tokenizer has more tokens than the model (to a multiple of 32
-    with `resize_token_embeddings_to_32x`), turns the generation cache off (it only costs memory
-    in training), and gives the family's `prepare_model` its turn.
+    with `resize_token_embeddings_to_32x`), turns the generation cache off for training (it only
+    costs memory there), and gives the family's `prepare_model` its turn.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -133,7 +146,8 @@ def load_pretrained(
         if cfg.model_type
         else AutoModelForCausalLM
     )
-    config = model_kwargs.pop("config", None) or load_config(cfg)
+    model_kwargs = dict(load_kwargs or {})
+    config = load_config(cfg, model_kwargs.pop("config", None))
     kwargs = {
         "dtype": getattr(torch, resolve_precision(cfg).weight_dtype),
         "revision": cfg.revision_of_model,
@@ -152,7 +166,8 @@ def load_pretrained(
         wanted = -(-max(wanted, rows) // 32) * 32
     if wanted > rows:
         model.resize_token_embeddings(wanted)
-    model.config.use_cache = False
+    if purpose == "train":
+        model.config.use_cache = False
     if family is not None and family.prepare_model is not None:
         family.prepare_model(model, cfg)
     return model

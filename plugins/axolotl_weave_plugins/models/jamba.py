@@ -14,7 +14,7 @@ from typing import Any
 
 from axolotl_weave import ModelFamily, hookimpl, set_pad_token
 
-from axolotl_weave_plugins.models.mixtral import apply_router_settings
+from axolotl_weave_plugins.models._moe import apply_router_settings
 
 PLUGIN_KIND = "model"
 
@@ -48,8 +48,10 @@ def tiny_jamba_config() -> dict[str, Any]:
 JAMBA = ModelFamily(
     name="jamba",
     model_types=("jamba",),
-    cannot_pack_because=("its Mamba layers carry their state from one packed sample into the next"),
-    lora_target_modules=(
+    cannot={
+        "sample_packing": "its Mamba layers carry their state from one packed sample into the next",
+    },
+    adapter_target_modules=(
         "q_proj",
         "k_proj",
         "v_proj",

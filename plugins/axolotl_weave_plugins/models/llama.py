@@ -32,7 +32,7 @@ def tiny_llama_config() -> dict[str, Any]:
 LLAMA = ModelFamily(
     name="llama",
     model_types=("llama",),
-    lora_target_modules=(
+    adapter_target_modules=(
         "q_proj",
         "k_proj",
         "v_proj",
@@ -45,7 +45,6 @@ LLAMA = ModelFamily(
     prepare_tokenizer=prepare_llama_tokenizer,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
     kernels=("liger",),
-    chat_template="llama3",
     tiny_config=tiny_llama_config,
     description="Llama 1/2/3.x, XGen and other llama-architecture models",
 )

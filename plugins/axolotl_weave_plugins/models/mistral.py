@@ -30,7 +30,7 @@ def tiny_mistral_config() -> dict[str, Any]:
 MISTRAL = ModelFamily(
     name="mistral",
     model_types=("mistral",),
-    lora_target_modules=(
+    adapter_target_modules=(
         "q_proj",
         "k_proj",
         "v_proj",
@@ -43,7 +43,6 @@ MISTRAL = ModelFamily(
     prepare_tokenizer=prepare_mistral_tokenizer,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
     kernels=("liger",),
-    chat_template="mistral_v1",
     tiny_config=tiny_mistral_config,
     description="Mistral 7B v0.1-v0.3, Mistral NeMo and other mistral-architecture models",
 )

@@ -14,6 +14,8 @@ from typing import Any
 from axolotl_weave import ModelFamily, PluginConfig, hookimpl, set_pad_token
 from pydantic import Field
 
+from axolotl_weave_plugins.models._moe import apply_router_settings
+
 PLUGIN_KIND = "model"
 
 
@@ -41,24 +43,6 @@ def prepare_mixtral_tokenizer(tokenizer: Any) -> None:
     set_pad_token(tokenizer, "unk_token", "eos_token")
 
 
-def apply_router_settings(model: Any, cfg: Any) -> None:
-    """Switch the router's auxiliary loss on or off and set its weight, as the config asks.
-
-    Keys left unset (or absent, without the mixtral plugin) keep what the model config says
-    (so `overrides_of_model_config` still works). The weight is set on the model as well as its
-    config: the `...ForCausalLM` copies it when it is built. The other MoE families (qwen2_moe,
-    qwen3_moe, gpt_oss, jamba) use this same function.
-    """
-    wanted = getattr(cfg, "output_router_logits", None)
-    coef = getattr(cfg, "router_aux_loss_coef", None)
-    if wanted is not None:
-        model.config.output_router_logits = wanted
-    if coef is not None:
-        model.config.router_aux_loss_coef = coef
-        if hasattr(model, "router_aux_loss_coef"):
-            model.router_aux_loss_coef = coef
-
-
 def tiny_mixtral_config() -> dict[str, Any]:
     """A two-layer mixtral: 4 experts, top-2 routing, grouped-query attention."""
     return {
@@ -76,13 +60,12 @@ def tiny_mixtral_config() -> dict[str, Any]:
 MIXTRAL = ModelFamily(
     name="mixtral",
     model_types=("mixtral",),
-    lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+    adapter_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
     decoder_layer="MixtralDecoderLayer",
     prepare_tokenizer=prepare_mixtral_tokenizer,
     prepare_model=apply_router_settings,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
     kernels=("liger",),
-    chat_template="mistral_v1",
     tiny_config=tiny_mixtral_config,
     description="Mixtral 8x7B / 8x22B sparse mixture-of-experts models",
 )

@@ -34,11 +34,13 @@ def tiny_mpt_config() -> dict[str, Any]:
 MPT = ModelFamily(
     name="mpt",
     model_types=("mpt",),
-    cannot_pack_because=(
-        "its ALiBi bias and attention mask ignore position_ids"
-        " (packed samples would attend to each other)"
-    ),
-    lora_target_modules=("Wqkv", "out_proj", "up_proj", "down_proj"),
+    cannot={
+        "sample_packing": (
+            "its ALiBi bias and attention mask ignore position_ids"
+            " (packed samples would attend to each other)"
+        ),
+    },
+    adapter_target_modules=("Wqkv", "out_proj", "up_proj", "down_proj"),
     decoder_layer="MptBlock",
     prepare_tokenizer=prepare_mpt_tokenizer,
     attn_implementations=("eager",),

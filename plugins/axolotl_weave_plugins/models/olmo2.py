@@ -41,7 +41,7 @@ def tiny_olmo2_config() -> dict[str, Any]:
 OLMO2 = ModelFamily(
     name="olmo2",
     model_types=("olmo2",),
-    lora_target_modules=(
+    adapter_target_modules=(
         "q_proj",
         "k_proj",
         "v_proj",

@@ -29,7 +29,7 @@ def tiny_phi_config() -> dict[str, Any]:
 PHI = ModelFamily(
     name="phi",
     model_types=("phi",),
-    lora_target_modules=("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"),
+    adapter_target_modules=("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"),
     decoder_layer="PhiDecoderLayer",
     prepare_tokenizer=prepare_phi_tokenizer,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),

@@ -1,7 +1,7 @@
 """The phi3 family (Microsoft Phi-3, Phi-3.5 mini and Phi-4, whose config says `phi3`).
 
-Fused projections: `qkv_proj` for attention and `gate_up_proj` for the MLP. The default chat
-template is Phi-3's; Phi-3.5 (`phi_35`) and Phi-4 (`phi_4`) name theirs in `chat_template:`.
+Fused projections: `qkv_proj` for attention and `gate_up_proj` for the MLP. Their chat
+templates are named in `chat_template:` (`phi_3`, `phi_35`, `phi_4`).
 """
 
 from __future__ import annotations
@@ -38,12 +38,11 @@ def tiny_phi3_config() -> dict[str, Any]:
 PHI3 = ModelFamily(
     name="phi3",
     model_types=("phi3",),
-    lora_target_modules=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    adapter_target_modules=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
     decoder_layer="Phi3DecoderLayer",
     prepare_tokenizer=prepare_phi3_tokenizer,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
     kernels=("liger",),
-    chat_template="phi_3",
     tiny_config=tiny_phi3_config,
     description="Microsoft Phi-3, Phi-3.5 mini and Phi-4",
 )

@@ -43,7 +43,7 @@ def tiny_qwen2_config() -> dict[str, Any]:
 QWEN2 = ModelFamily(
     name="qwen2",
     model_types=("qwen2",),
-    lora_target_modules=(
+    adapter_target_modules=(
         "q_proj",
         "k_proj",
         "v_proj",
@@ -56,7 +56,6 @@ QWEN2 = ModelFamily(
     prepare_tokenizer=prepare_qwen2_tokenizer,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
     kernels=("liger",),
-    chat_template="qwen_25",
     tiny_config=tiny_qwen2_config,
     description="Qwen2 and Qwen2.5 dense models (q/k/v biases; small sizes tie embeddings)",
 )

@@ -17,7 +17,7 @@ from typing import Any
 
 from axolotl_weave import ModelFamily, hookimpl, set_pad_token
 
-from axolotl_weave_plugins.models.mixtral import apply_router_settings
+from axolotl_weave_plugins.models._moe import apply_router_settings
 
 PLUGIN_KIND = "model"
 
@@ -48,7 +48,7 @@ def tiny_qwen2_moe_config() -> dict[str, Any]:
 QWEN2_MOE = ModelFamily(
     name="qwen2_moe",
     model_types=("qwen2_moe",),
-    lora_target_modules=(
+    adapter_target_modules=(
         "q_proj",
         "k_proj",
         "v_proj",
@@ -62,7 +62,6 @@ QWEN2_MOE = ModelFamily(
     prepare_model=apply_router_settings,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
     kernels=("liger",),
-    chat_template="qwen_25",
     tiny_config=tiny_qwen2_moe_config,
     description="Qwen1.5-MoE and Qwen2-MoE: routed experts (fused) plus a gated shared expert",
 )

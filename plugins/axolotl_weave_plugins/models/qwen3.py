@@ -40,7 +40,7 @@ def tiny_qwen3_config() -> dict[str, Any]:
 QWEN3 = ModelFamily(
     name="qwen3",
     model_types=("qwen3",),
-    lora_target_modules=(
+    adapter_target_modules=(
         "q_proj",
         "k_proj",
         "v_proj",
@@ -53,7 +53,6 @@ QWEN3 = ModelFamily(
     prepare_tokenizer=prepare_qwen3_tokenizer,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
     kernels=("liger",),
-    chat_template="qwen3",
     tiny_config=tiny_qwen3_config,
     description="Qwen3 dense models (QK-norm, explicit head_dim; small sizes tie embeddings)",
 )

@@ -18,7 +18,7 @@ from typing import Any
 
 from axolotl_weave import ModelFamily, hookimpl, set_pad_token
 
-from axolotl_weave_plugins.models.mixtral import apply_router_settings
+from axolotl_weave_plugins.models._moe import apply_router_settings
 
 PLUGIN_KIND = "model"
 
@@ -49,13 +49,12 @@ def tiny_qwen3_moe_config() -> dict[str, Any]:
 QWEN3_MOE = ModelFamily(
     name="qwen3_moe",
     model_types=("qwen3_moe",),
-    lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+    adapter_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
     decoder_layer="Qwen3MoeDecoderLayer",
     prepare_tokenizer=prepare_qwen3_moe_tokenizer,
     prepare_model=apply_router_settings,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),
     kernels=("liger",),
-    chat_template="qwen3",
     tiny_config=tiny_qwen3_moe_config,
     description="Qwen3 MoE models (fused experts: default LoRA targets are attention only)",
 )

@@ -36,8 +36,8 @@ def tiny_rwkv_config() -> dict[str, Any]:
 RWKV = ModelFamily(
     name="rwkv",
     model_types=("rwkv",),
-    cannot_pack_because=("it is recurrent: its state carries from one packed sample into the next"),
-    unsupported={
+    cannot={
+        "sample_packing": "it is recurrent: its state carries from one packed sample into the next",
         "gptq": "switching to eval, RWKV divides its output layers' weights in place "
         "(rescale_every), which packed GPTQ weights cannot take",
         "load_in_4bit": "switching to eval, RWKV divides its output layers' weights in place "
@@ -45,7 +45,7 @@ RWKV = ModelFamily(
         "load_in_8bit": "switching to eval, RWKV divides its output layers' weights in place "
         "(rescale_every), which bitsandbytes' 8-bit weights cannot take",
     },
-    lora_target_modules=("key", "value", "receptance", "output"),
+    adapter_target_modules=("key", "value", "receptance", "output"),
     decoder_layer="RwkvBlock",
     prepare_tokenizer=prepare_rwkv_tokenizer,
     attn_implementations=("eager",),

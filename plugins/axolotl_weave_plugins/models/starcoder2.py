@@ -39,7 +39,7 @@ def tiny_starcoder2_config() -> dict[str, Any]:
 STARCODER2 = ModelFamily(
     name="starcoder2",
     model_types=("starcoder2",),
-    lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj"),
+    adapter_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj"),
     decoder_layer="Starcoder2DecoderLayer",
     prepare_tokenizer=prepare_starcoder2_tokenizer,
     attn_implementations=("eager", "sdpa", "flash_attention_2", "flex_attention"),

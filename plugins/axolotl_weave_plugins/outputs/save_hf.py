@@ -7,12 +7,12 @@ half-written weight file where a good one was.
 
 from __future__ import annotations
 
-import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from axolotl_weave import hookimpl
+from axolotl_weave import hookimpl, move_into
 
 PLUGIN_KIND = "output"
 
@@ -23,10 +23,11 @@ def post_train(model: Any, tokenizer: Any, strategy: Any, output_dir: Path) -> N
     strategy.wait_for_everyone()
     if not strategy.is_main_process:
         return
-    staging = output_dir / ".saving"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    for item in staging.iterdir():
-        os.replace(item, output_dir / item.name)
-    staging.rmdir()
+    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=output_dir))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    move_into(staging, output_dir)

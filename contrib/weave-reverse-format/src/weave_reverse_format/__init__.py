@@ -48,15 +48,13 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
             FORMAT_NAME,
             "raw text (field:, default text) with its words reversed; all tokens trained",
             options=ReverseOptions,
+            build=build,
         )
     )
 
 
-@hookimpl
-def build_dataset(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize the reversed text of each row; every token (and EOS) is trained."""
-    if entry.type != FORMAT_NAME:
-        return None
     column = entry.field or "text"
     separator = entry.option("separator", " ")
     require_columns(dataset, entry, [column])

@@ -1,30 +1,36 @@
-"""Where the raw rows of one `datasets:` entry come from, and what identifies their content.
+"""Data files: local files and folders, http(s) URLs, fsspec URLs (`s3://`, `gs://`, ...; their
+packages are optional) and folders written by `Dataset.save_to_disk`.
 
-Sources: local JSON/JSONL/CSV/Parquet/Arrow/text files and folders, a dataset saved with
-`save_to_disk`, an http(s) URL, an fsspec URL (`s3://`, `gs://`, ...; their packages are optional)
-and a Hugging Face hub name. JSON and JSONL are parsed here, line by line, so that a broken line or
-a field whose type changes between rows is reported with its file and line; the other file types
-go through `datasets`. Every source can say what identifies its content (for the cache's
-fingerprint) without tokenizing anything.
+JSON and JSON Lines are parsed here, line by line, so that a broken line or a field whose type
+changes between rows is reported with its file and line; the other file types (CSV, Parquet,
+Arrow, text) go through `datasets`. Remote files are downloaded once into a cache
+(`$WEAVE_CACHE/downloads`) and reused while their ETag (or size and date) holds. Each source
+identifies its content by the digests of its files, for the preprocessing cache's fingerprint.
+A path that none of these claims (no `://`, not on disk, no data-file extension) is left to the
+hub source.
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import os
 import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from axolotl_weave._errors import DataError, MissingDependencyError
+from axolotl_weave import (
+    DataError,
+    DataSource,
+    LoadedRows,
+    MissingDependencyError,
+    RowLocator,
+    hookimpl,
+    rows_table,
+)
 
-if TYPE_CHECKING:
-    from datasets import Dataset, IterableDataset
-
-    from axolotl_weave._config import DatasetEntry
+PLUGIN_KIND = "source"
 
 EXTENSIONS = {
     ".json": "json",
@@ -40,56 +46,41 @@ SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
 FSSPEC_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs"}
 
 
-@dataclass
-class RowLocator:
-    """Names a row of an entry by where it was read: 'file:line' for JSON Lines, else 'row N'."""
-
-    spans: list[tuple[int, str, list[int] | None]] = field(default_factory=list)
-    """(index of the span's first row, file name, line number of each of its rows or None)."""
-    offset: int = 0
-    """Rows before the first one handed on (taken off by `shards`)."""
-
-    def add(self, first: int, name: str, lines: list[int] | None) -> None:
-        """Record that rows from `first` on come from `name` (at `lines`, when known)."""
-        self.spans.append((first, name, lines))
-
-    def __call__(self, index: int) -> str:
-        """Where row `index` (0-based, after sharding) was read."""
-        absolute = index + self.offset
-        starts = [first for first, _, _ in self.spans]
-        at = bisect.bisect_right(starts, absolute) - 1
-        if at < 0:
-            return f"row {absolute + 1}"
-        first, name, lines = self.spans[at]
-        if lines is not None and absolute - first < len(lines):
-            return f"{name}:{lines[absolute - first]}"
-        return f"{name}, row {absolute - first + 1}"
+def is_url(entry: Any) -> bool:
+    """An http(s) URL."""
+    return entry.path.startswith(("https://", "http://"))
 
 
-@dataclass
-class LoadedRows:
-    """The raw rows of an entry, and how to name each of them in messages."""
-
-    dataset: Dataset | IterableDataset
-    locate: RowLocator
+def is_fsspec(entry: Any) -> bool:
+    """Another URL (`s3://`, `gs://`, `memory://`...), read through fsspec."""
+    return "://" in entry.path and not is_url(entry)
 
 
-def source_kind(entry: DatasetEntry) -> str:
-    """'local', 'saved' (save_to_disk), 'url' (http/https), 'fsspec' (s3://...) or 'hub'."""
+def is_saved(entry: Any) -> bool:
+    """A local folder written by `save_to_disk`."""
+    local = Path(entry.path).expanduser()
+    return local.is_dir() and any((local / m).is_file() for m in SAVED_DATASET_MARKERS)
+
+
+def is_local(entry: Any) -> bool:
+    """A local file or folder of data files (or a path that looks like one, to report it)."""
     path = entry.path
-    if path.startswith(("https://", "http://")):
-        return "url"
-    if "://" in path:
-        return "fsspec"
+    if "://" in path or is_saved(entry):
+        return False
     local = Path(path).expanduser()
-    if local.is_dir() and any((local / m).is_file() for m in SAVED_DATASET_MARKERS):
-        return "saved"
-    if local.exists() or path.startswith((".", "/", "~")) or local.suffix in EXTENSIONS:
-        return "local"
-    return "hub"
+    return local.exists() or path.startswith((".", "/", "~")) or local.suffix in EXTENSIONS
 
 
-def local_files(entry: DatasetEntry) -> list[Path]:
+@hookimpl
+def register_data_sources(register: Callable[[DataSource], None]) -> None:
+    """Register the saved-dataset, local-file, URL and fsspec sources."""
+    register(DataSource("saved", is_saved, load_saved, saved_identity, "a save_to_disk folder"))
+    register(DataSource("local", is_local, load_local, local_identity, "local files, folders"))
+    register(DataSource("url", is_url, load_remote, remote_identity, "an http(s) URL"))
+    register(DataSource("fsspec", is_fsspec, load_remote, remote_identity, "s3://, gs://..."))
+
+
+def local_files(entry: Any) -> list[Path]:
     """The data files of a local entry (a file, or the matching files of a folder), sorted."""
     path = Path(entry.path).expanduser()
     if not path.exists():
@@ -111,23 +102,20 @@ def local_files(entry: DatasetEntry) -> list[Path]:
     return files
 
 
-# -- identity: what the cache fingerprint takes from the source ---------------------------------
+def local_identity(entry: Any) -> str:
+    """The names and digests of the entry's local files."""
+    return ";".join(f"{f.name}={file_digest(f)}" for f in local_files(entry))
 
 
-def source_identity(entry: DatasetEntry, loaded: dict[int, LoadedRows]) -> str:
-    """A string that changes when the entry's content does: file hashes, remote ETags, or the
-    hub dataset's fingerprint (which follows its revision). `loaded` memoises hub loads."""
-    kind = source_kind(entry)
-    if kind in ("local", "saved"):
-        if kind == "saved":
-            files = sorted(p for p in Path(entry.path).expanduser().rglob("*") if p.is_file())
-        else:
-            files = local_files(entry)
-        return ";".join(f"{f.name}={file_digest(f)}" for f in files)
-    if kind in ("url", "fsspec"):
-        return ";".join(f"{f.name}={file_digest(f)}" for f in remote_files(entry))
-    rows = loaded.setdefault(id(entry), load_rows(entry))
-    return f"hub:{getattr(rows.dataset, '_fingerprint', None)}"
+def saved_identity(entry: Any) -> str:
+    """The names and digests of every file of the saved dataset's folder."""
+    files = sorted(p for p in Path(entry.path).expanduser().rglob("*") if p.is_file())
+    return ";".join(f"{f.name}={file_digest(f)}" for f in files)
+
+
+def remote_identity(entry: Any) -> str:
+    """The names and digests of the entry's remote files (downloaded, or reused)."""
+    return ";".join(f"{f.name}={file_digest(f)}" for f in remote_files(entry))
 
 
 def file_digest(path: Path) -> str:
@@ -142,38 +130,20 @@ def file_digest(path: Path) -> str:
 # -- loading -----------------------------------------------------------------------------------
 
 
-def load_rows(entry: DatasetEntry, *, streaming: bool = False) -> LoadedRows:
-    """The raw rows of one entry, sharded as `shards`/`shards_idx` ask; a missing file, an empty
-    one, a broken line or a type clash between rows is a `DataError` naming where."""
-    kind = source_kind(entry)
+def load_local(entry: Any, streaming: bool = False) -> Any:
+    """The rows of a local entry's files."""
+    return load_files(entry, local_files(entry), streaming)
+
+
+def load_remote(entry: Any, streaming: bool = False) -> Any:
+    """The rows of a remote entry's files, downloaded into the cache."""
+    return load_files(entry, remote_files(entry), streaming)
+
+
+def load_files(entry: Any, files: list[Path], streaming: bool) -> Any:
+    """The rows of `files`, each named by file and line (a stream when `streaming`)."""
     if streaming:
-        return LoadedRows(stream_rows(entry, kind), RowLocator())
-    if kind == "hub":
-        loaded = LoadedRows(_load_hub(entry), RowLocator())
-    elif kind == "saved":
-        loaded = LoadedRows(_load_saved(entry), RowLocator())
-    else:
-        files = local_files(entry) if kind == "local" else remote_files(entry)
-        loaded = _load_files(entry, files)
-    if len(loaded.dataset) == 0:
-        raise DataError(f"{entry.label} is empty: it holds no rows")
-    return shard(entry, loaded)
-
-
-def shard(entry: DatasetEntry, loaded: LoadedRows) -> LoadedRows:
-    """Keep shard `shards_idx` (default 0) of `shards` contiguous shards."""
-    if not entry.shards:
-        return loaded
-    index, count, total = entry.shards_idx or 0, entry.shards, len(loaded.dataset)
-    if count > total:
-        raise DataError(f"{entry.label}: shards={count} is more than its {total} rows")
-    size, extra = divmod(total, count)
-    loaded.locate.offset = size * index + min(index, extra)
-    part = loaded.dataset.shard(num_shards=count, index=index, contiguous=True)
-    return LoadedRows(part, loaded.locate)
-
-
-def _load_files(entry: DatasetEntry, files: list[Path]) -> LoadedRows:
+        return stream_files(entry, files)
     from datasets import concatenate_datasets
 
     locate, parts, first = RowLocator(), [], 0
@@ -202,11 +172,20 @@ def _load_files(entry: DatasetEntry, files: list[Path]) -> LoadedRows:
     return LoadedRows(dataset, locate)
 
 
-def rows_to_dataset(
-    entry: DatasetEntry, file: Path, rows: list[dict[str, Any]], lines: list[int]
-) -> Dataset:
-    """A `Dataset` of parsed JSON rows; a field whose JSON type changes is named with its line."""
+def stream_files(entry: Any, files: list[Path]) -> Any:
+    """The rows of `files` as a stream (`pretraining_dataset:`); they must be of one type."""
+    from datasets import load_dataset
 
+    kinds = {entry.ds_type or EXTENSIONS.get(f.suffix) for f in files}
+    file_kind = kinds.pop() if len(kinds) == 1 else None
+    if file_kind is None:
+        raise DataError(f"{entry.label}: stream files of one type, or set ds_type")
+    builder = "json" if file_kind == "jsonl" else file_kind
+    return load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True)
+
+
+def rows_to_dataset(entry: Any, file: Path, rows: list[dict[str, Any]], lines: list[int]) -> Any:
+    """A `Dataset` of parsed JSON rows; a field whose JSON type changes is named with its line."""
     if not rows:
         raise DataError(f"{file}: the file holds no rows")
     check_field_types(file, rows, lines)
@@ -217,15 +196,6 @@ def rows_to_dataset(
             f"{entry.label}: {file}: rows disagree on a field's type ({exc}); every row must "
             "give each field the same type"
         ) from None
-
-
-def rows_table(rows: list[dict[str, Any]]) -> Dataset:
-    """A `Dataset` of rows with a column for every key any row has (missing values None);
-    `Dataset.from_list` would take the columns of the first row only."""
-    from datasets import Dataset
-
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    return Dataset.from_dict({key: [row.get(key) for row in rows] for key in columns})
 
 
 def json_kind(value: Any) -> str | None:
@@ -320,7 +290,7 @@ def _array_item_lines(text: str, count: int) -> list[int]:
     return lines
 
 
-def _load_with_datasets(entry: DatasetEntry, file: Path, kind: str) -> Dataset:
+def _load_with_datasets(entry: Any, file: Path, kind: str) -> Any:
     from datasets import load_dataset
 
     try:
@@ -329,8 +299,9 @@ def _load_with_datasets(entry: DatasetEntry, file: Path, kind: str) -> Dataset:
         raise DataError(f"{entry.label}: cannot read {file} as {kind}: {exc}") from None
 
 
-def _load_saved(entry: DatasetEntry) -> Dataset:
-    """A dataset written by `save_to_disk`; of a `DatasetDict`, the entry's split."""
+def load_saved(entry: Any, streaming: bool = False) -> Any:
+    """A dataset written by `save_to_disk`; of a `DatasetDict`, the entry's split (a stream
+    of it when `streaming`)."""
     from datasets import DatasetDict, load_from_disk
 
     try:
@@ -343,47 +314,8 @@ def _load_saved(entry: DatasetEntry) -> Dataset:
                 f"{entry.label}: the saved dataset has no split '{entry.split}'; it has: "
                 f"{', '.join(saved)}"
             )
-        return saved[entry.split]
-    return saved
-
-
-def _load_hub(entry: DatasetEntry, *, streaming: bool = False) -> Any:
-    from datasets import load_dataset
-
-    try:
-        return load_dataset(
-            entry.path,
-            name=entry.name,
-            revision=entry.revision,
-            split=entry.split,
-            data_files=entry.data_files,
-            streaming=streaming,
-        )
-    except Exception as exc:
-        raise DataError(
-            f"{entry.label} is neither a local file nor a loadable hub dataset: {exc}"
-        ) from None
-
-
-def stream_rows(entry: DatasetEntry, kind: str) -> IterableDataset:
-    """The entry's rows as a stream (`pretraining_dataset:`), `skip` rows skipped."""
-    from datasets import load_dataset
-
-    if kind == "hub":
-        stream = _load_hub(entry, streaming=True)
-    elif kind == "saved":
-        stream = _load_saved(entry).to_iterable_dataset()
-    else:
-        files = local_files(entry) if kind == "local" else remote_files(entry)
-        kinds = {entry.ds_type or EXTENSIONS.get(f.suffix) for f in files}
-        file_kind = kinds.pop() if len(kinds) == 1 else None
-        if file_kind is None:
-            raise DataError(f"{entry.label}: stream files of one type, or set ds_type")
-        builder = "json" if file_kind == "jsonl" else file_kind
-        stream = load_dataset(
-            builder, data_files=[str(f) for f in files], split="train", streaming=True
-        )
-    return stream.skip(entry.skip) if entry.skip else stream
+        saved = saved[entry.split]
+    return saved.to_iterable_dataset() if streaming else saved
 
 
 # -- remote files: downloaded once into a cache, identified by their content --------------------
@@ -395,14 +327,12 @@ def download_dir() -> Path:
     return Path(root) / "downloads"
 
 
-def remote_files(entry: DatasetEntry) -> list[Path]:
+def remote_files(entry: Any) -> list[Path]:
     """The entry's remote file(s), downloaded (or reused) into the local download cache."""
-    if source_kind(entry) == "url":
-        return [download_url(entry, entry.path)]
-    return fetch_fsspec(entry)
+    return [download_url(entry, entry.path)] if is_url(entry) else fetch_fsspec(entry)
 
 
-def download_url(entry: DatasetEntry, url: str) -> Path:
+def download_url(entry: Any, url: str) -> Path:
     """Download an http(s) file; reuse the copy while the server's ETag/Last-Modified holds."""
     request = urllib.request.Request(url, method="HEAD")
     try:
@@ -425,7 +355,7 @@ def download_url(entry: DatasetEntry, url: str) -> Path:
     return target
 
 
-def fetch_fsspec(entry: DatasetEntry) -> list[Path]:
+def fetch_fsspec(entry: Any) -> list[Path]:
     """Download an fsspec URL (a file, or the data files under a folder) into the cache."""
     import fsspec
 

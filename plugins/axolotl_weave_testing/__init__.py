@@ -1,6 +1,6 @@
 """Test fixtures for Axolotl Weave and for plugin authors (a pytest plugin).
 
-Use it with `pytest_plugins = ["axolotl_weave.testing"]` in a `conftest.py`. Everything is built
+Use it with `pytest_plugins = ["axolotl_weave_testing"]` in a `conftest.py`. Everything is built
 offline: a byte-level BPE tokenizer trained on the spot with `tokenizers`, and a tiny model of a
 real architecture config with random weights.
 """
@@ -17,11 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-
 from axolotl_weave.tiny import (  # re-exported for test suites
-    SAMPLE_TEXT,  # noqa: F401
-    build_tiny_llama,
-    train_tokenizer,  # noqa: F401
+    SAMPLE_TEXT,
+    train_tokenizer,
 )
 
 
@@ -85,7 +83,6 @@ def without_package(name: str, folder: Path) -> dict[str, str]:
 def per_token_losses(model: Any, batch: dict[str, Any]) -> Any:
     """The cross-entropy of every target token of a (packed or padded) batch, in order."""
     import torch.nn.functional as F
-
     from axolotl_weave._batches import model_inputs
     from axolotl_weave._types import IGNORE_INDEX
 
@@ -103,7 +100,6 @@ def packed_and_one_by_one(
     """(per-token losses, gradients of their sum) for `rows` packed into `bins` packed rows, then
     for each row alone: equal when packed samples do not see each other."""
     import torch
-
     from axolotl_weave._batches import collate
     from axolotl_weave._packing import collate_packed
 
@@ -193,18 +189,19 @@ def build_rows(
     cfg: Any = None,
     **entry: Any,
 ) -> list[dict[str, Any]]:
-    """Run `build_dataset` on in-memory `rows` for a `datasets:` entry written as keywords.
+    """Build in-memory `rows` with their format for a `datasets:` entry written as keywords.
 
     `cfg` defaults to `train_on_inputs=False, sequence_len=2048`; pass any object with the
     attributes the format reads. Returns the tokenized rows as dicts.
     """
     from types import SimpleNamespace
 
-    from axolotl_weave._sources import rows_table
+    from axolotl_weave._data import build_format
+    from axolotl_weave._rows import rows_table
 
     cfg = cfg or SimpleNamespace(train_on_inputs=False, sequence_len=2048)
     validated = dataset_entry(hooks.dataset_formats(), **entry)
-    built = hooks.build_dataset(validated, rows_table(rows), tokenizer, cfg)
+    built = build_format(hooks, validated, rows_table(rows), tokenizer, cfg)
     return list(built)
 
 
@@ -223,3 +220,35 @@ def tiny_tokenizer(tiny_llama_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+def build_tiny_llama(
+    out_dir: Path,
+    texts: Iterable[str] = (SAMPLE_TEXT,),
+    *,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """A llama-architecture model with random weights and a local tokenizer, saved to `out_dir`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = train_tokenizer(out_dir, texts, vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2 + hidden_size // 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,75 @@
+"""Writing without ever leaving a half-written file or folder: stage beside, then rename.
+
+A crash (or SIGKILL) at any moment leaves either the old content or the new, never a mix: the
+new content is written under a temporary sibling name and renamed into place, which is atomic
+on one filesystem. Every file or folder the project writes for later use goes through these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def write_atomically(path: Path, data: str | bytes) -> Path:
+    """Write `data` to `path` (its folder made) through a temporary sibling renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def replace_folder(staged: Path, target: Path) -> None:
+    """Put the complete folder `staged` at `target`; an existing `target` is swapped out first
+    and deleted only once the new one is in place."""
+    if not target.exists():
+        os.replace(staged, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, old / target.name)
+    os.replace(staged, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path, *, replace: bool = True) -> Iterator[Path]:
+    """A fresh temporary sibling of `target` to fill; when the block succeeds it becomes
+    `target` (with `replace=False` an existing `target` is kept: another process finished first,
+    and its copy is as good); when it fails it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        if target.exists() and not replace:
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            replace_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def move_into(staging: Path, folder: Path) -> None:
+    """Move every item of the complete folder `staging` into `folder` (replacing items of the
+    same name, one rename each), then remove `staging`."""
+    for item in staging.iterdir():
+        destination = folder / item.name
+        if destination.is_dir() and item.is_dir():
+            replace_folder(item, destination)
+        else:
+            os.replace(item, destination)
+    staging.rmdir()

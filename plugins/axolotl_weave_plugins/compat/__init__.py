@@ -1,0 +1,1 @@
+"""Built-in compatibility plugins: other tools' config keys and aliases."""

@@ -1,0 +1,102 @@
+"""Axolotl compatibility: an Axolotl YAML runs unchanged wherever its features exist here.
+
+Before validation (`adapt_config_data`):
+
+- a top-level key Axolotl knows and no installed plugin validates is dropped with a warning
+  (quietly when it is unset: null, false, empty); a key that changes *what* is trained
+  (`adapter: lora`, `rl: dpo`, quantization) is kept when set, so that validation refuses it
+  with the reason `explain_unknown_key` gives: ignoring it would silently train something else;
+- a key of a dataset entry that Axolotl knows and neither the core nor the entry's format
+  validates is dropped with a warning;
+- Axolotl's alias `train_on_split:` of a dataset entry becomes its `split:`.
+
+Blocked (`weave -p no:axolotl_compat`, or `WEAVE_BLOCK_PLUGINS=axolotl_compat`), an Axolotl-only
+key is an unknown key like any other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from axolotl_weave import hookimpl
+
+from axolotl_weave_plugins.compat._axolotl_keys import (
+    AXOLOTL_DATASET_KEYS,
+    AXOLOTL_DECISIVE_KEYS,
+    AXOLOTL_TOP_LEVEL_KEYS,
+)
+
+PLUGIN_KIND = "compat"
+
+IGNORED = (
+    "config key '{}' is an Axolotl option that Axolotl Weave does not implement yet: it is IGNORED"
+)
+"""The warning for a dropped key."""
+
+DECISIVE = (
+    "an Axolotl option that no installed plugin implements (is its plugin blocked or not "
+    "installed? see `weave plugin list`); it changes what is trained, so it is not ignored"
+)
+"""Why a set key of `AXOLOTL_DECISIVE_KEYS` that nothing validates is refused."""
+
+SPLIT_ALIASES = {"train_on_split": "split"}
+"""Axolotl's aliases of dataset entry keys -> the key here."""
+
+
+@hookimpl
+def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[str]:
+    """Drop the Axolotl keys nothing here validates (see the module), rename aliases; warn."""
+    ignored = drop_top_level_keys(data, known_keys)
+    entry_keys: set[str] = set()
+    for section, entries in dataset_entries(data, known_keys):
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue
+            known = {k.split(".", 2)[2] for k in known_keys if k.startswith(f"{section}.{index}.")}
+            rename_aliases(entry, known)
+            for key in [k for k in entry if k not in known and k in AXOLOTL_DATASET_KEYS]:
+                del entry[key]
+                entry_keys.add(f"datasets[].{key}")
+    return [IGNORED.format(key) for key in [*ignored, *sorted(entry_keys)]]
+
+
+@hookimpl
+def explain_unknown_key(key: str) -> str | None:
+    """Axolotl's keys that change what is trained are refused with the reason."""
+    return DECISIVE if key in AXOLOTL_DECISIVE_KEYS else None
+
+
+def drop_top_level_keys(data: dict[str, Any], known_keys: frozenset[str]) -> list[str]:
+    """Remove the top-level Axolotl keys nothing validates; return those that were set."""
+    ignored = []
+    for key in [k for k in data if k not in known_keys and k in AXOLOTL_TOP_LEVEL_KEYS]:
+        if data[key] in (None, False, "", [], {}):
+            del data[key]
+        elif key not in AXOLOTL_DECISIVE_KEYS:
+            ignored.append(key)
+            del data[key]
+    return ignored
+
+
+def dataset_entries(
+    data: dict[str, Any], known_keys: frozenset[str]
+) -> list[tuple[str, list[Any]]]:
+    """(section, entries) of every list of dataset entries (the sections whose entries'
+    keys are in `known_keys` as `section.N.key`); one entry given alone counts as a list."""
+    sections = {key.split(".", 1)[0] for key in known_keys if "." in key}
+    found = []
+    for section in sorted(sections & set(data)):
+        entries = data[section]
+        entries = [entries] if isinstance(entries, dict) else entries
+        if isinstance(entries, list):
+            found.append((section, entries))
+    return found
+
+
+def rename_aliases(entry: dict[str, Any], known: set[str]) -> None:
+    """Axolotl's aliases become the keys they stand for (the key itself wins when both are set)."""
+    for alias, key in SPLIT_ALIASES.items():
+        if alias in entry and alias not in known:
+            value = entry.pop(alias)
+            if value and not entry.get(key):
+                entry[key] = value

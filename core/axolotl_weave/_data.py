@@ -13,11 +13,11 @@ import importlib.metadata
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from axolotl_weave._atomic import staged_folder
 from axolotl_weave._errors import DataError
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._rows import LoadedRows
@@ -533,18 +533,8 @@ def save_atomically(
     cache_dir: Path, train: Dataset, eval_set: Dataset | None, stats: DataStats
 ) -> None:
     """Write the cache under a temporary name, then rename it into place."""
-    tmp = cache_dir.with_name(f".{cache_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_folder(cache_dir, replace=False) as tmp:  # another process first: theirs is kept
         train.save_to_disk(str(tmp / "train"))
         if eval_set is not None:
             eval_set.save_to_disk(str(tmp / "eval"))
         (tmp / "stats.json").write_text(json.dumps(asdict(stats), indent=2))
-        if cache_dir.exists():  # another process finished first: theirs is as good
-            shutil.rmtree(tmp)
-            return
-        os.replace(tmp, cache_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -7,10 +7,11 @@ Not a plugin (no entry point): a helper of the `bench` command plugin.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from axolotl_weave import write_atomically
 
 from axolotl_weave_plugins.commands._bench_measure import RunResult
 
@@ -127,7 +128,4 @@ def print_results(results: dict[str, Any], console: Any) -> None:
 def write_json(path: Path, results: dict[str, Any]) -> None:
     """Write the results to `path` (its folder made), through a temporary file renamed into
     place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(results, indent=2) + "\n")

@@ -17,13 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from axolotl_weave import ConfigError
+from axolotl_weave import ConfigError, staged_folder
 
 LAYOUT_VERSION = 1
 """Bump when the saved layout changes (the cache key includes it)."""
@@ -189,9 +187,7 @@ def ensure_model(shape: Shape, root: Path, log: Any = None) -> Path:
     from axolotl_weave.tiny import train_tokenizer
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
-    try:
+    with staged_folder(target, replace=False) as staging:  # another process first: theirs is kept
         tokenizer = train_tokenizer(  # pad set: no family quirk picks another for weave or HF
             staging, vocab_size=min(512, int(shape.config["vocab_size"])), pad_token="</s>"
         )
@@ -215,11 +211,4 @@ def ensure_model(shape: Shape, root: Path, log: Any = None) -> Path:
         (staging / "bench_shape.json").write_text(
             json.dumps({"shape": shape.name, "source": shape.source, "init_seed": INIT_SEED})
         )
-        if target.exists():  # another process finished first: theirs is as good
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target

@@ -11,10 +11,7 @@ embeddings train in full and are saved with the adapter (`lora_modules_to_save`)
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +23,7 @@ from axolotl_weave import (
     PluginConfig,
     WeaveError,
     hookimpl,
+    staged_folder,
 )
 from pydantic import Field, model_validator
 
@@ -293,20 +291,9 @@ def placement(cfg: Any) -> dict[str, Any]:
 def save_atomically(model: Any, tokenizer: Any, target: Path) -> None:
     """Write model and tokenizer to `target`: into a temporary sibling folder first, which then
     replaces `target`; a crash never leaves a half-written model under `target`."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with staged_folder(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        previous = None
-        if target.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, previous / target.name)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def merge_lora(cfg: Any, session: Any, adapter_dir: Path, key: str) -> Path:

@@ -23,13 +23,11 @@ The run's state lives in a `ReloraRun`, registered (`configure`) only when `relo
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
-from axolotl_weave import PluginConfig, WeaveError, hookimpl
+from axolotl_weave import PluginConfig, WeaveError, hookimpl, move_into, staged_folder
 from pydantic import Field, model_validator
 
 PLUGIN_KIND = "method"
@@ -270,14 +268,11 @@ class ReloraRun:
         if not strategy.is_main_process:
             return result
         merged = model.merge_and_unload()
-        staging = output_dir / ".saving-relora"
-        shutil.rmtree(staging, ignore_errors=True)
-        merged.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        with staged_folder(output_dir / ".saving-relora") as staging:
+            merged.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
         for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
             (output_dir / name).unlink(missing_ok=True)
-        for item in staging.iterdir():
-            os.replace(item, output_dir / item.name)
-        staging.rmdir()
+        move_into(output_dir / ".saving-relora", output_dir)
         log.info("relora: saved the merged model to %s", output_dir)
         return result

@@ -28,6 +28,7 @@ from axolotl_weave import (
     RowLocator,
     hookimpl,
     rows_table,
+    write_atomically,
 )
 
 PLUGIN_KIND = "source"
@@ -349,7 +350,7 @@ def download_url(entry: Any, url: str) -> Path:
         return target
     try:
         with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310
-            _write_atomically(target, response.read())
+            write_atomically(target, response.read())
     except Exception as exc:
         raise DataError(f"{entry.label}: cannot download {url}: {exc}") from None
     return target
@@ -389,15 +390,8 @@ def fetch_fsspec(entry: Any) -> list[Path]:
             key = hashlib.sha256(f"{protocol}://{remote}\0{tag}".encode()).hexdigest()[:16]
             target = download_dir() / key / Path(remote).name
             if not target.is_file():
-                _write_atomically(target, fs.cat_file(remote))
+                write_atomically(target, fs.cat_file(remote))
             files.append(target)
         return files
     except FileNotFoundError:
         raise DataError(f"{entry.label}: no such file or folder") from None
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)

@@ -148,7 +148,7 @@ def run_scoped_plugins(session: Session) -> Iterator[None]:
 
 def train_configured(session: Session) -> TrainState:
     """`train` once the run-scoped plugins are registered."""
-    from transformers import set_seed
+    from accelerate.utils import set_seed  # as transformers seeds; without importing peft
 
     cfg, hooks = session.cfg, session.hooks
     output_dir = Path(cfg.output_dir)

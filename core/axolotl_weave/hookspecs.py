@@ -336,7 +336,8 @@ def training_step(
     :param model: the prepared (possibly wrapped) model, in training mode.
     :param objective: what ``build_loss`` returned.
     :param window: ``gradient_accumulation_steps`` micro-batches (fewer at an epoch's end), as
-        the collator made them, on the CPU: every column the format declared.
+        the collator made them (every column the format declared), tensors already on
+        ``strategy.device``.
     :param state: ``state.global_step`` is the number of steps done before this one.
 
     Return a mapping with at least ``loss`` (the mean over the window, every process), and any

@@ -325,3 +325,54 @@ def test_the_core_steps_and_saves_through_the_strategy(base_config: dict, tmp_pa
     run(config, tmp_path / "s.yml", distributed)
     assert CountingStrategy.steps == 4 and CountingStrategy.saves == 2
     assert isinstance(distributed.strategy, Strategy)
+
+
+class EngineStrategy(AccelerateStrategy):
+    """Steps as DeepSpeed's engine does: inside `backward`, at its own accumulation boundary,
+    so the core's `optimizer_step` must only report (the core never steps twice)."""
+
+    def __init__(self, accelerator: Any, accumulation: int) -> None:
+        super().__init__(accelerator)
+        self.accumulation, self.micro_batches, self.optimizer_steps = accumulation, 0, 0
+
+    def prepare(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]:
+        self.engine = super().prepare(model, optimizer, scheduler)
+        return self.engine
+
+    def backward(self, loss: Any) -> None:
+        super().backward(loss)
+        self.micro_batches += 1
+        if self.micro_batches % self.accumulation == 0:
+            model, optimizer, scheduler = self.engine
+            self.accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            self.optimizer_steps += 1
+
+    def optimizer_step(self, *args: Any) -> float:
+        return float("nan")  # the engine stepped in backward
+
+
+class EngineDistributed:
+    def __init__(self, accumulation: int) -> None:
+        self.accumulation = accumulation
+        self.strategy: EngineStrategy | None = None
+
+    @hookimpl
+    def wrap_distributed(self) -> Strategy:
+        from accelerate import Accelerator
+
+        self.strategy = EngineStrategy(Accelerator(cpu=True), self.accumulation)
+        return self.strategy
+
+
+def test_an_engine_that_steps_in_backward_trains_as_the_default_strategy(
+    base_config: dict, tmp_path: Path
+) -> None:
+    config = {**base_config, "max_steps": 4, "gradient_accumulation_steps": 2}
+    plain = run({**config, "output_dir": str(tmp_path / "plain")}, tmp_path / "p.yml")
+    engine = EngineDistributed(accumulation=2)
+    stepped = run({**config, "output_dir": str(tmp_path / "engine")}, tmp_path / "e.yml", engine)
+    assert engine.strategy is not None and engine.strategy.optimizer_steps == 4
+    assert losses(stepped) == pytest.approx(losses(plain), rel=1e-6)

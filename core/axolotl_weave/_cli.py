@@ -21,12 +21,16 @@ from axolotl_weave._pluginmanager import describe_plugins, make_plugin_manager
 F = TypeVar("F", bound=Callable[..., Any])
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 PIPELINE_HOOKS = (
+    "configure",
     "load_tokenizer",
+    "model_load_kwargs",
     "load_model",
     "patch_attention",
     "build_loss",
     "wrap_distributed",
+    "training_step",
     "on_log",
+    "on_train_end",
     "post_train",
 )
 

@@ -23,18 +23,10 @@ from axolotl_weave import (
     model_inputs,
 )
 from axolotl_weave._checkpoint import checkpoints
-from axolotl_weave._pluginmanager import make_plugin_manager
-from axolotl_weave._run import open_session, train
-from axolotl_weave_testing import write_config
+from axolotl_weave_testing import train_with
 from safetensors.torch import load_file
 
-
-def run(config: dict[str, Any], path: Path, *plugins: object) -> Any:
-    """Train in-process with extra plugin objects registered; return the final TrainState."""
-    pm = make_plugin_manager()
-    for plugin in plugins:
-        pm.register(plugin)
-    return train(open_session(write_config(path, config), [], pm))
+run = train_with  # train in-process with extra plugin objects registered
 
 
 def losses(state: Any) -> dict[int, float]:

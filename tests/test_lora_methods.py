@@ -18,10 +18,9 @@ from typing import Any
 import pytest
 import torch
 from axolotl_weave import ConfigError, hookimpl
-from axolotl_weave._pluginmanager import make_plugin_manager
-from axolotl_weave._run import family_of, load_tokenizer, open_session, train
+from axolotl_weave._run import family_of, load_tokenizer, open_session
 from axolotl_weave_plugins.methods import bnb_quantization
-from axolotl_weave_testing import run_weave, without_package, write_config
+from axolotl_weave_testing import run_weave, train_with, without_package, write_config
 from safetensors.torch import load_file
 
 PROBE = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46]])
@@ -49,12 +48,7 @@ def load(config: dict[str, Any], tmp_path: Path, pm: Any = None) -> tuple[Any, A
     return session.hooks.load_model(session.cfg, tokenizer, family), tokenizer
 
 
-def run(config: dict[str, Any], path: Path, *plugins: object) -> Any:
-    """Train in-process with extra plugin objects registered; return the final TrainState."""
-    pm = make_plugin_manager()
-    for plugin in plugins:
-        pm.register(plugin)
-    return train(open_session(write_config(path, config), [], pm))
+run = train_with  # train in-process with extra plugin objects registered
 
 
 def config_error(tmp_path: Path, config: dict[str, Any]) -> str:

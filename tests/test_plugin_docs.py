@@ -10,9 +10,7 @@ from typing import Any
 
 import pytest
 from axolotl_weave import hookimpl
-from axolotl_weave._pluginmanager import make_plugin_manager
-from axolotl_weave._run import open_session, train
-from axolotl_weave_testing import write_config
+from axolotl_weave_testing import train_with
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 EXAMPLE = re.compile(r"<!-- example: (\w+) -->\n```python\n(.*?)```", re.DOTALL)
@@ -40,11 +38,7 @@ def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def run(config: dict[str, Any], path: Path, *plugins: object) -> Any:
-    pm = make_plugin_manager()
-    for plugin in plugins:
-        pm.register(plugin)
-    return train(open_session(write_config(path, config), [], pm))
+run = train_with  # train in-process with extra plugin objects registered
 
 
 class Probe:

@@ -12,9 +12,8 @@ import pytest
 import torch
 from axolotl_weave import hookimpl
 from axolotl_weave._checkpoint import checkpoints, resolve_resume
-from axolotl_weave._pluginmanager import make_plugin_manager
-from axolotl_weave._run import open_session, train
-from axolotl_weave_testing import run_weave, write_config, write_jsonl
+from axolotl_weave._run import open_session
+from axolotl_weave_testing import run_weave, train_with, write_config, write_jsonl
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,12 +45,7 @@ class CrashAt:
             raise KeyboardInterrupt(f"simulated crash at step {self.step}")
 
 
-def run(config: dict[str, Any], path: Path, *plugins: object) -> Any:
-    """Train in-process with extra plugin objects registered; return the final TrainState."""
-    pm = make_plugin_manager()
-    for plugin in plugins:
-        pm.register(plugin)
-    return train(open_session(write_config(path, config), [], pm))
+run = train_with  # train in-process with extra plugin objects registered
 
 
 def losses(state: Any) -> dict[int, float]:

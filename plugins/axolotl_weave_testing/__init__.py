@@ -67,6 +67,18 @@ def run_weave(
     )
 
 
+def train_with(config: dict[str, Any], path: Path, *plugins: object) -> Any:
+    """Write `config` to `path`, then train in this process with the installed plugins and the
+    extra plugin objects given (a recorder, a fault injector...); the final `TrainState`."""
+    from axolotl_weave._pluginmanager import make_plugin_manager
+    from axolotl_weave._run import open_session, train
+
+    pm = make_plugin_manager()
+    for plugin in plugins:
+        pm.register(plugin)
+    return train(open_session(write_config(path, config), [], pm))
+
+
 def without_package(name: str, folder: Path) -> dict[str, str]:
     """The environment for `run_weave` in which `import name` fails as if the package were not
     installed (a package of that name on PYTHONPATH first, whose import raises

@@ -60,7 +60,7 @@ def test_a_registered_schedule_is_transformers_factor_for_factor(name: str, hf_n
     )
     for step in range(TOTAL + 1):
         assert factor(step) == reference.lr_lambdas[0](step), step
-    ours = build_scheduler(sched_cfg(name), optimizer(), TOTAL)
+    ours = build_scheduler(sched_cfg(name), optimizer(), TOTAL, Hooks(make_plugin_manager()))
     assert lrs(ours) == lrs(reference)
 
 

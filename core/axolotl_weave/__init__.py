@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pluggy
 
-from axolotl_weave._atomic import move_into, replace_folder, staged_folder, write_atomically
+from axolotl_weave._atomic import staged_folder, staged_into, write_atomically
 from axolotl_weave._batches import batch_tokens, model_inputs
 from axolotl_weave._checkpoint import checkpoint_step, checkpoints, resolve_resume
 from axolotl_weave._config import CoreConfig, DatasetEntry, PluginConfig
@@ -84,12 +84,11 @@ __all__ = [
     "checkpoint_step",
     "checkpoints",
     "hookimpl",
-    "replace_folder",
     "staged_folder",
+    "staged_into",
     "write_atomically",
     "logits_cross_entropy",
     "map_rows",
-    "move_into",
     "model_inputs",
     "next_token_targets",
     "require",

@@ -63,9 +63,17 @@ def staged_folder(target: Path, *, replace: bool = True) -> Iterator[Path]:
         raise
 
 
-def move_into(staging: Path, folder: Path) -> None:
-    """Move every item of the complete folder `staging` into `folder` (replacing items of the
-    same name, one rename each), then remove `staging`."""
+@contextlib.contextmanager
+def staged_into(folder: Path) -> Iterator[Path]:
+    """A fresh temporary folder inside `folder` to fill; when the block succeeds every item of
+    it is moved into `folder` (replacing items of the same name, one rename each), so a crash
+    never leaves a half-written file where a good one was; when it fails it is removed."""
+    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     for item in staging.iterdir():
         destination = folder / item.name
         if destination.is_dir() and item.is_dir():

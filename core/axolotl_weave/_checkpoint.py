@@ -63,12 +63,15 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
     return path
 
 
-def stage_checkpoint(output_dir: Path, step: int) -> Path:
-    """A fresh, empty staging folder for the checkpoint of `step` (main process)."""
-    tmp = output_dir / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
+def staging_folder(output_dir: Path, step: int) -> Path:
+    """Where the checkpoint of `step` is written before it is renamed into place."""
+    return output_dir / f".checkpoint-{step}.tmp"
+
+
+def stage_checkpoint(staged: Path) -> None:
+    """Make `staged` a fresh, empty folder (main process; a leftover of a crash is removed)."""
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
 
 
 def finish_checkpoint(

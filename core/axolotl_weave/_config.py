@@ -50,6 +50,12 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...] | set[str]) -> 
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def first_format(formats: dict[str, DatasetFormat], flag: str) -> DatasetFormat | None:
+    """The first registered format with `flag` set: `inline` (builds a `type:` given as a
+    mapping) or `streams` (the default type of `pretraining_dataset:` entries)."""
+    return next((fmt for fmt in formats.values() if getattr(fmt, flag)), None)
+
+
 class PluginConfig(BaseModel):
     """Base of a plugin's config fields (`add_config_fields`); every field needs a default."""
 
@@ -96,8 +102,8 @@ class DatasetEntry(BaseModel):
         if not isinstance(data, dict) or not isinstance(data.get("type"), dict):
             return data
         formats: dict[str, DatasetFormat] = (info.context or {}).get("formats", {})
-        inline = [fmt.name for fmt in formats.values() if fmt.inline]
-        if not inline:
+        inline = first_format(formats, "inline")
+        if inline is None:
             raise ValueError(
                 "type: is a mapping (an inline prompt format), but no installed plugin builds "
                 "inline formats"
@@ -106,7 +112,7 @@ class DatasetEntry(BaseModel):
         clash = sorted(set(mapping) & (set(data) - {"type"}))
         if clash:
             raise ValueError(f"{', '.join(clash)} given both in type: and beside it; keep one")
-        return {**data, **mapping, "type": inline[0]}
+        return {**data, **mapping, "type": inline.name}
 
     @field_validator("type")
     @classmethod
@@ -334,14 +340,14 @@ class CoreConfig(BaseModel):
     def _streamed_type(cls, data: Any, info: ValidationInfo) -> Any:
         """A `pretraining_dataset:` entry without `type` gets the first streaming format."""
         formats: dict[str, DatasetFormat] = (info.context or {}).get("formats", {})
-        streams = [fmt.name for fmt in formats.values() if fmt.streams]
+        streams = first_format(formats, "streams")
         entries = data.get("pretraining_dataset") if isinstance(data, dict) else None
         if isinstance(entries, (dict, str)):  # Axolotl also takes one entry, or a bare path
             entries = [{"path": entries} if isinstance(entries, str) else entries]
-        if not isinstance(entries, list) or not streams:
+        if not isinstance(entries, list) or streams is None:
             return data
         filled = [
-            {**e, "type": streams[0]} if isinstance(e, dict) and not e.get("type") else e
+            {**e, "type": streams.name} if isinstance(e, dict) and not e.get("type") else e
             for e in entries
         ]
         return {**data, "pretraining_dataset": filled}
@@ -423,8 +429,6 @@ def known_config_keys(
     key that entry N of a list of dataset entries validates (the entry's own fields and its
     format's options); one entry given alone (a mapping) is entry 0."""
     known = set(model.model_fields)
-    inline = [fmt for fmt in formats.values() if fmt.inline]
-    streams = [fmt for fmt in formats.values() if fmt.streams]
     for section, info in model.model_fields.items():
         entries = data.get(section)
         entries = [entries] if isinstance(entries, dict) else entries
@@ -435,11 +439,13 @@ def known_config_keys(
                 continue
             kind = entry.get("type")
             if isinstance(kind, dict):
-                fmt = inline[0] if inline else None
+                fmt = first_format(formats, "inline")
             elif isinstance(kind, str) and kind:
                 fmt = formats.get(kind)
-            else:  # see CoreConfig._streamed_type
-                fmt = streams[0] if section == "pretraining_dataset" and streams else None
+            elif section == "pretraining_dataset":  # as CoreConfig._streamed_type fills it
+                fmt = first_format(formats, "streams")
+            else:
+                fmt = None
             keys = set(DatasetEntry.model_fields)
             keys |= set(fmt.options.model_fields) if fmt and fmt.options else set()
             known |= {f"{section}.{index}.{key}" for key in keys}

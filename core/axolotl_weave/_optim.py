@@ -111,26 +111,15 @@ def warmup_steps(cfg: Any, total_steps: int) -> int:
 
 
 def build_scheduler(
-    cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int, hooks: Hooks | None = None
+    cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int, hooks: Hooks
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The schedule `cfg.lr_scheduler` that a plugin registered (`register_lr_schedulers`), with
-    its warm-up, over `total_steps`, times every plugin's `lr_multiplier`, as one `LambdaLR`.
-
-    Without `hooks`, the installed plugins' (a fresh plugin manager's) registry and multipliers.
-    """
+    """The schedule `cfg.lr_scheduler` that a plugin registered (`register_lr_schedulers`; the
+    config's validation checked the name), with its warm-up, over `total_steps`, times every
+    plugin's `lr_multiplier`, as one `LambdaLR`."""
     import torch
 
-    if hooks is None:
-        from axolotl_weave._hooks import Hooks
-        from axolotl_weave._pluginmanager import make_plugin_manager
-
-        hooks = Hooks(make_plugin_manager())
-    schedules = hooks.lr_schedulers()
-    if cfg.lr_scheduler not in schedules:
-        raise ConfigError(
-            f"unknown lr_scheduler '{cfg.lr_scheduler}'; registered: {', '.join(sorted(schedules))}"
-        )
-    schedule = schedules[cfg.lr_scheduler](cfg, total_steps, warmup_steps(cfg, total_steps))
+    build = hooks.lr_schedulers()[cfg.lr_scheduler]
+    schedule = build(cfg, total_steps, warmup_steps(cfg, total_steps))
     multiplier = hooks.lr_multiplier(cfg)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: schedule(step) * multiplier(step)

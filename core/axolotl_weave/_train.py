@@ -36,6 +36,7 @@ from axolotl_weave._checkpoint import (
     resolve_resume,
     restore_rng,
     stage_checkpoint,
+    staging_folder,
 )
 from axolotl_weave._console import console, progress_bar
 from axolotl_weave._errors import ConfigError, DataError
@@ -368,9 +369,9 @@ class Trainer:
         may shard), plugins' state added, then renamed into place."""
         strategy, main = self.strategy, self.strategy.is_main_process
         strategy.wait_for_everyone()
-        staged = self.output_dir / f".checkpoint-{self.state.global_step}.tmp"
+        staged = staging_folder(self.output_dir, self.state.global_step)
         if main:
-            stage_checkpoint(self.output_dir, self.state.global_step)
+            stage_checkpoint(staged)
         strategy.wait_for_everyone()
         strategy.save_state(staged, self.model, self.optimizer, self.scheduler)
         model = strategy.unwrap(self.model)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
-from axolotl_weave import PluginConfig, WeaveError, hookimpl, move_into, staged_folder
+from axolotl_weave import PluginConfig, WeaveError, hookimpl, staged_into
 from pydantic import Field, model_validator
 
 PLUGIN_KIND = "method"
@@ -268,11 +268,10 @@ class ReloraRun:
         if not strategy.is_main_process:
             return result
         merged = model.merge_and_unload()
-        with staged_folder(output_dir / ".saving-relora") as staging:
+        with staged_into(output_dir) as staging:
             merged.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
-        for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
-            (output_dir / name).unlink(missing_ok=True)
-        move_into(output_dir / ".saving-relora", output_dir)
+            for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+                (output_dir / name).unlink(missing_ok=True)  # the merged model replaces them
         log.info("relora: saved the merged model to %s", output_dir)
         return result

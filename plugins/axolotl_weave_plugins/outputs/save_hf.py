@@ -7,12 +7,10 @@ half-written weight file where a good one was.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from axolotl_weave import hookimpl, move_into
+from axolotl_weave import hookimpl, staged_into
 
 PLUGIN_KIND = "output"
 
@@ -23,11 +21,6 @@ def post_train(model: Any, tokenizer: Any, strategy: Any, output_dir: Path) -> N
     strategy.wait_for_everyone()
     if not strategy.is_main_process:
         return
-    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=output_dir))
-    try:
+    with staged_into(output_dir) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    move_into(staging, output_dir)

@@ -368,3 +368,17 @@ def test_an_engine_that_steps_in_backward_trains_as_the_default_strategy(
     stepped = run({**config, "output_dir": str(tmp_path / "engine")}, tmp_path / "e.yml", engine)
     assert engine.strategy is not None and engine.strategy.optimizer_steps == 4
     assert losses(stepped) == pytest.approx(losses(plain), rel=1e-6)
+
+
+def test_a_frozen_extra_model_is_placed_for_inference(tiny_llama_dir: Path) -> None:
+    """`prepare_frozen` (a reference model's placement): no gradient, evaluation mode, on the
+    strategy's device."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    strategy = AccelerateStrategy(Accelerator(cpu=True))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).train()
+    reference = strategy.prepare_frozen(model)
+    assert not reference.training
+    assert not any(p.requires_grad for p in reference.parameters())
+    assert {p.device for p in reference.parameters()} == {strategy.device}

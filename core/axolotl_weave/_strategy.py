@@ -122,6 +122,7 @@ class AccelerateStrategy:
     def prepare_frozen(self, model: Any) -> Any:
         """A frozen model in evaluation mode on this process's device."""
         model.requires_grad_(False)
+        model.eval()
         return self.accelerator.prepare_model(model, evaluation_mode=True)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:

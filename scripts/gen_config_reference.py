@@ -86,7 +86,8 @@ def render() -> str:
         "",
     ]
     for plugin_name, model in sorted(hooks.config_fields(), key=lambda item: item[0]):
-        out += [f"### Plugin `{plugin_name}`", "", *table(model.model_fields), ""]
+        if model.model_fields:  # a plugin may add only checks (validators), no keys
+            out += [f"### Plugin `{plugin_name}`", "", *table(model.model_fields), ""]
     return "\n".join(out)
 
 

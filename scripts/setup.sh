@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) and installs Axolotl Weave into it, with the test tools and
-# bitsandbytes (QLoRA and 8-bit LoRA are tested on the CPU).
+# bitsandbytes (QLoRA and 8-bit LoRA are tested on the CPU) and TRL (the reference the
+# preference losses are tested against).
 # Versions come from requirements/lock.txt (re-pinned on purpose by scripts/lock.sh).
 # Needs only Python >= 3.10. Torch is installed first so that no package pulls a CUDA build
 # you did not ask for: an existing torch in .venv is kept; set TORCH_SPEC to choose one
@@ -16,5 +17,5 @@ python -m pip install -q --upgrade pip setuptools wheel
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" || python -m pip install -q torch
 fi
-python -m pip install -q -c requirements/lock.txt -e ".[dev,bnb]"
+python -m pip install -q -c requirements/lock.txt -e ".[dev,bnb,rl-reference]"
 python -c "import axolotl_weave, torch; print(f'axolotl-weave {axolotl_weave.__version__} with torch {torch.__version__} ready in .venv')"

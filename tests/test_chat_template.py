@@ -39,31 +39,69 @@ CONTROL_TOKENS = [
     "<|SYSTEM_TOKEN|>",
     "<|USER_TOKEN|>",
     "<|CHATBOT_TOKEN|>",
+    "<|START_RESPONSE|>",
+    "<|END_RESPONSE|>",
     "<｜User｜>",
     "<｜Assistant｜>",
     "<｜end▁of▁sentence｜>",
+    "<|turn>",
+    "<turn|>",
+    "<|bom|>",
+    "<|eom|>",
+    "[|system|]",
+    "[|user|]",
+    "[|assistant|]",
+    "[|endofturn|]",
+    "[INST]",
+    "[/INST]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
 ]
 
-# the end-of-turn marker each shipped template closes an assistant turn with
+# the end-of-turn marker(s) each shipped template closes an assistant turn with
 END_OF_TURN = {
     "alpaca": "</s>",
+    "aya": "<|END_OF_TURN_TOKEN|>",
     "chatml": "<|im_end|>",
     "cohere": "<|END_OF_TURN_TOKEN|>",
+    "command_a": "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>",
+    "command_a_rag": "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>",
+    "command_a_tool_use": "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>",
+    "deepseek_v2": "</s>",
     "deepseek_v3": "<｜end▁of▁sentence｜>",
+    "exaone": "[|endofturn|]",
+    "exaone4": "[|endofturn|]",
+    "falcon_h1": "<|im_end|>",
     "gemma": "<end_of_turn>",
+    "gemma3": "<end_of_turn>",
+    "gemma3n": "<end_of_turn>",
+    "gemma4": "<turn|>",
+    "gemma4_unified": "<turn|>",
+    "jamba": "<|eom|>",
     "llama2": "</s>",
     "llama3": "<|eot_id|>",
+    "llama3_2_vision": "<|eot_id|>",
     "llama4": "<|eot|>",
+    "llava": "",  # LLaVA's turns end with a space, no marker
+    "metharme": "",  # Metharme ends the conversation, not a turn, with EOS (below)
     "mistral_v1": "</s>",
     "mistral_v2v3": "</s>",
+    "mistral_v3_tekken": "</s>",
+    "mistral_v7_tekken": "</s>",
+    "nemotron_h": "<|im_end|>",
     "phi_3": "<|end|>",
     "phi_35": "<|end|>",
     "phi_4": "<|im_end|>",
+    "pixtral": "</s>",
+    "qwen2_vl": "<|im_end|>",
     "qwen3": "<|im_end|>",
+    "qwen3_5": "<|im_end|>",
     "qwen_25": "<|im_end|>",
     "vicuna": "</s>",
     "zephyr": "</s>",
 }
+TRAINED_ELSE = {"metharme": "Paris.Five.</s>"}
+NO_SYSTEM_ROLE = {"gemma"}  # the vendor's template refuses a system message
 
 SYSTEM = "Be brief."
 CONVERSATION = [
@@ -151,22 +189,26 @@ def test_every_shipped_template_is_tested() -> None:
 
 @pytest.mark.parametrize("name", sorted(END_OF_TURN))
 def test_named_template_renders_and_masks(weave_hooks, tok, name: str) -> None:
-    row = build(weave_hooks, tok, [{"messages": CONVERSATION}], chat_template=name)[0]
-    text = rendering(tok, ct.named_template(name), CONVERSATION)
+    messages = CONVERSATION[1:] if name in NO_SYSTEM_ROLE else CONVERSATION
+    row = build(weave_hooks, tok, [{"messages": messages}], chat_template=name)[0]
+    text = rendering(tok, ct.named_template(name), messages)
     assert_ids_are_the_rendering(tok, row, text)
     eot = END_OF_TURN[name]
-    expected = f"Paris.{eot}Five.{eot}"
+    expected = TRAINED_ELSE.get(name, f"Paris.{eot}Five.{eot}")
     got = trained(tok, row)
     # a template that puts a space before the content merges it into the content's first token
     assert no_space(got) == no_space(expected), got
     assert got.strip().startswith("Paris.")
     hidden = masked(tok, row)
     for content in (SYSTEM, "Capital of France?", "Two plus three?"):
-        assert content in hidden
+        assert (content in hidden) == (content in text)  # Mistral's may leave the system out
+    assert "Capital of France?" in hidden
     assert "Paris" not in hidden and "Five" not in hidden
 
 
-@pytest.mark.parametrize("name", ["chatml", "llama3", "gemma", "phi_35", "qwen_25", "zephyr"])
+@pytest.mark.parametrize(
+    "name", ["chatml", "llama3", "gemma3", "gemma4", "phi_35", "qwen_25", "zephyr", "command_a"]
+)
 def test_trained_text_is_exact_where_no_space_precedes_content(weave_hooks, tok, name) -> None:
     row = build(weave_hooks, tok, [{"messages": CONVERSATION}], chat_template=name)[0]
     eot = END_OF_TURN[name]
@@ -250,7 +292,8 @@ def test_train_on_eos_defaults_to_turn() -> None:
     assert entry.option("train_on_eos") == "turn"
     assert entry.option("roles_to_train") == ["assistant"]
     assert entry.option("field_messages") == "messages"
-    assert entry.option("message_field_training") == "training"
+    # unset, as in Axolotl (it used to default to "training", reading a key Axolotl ignores)
+    assert entry.option("message_field_training") is None
 
 
 def _formats() -> dict:
@@ -309,9 +352,24 @@ def test_per_message_training_flags(weave_hooks, tok) -> None:
     messages = [dict(m) for m in CONVERSATION]
     messages[2]["training"] = False  # first answer not trained
     messages[3]["training"] = True  # the second question trained
-    row = build(weave_hooks, tok, [{"messages": messages}], chat_template="chatml")[0]
+    rows = [{"messages": messages}]
+    row = build(weave_hooks, tok, rows, chat_template="chatml", message_field_training="training")[
+        0
+    ]
     assert trained(tok, row) == "Two plus three?<|im_end|>Five.<|im_end|>"
     assert "training" not in tok.decode(row["input_ids"])
+
+
+def test_per_message_training_keys_are_ignored_unless_named(weave_hooks, tok) -> None:
+    """Axolotl reads a message's flag only under `message_field_training` (default unset): a
+    `training` key alone changes nothing (this used to be honoured by default)."""
+    messages = [dict(m) for m in CONVERSATION]
+    messages[2]["training"] = False
+    messages[3]["training"] = True
+    row = build(weave_hooks, tok, [{"messages": messages}], chat_template="chatml")[0]
+    plain = build(weave_hooks, tok, [{"messages": CONVERSATION}], chat_template="chatml")[0]
+    assert row["labels"] == plain["labels"] and row["input_ids"] == plain["input_ids"]
+    assert trained(tok, row) == "Paris.<|im_end|>Five.<|im_end|>"
 
 
 def test_custom_training_field(weave_hooks, tok) -> None:
@@ -415,8 +473,8 @@ def test_tokenizer_default_and_fallback(weave_hooks, fresh_tok) -> None:
     llama3 = rendering(fresh_tok, ct.named_template("llama3"), CONVERSATION)
     assert_ids_are_the_rendering(fresh_tok, fallback[0], llama3)
 
-    fresh_tok.chat_template = ct.named_template("gemma")
-    gemma = rendering(fresh_tok, ct.named_template("gemma"), CONVERSATION)
+    fresh_tok.chat_template = ct.named_template("gemma3")
+    gemma = rendering(fresh_tok, ct.named_template("gemma3"), CONVERSATION)
     for choice in ("tokenizer_default", "tokenizer_default_fallback_llama3", None):
         row = build(weave_hooks, fresh_tok, rows, chat_template=choice)[0]
         assert_ids_are_the_rendering(fresh_tok, row, gemma)
@@ -621,7 +679,8 @@ def test_missing_messages_field(weave_hooks, tok) -> None:
 )
 def test_bad_rows_name_the_row_and_the_problem(weave_hooks, tok, messages, message: str) -> None:
     with pytest.raises(DataError, match=r"dataset 'rows' \(type: chat_template\), .*" + message):
-        build(weave_hooks, tok, [{"messages": messages}], chat_template="chatml")
+        rows = [{"messages": messages}]
+        build(weave_hooks, tok, rows, chat_template="chatml", message_field_training="training")
 
 
 def test_a_bad_row_after_good_ones_is_named(weave_hooks, tok) -> None:
@@ -634,6 +693,37 @@ def test_template_refusing_a_conversation_names_the_row(weave_hooks, tok) -> Non
     messages = [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Hey"}]
     with pytest.raises(DataError, match=r"row 1: .*refused the conversation.*alternate"):
         build(weave_hooks, tok, [{"messages": messages}], chat_template="gemma")
+
+
+def test_gemma_refuses_a_system_message_naming_the_template_and_row(weave_hooks, tok) -> None:
+    # Gemma 1/2's own template raises on a system message; nothing is folded silently
+    rows = [{"messages": CONVERSATION[1:]}, {"messages": CONVERSATION}]
+    with pytest.raises(
+        DataError,
+        match=r"row 2: ValueError: chat template 'gemma' refused the conversation: System role "
+        r"not supported \(this template has no system role: drop the system message with "
+        r"drop_system_message: true",
+    ):
+        build(weave_hooks, tok, rows, chat_template="gemma")
+    row = build(weave_hooks, tok, rows, chat_template="gemma", drop_system_message=True)[1]
+    assert_ids_are_the_rendering(
+        tok, row, rendering(tok, ct.named_template("gemma"), CONVERSATION[1:])
+    )
+
+
+def test_template_leaving_the_system_message_out_warns(weave_hooks, tok, caplog, monkeypatch):
+    # Mistral v2/v3 show the system prompt only before a final user message, as Mistral's do
+    monkeypatch.setattr(ct, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="axolotl_weave"):
+        row = build(weave_hooks, tok, [{"messages": CONVERSATION}], chat_template="mistral_v2v3")
+    assert SYSTEM not in tok.decode(row[0]["input_ids"])
+    assert any(
+        "chat template 'mistral_v2v3' leaves the system message out" in r.getMessage()
+        for r in caplog.records
+    )
+    asks = CONVERSATION[:4]
+    text = rendering(tok, ct.named_template("mistral_v2v3"), asks)
+    assert text.endswith(f"[INST] {SYSTEM}\n\nTwo plus three?[/INST]")
 
 
 def test_bad_rows_can_be_skipped(weave_hooks, tok) -> None:

@@ -22,8 +22,8 @@ import pytest
 import torch
 from axolotl_weave import ConfigError, MissingDependencyError
 from axolotl_weave._batches import collate
-from axolotl_weave._packing import collate_packed
 from axolotl_weave._run import family_of, load_tokenizer, open_session
+from axolotl_weave_plugins.batching._multipack import collate_packed
 from axolotl_weave_plugins.kernels import gradient_checkpointing, torch_compile
 from axolotl_weave_testing import build_tiny_llama, run_weave, write_config
 

@@ -151,6 +151,7 @@ def test_adapter_lora_with_lora_blocked_fails_validation(
 def test_validate_shows_which_plugin_answers_each_hook(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:
+    (tmp_path / "t.jsonl").write_text('{"text": "a b c"}\n')  # validate checks the files exist
     datasets = [*base_config["datasets"], {"path": str(tmp_path / "t.jsonl"), "type": "completion"}]
     path = write_config(
         tmp_path / "config.yml", {**base_config, "adapter": "lora", "datasets": datasets}
@@ -166,9 +167,9 @@ def test_validate_shows_which_plugin_answers_each_hook(
         f"plugin 'completion' (axolotl-weave=={version})"
     )
     load_model = table_row(result.stdout, "load_model").split("│")[2].strip()
-    assert load_model == (
-        "lora (wrapper) → liger (wrapper) → cut_cross_entropy (wrapper) → "
-        "bnb_quantization (wrapper) → gptq (wrapper) → hf_causal_lm"
+    assert load_model == (  # packing is a plugin: it refuses an unpackable family first
+        "sample_packing (wrapper) → lora (wrapper) → liger (wrapper) → "
+        "cut_cross_entropy (wrapper) → bnb_quantization (wrapper) → gptq (wrapper) → hf_causal_lm"
     )
     build_loss = table_row(result.stdout, "build_loss").split("│")[2].strip()
     assert build_loss.endswith("sft_loss"), build_loss

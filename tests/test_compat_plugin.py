@@ -43,12 +43,14 @@ def test_with_the_plugin_axolotl_keys_are_dropped_with_a_warning(
     tmp_path: Path, base_config: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     entry = {**base_config["datasets"][0], "roles_to_train": ["gpt"]}
-    config = {**base_config, "neftune_noise_alpha": 5, "datasets": [entry]}
+    # (neftune_noise_alpha was the example here: it changes what is trained, so it is refused now)
+    config = {**base_config, "gc_steps": 5, "datasets": [entry]}
     with caplog.at_level(logging.WARNING, logger="axolotl_weave"):
         cfg = session(tmp_path, config).cfg
-    assert "config key 'neftune_noise_alpha' is an Axolotl option" in caplog.text
+    assert "config key 'gc_steps' is an Axolotl option" in caplog.text
+    assert "(Python garbage collection cadence: memory)" in caplog.text  # why it may be ignored
     assert "'datasets[].roles_to_train'" in caplog.text
-    assert "neftune_noise_alpha" not in cfg.model_dump()
+    assert "gc_steps" not in cfg.model_dump()
 
 
 @pytest.mark.parametrize("key", ["neftune_noise_alpha", "curriculum_sampling"])
@@ -104,3 +106,89 @@ def test_cli_with_the_plugin_blocked(tmp_path: Path, base_config: dict[str, Any]
     assert result.returncode == 2, result.stderr
     assert "neftune_noise_alpha" in result.stderr and "unknown key" in result.stderr
     assert "IGNORED" not in result.stderr
+
+
+AXOLOTL_EXAMPLE = """
+base_model: {base_model}
+model_type: AutoModelForCausalLM
+tokenizer_type: AutoTokenizer
+load_in_8bit:
+load_in_4bit: false
+strict: false
+datasets:
+  - path: {data}
+    type: alpaca
+dataset_prepared_path:
+val_set_size: 0.05
+output_dir: {out}
+sequence_len: 128
+sample_packing: false
+pad_to_sequence_len:
+adapter: lora
+lora_model_dir:
+lora_r: 8
+lora_alpha: 16
+lora_dropout: 0.05
+lora_target_linear: true
+relora: true
+jagged_restart_steps: 20
+jagged_restart_warmup_steps: 2
+jagged_restart_anneal_steps: 1
+model_config:
+  attention_dropout: 0.0
+wandb_project:
+wandb_entity:
+wandb_watch:
+wandb_name:
+wandb_log_model:
+gradient_accumulation_steps: 1
+micro_batch_size: 2
+num_epochs: 1
+max_steps: 40
+optimizer: adamw_torch_fused
+lr_scheduler: cosine
+cosine_min_lr_ratio: 0.1
+learning_rate: 0.0002
+train_on_inputs: false
+group_by_length: true
+bf16: auto
+fp16:
+tf32: false
+gradient_checkpointing: true
+early_stopping_patience:
+resume_from_checkpoint:
+local_rank:
+logging_steps: 1
+xformers_attention:
+flash_attention:
+warmup_steps: 2
+evals_per_epoch: 0
+saves_per_epoch: 1
+save_strategy: steps
+save_only_model: false
+debug:
+deepspeed:
+weight_decay: 0.0
+fsdp:
+fsdp_config:
+special_tokens:
+"""
+
+
+def test_an_axolotl_example_config_validates_with_its_current_names(
+    tiny_llama_dir: Path, alpaca_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = AXOLOTL_EXAMPLE.format(base_model=tiny_llama_dir, data=alpaca_file, out=tmp_path / "o")
+    path = tmp_path / "axolotl.yml"
+    path.write_text(text)
+    with caplog.at_level("WARNING", logger="axolotl_weave"):
+        cfg = open_session(path).cfg
+    assert (cfg.relora_steps, cfg.relora_warmup_steps, cfg.relora_anneal_steps) == (20, 2, 1)
+    assert cfg.overrides_of_model_config == {"attention_dropout": 0.0}
+    assert cfg.evals_per_epoch is None and cfg.cosine_min_lr_ratio == 0.1
+    assert cfg.lora_r == 8 and cfg.special_tokens in (None, {})
+    assert "'group_by_length'" in caplog.text and "padding, not which rows" in caplog.text
+
+    path.write_text(text + "processor_type: AutoProcessor\n")
+    with pytest.raises(ConfigError, match="processor_type: an Axolotl option that no installed"):
+        open_session(path)

@@ -198,17 +198,19 @@ def test_unimplemented_axolotl_keys_warn_and_are_dropped(
     entry = {**base_config["datasets"][0], "roles_to_train": ["gpt"]}
     config = {
         **base_config,
-        "neftune_noise_alpha": 5,
-        "curriculum_sampling": True,
+        # (neftune_noise_alpha and curriculum_sampling were the examples: they change what is
+        # trained, so they are refused now; these two only change how a run is watched)
+        "gc_steps": 5,
+        "wandb_project": "demo",
         "datasets": [entry],
     }
     cfg = session_for(tmp_path, config).cfg
     warnings = [r.getMessage() for r in weave_log.records if r.levelno == logging.WARNING]
-    for key in ("'neftune_noise_alpha'", "'curriculum_sampling'", "'datasets[].roles_to_train'"):
+    for key in ("'gc_steps'", "'wandb_project'", "'datasets[].roles_to_train'"):
         assert any(key in w and "IGNORED" in w for w in warnings), (key, warnings)
     dumped = cfg.model_dump()
-    assert "neftune_noise_alpha" not in dumped
-    assert "curriculum_sampling" not in dumped
+    assert "gc_steps" not in dumped
+    assert "wandb_project" not in dumped
     assert "roles_to_train" not in dumped["datasets"][0]
     assert cfg.datasets[0].option("roles_to_train") is None
 
@@ -216,11 +218,11 @@ def test_unimplemented_axolotl_keys_warn_and_are_dropped(
 def test_unimplemented_axolotl_key_on_the_cli_validates_with_a_warning(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:
-    path = write_config(tmp_path / "config.yml", {**base_config, "neftune_noise_alpha": 5})
+    path = write_config(tmp_path / "config.yml", {**base_config, "gc_steps": 5})
     result = run_weave("validate", str(path), cwd=tmp_path, env=WIDE)
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
-    assert "config key 'neftune_noise_alpha'" in flat(result.stderr)
+    assert "config key 'gc_steps'" in flat(result.stderr)
     assert "IGNORED" in result.stderr
 
 

@@ -281,7 +281,13 @@ def long_and_short(tmp_path: Path) -> Path:
 
 
 def fit_config(base: dict[str, Any], path: Path, strategy: str | None) -> dict[str, Any]:
-    config = with_data(base, {"path": str(path), "type": "completion"}, sequence_len=16)
+    """The texts as one trained `input_output` segment each (no special tokens added): a format
+    that leaves long rows to `excess_length_strategy` (`completion` splits them itself, as in
+    Axolotl)."""
+    texts = [json.loads(line)["text"] for line in path.read_text().splitlines()]
+    segments = [{"segments": [{"text": text, "label": True}]} for text in texts]
+    data = write_jsonl(path.with_name("segments.jsonl"), segments)
+    config = with_data(base, {"path": str(data), "type": "input_output"}, sequence_len=16)
     return {**config, "excess_length_strategy": strategy} if strategy else config
 
 
@@ -296,7 +302,8 @@ def test_long_rows_truncated(
     tmp_path: Path, base_config: dict[str, Any], long_and_short: Path, tiny_tokenizer: Any
 ) -> None:
     data = prepare(tmp_path, fit_config(base_config, long_and_short, "truncate"))
-    full = tiny_tokenizer(json.loads(long_and_short.read_text().splitlines()[0])["text"])
+    text = json.loads(long_and_short.read_text().splitlines()[0])["text"]
+    full = tiny_tokenizer(text, add_special_tokens=False)
     truncated = [row for row in data.train if row["length"] == 16]
     assert len(data.train) == 2 and data.stats.truncated == 1
     assert truncated[0]["input_ids"] == full["input_ids"][:16]
@@ -308,7 +315,7 @@ def test_long_rows_split_into_pieces(
 ) -> None:
     data = prepare(tmp_path, fit_config(base_config, long_and_short, "split"))
     text = json.loads(long_and_short.read_text().splitlines()[0])["text"]
-    ids = tiny_tokenizer(text)["input_ids"] + [tiny_tokenizer.eos_token_id]
+    ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
     pieces = [ids[i : i + 16] for i in range(0, len(ids), 16)]
     pieces = [p for p in pieces if len(p) > 1]  # a 1-token piece has nothing to predict
     got = {tuple(row["input_ids"]) for row in data.train}
@@ -320,7 +327,9 @@ def test_long_rows_split_into_pieces(
 def test_long_rows_raise_naming_the_line(
     tmp_path: Path, base_config: dict[str, Any], long_and_short: Path
 ) -> None:
-    with pytest.raises(DataError, match=r"texts.jsonl:1: \d+ tokens, longer than sequence_len=16"):
+    with pytest.raises(
+        DataError, match=r"segments.jsonl:1: \d+ tokens, longer than sequence_len=16"
+    ):
         prepare(tmp_path, fit_config(base_config, long_and_short, "raise"))
 
 
@@ -487,8 +496,10 @@ def test_an_unreachable_hub_dataset_is_one_clear_error(
     path = write_config(tmp_path / "hub.yml", with_data(base_config, entry))
     result = run_weave("preprocess", str(path))  # offline: HF_DATASETS_OFFLINE=1
     assert result.returncode != 0
+    message = " ".join(result.stderr.split())
     assert (
-        "error: dataset 'someone/not-a-dataset' (type: alpaca) is neither a local file nor a"
-        " loadable hub dataset" in " ".join(result.stderr.split())
+        "error: dataset 'someone/not-a-dataset' (type: alpaca) is neither a local file or folder"
+        in message
     )
+    assert "(looked for " in message and "nor a loadable hub dataset" in message
     assert "Traceback" not in result.stderr

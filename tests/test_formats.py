@@ -91,8 +91,25 @@ def test_numbers_where_text_is_expected_are_refused(hooks: Hooks, tokenizer) -> 
         build_format(hooks, entry, Dataset.from_list(rows), tokenizer, Cfg())
 
 
-def test_boundary_token_merging_follows_the_whole_text(tokenizer) -> None:
-    """Labels come from tokenizing prompt+response once, so the ids equal the full text's ids."""
-    out = tokenize_prompt_response(tokenizer, "Reverse: ab", "cd", train_on_inputs=False)
-    full = tokenizer("Reverse: abcd")["input_ids"] + [tokenizer.eos_token_id]
-    assert out["input_ids"] == full
+def test_prompt_and_response_are_tokenized_apart_as_axolotl_does(tokenizer) -> None:
+    """Axolotl's `InstructionPromptTokenizingStrategy.tokenize_prompt` (this test used to assert
+    that prompt + response was tokenized as one text; Axolotl tokenizes them apart): the prompt
+    with BOS, masked; the response alone, its BOS dropped, EOS appended, trained."""
+    out = tokenize_prompt_response(
+        tokenizer, "Add the numbers. 2 + 3 ", "Five.", train_on_inputs=False
+    )
+    prompt = tokenizer("Add the numbers. 2 + 3 ")["input_ids"]
+    response = tokenizer("Five.")["input_ids"][1:] + [tokenizer.eos_token_id]
+    assert out["input_ids"] == prompt + response
+    assert out["labels"] == [IGNORE_INDEX] * len(prompt) + response
+    # the prompt's trailing space stays its own (masked) token, as at inference
+    assert tokenizer.convert_ids_to_tokens(prompt)[-1] == "Ġ"
+    whole = tokenizer("Add the numbers. 2 + 3 Five.")["input_ids"] + [tokenizer.eos_token_id]
+    assert out["input_ids"] != whole  # one text would merge " Five" across the boundary
+
+
+def test_an_empty_prompt_leaves_the_response_its_bos(tokenizer) -> None:
+    """A raw text (empty prompt) is tokenized whole: BOS, text, EOS."""
+    out = tokenize_prompt_response(tokenizer, "", "the quick fox", train_on_inputs=True)
+    assert out["input_ids"] == tokenizer("the quick fox")["input_ids"] + [tokenizer.eos_token_id]
+    assert out["labels"] == out["input_ids"]

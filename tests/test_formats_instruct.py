@@ -623,6 +623,15 @@ def test_renders_axolotls_text_and_masks_the_prompt(
     assert masked == "<s>" + prompt
     assert trained == response + "</s>"
     assert len(out["input_ids"]) == len(out["labels"]) == len(out["attention_mask"])
+    # the exact ids: Axolotl's rule for the format (`</s>` written in a text is the EOS token)
+    prompt_ids = tiny_tokenizer(prompt)["input_ids"]
+    if isinstance(entry["type"], str) and entry["type"].startswith("reflection"):
+        # ReflectionPromptTokenizingStrategy: the whole text at once, the prompt's count masked
+        ids = tiny_tokenizer(prompt + response + "</s>")["input_ids"]
+    else:  # InstructionPromptTokenizingStrategy: apart, the response's BOS dropped
+        ids = prompt_ids + tiny_tokenizer(response + "</s>")["input_ids"][1:]
+    assert out["input_ids"] == ids
+    assert out["labels"] == [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids) :]
 
 
 @pytest.mark.parametrize(("entry", "row", "prompt", "response"), CASES)
@@ -727,13 +736,17 @@ def test_metharme_counts_an_eos_in_the_text(weave_hooks: Any, tiny_tokenizer: An
 @pytest.mark.parametrize(
     ("name", "empty"), [("reflection", "reflection"), ("reflection:chat", "corrected")]
 )
-def test_reflection_without_all_three_parts_trains_nothing(
+def test_reflection_without_all_three_parts_trains_only_eos(
     weave_hooks: Any, tiny_tokenizer: Any, name: str, empty: str
 ) -> None:
-    """Even in the chat style, whose label leaves `corrected` out, an empty one trains nothing."""
+    """Even in the chat style, whose label leaves `corrected` out, an empty one drops the label.
+    This test used to assert that nothing was trained; Axolotl's reflection strategy tokenizes
+    the prompt alone with EOS and masks only the prompt's own tokens, so the EOS is trained."""
     row = {**REFLECT, empty: ""}
     out = build_rows(weave_hooks, tiny_tokenizer, [row], type=name)[0]
-    assert set(out["labels"]) == {IGNORE_INDEX}
+    eos = tiny_tokenizer.eos_token_id
+    assert out["input_ids"][-1] == eos
+    assert out["labels"] == [IGNORE_INDEX] * (len(out["labels"]) - 1) + [eos]
 
 
 def test_alpaca_constants_are_the_instruct_style() -> None:
@@ -784,19 +797,21 @@ def test_inline_mapping_is_checked(weave_hooks: Any, mapping: dict, match: str) 
 
 
 def test_user_defined_default_templates(weave_hooks: Any, tiny_tokenizer: Any) -> None:
-    """Axolotl's default turns end in a space. The core tokenizes prompt + response as one text,
-    so that space and the response's first word can merge into one token, which starts in the
-    prompt and is masked (Axolotl, tokenizing the two apart, trains the word): the rendered text
-    is exact, the boundary token may go to the prompt."""
+    """Axolotl's default turns end in a space. Axolotl tokenizes the prompt and the response
+    apart, so the space stays the prompt's own token, masked, and the response's first word is
+    trained whole. (This test used to accept a boundary token merging the space and the word,
+    from tokenizing prompt + response as one text.)"""
     rows = [{**ADD, "system": None}, {**COLOUR, "system": "Be brief."}]
     out = build_rows(weave_hooks, tiny_tokenizer, rows, type={})
     texts = [tiny_tokenizer.decode(row["input_ids"]) for row in out]
     assert texts == ["<s>Add the numbers. 2 + 3 Five.</s>", "<s>Be brief.Name a colour. Blue.</s>"]
     expected = [("Add the numbers. 2 + 3 ", "Five."), ("Be brief.Name a colour. ", "Blue.")]
     for row, (prompt, response) in zip(out, expected, strict=True):
-        masked, trained = split(tiny_tokenizer, row)
-        assert masked + trained == "<s>" + prompt + response + "</s>"
-        assert masked.startswith("<s>" + prompt.rstrip()) and trained.endswith(".</s>")
+        assert split(tiny_tokenizer, row) == ("<s>" + prompt, response + "</s>")
+        prompt_ids = tiny_tokenizer(prompt)["input_ids"]
+        response_ids = tiny_tokenizer(response)["input_ids"][1:] + [tiny_tokenizer.eos_token_id]
+        assert row["input_ids"] == prompt_ids + response_ids
+        assert tiny_tokenizer.convert_ids_to_tokens(prompt_ids)[-1] == "Ġ"  # the space alone
 
 
 def test_user_defined_in_a_whole_config(

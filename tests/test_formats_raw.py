@@ -40,7 +40,7 @@ def tokens_and_training(tokenizer: Any, row: dict[str, Any]) -> list[tuple[str, 
 
 SEGMENTS = [
     {"text": "<s>Question: capital of", "label": False},
-    {"text": " France?\nAnswer: Par", "label": False},  # the boundary falls inside " Paris"
+    {"text": " France?\nAnswer: Par", "label": False},  # a boundary inside " Paris"
     {"text": "is.</s>", "label": True},
     {"text": "<s>Add two and thr", "label": True},  # ... and inside " three"
     {"text": "ee. Five", "label": False},
@@ -49,21 +49,24 @@ SEGMENTS = [
 WHOLE_TEXT = "<s>Question: capital of France?\nAnswer: Paris.</s><s>Add two and three. Five.</s>"
 
 
-def test_input_output_tokenizes_the_whole_text_and_labels_by_segment(
+def test_input_output_tokenizes_each_segment_and_labels_it_whole(
     weave_hooks, tiny_tokenizer
 ) -> None:
+    """Axolotl's `RawInputOutputStrategy`: each segment tokenized on its own, no special tokens
+    added, the ids concatenated, a segment's tokens trained or masked by its label. (This test
+    used to assert that the whole text was tokenized once and labelled by character offsets, a
+    token straddling two segments trained when part of it was; Axolotl cuts at each segment.)"""
     row = build_rows(
         weave_hooks, tiny_tokenizer, [{"segments": SEGMENTS}], cfg(), type="input_output"
     )[0]
-    # the text exactly as written, tokenized once as at inference: nothing added (no BOS, EOS)
     assert "".join(s["text"] for s in SEGMENTS) == WHOLE_TEXT
-    assert row["input_ids"] == tiny_tokenizer(WHOLE_TEXT, add_special_tokens=False)["input_ids"]
-    assert tiny_tokenizer.decode(row["input_ids"]) == WHOLE_TEXT
+    assert tiny_tokenizer.decode(row["input_ids"]) == WHOLE_TEXT  # nothing added (no BOS, EOS)
     per_segment = [
         t for s in SEGMENTS for t in tiny_tokenizer(s["text"], add_special_tokens=False).input_ids
     ]
-    assert row["input_ids"] != per_segment  # " Paris" and " three" are one token each here
-    # a token straddling a boundary is trained when part of it is in a trained segment
+    assert row["input_ids"] == per_segment
+    assert row["input_ids"] != tiny_tokenizer(WHOLE_TEXT, add_special_tokens=False)["input_ids"]
+    # a segment boundary is a token boundary: " Pa" "r" | "is", " th" "r" | "e" "e"
     assert tokens_and_training(tiny_tokenizer, row) == [
         ("<s>", False),
         ("Q", False),
@@ -82,14 +85,19 @@ def test_input_output_tokenizes_the_whole_text_and_labels_by_segment(
         ("w", False),
         ("er", False),
         (":", False),
-        (" Paris", True),  # " Par" masked + "is" trained
+        (" Pa", False),
+        ("r", False),
+        ("is", True),
         (".", True),
         ("</s>", True),
         ("<s>", True),
         ("Add", True),
         (" two", True),
         (" and", True),
-        (" three", True),  # " thr" trained + "ee" masked
+        (" th", True),
+        ("r", True),
+        ("e", False),
+        ("e", False),
         (".", False),
         (" Five", False),
         (".", True),
@@ -122,8 +130,8 @@ def test_input_output_train_on_inputs_trains_every_segment(weave_hooks, tiny_tok
     assert row["labels"] == row["input_ids"]
 
 
-def test_input_output_without_offsets_tokenizes_each_segment(tiny_tokenizer) -> None:
-    """A slow tokenizer (no offsets) gets Axolotl's per-segment tokenization."""
+def test_input_output_needs_no_offsets(tiny_tokenizer) -> None:
+    """A slow tokenizer (no offsets) gets the same per-segment tokenization."""
 
     class SlowTokenizer:
         is_fast = False

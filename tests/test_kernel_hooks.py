@@ -342,6 +342,8 @@ class EngineStrategy(AccelerateStrategy):
             optimizer.zero_grad(set_to_none=True)
             self.optimizer_steps += 1
 
+    handles_overflow = True  # as DeepSpeed's engine: it skips an overflowing step itself
+
     def optimizer_step(self, *args: Any) -> float:
         return float("nan")  # the engine stepped in backward
 

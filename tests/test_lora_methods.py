@@ -624,3 +624,36 @@ def test_gptq_without_its_packages_says_what_to_install(base_config: dict, tmp_p
     assert result.returncode == 4, result.stderr
     assert "pip install optimum gptqmodel" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
+
+
+def test_lora_target_parameters_adapts_fused_moe_experts(
+    base_config: dict, tmp_path: Path, tiny_llama_dir: Path, weave_hooks: Any
+) -> None:
+    """Axolotl's `lora_target_parameters` (peft's target_parameters): LoRA on the experts'
+    fused weight tensors of a mixture of experts, which are parameters, not linear modules."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = tmp_path / "tiny-mixtral"
+    shutil.copytree(tiny_llama_dir, model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    family = weave_hooks.model_families()["mixtral"]
+    config = AutoConfig.for_model(
+        "mixtral", **{**family.tiny_config(), "vocab_size": len(tokenizer)}
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+    run = {
+        **base_config,
+        "base_model": str(model_dir),
+        "adapter": "lora",
+        "lora_target_parameters": ["experts.gate_up_proj"],
+        "max_steps": 2,
+    }
+    state = train_with(run, tmp_path / "c.yml")
+    assert state.global_step == 2
+    saved = json.loads((Path(run["output_dir"]) / "adapter_config.json").read_text())
+    assert saved["target_parameters"] == ["experts.gate_up_proj"]
+    weights = load_file(str(Path(run["output_dir"]) / "adapter_model.safetensors"))
+    assert any("experts.lora_A" in name for name in weights), sorted(weights)[:6]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 from axolotl_weave import ConfigError, set_pad_token
 from axolotl_weave._run import family_of, load_tokenizer, open_session
-from axolotl_weave_testing import write_config
+from axolotl_weave_testing import run_weave, write_config
 
 
 def load(tmp_path: Path, config: dict[str, Any]) -> tuple[Any, Any]:
@@ -96,3 +97,16 @@ def test_set_pad_token_takes_the_first_candidate_the_tokenizer_has(tiny_tokenize
     # a tokenizer that has a pad token keeps it
     assert pad_after("unk_token", "eos_token", pad_token="<s>") == "<s>"
     assert tiny_tokenizer.pad_token is None
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mistral_common") is not None, reason="mistral-common is installed"
+)
+def test_tokenizer_use_mistral_common_without_the_package_names_the_extra(
+    base_config: dict, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "c.yml", {**base_config, "tokenizer_use_mistral_common": True})
+    result = run_weave("preprocess", str(config))
+    assert result.returncode == 4, result.stderr
+    assert "axolotl-weave[mistral-common]" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,9 +32,11 @@ def opt_cfg(**keys: Any) -> SimpleNamespace:
     return SimpleNamespace(**{**defaults, **keys})
 
 
-def test_lr_groups_give_named_modules_their_own_rate(tiny_model: torch.nn.Module) -> None:
+def test_lr_groups_give_named_modules_their_own_rate(
+    tiny_model: torch.nn.Module, weave_hooks: Any
+) -> None:
     group = SimpleNamespace(name="embeddings", modules=["embed_tokens", "lm_head"], lr=5e-5)
-    optimizer = build_optimizer(opt_cfg(lr_groups=[group]), tiny_model)
+    optimizer = build_optimizer(opt_cfg(lr_groups=[group]), tiny_model, weave_hooks)
     lrs = {(g["group"], g["weight_decay"]): g["lr"] for g in optimizer.param_groups}
     assert lrs == {("embeddings", 0.1): 5e-5, ("default", 0.1): 1e-3, ("default", 0.0): 1e-3}
     embed = tiny_model.get_input_embeddings().weight
@@ -144,3 +147,334 @@ def test_a_bitsandbytes_optimizer_trains(
     assert large
     if state_dtype is not None:
         assert {m.dtype for m in large} == {state_dtype}
+
+
+# --- the optimizer registry: every name Axolotl and the Trainer give ------------------------------
+
+
+def installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+BNB = pytest.mark.skipif(not installed("bitsandbytes"), reason="needs bitsandbytes")
+TORCHAO = pytest.mark.skipif(
+    not installed("torchao"), reason="needs torchao: pip install 'axolotl-weave[torchao]'"
+)
+
+OPTIMIZER_CLASSES = {
+    "adamw_torch": ("torch.optim", "AdamW"),
+    "adamw": ("torch.optim", "AdamW"),
+    "adamw_torch_fused": ("torch.optim", "AdamW"),
+    "adam": ("torch.optim", "Adam"),
+    "sgd": ("torch.optim", "SGD"),
+    "adagrad": ("torch.optim", "Adagrad"),
+    "rmsprop": ("torch.optim", "RMSprop"),
+    "adafactor": ("transformers.optimization", "Adafactor"),
+    "muon": ("axolotl_weave_plugins.optimizers", "MuonWithAdamW"),
+    "adamw_torch_8bit": ("torchao.optim", "AdamW8bit"),
+    "adamw_torch_4bit": ("torchao.optim", "AdamW4bit"),
+    "ao_adamw_fp8": ("torchao.optim", "AdamWFp8"),
+    "adamw_bnb_8bit": ("bitsandbytes.optim", "AdamW8bit"),
+    "adamw_8bit": ("bitsandbytes.optim", "AdamW8bit"),
+    "paged_adamw_8bit": ("bitsandbytes.optim", "PagedAdamW8bit"),
+    "paged_adamw_32bit": ("bitsandbytes.optim", "PagedAdamW32bit"),
+    "paged_adamw": ("bitsandbytes.optim", "PagedAdamW"),
+    "lion_8bit": ("bitsandbytes.optim", "Lion8bit"),
+    "lion_32bit": ("bitsandbytes.optim", "Lion32bit"),
+    "paged_lion_8bit": ("bitsandbytes.optim", "PagedLion8bit"),
+    "paged_lion_32bit": ("bitsandbytes.optim", "PagedLion32bit"),
+    "ademamix": ("bitsandbytes.optim", "AdEMAMix"),
+    "ademamix_8bit": ("bitsandbytes.optim", "AdEMAMix8bit"),
+    "paged_ademamix_32bit": ("bitsandbytes.optim", "PagedAdEMAMix"),
+    "paged_ademamix_8bit": ("bitsandbytes.optim", "PagedAdEMAMix8bit"),
+    "rmsprop_bnb": ("bitsandbytes.optim", "RMSprop32bit"),
+    "rmsprop_bnb_8bit": ("bitsandbytes.optim", "RMSprop8bit"),
+    "rmsprop_bnb_32bit": ("bitsandbytes.optim", "RMSprop32bit"),
+}
+"""Every built-in optimizer name -> (module its class comes from, class name)."""
+
+
+def with_packages(names: list[str]) -> list[Any]:
+    """`names` as parameters, skipped where the optimizer's package is missing."""
+    marks = {"bitsandbytes.optim": [BNB], "torchao.optim": [TORCHAO]}
+    return [pytest.param(n, marks=marks.get(OPTIMIZER_CLASSES[n][0], []), id=n) for n in names]
+
+
+def one_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """A forward, a backward and an optimizer step on a few tokens."""
+    ids = torch.arange(1, 17).reshape(2, 8)
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def test_every_builtin_optimizer_is_registered(weave_hooks: Any) -> None:
+    assert set(OPTIMIZER_CLASSES) <= set(weave_hooks.optimizers())
+
+
+@pytest.mark.parametrize("name", with_packages(list(OPTIMIZER_CLASSES)))
+def test_each_optimizer_builds_its_class_and_steps(
+    name: str, tiny_model: torch.nn.Module, weave_hooks: Any
+) -> None:
+    module, class_name = OPTIMIZER_CLASSES[name]
+    optimizer = build_optimizer(opt_cfg(optimizer=name), tiny_model, weave_hooks)
+    assert type(optimizer).__module__.startswith(module), type(optimizer)
+    assert type(optimizer).__name__ == class_name
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    one_step(tiny_model, optimizer)
+    changed = [n for n, p in tiny_model.named_parameters() if not torch.equal(p, before[n])]
+    assert "model.layers.0.self_attn.q_proj.weight" in changed, changed
+    assert "model.embed_tokens.weight" in changed
+    if name == "adamw_torch_fused":
+        assert optimizer.defaults["fused"] is True
+
+
+@pytest.mark.parametrize(
+    ("name", "optim_args"),
+    [
+        ("adamw_torch", None), ("adamw_torch_fused", None), ("adafactor", None),
+        ("sgd", None), ("sgd", "momentum=0.9,nesterov=true"),
+        ("sgd", "momentum=0.5,dampening=0.1,weight_decay=0.2"),
+        ("adagrad", "lr_decay=0.01,eps=1e-9"), ("rmsprop", "alpha=0.9,centered=true"),
+        *[
+            pytest.param(name, args, marks=BNB)
+            for name, args in [
+                ("adamw_bnb_8bit", None), ("adamw_8bit", None), ("paged_adamw_8bit", None),
+                ("paged_adamw_32bit", None), ("lion_8bit", None), ("lion_32bit", None),
+                ("paged_lion_8bit", None), ("paged_lion_32bit", None),
+                ("ademamix", "beta3=0.999,alpha=8,t_alpha=100"), ("ademamix_8bit", None),
+                ("paged_ademamix_32bit", None), ("paged_ademamix_8bit", None),
+                ("rmsprop_bnb", None), ("rmsprop_bnb_8bit", None), ("rmsprop_bnb_32bit", None),
+            ]
+        ],
+        pytest.param("adamw_torch_8bit", None, marks=TORCHAO),
+        pytest.param("adamw_torch_4bit", "block_size=128", marks=TORCHAO),
+    ],
+)  # fmt: skip
+def test_an_optimizer_is_built_as_the_trainer_builds_it(
+    name: str, optim_args: str | None, weave_hooks: Any, tmp_path: Path
+) -> None:
+    """Same class (or bitsandbytes' class of the same bits and paging) and the same settings
+    as Hugging Face's Trainer gives the name, where Axolotl hands it to the Trainer."""
+    from transformers import Trainer, TrainingArguments
+
+    keys = dict(learning_rate=3e-4, adam_beta1=0.8, adam_beta2=0.99, adam_epsilon=1e-6)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), optim=name, optim_args=optim_args, report_to=[], **keys
+    )
+    trainer_class, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    layer = torch.nn.Linear(64, 80)
+
+    def groups() -> list[dict[str, Any]]:
+        return [
+            {"params": [layer.weight], "weight_decay": 0.1},
+            {"params": [layer.bias], "weight_decay": 0.0},
+        ]
+
+    theirs = trainer_class(groups(), **kwargs)
+    cfg = SimpleNamespace(optimizer=name, optim_args=optim_args, **keys)
+    ours = weave_hooks.optimizers()[name](groups(), cfg)
+    assert algorithm(ours) == algorithm(theirs)
+    assert ours.defaults == theirs.defaults
+    assert bnb_args(ours) == bnb_args(theirs)
+    assert getattr(ours, "is_paged", None) == getattr(theirs, "is_paged", None)
+
+
+def algorithm(optimizer: Any) -> Any:
+    """The update an optimizer runs: bitsandbytes' name of it (its classes of one algorithm
+    differ by their bits and paging), else the class."""
+    return getattr(optimizer, "optimizer_name", type(optimizer))
+
+
+def bnb_args(optimizer: Any) -> dict[str, Any] | None:
+    """bitsandbytes' settings of an optimizer (its bits, block-wise...), None for others."""
+    args = getattr(optimizer, "args", None)
+    return vars(args) if args is not None else None
+
+
+# --- muon -----------------------------------------------------------------------------------------
+
+
+def muon_split(optimizer: Any, model: torch.nn.Module) -> dict[str, set[str]]:
+    """Parameter names by the algorithm that updates them."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    split: dict[str, set[str]] = {"muon": set(), "adamw": set()}
+    for group in optimizer.param_groups:
+        split["muon" if group["muon"] else "adamw"] |= {names[id(p)] for p in group["params"]}
+    return split
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(
+    tiny_model: torch.nn.Module, tiny_llama_dir: Path, weave_hooks: Any
+) -> None:
+    """Muon updates the 2-D weights of the hidden layers; AdamW the embeddings and the head
+    (without weight decay, as Axolotl's Muon) and the norms; one step equals torch's Muon and
+    AdamW run side by side, and the state round-trips through `state_dict`."""
+    cfg = opt_cfg(optimizer="muon", learning_rate=0.02, weight_decay=0.01)
+    optimizer = build_optimizer(cfg, tiny_model, weave_hooks)
+    split = muon_split(optimizer, tiny_model)
+    params = dict(tiny_model.named_parameters())
+    hidden = {n for n, p in params.items() if p.ndim == 2 and "layers." in n}
+    assert split["muon"] == hidden and len(hidden) == 14  # 2 layers x (q k v o gate up down)
+    assert split["adamw"] == set(params) - hidden
+    assert {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"} <= split["adamw"]
+    decay = {
+        n: g["weight_decay"] for g in optimizer.param_groups for n in muon_split_names(g, params)
+    }
+    assert decay["model.embed_tokens.weight"] == decay["lm_head.weight"] == 0.0
+    assert decay["model.layers.0.mlp.down_proj.weight"] == 0.01
+    assert optimizer.muon.defaults["momentum"] == 0.95 and optimizer.muon.defaults["nesterov"]
+    adamw = next(group for group in optimizer.param_groups if not group["muon"])
+    assert adamw["betas"] == (0.9, 0.999) and adamw["eps"] == 1e-8 and adamw["lr"] == 0.02
+
+    # the reference: torch's Muon on the hidden matrices, AdamW on the rest, side by side
+    reference_model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    ref = dict(reference_model.named_parameters())
+    muon_groups, adamw_groups = [], []
+    for group in optimizer.param_groups:
+        settings = {k: v for k, v in group.items() if k not in ("params", "muon")}
+        settings["params"] = [ref[n] for n in muon_split_names(group, params)]
+        (muon_groups if group["muon"] else adamw_groups).append(settings)
+    reference = [torch.optim.Muon(muon_groups), torch.optim.AdamW(adamw_groups)]
+    for _ in range(2):
+        one_step(tiny_model, optimizer)
+        ids = torch.arange(1, 17).reshape(2, 8)
+        reference_model(input_ids=ids, labels=ids).loss.backward()
+        for inner in reference:
+            inner.step()
+            inner.zero_grad()
+    for name, param in params.items():
+        assert torch.equal(param, ref[name]), name
+
+    # a checkpoint's state restores both algorithms
+    resumed_model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    resumed_model.load_state_dict(tiny_model.state_dict())
+    resumed = build_optimizer(cfg, resumed_model, weave_hooks)
+    resumed.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # as from a file
+    one_step(tiny_model, optimizer)
+    one_step(resumed_model, resumed)
+    for name, param in resumed_model.named_parameters():
+        assert torch.equal(param, params[name]), name
+
+
+def muon_split_names(group: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """The names of a group's parameters."""
+    names = {id(p): n for n, p in params.items()}
+    return [names[id(p)] for p in group["params"]]
+
+
+def test_muon_adamw_betas_are_axolotls_unless_the_config_sets_both(
+    base_config: dict, tmp_path: Path
+) -> None:
+    from axolotl_weave_plugins.optimizers.muon import adamw_betas
+
+    path = write_config(tmp_path / "a.yml", {**base_config, "optimizer": "muon"})
+    assert adamw_betas(open_session(path).cfg) == (0.9, 0.95)
+    config = {**base_config, "optimizer": "muon", "adam_beta1": 0.8, "adam_beta2": 0.9}
+    assert adamw_betas(open_session(write_config(tmp_path / "b.yml", config)).cfg) == (0.8, 0.9)
+
+
+def test_muon_trains(base_config: dict, tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    class Inspect:
+        @hookimpl
+        def on_step_end(self, optimizer: Any) -> None:
+            seen.setdefault("optimizer", optimizer)
+
+    config = {
+        **base_config, "optimizer": "muon", "learning_rate": 0.02, "max_steps": 6,
+        "lr_scheduler": "constant", "logging_steps": 1, "optim_args": {"mu": 0.9},
+    }  # fmt: skip
+    pm = make_plugin_manager()
+    pm.register(Inspect())
+    state = train(open_session(write_config(tmp_path / "c.yml", config), [], pm))
+    losses = [rec["loss"] for rec in state.log_history if "loss" in rec]
+    assert len(losses) == 6 and sum(losses[-2:]) < sum(losses[:2]), losses
+    optimizer = getattr(seen["optimizer"], "optimizer", seen["optimizer"])  # accelerate's wrapper
+    assert type(optimizer).__name__ == "MuonWithAdamW"
+    assert optimizer.muon.defaults["momentum"] == 0.9
+
+
+# --- refused at validation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"optimizer": "galore_adamw"},
+            "optimizer: 'galore_adamw' is an optimizer of Axolotl / Hugging Face's Trainer that "
+            "Axolotl Weave does not support: GaLore",
+        ),
+        ({"optimizer": "lion_pytorch"}, "use lion_32bit or lion_8bit"),
+        ({"optimizer": "ao_adamw_8bit"}, "use adamw_torch_8bit"),
+        ({"optimizer": "schedule_free_adamw"}, "train/eval mode switches"),
+        (
+            {"optimizer": "adamw_torch", "optim_args": {"momentum": 0.9}},
+            "optim_args: optimizer adamw_torch does not read momentum (it takes no optim_args)",
+        ),
+        (
+            {"optimizer": "sgd", "optim_args": "momentum=0.9,nesterow=true"},
+            "optim_args: optimizer sgd does not read nesterow (it takes dampening, momentum, "
+            "nesterov, weight_decay)",
+        ),
+        ({"optimizer": "sgd", "optim_args": "momentum"}, "'momentum' is not key=value"),
+        ({"optimizer": "rmsprop", "optim_args": {"alpha": "high"}}, "alpha='high'"),
+        ({"optimizer": "muon", "optim_args": {"adjust_lr_fn": "x"}}, "give original or"),
+        ({"optimizer": "muon", "optim_args": {"mu": 0.9, "momentum": 0.9}}, "not both"),
+        pytest.param(
+            {"optimizer": "lion_8bit", "optim_args": {"alpha": 5}},
+            "optim_args: optimizer lion_8bit does not read alpha",
+            marks=BNB,
+        ),
+    ],
+)
+def test_an_optimizer_or_its_settings_refused_at_validation(
+    base_config: dict, tmp_path: Path, config: dict[str, Any], message: str
+) -> None:
+    path = write_config(tmp_path / "c.yml", {**base_config, **config})
+    with pytest.raises(ConfigError) as info:
+        open_session(path)
+    text = " ".join(str(info.value).split())
+    assert message in text
+    if "is an optimizer of" in message:  # the valid names are listed
+        assert "adamw_torch" in text and "muon" in text and "sgd" in text
+
+
+def test_optim_args_reach_the_optimizer(
+    base_config: dict, tmp_path: Path, weave_hooks: Any
+) -> None:
+    config = {**base_config, "optimizer": "sgd", "optim_args": "momentum=0.9, nesterov=true"}
+    cfg = open_session(write_config(tmp_path / "c.yml", config)).cfg
+    optimizer = weave_hooks.optimizers()["sgd"]([{"params": [torch.zeros(2)]}], cfg)
+    assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["nesterov"] is True
+
+
+def test_a_torchao_optimizer_without_torchao_is_refused_at_validation(
+    base_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a)
+    )
+    path = write_config(tmp_path / "c.yml", {**base_config, "optimizer": "adamw_torch_4bit"})
+    with pytest.raises(ConfigError) as info:
+        open_session(path)
+    text = " ".join(str(info.value).split())
+    assert (
+        "optimizer: adamw_torch_4bit needs the package 'torchao', which is not installed: "
+        "pip install 'axolotl-weave[torchao]'" in text
+    )
+
+
+@TORCHAO
+def test_a_torchao_optimizer_keeps_8bit_moments(
+    tiny_model: torch.nn.Module, weave_hooks: Any
+) -> None:
+    optimizer = build_optimizer(opt_cfg(optimizer="adamw_torch_8bit"), tiny_model, weave_hooks)
+    one_step(tiny_model, optimizer)
+    # torchao quantizes tensors of at least 4,096 values, a multiple of its block (256)
+    state = optimizer.state[tiny_model.model.layers[0].self_attn.q_proj.weight]
+    assert type(state["exp_avg"]).__name__ == "OptimState8bit"
+    assert type(optimizer.state[tiny_model.model.norm.weight]["exp_avg"]) is torch.Tensor

@@ -16,15 +16,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from axolotl_weave import IGNORE_INDEX, ConfigError, MissingDependencyError
-from axolotl_weave._batches import collate, model_inputs
-from axolotl_weave._packing import (
+from axolotl_weave._batches import collate, model_inputs, padded_efficiency
+from axolotl_weave._run import open_session, train
+from axolotl_weave_plugins.batching._multipack import (
     Packer,
     collate_packed,
     first_fit_decreasing,
     next_fit,
-    padded_efficiency,
 )
-from axolotl_weave._run import open_session, train
 from axolotl_weave_plugins.kernels import _varlen_attention, attn_implementation
 from axolotl_weave_testing import (
     packed_and_one_by_one,
@@ -237,7 +236,8 @@ def test_weave_train_packs_reports_efficiency_and_knows_its_steps(
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
     assert "sample_packing:" in out and "efficiency" in out, out
-    state = train(open_session(write_config(tmp_path / "again.yml", config), []))
+    again = {**config, "overwrite_output_dir": True}  # the same run again, in process
+    state = train(open_session(write_config(tmp_path / "again.yml", again), []))
     log = [r for r in state.log_history if "loss" in r]
     assert state.global_step == state.max_steps == 2 * state.steps_per_epoch  # known up front
     assert f"step {state.max_steps}/{state.max_steps}" in out

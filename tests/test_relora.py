@@ -339,3 +339,32 @@ def test_checkpoints_hold_the_merged_base_weights_once_restarted(
     again = relora_resume_config(base_config, out, resume_from_checkpoint="auto")
     with pytest.raises(WeaveError, match=r"restart at step 3, whose merged weights .* missing"):
         train(open_session(write_config(tmp_path / "b.yml", again), []))
+
+
+def test_axolotls_current_relora_names_give_the_same_settings(
+    base_config: dict, tmp_path: Path
+) -> None:
+    base = {**base_config, "adapter": "lora", "max_steps": 40}
+    old = {**base, "relora_steps": 20, "relora_warmup_steps": 3, "relora_anneal_steps": 2}
+    new = {
+        **base,
+        "relora": True,
+        "jagged_restart_steps": 20,
+        "jagged_restart_warmup_steps": 3,
+        "jagged_restart_anneal_steps": 2,
+    }
+    keys = ("relora_steps", "relora_warmup_steps", "relora_anneal_steps")
+
+    def settings(config: dict, name: str) -> tuple:
+        cfg = open_session(write_config(tmp_path / name, config)).cfg
+        return tuple(getattr(cfg, key) for key in keys)
+
+    assert settings(new, "new.yml") == settings(old, "old.yml") == (20, 3, 2)
+    defaults = {**base, "relora": True, "jagged_restart_steps": 20}
+    assert settings(defaults, "defaults.yml") == (20, 10, 1)  # Axolotl's defaults
+    off = {**old, "relora": False}
+    assert settings(off, "off.yml")[0] is None
+    with pytest.raises(ConfigError, match="jagged_restart_steps without relora: true"):
+        settings({**base, "jagged_restart_steps": 20}, "alone.yml")
+    with pytest.raises(ConfigError, match="relora: true needs jagged_restart_steps"):
+        settings({**base, "relora": True}, "bare.yml")

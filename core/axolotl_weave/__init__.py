@@ -9,10 +9,20 @@ from __future__ import annotations
 import pluggy
 
 from axolotl_weave._atomic import staged_folder, staged_into, write_atomically
-from axolotl_weave._batches import batch_tokens, model_inputs
+from axolotl_weave._batches import (
+    Columns,
+    batch_tokens,
+    collate,
+    epoch_order,
+    micro_batches_per_epoch,
+    model_inputs,
+    padded_efficiency,
+    read_rows,
+)
 from axolotl_weave._checkpoint import checkpoint_step, checkpoints, resolve_resume
 from axolotl_weave._config import CoreConfig, DatasetEntry, PluginConfig
 from axolotl_weave._errors import (
+    CapabilityError,
     ConfigError,
     DataError,
     MissingDependencyError,
@@ -43,6 +53,7 @@ from axolotl_weave._types import (
     IGNORE_INDEX,
     PAD_TOKEN,
     SFT_COLUMNS,
+    BatchPlan,
     DatasetFormat,
     DataSource,
     LossFunction,
@@ -61,6 +72,9 @@ __all__ = [
     "PAD_TOKEN",
     "SFT_COLUMNS",
     "AccelerateStrategy",
+    "BatchPlan",
+    "Columns",
+    "CapabilityError",
     "ConfigError",
     "CoreConfig",
     "DataError",
@@ -83,14 +97,19 @@ __all__ = [
     "batch_tokens",
     "checkpoint_step",
     "checkpoints",
+    "collate",
+    "epoch_order",
     "hookimpl",
     "staged_folder",
     "staged_into",
     "write_atomically",
     "logits_cross_entropy",
     "map_rows",
+    "micro_batches_per_epoch",
     "model_inputs",
     "next_token_targets",
+    "padded_efficiency",
+    "read_rows",
     "require",
     "resolve_precision",
     "resolve_resume",

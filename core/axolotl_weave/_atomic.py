@@ -44,6 +44,23 @@ def replace_folder(staged: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_modes(root: Path) -> None:
+    """Give a staged folder and everything in it the modes a plain file or folder created
+    there would have (the umask's), not a temporary folder's private 0700 or a library's 0600."""
+    mask = current_umask()
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            executable = path.is_dir() or path.stat().st_mode & 0o100
+            path.chmod((0o777 if executable else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def staged_folder(target: Path, *, replace: bool = True) -> Iterator[Path]:
     """A fresh temporary sibling of `target` to fill; when the block succeeds it becomes
@@ -57,6 +74,7 @@ def staged_folder(target: Path, *, replace: bool = True) -> Iterator[Path]:
         if target.exists() and not replace:
             shutil.rmtree(staging, ignore_errors=True)
         else:
+            give_default_modes(staging)
             replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -74,6 +92,7 @@ def staged_into(folder: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    give_default_modes(staging)
     for item in staging.iterdir():
         destination = folder / item.name
         if destination.is_dir() and item.is_dir():

@@ -1,14 +1,18 @@
-"""Micro-batches: a seeded order per epoch, split evenly across processes, padded to the longest."""
+"""What the batching plugins share: a seeded order per epoch split evenly across processes,
+reading rows, padding them into a micro-batch, and the counts and facts about micro-batches.
+
+How a dataset is cut into micro-batches is the `plan_batches` hook's (the padded and the packed
+batches are plugins).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from axolotl_weave._types import PAD_TOKEN, SFT_COLUMNS
 
 if TYPE_CHECKING:
-    import torch
+    import numpy as np
     from datasets import Dataset
 
 Columns = dict[str, "int | str | None"]
@@ -57,39 +61,6 @@ def epoch_order(
     return order[rank * per_process : (rank + 1) * per_process]
 
 
-def iter_micro_batches(
-    dataset: Dataset,
-    order: list[int],
-    micro_batch_size: int,
-    pad_token_id: int,
-    start: int = 0,
-    pad_to: int | None = None,
-    columns: Columns | None = None,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Padded micro-batches of `order`, beginning at micro-batch number `start`."""
-    columns = columns or SFT_COLUMNS
-    for first in range(start * micro_batch_size, len(order), micro_batch_size):
-        rows = read_rows(dataset, order[first : first + micro_batch_size], columns)
-        yield collate(rows, pad_token_id, pad_to, columns)
-
-
-def iter_packed_micro_batches(
-    dataset: Dataset,
-    bins: Iterator[list[list[int]]],
-    pad_token_id: int,
-    pad_to: int | None = None,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Packed micro-batches, one per item of `bins` (each a list of bins of row indices)."""
-    from axolotl_weave._packing import collate_packed
-
-    for micro_batch in bins:
-        rows = read_rows(dataset, [row for packed in micro_batch for row in packed])
-        it = iter(rows)
-        yield collate_packed(
-            [[next(it) for _ in packed] for packed in micro_batch], pad_token_id, pad_to
-        )
-
-
 def read_rows(
     dataset: Dataset, indices: list[int], columns: Columns | None = None
 ) -> list[dict[str, Any]]:
@@ -97,34 +68,6 @@ def read_rows(
     wanted = [c for c in (columns or SFT_COLUMNS) if c in dataset.column_names]
     chunk = dataset.select_columns(wanted)[indices]
     return [dict(zip(wanted, row, strict=True)) for row in zip(*chunk.values(), strict=True)]
-
-
-def iter_stream_micro_batches(
-    stream: Any,
-    micro_batch_size: int,
-    pad_token_id: int,
-    rank: int = 0,
-    world_size: int = 1,
-    start: int = 0,
-    columns: Columns | None = None,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Padded micro-batches read from a stream (an `IterableDataset`), this process's share,
-    beginning at micro-batch number `start` (the rows before it are skipped, for resuming)."""
-    if world_size > 1:
-        from datasets.distributed import split_dataset_by_node
-
-        stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
-    if start:
-        stream = stream.skip(start * micro_batch_size)
-    columns = columns or SFT_COLUMNS
-    rows: list[dict[str, Any]] = []
-    for row in stream:
-        rows.append({key: row[key] for key in columns if key in row})
-        if len(rows) == micro_batch_size:
-            yield collate(rows, pad_token_id, columns=columns)
-            rows = []
-    if rows:
-        yield collate(rows, pad_token_id, columns=columns)
 
 
 def collate(
@@ -156,3 +99,14 @@ def collate(
         padded = [list(value) + [fill] * (longest - len(value)) for value in values]
         batch[key] = torch.tensor(padded, dtype=torch.long)
     return batch
+
+
+def padded_efficiency(lengths: np.ndarray, micro_batch_size: int) -> float:
+    """Real tokens / slots of micro-batches of rows of `lengths`, in that order, each padded to
+    its longest row."""
+    real = slots = 0
+    for first in range(0, len(lengths), micro_batch_size):
+        chunk = lengths[first : first + micro_batch_size]
+        real += int(chunk.sum())
+        slots += len(chunk) * int(chunk.max())
+    return real / max(slots, 1)

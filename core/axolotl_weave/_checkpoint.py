@@ -8,6 +8,7 @@ mid-save leaves the previous checkpoint untouched and no half-written one that l
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from axolotl_weave._atomic import replace_folder, write_atomically
-from axolotl_weave._errors import WeaveError
+from axolotl_weave._errors import ConfigError, WeaveError
 from axolotl_weave._types import TrainState
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "trainable.safetensors"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+log = logging.getLogger("axolotl_weave")
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -47,12 +49,20 @@ def checkpoint_step(path: Path) -> int:
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
-    """The checkpoint folder to resume from: a path, or 'auto' for the newest (None if none)."""
+    """The checkpoint folder to resume from: a path, or 'auto' for the newest that loads (a
+    damaged one is skipped, saying so); None if there is none. An explicit path that is not a
+    complete, loadable checkpoint is an error naming the file at fault."""
     if not resume:
         return None
     if resume == "auto":
-        found = checkpoints(output_dir)
-        return found[-1] if found else None
+        for path in reversed(checkpoints(output_dir)):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            log.warning(
+                "resume_from_checkpoint: auto skips %s, which is damaged: %s", path, problem
+            )
+        return None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise WeaveError(
@@ -60,7 +70,61 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
             f"(no {STATE_FILE}); complete ones in {output_dir}: "
             f"{', '.join(p.name for p in checkpoints(output_dir)) or 'none'}"
         )
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise WeaveError(f"resume_from_checkpoint: '{resume}' is damaged: {problem}")
     return path
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint's files cannot be loaded (truncated or unreadable), checked without
+    reading the weights; None when they look whole."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            if file.suffix == ".safetensors":
+                with safe_open(str(file), "pt"):
+                    pass
+            elif file.suffix in (".pt", ".bin") and not zipfile.is_zipfile(file):
+                return f"{file}: not a complete torch file (truncated?)"
+            elif file.suffix == ".json":
+                json.loads(file.read_text())
+        except Exception as exc:
+            return f"{file}: {type(exc).__name__}: {exc}"
+    return None
+
+
+SETTINGS_FILE = "run_settings.json"
+"""The settings a checkpoint's data position depends on, checked when it is resumed."""
+
+
+def check_resume_settings(folder: Path, settings: dict[str, Any], allow_changes: bool) -> None:
+    """Refuse to resume from `folder` with other batch settings or data than it was saved with
+    (its step and epoch would point at other rows), unless `allow_resume_changes`."""
+    saved_file = folder / SETTINGS_FILE
+    if not saved_file.is_file():
+        return
+    saved = json.loads(saved_file.read_text())
+    changed = [
+        f"{key}: {saved[key]} then, {value} now"
+        for key, value in settings.items()
+        if key in saved and saved[key] != value
+    ]
+    if not changed:
+        return
+    if allow_changes:
+        log.warning(
+            "resuming %s with changes (allow_resume_changes): %s", folder, "; ".join(changed)
+        )
+        return
+    raise ConfigError(
+        f"resume_from_checkpoint: {folder} was saved with other settings ({'; '.join(changed)}), "
+        "so its data position would be wrong; restore them, or set allow_resume_changes: true "
+        "to continue anyway"
+    )
 
 
 def staging_folder(output_dir: Path, step: int) -> Path:
@@ -75,13 +139,19 @@ def stage_checkpoint(staged: Path) -> None:
 
 
 def finish_checkpoint(
-    output_dir: Path, staged: Path, state: TrainState, save_total_limit: int | None
+    output_dir: Path,
+    staged: Path,
+    state: TrainState,
+    save_total_limit: int | None,
+    settings: dict[str, Any],
 ) -> Path:
     """Add the RNG and train state to a staged checkpoint, rename it into place, then prune
-    beyond `save_total_limit` (main process). `trainer_state.json` marks it complete."""
+    beyond `save_total_limit` (main process). `settings` (batch sizes, data) are kept for the
+    resume check. `trainer_state.json` marks it complete."""
     import torch
 
     torch.save(rng_state(), staged / "rng_state.pt")
+    _write_json(staged / SETTINGS_FILE, settings)
     _write_json(staged / STATE_FILE, state.to_json())
     final = output_dir / f"checkpoint-{state.global_step}"
     replace_folder(staged, final)  # re-saving a step (after a resume): swapped, never deleted first
@@ -104,8 +174,9 @@ def write_training_state(
         if param.requires_grad
     }
     save_file(trainable, str(folder / WEIGHTS_FILE))
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-    torch.save(scheduler.state_dict(), folder / "scheduler.pt")
+    if optimizer is not None:  # None: `save_only_model`
+        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+        torch.save(scheduler.state_dict(), folder / "scheduler.pt")
 
 
 def read_training_state(
@@ -115,6 +186,11 @@ def read_training_state(
     import torch
     from safetensors.torch import load_file
 
+    if not (folder / "optimizer.pt").is_file():
+        raise WeaveError(
+            f"resume_from_checkpoint: {folder} holds the weights only (save_only_model: true), "
+            "not the optimizer and schedule a resume needs; start a new run from its weights"
+        )
     weights = load_file(str(folder / WEIGHTS_FILE))
     params = dict(model.named_parameters())
     unknown = [name for name in weights if name not in params]

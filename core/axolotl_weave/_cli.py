@@ -17,6 +17,7 @@ from axolotl_weave._console import console, err_console, setup_logging
 from axolotl_weave._errors import WeaveError
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._pluginmanager import describe_plugins, make_plugin_manager
+from axolotl_weave._stopping import Interrupted
 
 F = TypeVar("F", bound=Callable[..., Any])
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -28,6 +29,7 @@ PIPELINE_HOOKS = (
     "patch_attention",
     "build_loss",
     "wrap_distributed",
+    "plan_batches",
     "training_step",
     "on_log",
     "on_train_end",
@@ -44,12 +46,14 @@ class CliContext:
 
 def print_error(exc: WeaveError) -> None:
     """The one message of a user-facing error, unwrapped, on stderr."""
-    err_console.print("[bold red]error:[/] ", end="")
+    stopped = isinstance(exc, Interrupted)
+    err_console.print("[bold yellow]stopped:[/] " if stopped else "[bold red]error:[/] ", end="")
     err_console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
 
 
 def user_errors(fn: F) -> F:
-    """Print a `WeaveError` as one message (no traceback) and exit with its code."""
+    """Print a `WeaveError` as one message (no traceback) and exit with its code; Ctrl-C
+    outside training (where nothing is saved) exits 130 with one line."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -58,6 +62,9 @@ def user_errors(fn: F) -> F:
         except WeaveError as exc:
             print_error(exc)
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold yellow]stopped:[/] interrupted (Ctrl-C); nothing was saved")
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -71,9 +78,15 @@ def train_command(
 
     session = open_session(config, ctx.args, ctx.obj.pm)
     state = train(session)
-    console.print(
-        f"[bold green]done[/]: {state.global_step} steps; model saved to {session.cfg.output_dir}"
+    savers = [n for n in session.hooks.implementations("post_train") if "(wrapper)" not in n]
+    out = session.cfg.output_dir
+    saved = (
+        f"output in {out} (post_train: {', '.join(savers)})"
+        if savers
+        else f"NO model saved: no post_train plugin is installed or unblocked ({out} has the "
+        "checkpoints only)"
     )
+    console.print(f"[bold green]done[/]: {state.global_step} steps; {saved}")
 
 
 def preprocess_command(
@@ -119,9 +132,10 @@ def validate_command(
     config: str = typer.Argument(..., help="YAML config file or https URL."),
 ) -> None:
     """Check a config and show which plugin answers each hook for it."""
-    from axolotl_weave._run import open_session
+    from axolotl_weave._run import check_before_work, open_session
 
     session = open_session(config, ctx.args, ctx.obj.pm)
+    check_before_work(session)
     console.print(f"[bold green]valid[/]: {config}")
     table = Table(title="Hooks for this config (call order)")
     table.add_column("hook")

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("axolotl_weave")
 
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw", "adam", "sgd")
 AutoBool = bool | Literal["auto"]
 
 
@@ -237,25 +236,6 @@ class CoreConfig(BaseModel):
     )
     shuffle_merged_datasets: bool = Field(True, description="Shuffle the mixed datasets.")
     train_on_inputs: bool = Field(False, description="Train on prompt tokens too.")
-    sample_packing: bool = Field(
-        False, description="Pack whole rows into micro-batch rows of sequence_len tokens."
-    )
-    eval_sample_packing: bool | None = Field(
-        None, description="Pack the eval set too; default: as sample_packing."
-    )
-    sample_packing_group_size: int = Field(
-        100_000, gt=0, description="Rows packed together (first-fit decreasing) per group."
-    )
-    sample_packing_bin_size: int = Field(200, gt=0, description="Most rows in one packed row.")
-    sample_packing_sequentially: bool = Field(
-        False, description="Pack rows in their order (next fit) instead of longest first."
-    )
-    sample_packing_eff_est: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="Axolotl's packing estimate; the count here is exact, so only warned against.",
-    )
     pad_to_sequence_len: bool | None = Field(
         None, description="Pad every micro-batch to sequence_len (static shapes)."
     )
@@ -263,13 +243,19 @@ class CoreConfig(BaseModel):
 
     # training loop
     output_dir: str = Field("./outputs", description="Where checkpoints and the model go.")
+    overwrite_output_dir: bool = Field(
+        False, description="Train into an output_dir that holds another run's model."
+    )
     micro_batch_size: int = Field(1, gt=0, description="Rows per forward pass per device.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per step.")
     eval_batch_size: int | None = Field(None, gt=0, description="Defaults to micro_batch_size.")
     num_epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many steps.")
     learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate.")
-    optimizer: str = Field("adamw_torch", description=f"One of: {', '.join(OPTIMIZERS)}.")
+    optimizer: str = Field(
+        "adamw_torch",
+        description="A registered name (see `weave plugin list`), e.g. adamw_torch or sgd.",
+    )
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1.")
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2.")
     adam_epsilon: float = Field(1e-8, gt=0, description="Adam epsilon.")
@@ -287,7 +273,13 @@ class CoreConfig(BaseModel):
         default_factory=list,
         description="Regexes of parameter names to train; all others frozen (full fine-tune).",
     )
-    max_grad_norm: float | None = Field(1.0, description="Gradient clipping; null disables.")
+    max_grad_norm: float | None = Field(1.0, description="Gradient clipping; 0 disables.")
+    loss_watchdog_threshold: float | None = Field(
+        None, description="Stop (exit 1) when the loss stays above this for the patience."
+    )
+    loss_watchdog_patience: int = Field(
+        3, gt=0, description="Steps in a row above loss_watchdog_threshold that stop the run."
+    )
     bf16: AutoBool = Field("auto", description="bfloat16 weights and autocast; auto detects.")
     fp16: AutoBool = Field(False, description="float16 mixed precision.")
     tf32: AutoBool = Field("auto", description="TensorFloat-32 matmuls on Ampere+ GPUs.")
@@ -298,8 +290,17 @@ class CoreConfig(BaseModel):
     save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps.")
     saves_per_epoch: int | None = Field(None, gt=0, description="Checkpoints per epoch.")
     save_total_limit: int | None = Field(None, gt=0, description="Keep the newest N checkpoints.")
+    save_strategy: Literal["steps", "epoch", "no"] = Field(
+        "steps", description="steps: by save_steps/saves_per_epoch; epoch: once per epoch; no."
+    )
+    save_only_model: bool = Field(
+        False, description="Checkpoints hold the weights only (smaller; cannot be resumed)."
+    )
     resume_from_checkpoint: str | None = Field(
         None, description="A checkpoint folder, or 'auto' for the newest in output_dir."
+    )
+    allow_resume_changes: bool = Field(
+        False, description="Resume even with other batch sizes or data than the checkpoint's."
     )
 
     @field_validator("datasets")
@@ -312,13 +313,17 @@ class CoreConfig(BaseModel):
     @field_validator("optimizer")
     @classmethod
     def _known_optimizer(cls, value: str, info: ValidationInfo) -> str:
-        names = [*OPTIMIZERS, *(info.context or {}).get("optimizers", [])]
-        if value not in names:
+        names = (info.context or {}).get("optimizers")
+        if names is None or value in names:  # None: validated without the registry
+            return value
+        if not names:
             raise ValueError(
-                f"unknown optimizer '{value}'{did_you_mean(value, names)}; "
-                f"valid: {', '.join(names)}"
+                f"unknown optimizer '{value}': no installed plugin registers optimizers "
+                "(is one blocked? see `weave plugin list`)"
             )
-        return value
+        raise ValueError(
+            f"unknown optimizer '{value}'{did_you_mean(value, names)}; valid: {', '.join(names)}"
+        )
 
     @field_validator("lr_scheduler")
     @classmethod
@@ -351,6 +356,21 @@ class CoreConfig(BaseModel):
             for e in entries
         ]
         return {**data, "pretraining_dataset": filled}
+
+    @field_validator("evals_per_epoch", "saves_per_epoch", mode="before")
+    @classmethod
+    def _zero_is_unset(cls, value: Any) -> Any:
+        return None if value == 0 else value  # as in Axolotl's examples: 0 means none
+
+    @field_validator("val_set_size")
+    @classmethod
+    def _fraction_or_count(cls, value: float) -> float:
+        if value >= 1 and value != int(value):
+            raise ValueError(
+                f"{value} is neither a fraction below 1 (0.05: 5% of the rows) nor a whole "
+                "count of rows (200)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> CoreConfig:
@@ -414,12 +434,46 @@ def read_config_source(source: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config {text_source}: {exc}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{text_source}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{text_source} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{text_source}: the top level must be a mapping of keys to values")
-    return data
+    return without_empty_values(data)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of the YAML file names one key twice."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """The mapping of `node`; a repeated key raises `DuplicateKeyError` with both lines."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(
+                    f"key '{key}' is given twice (lines {seen[key]} and {line}); keep one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def without_empty_values(value: Any) -> Any:
+    """`value` with every mapping key whose value is empty (`key:` with nothing after it,
+    YAML's null) removed, at any depth: as in Axolotl, an empty key is unset and takes its
+    default."""
+    if isinstance(value, dict):
+        return {k: without_empty_values(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_empty_values(item) for item in value]
+    return value
 
 
 def known_config_keys(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 
 from rich.console import Console
@@ -25,7 +26,13 @@ def setup_logging(verbose: bool = False) -> None:
     """Send the `axolotl_weave` logger to stderr through rich (INFO, or DEBUG when verbose)."""
     logger = logging.getLogger("axolotl_weave")
     logger.handlers.clear()
-    handler = RichHandler(console=err_console, show_path=False, show_time=False, markup=False)
+    if err_console.is_terminal:
+        handler: logging.Handler = RichHandler(
+            console=err_console, show_path=False, show_time=False, markup=False
+        )
+    else:  # in a pipe or file: plain lines, not padded to the width
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("axolotl_weave")
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 """Bump when the cached layout or the pipeline's output changes, to invalidate old caches."""
 
 ROWS_PER_PROCESS = 1000

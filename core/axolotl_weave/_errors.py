@@ -15,6 +15,12 @@ class ConfigError(WeaveError):
     exit_code = 2
 
 
+class CapabilityError(ConfigError):
+    """The config asks for what the model family (or the machine) cannot do, with the reason."""
+
+    exit_code = 4
+
+
 class DataError(WeaveError):
     """A dataset file or row is unusable; the message names the entry, file and line or row."""
 

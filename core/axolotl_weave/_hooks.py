@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pluggy
 
 from axolotl_weave._errors import PluginError
-from axolotl_weave._types import DatasetFormat, LossFunction, ModelFamily, TrainState
+from axolotl_weave._types import BatchPlan, DatasetFormat, LossFunction, ModelFamily, TrainState
 
 if TYPE_CHECKING:
     import typer
@@ -133,14 +133,14 @@ class Hooks:
     def _call_impl(self, hook_name: str, impl: pluggy.HookImpl, **kwargs: Any) -> Any:
         """Call one plugin's implementation directly (to know whose result it is), traced the
         way `pm.hook` calls are, so `--trace-hooks` shows these calls too."""
-        trace = self.pm.trace.root.get("hook")
-        trace.root.indent += 1
-        try:
-            trace(hook_name, f"(plugin {impl.plugin_name})", kwargs)
-            result = impl.function(*[kwargs[name] for name in impl.argnames])
-            trace("finish", hook_name, f"(plugin {impl.plugin_name})", "-->", result)
-        finally:
-            trace.root.indent -= 1
+        from axolotl_weave._pluginmanager import TRACING, trace_call, trace_result
+
+        tracing = getattr(self.pm, TRACING, False)
+        if tracing:
+            trace_call(hook_name, [impl], kwargs)
+        result = impl.function(*[kwargs[name] for name in impl.argnames])
+        if tracing:
+            trace_result(pluggy.Result(result, None), hook_name, [impl], kwargs)
         return result
 
     def _owner(self, plugin: object) -> str:
@@ -189,6 +189,26 @@ class Hooks:
     def wrap_distributed(self, cfg: Any) -> Strategy:
         """The device strategy that places model, optimizer and data."""
         return self._answered("wrap_distributed", self.pm.hook.wrap_distributed(cfg=cfg))
+
+    def plan_batches(
+        self,
+        cfg: Any,
+        dataset: Any,
+        evaluation: bool,
+        strategy: Strategy,
+        columns: dict[str, int | str | None],
+        pad_token_id: int,
+    ) -> BatchPlan:
+        """How `dataset` is cut into this process's micro-batches (train set or eval set)."""
+        result = self.pm.hook.plan_batches(
+            cfg=cfg,
+            dataset=dataset,
+            evaluation=evaluation,
+            strategy=strategy,
+            columns=columns,
+            pad_token_id=pad_token_id,
+        )
+        return self._answered("plan_batches", result)
 
     def training_step(
         self,

@@ -47,36 +47,21 @@ def param_groups(cfg: Any, model: torch.nn.Module) -> list[dict[str, Any]]:
     ]
 
 
-def build_optimizer(
-    cfg: Any, model: torch.nn.Module, hooks: Hooks | None = None
-) -> torch.optim.Optimizer:
-    """The optimizer named by `cfg.optimizer` over `param_groups` (as plugins adjusted them):
-    a built-in, or one a plugin registered (`register_optimizers`).
+def build_optimizer(cfg: Any, model: torch.nn.Module, hooks: Hooks) -> torch.optim.Optimizer:
+    """The optimizer a plugin registered under `cfg.optimizer` (`register_optimizers`; the
+    config's validation checked the name) over `param_groups`, as plugins adjusted them
+    (`adjust_param_groups`).
 
     Weight decay skips biases and normalisation weights, as Hugging Face's Trainer does.
     """
-    import torch
-
     groups = param_groups(cfg, model)
-    plugin_optimizers = {}
-    if hooks is not None:
-        hooks.adjust_param_groups(cfg, model, groups)
-        groups = [group for group in groups if group["params"]]
-        plugin_optimizers = hooks.optimizers()
-    name = cfg.optimizer
-    if name in plugin_optimizers:
-        return plugin_optimizers[name](groups, cfg)
-    lr = cfg.learning_rate
-    betas = (cfg.adam_beta1, cfg.adam_beta2)
-    if name in ("adamw_torch", "adamw"):
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.adam_epsilon)
-    if name == "adamw_torch_fused":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.adam_epsilon, fused=True)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=cfg.adam_epsilon)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}")
+    hooks.adjust_param_groups(cfg, model, groups)
+    groups = [group for group in groups if group["params"]]
+    builders = hooks.optimizers()
+    if cfg.optimizer not in builders:  # a config validated without the registry
+        names = ", ".join(sorted(builders)) or "none (is a plugin blocked? see `weave plugin list`)"
+        raise ConfigError(f"optimizer: unknown optimizer {cfg.optimizer!r}; registered: {names}")
+    return builders[cfg.optimizer](groups, cfg)
 
 
 def apply_unfrozen_parameters(model: torch.nn.Module, patterns: list[str]) -> int:

@@ -37,6 +37,34 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
+def bare_flags(args: list[str]) -> list[str]:
+    """The keys given as a bare `--flag` (no value), which only a true/false key may be."""
+    return [
+        arg[2:].replace("-", "_")
+        for i, arg in enumerate(args)
+        if arg.startswith("--")
+        and "=" not in arg
+        and (i + 1 == len(args) or args[i + 1].startswith("--"))
+    ]
+
+
+def refuse_valueless_flags(cfg: Any, args: list[str]) -> None:
+    """A bare `--key` is `true`: refused, naming the key, where the key is not true/false
+    (`--learning_rate` alone would otherwise read as 1.0)."""
+    for key in bare_flags(args):
+        value: Any = cfg
+        for part in key.split("."):
+            if isinstance(value, list) and part.isdigit():
+                value = value[int(part)]
+            else:
+                value = getattr(value, part, None)
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"override --{key} has no value, and {key} is not a true/false key: "
+                f"give one, as in --{key} VALUE or --{key}=VALUE"
+            )
+
+
 def apply_overrides(data: dict[str, Any], args: list[str]) -> dict[str, Any]:
     """Return a copy of `data` with the overrides set; list items are addressed by index."""
     result = yaml.safe_load(yaml.safe_dump(data)) if data else {}

@@ -5,6 +5,7 @@ A manager is made per run by `make_plugin_manager`; nothing is registered at imp
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import inspect
@@ -44,14 +45,41 @@ def make_plugin_manager(
         autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
     if autoload:
         load_entry_point_plugins(pm)
+        refuse_unknown_blocks(pm, blocked)
     if trace:
-        pm.trace.root.setwriter(
-            lambda text: sys.stderr.write(
-                "".join(f"[hook] {line}" for line in text.splitlines(keepends=True))
-            )
-        )
-        pm.enable_tracing()
+        pm.add_hookcall_monitoring(trace_call, trace_result)
+        setattr(pm, TRACING, True)  # for the registries' per-plugin calls (`Hooks._collect`)
     return pm
+
+
+TRACING = "weave_tracing"
+"""The attribute that marks a manager made with `trace=True`."""
+
+
+def summary(value: Any, width: int = 60) -> str:
+    """A short, one-line description of a hook argument or result: a model, tokenizer or
+    config by its class (and size), anything else by its repr, cut to `width` characters."""
+    if hasattr(value, "named_parameters"):
+        count = sum(p.numel() for p in value.parameters())
+        return f"<{type(value).__name__}: {count:,} parameters>"
+    if hasattr(value, "model_dump") or hasattr(value, "vocab_size"):
+        return f"<{type(value).__name__}>"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def trace_call(hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+    """`--trace-hooks`: one line per hook call, its plugins and short argument summaries."""
+    names = ", ".join(impl.plugin_name for impl in impls)
+    args = ", ".join(f"{key}={summary(value)}" for key, value in kwargs.items())
+    sys.stderr.write(f"[hook] {hook_name}({args}) -> [{names}]\n")
+
+
+def trace_result(outcome: Any, hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+    """`--trace-hooks`: the hook's result (or exception), summarised."""
+    exc = outcome.exception
+    result = f"raised {type(exc).__name__}" if exc else summary(outcome.get_result())
+    sys.stderr.write(f"[hook] {hook_name} = {result}\n")
 
 
 def load_entry_point_plugins(pm: pluggy.PluginManager) -> None:
@@ -72,6 +100,20 @@ def load_entry_point_plugins(pm: pluggy.PluginManager) -> None:
                 ) from inner
         raise PluginError(f"loading plugins failed: {type(exc).__name__}: {exc}") from exc
     check_plugins(pm)
+
+
+def refuse_unknown_blocks(pm: pluggy.PluginManager, blocked: list[str]) -> None:
+    """`-p no:NAME` must name an installed plugin (or, with a dot, a config's plugin path):
+    a misspelt name would otherwise block nothing, silently."""
+    installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    for name in (n.strip() for n in blocked):
+        if name and "." not in name and name not in installed:
+            close = difflib.get_close_matches(name, sorted(installed), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise PluginError(
+                f"-p no:{name}: no installed plugin is named '{name}'{hint} "
+                "(`weave plugin list` shows the names)"
+            )
 
 
 def check_plugins(pm: pluggy.PluginManager) -> None:

@@ -4,6 +4,7 @@ clear errors, and hand loaded rows to the core with a way to name each of them (
 from __future__ import annotations
 
 import bisect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,43 +19,54 @@ if TYPE_CHECKING:
 
 
 def tokenize_prompt_response(
-    tokenizer: Any, prompt: str, response: str, *, train_on_inputs: bool, add_eos: bool = True
+    tokenizer: Any,
+    prompt: str,
+    response: str,
+    *,
+    train_on_inputs: bool,
+    add_eos: bool = True,
+    max_length: int | None = None,
 ) -> dict[str, list[int]]:
-    """Tokenize `prompt + response` as one text and label it; the prompt is masked unless trained.
+    """Tokenize the prompt and the response apart and label them, as Axolotl's instruction
+    formats do (`InstructionPromptTokenizingStrategy.tokenize_prompt`).
 
-    The whole text is tokenized once (so tokens at the boundary merge as they would at inference),
-    and each token is assigned to the prompt or the response by its character offsets: a token
-    that straddles the boundary goes to the response, so no response text is left untrained. A slow
-    tokenizer without offsets falls back to the prompt's own token count. The tokenizer's BOS
-    (if it adds one) is part of the prompt; EOS is appended and trained.
+    The prompt is tokenized with the tokenizer's special tokens (its BOS) and masked unless
+    `train_on_inputs`. The response is tokenized on its own: EOS is appended (with `add_eos`,
+    unless it already ends with one) and a leading BOS is dropped; it is trained. So the prompt's
+    last token is the one inference sees after the same prompt (a prompt ending in a space keeps
+    its own space token; the response's first word is tokenized as a word that starts a text).
+    An empty response adds nothing (no EOS). With an empty prompt the response is a raw text:
+    it keeps the tokenizer's BOS. `max_length` (Axolotl passes `sequence_len`) truncates each
+    part to that many tokens, and a response that fills it gets no EOS, as in Axolotl.
     """
-    text = prompt + response
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-        input_ids = list(enc["input_ids"])
-        boundary = len(prompt)
-        # a token belongs to the prompt when it ends inside it (one that straddles the boundary,
-        # as " Five" after a prompt ending in a space, is the response's and trained); special
-        # tokens have (0, 0) offsets: a leading one (BOS) is the prompt's, a later one (EOS) not
-        in_prompt = [
-            (i == 0) if start == end == 0 else end <= boundary
-            for i, (start, end) in enumerate(enc["offset_mapping"])
-        ]
-    else:
-        input_ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-        n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-        in_prompt = [i < n_prompt for i in range(len(input_ids))]
-    if add_eos and tokenizer.eos_token_id is not None:
-        if not input_ids or input_ids[-1] != tokenizer.eos_token_id:
-            input_ids.append(tokenizer.eos_token_id)
-            in_prompt.append(False)
-    if not response:
-        in_prompt = [True] * len(input_ids)
-    labels = [
-        IGNORE_INDEX if masked and not train_on_inputs else token
-        for token, masked in zip(input_ids, in_prompt, strict=True)
-    ]
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
+    for part, text in (("prompt", prompt), ("response", response)):
+        if not isinstance(text, str):  # a missing field (None) is a bad row, not an empty text
+            raise TypeError(f"the {part} is {type(text).__name__}, not text")
+    prompt_ids = encode(tokenizer, prompt, max_length)
+    response_ids = encode(tokenizer, response, max_length)
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    if response_ids and add_eos and eos is not None and response_ids[-1] != eos:
+        if max_length is None or len(response_ids) < max_length:
+            response_ids.append(eos)
+    if prompt and response_ids and bos is not None and response_ids[0] == bos:
+        response_ids = response_ids[1:]
+    prompt_labels = prompt_ids if train_on_inputs else [IGNORE_INDEX] * len(prompt_ids)
+    input_ids = prompt_ids + response_ids
+    return {
+        "input_ids": input_ids,
+        "labels": prompt_labels + response_ids,
+        "attention_mask": [1] * len(input_ids),
+    }
+
+
+def encode(tokenizer: Any, text: str, max_length: int | None = None) -> list[int]:
+    """`text`'s ids with the tokenizer's special tokens (its BOS), truncated to `max_length` as
+    Axolotl's `_tokenize` truncates; an empty text has none."""
+    if not text:
+        return []
+    if max_length is None:
+        return list(tokenizer(text)["input_ids"])
+    return list(tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
 
 
 def require_columns(dataset: Dataset, entry: DatasetEntry, columns: list[str]) -> None:
@@ -105,7 +117,8 @@ def map_rows(
     if processes is not None and processes > 1:
         processes = min(processes, max(1, len(dataset) // 16))  # a few rows: one process
     bars_were_off = not datasets_logging.is_progress_bar_enabled()
-    datasets_logging.enable_progress_bar()  # this one bar is worth showing
+    if sys.stderr.isatty():  # this one bar is worth showing, on a terminal (in a pipe: noise)
+        datasets_logging.enable_progress_bar()
     try:
         # the result is cached by the core's own fingerprint; skip datasets' hashing of `fn`
         return dataset.map(

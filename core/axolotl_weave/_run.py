@@ -5,7 +5,11 @@ training loop → post_train. `weave preprocess` stops after the datasets.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +19,7 @@ import pluggy
 import yaml
 
 from axolotl_weave._atomic import write_atomically
-from axolotl_weave._checkpoint import resolve_resume
+from axolotl_weave._checkpoint import checkpoints, resolve_resume
 from axolotl_weave._config import (
     CoreConfig,
     build_config_model,
@@ -24,9 +28,10 @@ from axolotl_weave._config import (
 )
 from axolotl_weave._console import quiet_libraries
 from axolotl_weave._data import PreparedData, prepare_datasets
-from axolotl_weave._errors import ConfigError, WeaveError
+from axolotl_weave._errors import ConfigError, PluginError, WeaveError
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._optim import apply_unfrozen_parameters
+from axolotl_weave._overrides import refuse_valueless_flags
 from axolotl_weave._pluginmanager import make_plugin_manager, register_config_plugins
 from axolotl_weave._types import DatasetFormat, ModelFamily, TrainState
 
@@ -62,6 +67,7 @@ def open_session(
     model = build_config_model(hooks.config_fields())
     formats = hooks.dataset_formats()
     cfg = validate_config(data, model, formats, str(source), hooks)
+    refuse_valueless_flags(cfg, overrides or [])
     return Session(cfg, hooks, str(source), formats, hooks.model_families())
 
 
@@ -104,9 +110,13 @@ def load_tokenizer(session: Session, family: ModelFamily | None) -> Any:
     if cfg.tokens:
         added = tokenizer.add_tokens(list(cfg.tokens))
         log.info("tokens: added %d new token(s) to the vocabulary", added)
+    if tokenizer.eos_token is None:
+        raise ConfigError(
+            f"the tokenizer of {cfg.tokenizer_config or cfg.base_model} has no EOS token, so no "
+            "row would end with one and the model would not learn to stop: name it, e.g. "
+            "special_tokens: {eos_token: '</s>'} (a token of its vocabulary)"
+        )
     if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ConfigError("the tokenizer has no pad or eos token: set special_tokens.pad_token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -126,14 +136,122 @@ def save_resolved_config(cfg: CoreConfig, output_dir: Path) -> Path:
 
 
 def train(session: Session) -> TrainState:
-    """The whole fine-tune: every pipeline hook in order, then the loop, then `post_train`."""
+    """The whole fine-tune: every pipeline hook in order, then the loop, then `post_train`.
+
+    What would fail is found before any work (`check_before_work`). A finished run's folder
+    keeps its `config.yml` until this run finishes too; then `trainer_state.json` at the top
+    of `output_dir` marks the run finished.
+    """
     cfg = session.cfg
     output_dir = Path(cfg.output_dir)
+    check_before_work(session)
     resolve_resume(cfg.resume_from_checkpoint, output_dir)  # a bad path fails before any work
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(cfg, output_dir)
+    replaces_finished_run = (output_dir / FINISHED_MARKER).exists()
+    if not replaces_finished_run:
+        save_resolved_config(cfg, output_dir)
     with run_scoped_plugins(session):
-        return train_configured(session)
+        state = train_configured(session)
+    if replaces_finished_run:
+        save_resolved_config(cfg, output_dir)
+    write_atomically(output_dir / FINISHED_MARKER, json.dumps(state.to_json(), indent=1))
+    return state
+
+
+FINISHED_MARKER = "trainer_state.json"
+"""Written at the top of `output_dir` when a run has finished (its last state)."""
+
+REQUIRED_HOOKS = (
+    "load_tokenizer",
+    "load_model",
+    "build_loss",
+    "wrap_distributed",
+    "plan_batches",
+    "training_step",
+)
+"""Hooks a run cannot do without: with no plugin answering one, it would fail halfway."""
+
+
+def check_before_work(session: Session) -> None:
+    """Raise what would make the run fail, before any data is read: a required hook no
+    plugin answers (`PluginError`), or every problem of `run_problems` (`ConfigError`)."""
+    answering = {
+        h: [n for n in session.hooks.implementations(h) if "(wrapper)" not in n]
+        for h in REQUIRED_HOOKS
+    }
+    missing = [hook for hook, names in answering.items() if not names]
+    if missing:
+        raise PluginError(
+            f"no installed plugin answers {', '.join(missing)}: the run cannot train without "
+            "(is its plugin blocked with -p no:NAME? `weave plugin list` shows them)"
+        )
+    problems = run_problems(session)
+    if problems:
+        raise ConfigError(
+            f"{session.source}: the run would fail:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def run_problems(session: Session) -> list[str]:
+    """What the config asks that cannot be done, found without loading anything: the output
+    folder, the base model's location, the data files."""
+    cfg = session.cfg
+    problems = [p for p in (output_dir_problem(cfg), base_model_problem(cfg)) if p]
+    for key in ("datasets", "test_datasets", "pretraining_dataset"):
+        for index, entry in enumerate(getattr(cfg, key)):
+            source = next((s for s in session.hooks.data_sources() if s.claims(entry)), None)
+            why = source.problem(entry) if source and source.problem else None
+            if why:
+                problems.append(f"{key}.{index}.path: {entry.path}: {why}")
+    return problems
+
+
+def output_dir_problem(cfg: Any) -> str | None:
+    """Why `output_dir` cannot take this run: a file, not writable, or holding another run's
+    model or checkpoints (allowed by `resume_from_checkpoint` or `overwrite_output_dir`)."""
+    out = Path(cfg.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        return f"output_dir: {out} is a file, not a folder"
+    nearest = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not nearest.is_dir() or not writable(nearest):
+        return f"output_dir: cannot write in {nearest} (permission denied); choose another folder"
+    if cfg.resume_from_checkpoint or cfg.overwrite_output_dir:
+        return None
+    if (out / FINISHED_MARKER).exists():
+        held = "the model of a finished run"
+    elif checkpoints(out):
+        held = f"the checkpoints of an unfinished run ({checkpoints(out)[-1].name})"
+    else:
+        return None
+    return (
+        f"output_dir: {out} holds {held}; choose another output_dir, set "
+        "resume_from_checkpoint: auto to continue it, or overwrite_output_dir: true to replace it"
+    )
+
+
+def writable(folder: Path) -> bool:
+    """Whether a file can be created in `folder` (tried, so that read-only mounts count)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def base_model_problem(cfg: Any) -> str | None:
+    """Why `base_model` can be neither a local folder nor a hub id (`owner/name`)."""
+    for key in ("base_model", "base_model_config", "tokenizer_config"):
+        where = getattr(cfg, key, None)
+        if not where or Path(where).expanduser().exists():
+            continue
+        if HUB_ID.match(where) and not where.startswith((".", "~")):
+            continue
+        looked = Path(where).expanduser().absolute()
+        return f"{key}: {where} is not a folder (looked for {looked}) nor a hub id (owner/name)"
+    return None
 
 
 @contextlib.contextmanager
@@ -169,7 +287,8 @@ def train_configured(session: Session) -> TrainState:
             " [cache]" if data.from_cache else "",
         )
 
-    trainer = build_trainer(session, family, tokenizer, data.train, data.eval)
+    identity = data.cache_dir.name if data.cache_dir else stream_identity(cfg)
+    trainer = build_trainer(session, family, tokenizer, data.train, data.eval, identity)
     state = trainer.run()
     strategy = trainer.strategy
     hooks.post_train(cfg, strategy.unwrap(trainer.model), tokenizer, strategy, output_dir)
@@ -196,6 +315,7 @@ def build_trainer(
     tokenizer: Any,
     train_set: Any,
     eval_set: Any = None,
+    data_identity: str | None = None,
 ) -> Trainer:
     """Model (load_model, unfrozen_parameters, patch_attention), loss, devices and the loop, ready
     to `run()` on prepared rows. `weave train` and `weave bench` both start here."""
@@ -204,12 +324,6 @@ def build_trainer(
 
     cfg, hooks = session.cfg, session.hooks
     apply_tf32(resolve_precision(cfg))
-    why = family.cannot.get("sample_packing") if family is not None else None
-    if cfg.sample_packing and why:
-        raise ConfigError(
-            f"sample_packing: the '{family.name}' family cannot be packed: "
-            f"{why}; set sample_packing: false"
-        )
     model = hooks.load_model(cfg, tokenizer, family)
     if cfg.unfrozen_parameters:
         apply_unfrozen_parameters(model, cfg.unfrozen_parameters)
@@ -227,7 +341,14 @@ def build_trainer(
         eval_set,
         tokenizer.pad_token_id,
         batch_columns(session.formats),
+        data_identity,
     )
+
+
+def stream_identity(cfg: Any) -> str:
+    """What identifies a streamed `pretraining_dataset` (its entries), for the resume check."""
+    entries = [entry.model_dump(mode="json") for entry in cfg.pretraining_dataset]
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def log_parameter_counts(model: Any) -> None:

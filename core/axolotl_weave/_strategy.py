@@ -13,6 +13,7 @@ speak to both engines).
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -56,11 +57,18 @@ class Strategy(Protocol):
     def backward(self, loss: torch.Tensor) -> None:
         """Back-propagate `loss` (scaled, or stepping the engine, as the strategy needs)."""
 
+    @property
+    def handles_overflow(self) -> bool:
+        """Whether the strategy deals with overflowing gradients itself (fp16's loss scaler,
+        an engine such as DeepSpeed's that steps in `backward`); if not, a non-finite gradient
+        norm is a fault that stops the run."""
+
     def optimizer_step(
         self, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float
     ) -> float:
         """At an accumulation boundary: clip to `max_grad_norm` (when > 0), step the optimizer and
-        the schedule, zero the gradients; return the gradient norm (NaN when not clipped)."""
+        the schedule, zero the gradients; return the gradient norm before clipping. A non-finite
+        norm is not applied (gradients zeroed, no step) unless `handles_overflow`."""
 
     def reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """`tensor` reduced over every process (`sum` or `mean`)."""
@@ -72,8 +80,9 @@ class Strategy(Protocol):
         """The model without distributed wrappers (for hooks, saving, merging)."""
 
     def save_state(self, folder: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
-        """Write the model's trainable weights, the optimizer and the schedule into `folder`.
-        Every process calls it (a sharded strategy gathers); the base writes from the main one."""
+        """Write the model's trainable weights, the optimizer and the schedule into `folder`
+        (optimizer and schedule None: the weights only, `save_only_model`). Every process
+        calls it (a sharded strategy gathers); the base writes from the main one."""
 
     def load_state(self, folder: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
         """Restore what `save_state` wrote. Every process calls it."""
@@ -137,13 +146,21 @@ class AccelerateStrategy:
         """accelerate's backward (it scales fp16 losses and steps a DeepSpeed engine)."""
         self.accelerator.backward(loss)
 
+    @property
+    def handles_overflow(self) -> bool:
+        """True with fp16's gradient scaler, which skips overflowing steps itself."""
+        return self.accelerator.scaler is not None
+
     def optimizer_step(
         self, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float
     ) -> float:
-        """Clip, step, advance the schedule, zero the gradients; the norm before clipping."""
-        grad_norm = float("nan")
-        if max_grad_norm:
-            grad_norm = float(self.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
+        """Clip, step, advance the schedule, zero the gradients; the norm before clipping (also
+        measured without clipping). A non-finite norm is never applied."""
+        limit = max_grad_norm or math.inf  # an infinite limit measures without clipping
+        grad_norm = float(self.accelerator.clip_grad_norm_(model.parameters(), limit))
+        if not math.isfinite(grad_norm) and not self.handles_overflow:
+            optimizer.zero_grad(set_to_none=True)
+            return grad_norm
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

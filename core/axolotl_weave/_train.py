@@ -5,13 +5,15 @@ One optimizer step takes `gradient_accumulation_steps` micro-batches (a window).
 `training_step` plugin runs their forward and backward passes (the supervised one divides each
 micro-batch's summed loss by the target units of the whole window, so a step equals one step on
 the concatenated micro-batches); the strategy then clips and steps. `on_train_end` is called
-whatever the outcome.
+whatever the outcome. The micro-batches come from the `plan_batches` plugin (padded rows, packed
+bins, a stream): the loop only counts them and reads them from where it stands.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,17 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from axolotl_weave._batches import (
-    Columns,
-    batch_tokens,
-    epoch_order,
-    iter_micro_batches,
-    iter_packed_micro_batches,
-    iter_stream_micro_batches,
-    micro_batches_per_epoch,
-    to_device,
-)
+from axolotl_weave._batches import Columns, batch_tokens, to_device
 from axolotl_weave._checkpoint import (
+    check_resume_settings,
     finish_checkpoint,
     read_train_state,
     resolve_resume,
@@ -39,16 +33,10 @@ from axolotl_weave._checkpoint import (
     staging_folder,
 )
 from axolotl_weave._console import console, progress_bar
-from axolotl_weave._errors import ConfigError, DataError
+from axolotl_weave._errors import DataError
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._optim import build_optimizer, build_scheduler
-from axolotl_weave._packing import (
-    Packer,
-    packer_for,
-    packing_summary,
-    padded_efficiency,
-    warn_below_estimate,
-)
+from axolotl_weave._stopping import Interrupted, LossWatchdog, StopSignals, check_finite
 from axolotl_weave._types import SFT_COLUMNS, LossFunction, TrainState
 
 if TYPE_CHECKING:
@@ -86,6 +74,8 @@ def plan_schedule(cfg: Any, per_epoch: int | None) -> Schedule:
     save_every = cfg.save_steps or (
         max(1, steps_per_epoch // cfg.saves_per_epoch) if cfg.saves_per_epoch else None
     )
+    if cfg.save_strategy != "steps":
+        save_every = steps_per_epoch if cfg.save_strategy == "epoch" else None
     eval_every = cfg.eval_steps or (
         max(1, steps_per_epoch // cfg.evals_per_epoch) if cfg.evals_per_epoch else None
     )
@@ -106,26 +96,26 @@ class Trainer:
         eval_set: Dataset | None,
         pad_token_id: int,
         columns: Columns | None = None,
+        data_identity: str | None = None,
     ) -> None:
         self.cfg, self.hooks, self.loss_fn, self.strategy = cfg, hooks, loss_fn, strategy
-        self.train_set, self.eval_set, self.pad_token_id = train_set, eval_set, pad_token_id
-        self.columns = dict(columns or SFT_COLUMNS)
-        self.streaming = not hasattr(train_set, "__len__")
-        self.pad_to = cfg.sequence_len if cfg.pad_to_sequence_len else None
-        self.refuse_unpackable_columns(train_set)
-        self.packer = self.make_packer(train_set, shuffle=True) if self.packs(train_set) else None
-        if self.streaming:
-            per_epoch = None
-            if cfg.sample_packing:
-                log.info("sample_packing: a stream is packed by its format (sequence_len blocks)")
-        elif self.packer is not None:
-            per_epoch = self.packer.micro_batches_per_epoch()
-            self.report_packing(self.packer)
-        else:
-            per_epoch = micro_batches_per_epoch(
-                len(train_set), cfg.micro_batch_size, strategy.num_processes
-            )
-        self.schedule = plan_schedule(cfg, per_epoch)
+        self.settings = {  # what a checkpoint's data position depends on
+            "micro_batch_size": cfg.micro_batch_size,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+            "num_processes": strategy.num_processes,
+            "data": data_identity,
+        }
+        self.signals = StopSignals()
+        self.watchdog = LossWatchdog(cfg.loss_watchdog_threshold, cfg.loss_watchdog_patience)
+        self.last_checkpoint = "none"
+        columns = dict(columns or SFT_COLUMNS)
+        self.plan = hooks.plan_batches(cfg, train_set, False, strategy, columns, pad_token_id)
+        self.eval_plan = (
+            None
+            if eval_set is None
+            else hooks.plan_batches(cfg, eval_set, True, strategy, columns, pad_token_id)
+        )
+        self.schedule = plan_schedule(cfg, self.plan.micro_batches_per_epoch)
         self.output_dir = Path(cfg.output_dir)
         optimizer = build_optimizer(cfg, model, hooks)
         scheduler = build_scheduler(cfg, optimizer, self.schedule.max_steps, hooks)
@@ -146,7 +136,8 @@ class Trainer:
             self.maybe_resume()
             if main:
                 self.hooks.on_train_begin(self.cfg, self.state)
-            self.train_steps()
+            with self.signals.installed():
+                self.train_steps()
         except BaseException as exc:
             error = exc
             raise
@@ -172,6 +163,7 @@ class Trainer:
                     batches = self.micro_batches()
                     continue
                 metrics = self.step(window)
+                loss = metrics["loss"]
                 n_tokens = sum(batch_tokens(b) for b in window)
                 self.state.global_step += 1
                 self.state.batches_into_epoch += len(window)
@@ -199,13 +191,15 @@ class Trainer:
                         }
                     )
                     window_tokens, window_start = 0, time.perf_counter()
-                if self.eval_set is not None and (
+                if self.eval_plan is not None and (
                     (self.schedule.eval_every and step % self.schedule.eval_every == 0)
                     or step == self.schedule.max_steps
                 ):
                     self.log({"eval_loss": self.evaluate(), "epoch": self.fractional_epoch()})
                 if self.schedule.save_every and step % self.schedule.save_every == 0:
                     self.save()
+                self.watchdog.check(step, loss, self.last_checkpoint)
+                self.stop_if_signalled()
 
     def step(self, window: list[dict[str, Any]]) -> dict[str, float]:
         """One optimizer step over the micro-batches of `window`: the `training_step` plugin's
@@ -216,108 +210,39 @@ class Trainer:
         )
         if "loss" not in metrics:
             raise TypeError(f"training_step returned no 'loss' (got {sorted(metrics)})")
+        step, loss = self.state.global_step + 1, float(metrics["loss"])
+        check_finite(step, "loss", loss, self.cfg, self.last_checkpoint)
         grad_norm = self.strategy.optimizer_step(
             self.model, self.optimizer, self.scheduler, self.cfg.max_grad_norm
         )
+        if not self.strategy.handles_overflow:  # else the scaler skipped the step itself
+            check_finite(step, "gradient norm", grad_norm, self.cfg, self.last_checkpoint)
         return {**{k: float(v) for k, v in metrics.items()}, "grad_norm": grad_norm}
 
-    # -- data ----------------------------------------------------------------------------------
-    def refuse_unpackable_columns(self, dataset: Any) -> None:
-        """Packing joins rows end to end: refused, with the reason, for rows with other columns
-        than the supervised ones (pairs, scalars, text)."""
-        if not self.cfg.sample_packing or not hasattr(dataset, "column_names"):
+    def stop_if_signalled(self) -> None:
+        """After a step: if SIGTERM or SIGINT came (on any process), save a checkpoint (unless
+        this step's is written) and stop with `Interrupted`."""
+        requested = self.signals.requested or 0
+        if self.strategy.num_processes > 1:  # every process stops at the same step
+            flag = torch.tensor(float(bool(requested)), device=self.strategy.device)
+            if self.strategy.reduce(flag, "sum") > 0:
+                requested = requested or signal.SIGTERM
+        if not requested:
             return
-        extra = [c for c in dataset.column_names if c in self.columns and c not in SFT_COLUMNS]
-        if extra:
-            raise ConfigError(
-                f"sample_packing: these rows carry columns that cannot be packed "
-                f"({', '.join(extra)}): packing joins rows of input_ids/labels only; "
-                "set sample_packing: false"
-            )
-
-    def packs(self, dataset: Any, evaluation: bool = False) -> bool:
-        """Whether `dataset` is packed: `sample_packing` (`eval_sample_packing` for eval), not
-        for a stream."""
-        if dataset is None or not hasattr(dataset, "__len__"):
-            return False
-        if evaluation and self.cfg.eval_sample_packing is not None:
-            return bool(self.cfg.eval_sample_packing)
-        return bool(self.cfg.sample_packing)
-
-    def make_packer(self, dataset: Dataset, shuffle: bool) -> Packer:
-        """The bin packing of `dataset` for this process (`sample_packing_*` settings)."""
-        size = self.cfg.micro_batch_size if shuffle else self.eval_batch_size()
-        return packer_for(
-            self.cfg,
-            dataset,
-            size,
-            shuffle,
-            self.strategy.process_index,
-            self.strategy.num_processes,
+        step = self.state.global_step
+        if self.last_checkpoint != f"checkpoint-{step}":
+            self.save()
+        name = signal.Signals(requested).name
+        raise Interrupted(
+            f"stopped by {name} after step {step}: saved {self.output_dir / self.last_checkpoint}"
+            "; continue it with resume_from_checkpoint: auto",
+            requested,
         )
 
-    def report_packing(self, packer: Packer) -> None:
-        """Print how well the rows packed, and warn below `sample_packing_eff_est`."""
-        order = epoch_order(len(packer.lengths), self.cfg.seed, 0)  # as unpacked training reads
-        unpacked = padded_efficiency(packer.lengths[order], self.cfg.micro_batch_size)
-        if self.strategy.is_main_process:
-            console.print(packing_summary(packer, unpacked))
-        warn_below_estimate(packer, self.cfg.sample_packing_eff_est)
-
-    def eval_batch_size(self) -> int:
-        """Rows (or packed bins) per eval micro-batch."""
-        return self.cfg.eval_batch_size or self.cfg.micro_batch_size
-
+    # -- data ----------------------------------------------------------------------------------
     def micro_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """Micro-batches of the current epoch, from where the state says it stands."""
-        if self.packer is not None:
-            bins = self.packer.micro_batch_bins(self.state.epoch, self.state.batches_into_epoch)
-            return iter_packed_micro_batches(self.train_set, bins, self.pad_token_id, self.pad_to)
-        if self.streaming:
-            return iter_stream_micro_batches(
-                self.train_set,
-                self.cfg.micro_batch_size,
-                self.pad_token_id,
-                self.strategy.process_index,
-                self.strategy.num_processes,
-                start=self.state.batches_into_epoch,
-                columns=self.columns,
-            )
-        order = epoch_order(
-            len(self.train_set),
-            self.cfg.seed,
-            self.state.epoch,
-            self.strategy.process_index,
-            self.strategy.num_processes,
-        )
-        return iter_micro_batches(
-            self.train_set,
-            order,
-            self.cfg.micro_batch_size,
-            self.pad_token_id,
-            start=self.state.batches_into_epoch,
-            pad_to=self.pad_to,
-            columns=self.columns,
-        )
-
-    def eval_micro_batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """This process's share of the eval set, in a fixed order (packed or padded)."""
-        assert self.eval_set is not None
-        if self.packs(self.eval_set, evaluation=True):
-            packer = self.make_packer(self.eval_set, shuffle=False)
-            bins = packer.micro_batch_bins(0)
-            return iter_packed_micro_batches(self.eval_set, bins, self.pad_token_id, self.pad_to)
-        order = epoch_order(
-            len(self.eval_set), 0, 0, self.strategy.process_index, self.strategy.num_processes
-        )
-        return iter_micro_batches(
-            self.eval_set,
-            sorted(order),
-            self.eval_batch_size(),
-            self.pad_token_id,
-            pad_to=self.pad_to,
-            columns=self.columns,
-        )
+        return self.plan.micro_batches(self.state.epoch, self.state.batches_into_epoch)
 
     def next_window(
         self, batches: Iterator[dict[str, torch.Tensor]]
@@ -339,12 +264,12 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         """Token-weighted mean loss over the eval set."""
-        assert self.eval_set is not None
+        assert self.eval_plan is not None
         strategy = self.strategy
         self.model.eval()
         total_loss = torch.zeros((), device=strategy.device)
         total_units = torch.zeros((), device=strategy.device)
-        for batch in self.eval_micro_batches():
+        for batch in self.eval_plan.micro_batches(0):
             batch = to_device(batch, strategy.device)
             with strategy.autocast():
                 total_loss += self.loss_fn(self.model, batch).float()
@@ -373,13 +298,19 @@ class Trainer:
         if main:
             stage_checkpoint(staged)
         strategy.wait_for_everyone()
-        strategy.save_state(staged, self.model, self.optimizer, self.scheduler)
+        if self.cfg.save_only_model:  # weights only: no optimizer or schedule to resume
+            strategy.save_state(staged, self.model, None, None)
+        else:
+            strategy.save_state(staged, self.model, self.optimizer, self.scheduler)
         model = strategy.unwrap(self.model)
         self.hooks.save_checkpoint_state(self.cfg, self.state, model, staged, strategy)
         strategy.wait_for_everyone()
         if main:
-            path = finish_checkpoint(self.output_dir, staged, self.state, self.cfg.save_total_limit)
+            path = finish_checkpoint(
+                self.output_dir, staged, self.state, self.cfg.save_total_limit, self.settings
+            )
             log.info("saved %s", path)
+        self.last_checkpoint = f"checkpoint-{self.state.global_step}"
         strategy.wait_for_everyone()
 
     def maybe_resume(self) -> None:
@@ -391,6 +322,7 @@ class Trainer:
             if self.cfg.resume_from_checkpoint == "auto":
                 log.info("resume_from_checkpoint: auto found no checkpoint; starting fresh")
             return
+        check_resume_settings(path, self.settings, self.cfg.allow_resume_changes)
         saved = read_train_state(path)
         for key in ("global_step", "epoch", "batches_into_epoch", "tokens_seen", "log_history"):
             setattr(self.state, key, saved[key])
@@ -398,6 +330,7 @@ class Trainer:
         self.hooks.load_checkpoint_state(self.cfg, self.state, model, path, self.strategy)
         self.strategy.load_state(path, self.model, self.optimizer, self.scheduler)
         restore_rng(path)
+        self.last_checkpoint = path.name
         console.print(f"resumed from {path} at step {self.state.global_step}")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -75,6 +75,8 @@ class DataSource:
         ETag), for the preprocessing cache's fingerprint, computed without tokenizing. None: the
         core loads the rows (once, reused to build them) and takes `<name>:` and the loaded
         dataset's own fingerprint (which follows a hub revision).
+    problem(entry): why the entry cannot be read, found before any work (a missing file, with
+        where it was looked for), or None; `weave validate` and `weave train` report it.
     """
 
     name: str
@@ -82,6 +84,7 @@ class DataSource:
     load: Callable[..., Any]
     identity: Callable[[Any], str] | None = None
     description: str = ""
+    problem: Callable[[Any], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,23 @@ class LossFunction(Protocol):
     def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class BatchPlan(Protocol):
+    """How one dataset is cut into micro-batches for this process (what `plan_batches` returns).
+
+    `micro_batches_per_epoch`: how many micro-batches this process gets per epoch (the same on
+    every process; the schedule counts steps from it), or None for a stream of unknown length.
+    `micro_batches(epoch, start)`: this process's micro-batches of `epoch`, beginning at
+    micro-batch number `start` (to resume where a checkpoint stopped): dicts of the batch
+    columns as tensors (text as lists), on the CPU.
+    """
+
+    @property
+    def micro_batches_per_epoch(self) -> int | None: ...
+
+    def micro_batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, Any]]: ...
 
 
 @dataclass

@@ -8,28 +8,23 @@ the top of a plugin module (plugins must import without heavy packages).
 
 from __future__ import annotations
 
-from axolotl_weave._batches import epoch_order
 from axolotl_weave._cli import OVERRIDES, user_errors
 from axolotl_weave._config import did_you_mean, load_config_data
 from axolotl_weave._console import console
 from axolotl_weave._optim import build_optimizer, warmup_steps
-from axolotl_weave._packing import Packer, padded_efficiency
 from axolotl_weave._run import Session, build_trainer, family_of, load_tokenizer, open_session
 
 __all__ = [
     "OVERRIDES",
-    "Packer",
     "Session",
     "build_optimizer",
     "build_trainer",
     "console",
     "did_you_mean",
-    "epoch_order",
     "family_of",
     "load_config_data",
     "load_tokenizer",
     "open_session",
-    "padded_efficiency",
     "user_errors",
     "warmup_steps",
 ]

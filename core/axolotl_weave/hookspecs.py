@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from axolotl_weave._config import DatasetEntry
     from axolotl_weave._strategy import Strategy
     from axolotl_weave._types import (
+        BatchPlan,
         DatasetFormat,
         DataSource,
         LossFunction,
@@ -94,7 +95,7 @@ def adjust_param_groups(cfg: Any, model: Any, groups: list[dict[str, Any]]) -> N
         group's ``lr`` (LoRA+ gives the B matrices ``lr * loraplus_lr_ratio``); keep every
         trainable parameter in exactly one group.
 
-    Called once per run, before ``register_optimizers``' builder or the core's optimizer; the
+    Called once per run, before the ``register_optimizers`` builder of ``optimizer:``; the
     learning-rate schedule then scales every group. Collects all results (return value ignored).
     """
 
@@ -105,8 +106,9 @@ def register_optimizers(register: Callable[[str, Callable[..., Any]], None]) -> 
 
     :param register: call as ``register(name, build)``; ``build(param_groups, cfg)`` returns a
         ``torch.optim.Optimizer`` over the parameter groups the core made (weight decay and
-        ``lr_groups`` already split; each group carries its ``lr``). A name registered twice,
-        or one the core builds itself, is an error naming both.
+        ``lr_groups`` already split, as ``adjust_param_groups`` left them; each group carries its
+        ``lr``). The core builds no optimizer itself: the default ``adamw_torch`` is a built-in
+        plugin's. A name registered twice is an error naming both plugins.
 
     Called once, before the config is validated (an unknown ``optimizer:`` is rejected with the
     registered names as suggestions). Collects all results (return value ignored).
@@ -316,6 +318,37 @@ def wrap_distributed(cfg: Any) -> Strategy | None:
 
     Called once per run, after ``build_loss``. DDP, FSDP and DeepSpeed plugins answer when the
     config asks for them. Stops at the first non-None result; single device answers last.
+    """
+
+
+@hookspec(firstresult=True)
+def plan_batches(
+    cfg: Any,
+    dataset: Any,
+    evaluation: bool,
+    strategy: Strategy,
+    columns: dict[str, int | str | None],
+    pad_token_id: int,
+) -> BatchPlan | None:
+    """Say how ``dataset`` is cut into micro-batches for this process: return a
+    :class:`~axolotl_weave.BatchPlan`, or None to leave it to another plugin.
+
+    :param dataset: the tokenized rows: a ``datasets.Dataset``, or for a streamed
+        ``pretraining_dataset:`` an ``IterableDataset`` (no length: its plan counts None
+        micro-batches per epoch).
+    :param evaluation: False for the training set (``micro_batch_size`` rows a micro-batch, a
+        new seeded order each epoch); True for the eval set (``eval_batch_size``, default
+        ``micro_batch_size``; one fixed order, read as epoch 0).
+    :param strategy: the run's strategy: ``process_index`` and ``num_processes`` (every
+        process gets the same number of micro-batches, different rows), ``is_main_process``.
+    :param columns: every batch column a registered format declares, with its padding
+        (``DatasetFormat.columns``); a plan that cannot carry a column the rows have refuses it.
+    :param pad_token_id: the tokenizer's pad token id.
+
+    Called when the loop is built, after ``wrap_distributed``: once for the training set (its
+    count sets the schedule) and once for the eval set when there is one. Stops at the first
+    non-None result: sample packing answers when ``sample_packing`` (for the eval set
+    ``eval_sample_packing``) is on; the padded batches (and streams) answer last (``trylast``).
     """
 
 

@@ -112,8 +112,8 @@ def packed_and_one_by_one(
     """(per-token losses, gradients of their sum) for `rows` packed into `bins` packed rows, then
     for each row alone: equal when packed samples do not see each other."""
     import torch
-    from axolotl_weave._batches import collate
-    from axolotl_weave._packing import collate_packed
+    from axolotl_weave import collate
+    from axolotl_weave_plugins.batching._multipack import collate_packed
 
     def run(batches: list[dict[str, Any]]) -> tuple[Any, list[Any]]:
         model.zero_grad()

@@ -69,7 +69,7 @@ def plan_hf_budget(
     `--hf-micro-batch`), then accumulation = weave's tokens per step / HF's per micro-batch
     (unless `--hf-grad-accum`)."""
     mean = float(lengths.mean())
-    if cfg.sample_packing:
+    if getattr(cfg, "sample_packing", False):  # a key of the packing plugin (if installed)
         weave_micro = cfg.micro_batch_size * cfg.sequence_len * efficiency
     else:
         weave_micro = cfg.micro_batch_size * mean

@@ -43,15 +43,17 @@ class WeaveProbe:
 
 def weave_efficiency(trainer: Any, lengths: np.ndarray) -> tuple[float, float]:
     """(efficiency of weave's micro-batches, efficiency of the same micro-batch size unpacked and
-    padded to the longest): real tokens / slots."""
+    padded to the longest): real tokens / slots. A batch plan that knows its own efficiency
+    (the packed one: its bins' fill) says it."""
     import numpy as np
-    from axolotl_weave.commands import epoch_order, padded_efficiency
+    from axolotl_weave import epoch_order, padded_efficiency
 
     cfg = trainer.cfg
     order = np.asarray(epoch_order(len(lengths), cfg.seed, 0), dtype=np.int64)
     unpacked = padded_efficiency(lengths[order], cfg.micro_batch_size)
-    if trainer.packer is not None:
-        return trainer.packer.efficiency(), unpacked
+    efficiency = getattr(trainer.plan, "efficiency", None)
+    if efficiency is not None:
+        return efficiency(), unpacked
     if cfg.pad_to_sequence_len:
         return float(lengths.sum()) / (len(lengths) * cfg.sequence_len), unpacked
     return unpacked, unpacked
@@ -73,6 +75,7 @@ def run_weave(
     from axolotl_weave.commands import build_trainer
 
     cfg = session.cfg
+    packed = getattr(cfg, "sample_packing", False)  # a key of the packing plugin (if installed)
     probe = WeaveProbe(StepRecorder("weave", settings))
     pm = session.hooks.pm
     pm.register(probe, name="weave-bench-probe")
@@ -88,14 +91,14 @@ def run_weave(
     except torch.OutOfMemoryError:
         raise WeaveError(
             f"the weave run ran out of GPU memory ({cfg.micro_batch_size} x "
-            f"{'packed bins of ' if cfg.sample_packing else 'rows up to '}{cfg.sequence_len} "
+            f"{'packed bins of ' if packed else 'rows up to '}{cfg.sequence_len} "
             "tokens per micro-batch): lower micro_batch_size or sequence_len, or turn on "
             "gradient checkpointing"
         ) from None
     finally:
         pm.unregister(probe)
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
-    if cfg.sample_packing:
+    if packed:
         micro = f"{cfg.micro_batch_size} bin(s) of {cfg.sequence_len}"
     else:
         micro = f"{cfg.micro_batch_size} row(s)"

@@ -20,6 +20,7 @@ from typing import Any
 
 from axolotl_weave import hookimpl
 
+from axolotl_weave_plugins.compat._axolotl_ignored import ignored_reason
 from axolotl_weave_plugins.compat._axolotl_keys import (
     AXOLOTL_DATASET_KEYS,
     AXOLOTL_DECISIVE_KEYS,
@@ -34,18 +35,30 @@ IGNORED = (
 """The warning for a dropped key."""
 
 DECISIVE = (
-    "an Axolotl option that no installed plugin implements (is its plugin blocked or not "
-    "installed? see `weave plugin list`); it changes what is trained, so it is not ignored"
+    "an Axolotl option that no installed plugin implements (not yet in Axolotl Weave, or its "
+    "plugin is blocked or not installed: see `weave plugin list`); it changes what is trained, "
+    "so the run is refused rather than silently training something else: remove the key"
 )
 """Why a set key of `AXOLOTL_DECISIVE_KEYS` that nothing validates is refused."""
 
 SPLIT_ALIASES = {"train_on_split": "split"}
 """Axolotl's aliases of dataset entry keys -> the key here."""
 
+TOP_LEVEL_ALIASES = {
+    "model_config": "overrides_of_model_config",
+    "model_kwargs": "overrides_of_model_kwargs",
+}
+"""Axolotl's aliases of top-level keys -> the key here (the key itself wins when both are set)."""
+
 
 @hookimpl
 def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[str]:
     """Drop the Axolotl keys nothing here validates (see the module), rename aliases; warn."""
+    for alias, key in TOP_LEVEL_ALIASES.items():
+        if alias in data and alias not in known_keys and key in known_keys:
+            value = data.pop(alias)
+            if value and not data.get(key):
+                data[key] = value
     ignored = drop_top_level_keys(data, known_keys)
     entry_keys: set[str] = set()
     for section, entries in dataset_entries(data, known_keys):
@@ -57,7 +70,13 @@ def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[
             for key in [k for k in entry if k not in known and k in AXOLOTL_DATASET_KEYS]:
                 del entry[key]
                 entry_keys.add(f"datasets[].{key}")
-    return [IGNORED.format(key) for key in [*ignored, *sorted(entry_keys)]]
+    return [ignored_warning(key) for key in [*ignored, *sorted(entry_keys)]]
+
+
+def ignored_warning(key: str) -> str:
+    """The warning for a dropped key, with why it does not change what is trained."""
+    reason = ignored_reason(key.removeprefix("datasets[]."))
+    return IGNORED.format(key) + (f" ({reason})" if reason else "")
 
 
 @hookimpl

@@ -1,5 +1,6 @@
 """Shared by the instruction format plugins (`alpaca`, `alpaca_chat`, `jeopardy`, ...): Axolotl's
-prompt styles, `AlpacaPrompter.build_prompt`, and the prompt/response tokenization.
+prompt styles, `AlpacaPrompter.build_prompt`, and the prompt/response tokenization (Axolotl's: the
+prompt and the response tokenized apart, so the boundary is where inference puts it).
 
 Not a plugin (no entry point): a helper of the format plugins in this folder.
 """
@@ -81,18 +82,39 @@ def build_prompt_response_rows(
     required: list[str],
     render: Callable[[dict[str, Any]], tuple[str, str]],
 ) -> Any:
-    """Check the `required` columns, then tokenize each row's `render(row) -> (prompt, response)`:
-    the prompt masked unless `train_on_inputs`, the response and EOS trained."""
+    """Check the `required` columns, then tokenize each row's `render(row) -> (prompt, response)`
+    as Axolotl's `InstructionPromptTokenizingStrategy` does (see `axolotl_prompt_response`)."""
     require_columns(dataset, entry, required)
     train_on_inputs = bool(cfg.train_on_inputs)
+    max_length = cfg.sequence_len
 
     def tokenize(row: dict[str, Any]) -> dict[str, Any]:
         prompt, response = render(row)
-        return tokenize_prompt_response(
-            tokenizer, prompt, response, train_on_inputs=train_on_inputs
+        return axolotl_prompt_response(
+            tokenizer, prompt, response, train_on_inputs=train_on_inputs, max_length=max_length
         )
 
     return map_rows(dataset, entry, tokenize)
+
+
+def axolotl_prompt_response(
+    tokenizer: Any, prompt: str, response: str, *, train_on_inputs: bool, max_length: int
+) -> dict[str, list[int]]:
+    """Axolotl's `tokenize_prompt`: the prompt (BOS, masked unless `train_on_inputs`) and the
+    response (its own tokens, BOS dropped, EOS appended, trained) tokenized apart, each truncated
+    to `max_length` (`sequence_len`); an empty response adds nothing, not even EOS.
+
+    `tokenize_prompt_response` does this, except that an empty prompt leaves the response its
+    BOS there (a raw text); Axolotl tokenizes an empty prompt to nothing and still drops the
+    response's BOS, so that is done here too (a user-defined turn can render empty).
+    """
+    out = tokenize_prompt_response(
+        tokenizer, prompt, response, train_on_inputs=train_on_inputs, max_length=max_length
+    )
+    bos = tokenizer.bos_token_id
+    if not prompt and out["input_ids"] and bos is not None and out["input_ids"][0] == bos:
+        out = {key: values[1:] for key, values in out.items()}
+    return out
 
 
 def styled_formats(base: str, description: str) -> dict[str, str]:

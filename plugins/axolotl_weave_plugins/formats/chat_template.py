@@ -1,8 +1,10 @@
 """`type: chat_template`: conversations rendered with a chat template, trained on chosen turns.
 
 The template is the tokenizer's own, one shipped here as a jinja file (`chat_templates/NAME.jinja`:
-chatml, llama3, gemma, qwen_25, ...), or a custom one (`chat_template_jinja`). Option names and
-defaults follow Axolotl's, so an Axolotl `datasets:` entry works unchanged.
+every name of Axolotl's `chat_template:` list, chatml, llama3, gemma3, qwen_25, mistral_v7_tekken,
+command_a, ..., each holding the model vendor's own template text, so it renders as the vendor's
+tokenizer does), or a custom one (`chat_template_jinja`). Option names and defaults follow
+Axolotl's, so an Axolotl `datasets:` entry works unchanged.
 
 Labels come from the rendered text itself: the conversation is rendered once, each message's
 content is located in it (by rendering again with that content replaced by a sentinel and
@@ -88,9 +90,13 @@ KNOWN_END_MARKERS = (
     "<|eot_id|>",
     "<|eot|>",
     "<end_of_turn>",
+    "<turn|>",
     "<|end|>",
+    "<|END_RESPONSE|>",
     "<|END_OF_TURN_TOKEN|>",
     "<｜end▁of▁sentence｜>",
+    "<|eom|>",
+    "[|endofturn|]",
 )
 """End-of-turn markers recognised when they appear in a template's source."""
 
@@ -296,8 +302,9 @@ class ChatTemplateOptions(PluginConfig):
         None, description="Old spelling of message_property_mappings.content."
     )
     message_field_training: str | None = Field(
-        "training",
-        description="Message key of a per-message boolean that overrides roles_to_train.",
+        None,
+        description="Message key of a per-message boolean that overrides roles_to_train, "
+        "e.g. training; unset (Axolotl's default), a message's own keys are not read.",
     )
     message_field_training_detail: str | None = Field(
         None,
@@ -429,6 +436,7 @@ class Plan:
     """Everything one entry's rows are built with (read once from the entry and config)."""
 
     template: str
+    template_name: str  # how the config named it, for messages
     field_messages: str
     field_system: str
     field_tools: str
@@ -468,23 +476,23 @@ def end_markers(template: str, tokenizer: Any, configured: list[str] | None) -> 
     return tuple(markers)
 
 
-def entry_template(entry: Any, tokenizer: Any, cfg: Any) -> str:
-    """The template of an entry: its own chat_template, else the top-level one, else the
-    tokenizer's."""
+def entry_template(entry: Any, tokenizer: Any, cfg: Any) -> tuple[str, str]:
+    """The template of an entry and the name it goes by: its own chat_template, else the
+    top-level one, else the tokenizer's."""
     choice = entry.option("chat_template")
     if choice:
-        return resolve_template(choice, entry.option("chat_template_jinja"), tokenizer)
+        return resolve_template(choice, entry.option("chat_template_jinja"), tokenizer), choice
     jinja = getattr(cfg, "chat_template_jinja", None)
     top = getattr(cfg, "chat_template", None) or (JINJA if jinja else None)
     if top:
-        return resolve_template(top, jinja, tokenizer)
+        return resolve_template(top, jinja, tokenizer), top
     template = tokenizer_template(tokenizer)
     if template is None:
         raise ConfigError(
             f"{entry.label}: the tokenizer has no chat template; set chat_template: at the top "
             f"level or on the entry (one of: {', '.join(valid_choices())})"
         )
-    return template
+    return template, TOKENIZER_DEFAULT
 
 
 def sharegpt_settings(entry: Any) -> tuple[str | None, dict[str, list[str]] | None]:
@@ -516,9 +524,10 @@ def make_plan(entry: Any, tokenizer: Any, cfg: Any) -> Plan:
                 template_name, entry.option("chat_template_jinja"), tokenizer
             )
         elif getattr(cfg, "chat_template", None) or getattr(cfg, "chat_template_jinja", None):
-            template = entry_template(entry, tokenizer, cfg)
+            template, template_name = entry_template(entry, tokenizer, cfg)
         else:
-            template = resolve_template(f"{FALLBACK_PREFIX}vicuna", None, tokenizer)
+            template_name = f"{FALLBACK_PREFIX}vicuna"
+            template = resolve_template(template_name, None, tokenizer)
         warn_once(
             "sharegpt",
             "type: sharegpt is deprecated (as in Axolotl); %s is read as type: chat_template "
@@ -528,7 +537,7 @@ def make_plan(entry: Any, tokenizer: Any, cfg: Any) -> Plan:
             entry.option("message_property_mappings"),
         )
     else:
-        template = entry_template(entry, tokenizer, cfg)
+        template, template_name = entry_template(entry, tokenizer, cfg)
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(
             f"{entry.label}: chat_template needs a fast tokenizer (it labels tokens by their "
@@ -555,6 +564,7 @@ def make_plan(entry: Any, tokenizer: Any, cfg: Any) -> Plan:
             )
     return Plan(
         template=template,
+        template_name=template_name,
         field_messages=entry.option("field_messages"),
         field_system=entry.option("field_system"),
         field_tools=entry.option("field_tools"),
@@ -683,7 +693,8 @@ def read_message(plan: Plan, number: int, raw: Any) -> Turn:
 
 
 def render(tokenizer: Any, plan: Plan, messages: list[dict[str, Any]], tools: Any) -> str:
-    """The template's text for `messages` (no generation prompt); template errors as ValueError."""
+    """The template's text for `messages` (no generation prompt); template errors as ValueError
+    naming the template."""
     from jinja2 import TemplateError
 
     try:
@@ -696,7 +707,15 @@ def render(tokenizer: Any, plan: Plan, messages: list[dict[str, Any]], tools: An
             **plan.template_kwargs,
         )
     except TemplateError as exc:
-        raise ValueError(f"the chat template refused the conversation: {exc}") from None
+        hint = ""
+        if "system" in str(exc).lower() and messages and messages[0].get("role") == "system":
+            hint = (
+                " (this template has no system role: drop the system message with "
+                "drop_system_message: true, or choose a template that has one)"
+            )
+        raise ValueError(
+            f"chat template '{plan.template_name}' refused the conversation: {exc}{hint}"
+        ) from None
 
 
 def common_prefix(a: str, b: str) -> int:
@@ -803,6 +822,14 @@ def tokenize_conversation(tokenizer: Any, plan: Plan, row: dict[str, Any]) -> di
     tools = drop_none(tools) if isinstance(tools, list) and tools else None
     text = render(tokenizer, plan, messages, tools)
     spans = content_spans(tokenizer, plan, messages, text, tools)
+    if any(t.message["role"] == "system" and s is None for t, s in zip(turns, spans, strict=True)):
+        warn_once(
+            f"hidden-system:{plan.template_name}",
+            "chat template '%s' leaves the system message out of some conversations (as the "
+            "vendor's template does: Mistral's show it only before a final user message), so "
+            "they are trained without it",
+            plan.template_name,
+        )
 
     content_ranges: list[tuple[int, int]] = []  # tokens overlapping them are trained
     inside_ranges: list[tuple[int, int]] = []  # tokens wholly inside them are trained

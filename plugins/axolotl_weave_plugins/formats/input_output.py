@@ -2,25 +2,18 @@
 
 Axolotl's `input_output` format (`RawInputOutputStrategy`), same rows and same config. A row is
 `{"segments": [{"text": "...", "label": true}, {"text": "...", "label": false}, ...]}`: the
-texts are concatenated as they are and nothing is added (no BOS, no EOS, no spaces: write
+segments follow each other as written and nothing is added (no BOS, no EOS, no spaces: write
 `<s>`, `</s>` and the whitespace into the texts; special tokens written in a text are recognised).
 Tokens of segments with `label: true` are trained, the others masked (`IGNORE_INDEX`);
 `train_on_inputs: true` trains every segment. `label` is required, as in Axolotl (which fails
 on a segment without one); it is `true`/`false` (`1`/`0` are accepted, any other value refused,
 so that the string "false" cannot silently train).
 
-One deliberate difference from Axolotl, which tokenizes each segment on its own and
-concatenates the ids: here the whole text is tokenized once, as it is at inference, and each
-token is labelled by its character offsets. Per-segment tokenization gives ids that the
-tokenizer never produces for the assembled text (SentencePiece tokenizers such as Llama's and
-Mistral's insert a "▁" at the start of every segment, Axolotl's own docs show
-`<s> Hello\\n hi there!.  goodbye  farewell</s>` for `<s>Hello\\nhi there!. goodbye farewell</s>`;
-BPE tokenizers cannot merge across a segment boundary), so the model would learn tokenizations
-it never sees when prompted with the same text. A token whose characters lie in two segments
-(the boundary falls inside it, e.g. `"...Answer: Par"` + `"is."` with a ` Paris` token) is
-trained when any of its characters belong to a trained segment, so no trained text is left
-untrained; put boundaries between words to keep them exact. A tokenizer without offsets
-(a slow, Python tokenizer) falls back to Axolotl's per-segment tokenization.
+Tokenized as Axolotl's `RawInputOutputStrategy` does: each segment's text on its own, without
+special tokens, and the ids concatenated, so a segment boundary is a token boundary (a
+SentencePiece tokenizer such as Llama's or Mistral's starts every segment with its "▁", as
+Axolotl's docs show: `<s> Hello\\n hi there!.  goodbye  farewell</s>` for the segments of
+`<s>Hello\\nhi there!. goodbye farewell</s>`; put the whitespace where the model will see it).
 """
 
 from __future__ import annotations
@@ -77,34 +70,8 @@ def read_segments(row: dict[str, Any]) -> list[tuple[str, bool]]:
 def tokenize_segments(
     tokenizer: Any, segments: list[tuple[str, bool]], *, train_on_inputs: bool
 ) -> dict[str, list[int]]:
-    """Tokenize the concatenated segments once (no special tokens added) and label each token:
-    trained when any of its characters lie in a trained segment (or `train_on_inputs`)."""
-    if not getattr(tokenizer, "is_fast", False):
-        return tokenize_each_segment(tokenizer, segments, train_on_inputs=train_on_inputs)
-    text = "".join(segment_text for segment_text, _ in segments)
-    trained = bytearray(len(text))  # 1 for each character of a trained segment
-    start = 0
-    for segment_text, label in segments:
-        end = start + len(segment_text)
-        if label or train_on_inputs:
-            trained[start:end] = b"\x01" * (end - start)
-        start = end
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids = list(enc["input_ids"])
-    labels = []
-    for token, (first, last) in zip(input_ids, enc["offset_mapping"], strict=True):
-        if last <= first:  # a zero-width token takes the label of the character it sits at
-            first = max(0, min(first, len(text) - 1))
-            last = first + 1
-        labels.append(token if trained.find(1, first, last) != -1 else IGNORE_INDEX)
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
-
-
-def tokenize_each_segment(
-    tokenizer: Any, segments: list[tuple[str, bool]], *, train_on_inputs: bool
-) -> dict[str, list[int]]:
-    """Axolotl's way, for tokenizers without offsets: each segment tokenized on its own (no
-    special tokens added), the ids concatenated, a segment's tokens trained or masked whole."""
+    """Axolotl's way: each segment tokenized on its own (no special tokens added), the ids
+    concatenated, a segment's tokens trained (its `label`, or `train_on_inputs`) or masked whole."""
     input_ids: list[int] = []
     labels: list[int] = []
     for text, label in segments:

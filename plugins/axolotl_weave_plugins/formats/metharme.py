@@ -4,8 +4,12 @@ Mirrors Axolotl's `prompt_strategies/metharme.py` (`MetharmePromptTokenizingStra
 `MetharmePrompter`: no system text, the prompt field as is). Row fields: `prompt` (usually with
 Metharme's `<|system|>`, `<|user|>`, `<|model|>` markers in it), `generation`.
 
-The prompt is masked unless `train_on_inputs`; the generation and three EOS tokens are trained
-(Axolotl's `num_eos_tokens=3`; an EOS the text already ends with counts as one of them).
+Tokenized as Axolotl's strategy does: the prompt and the generation apart, each with the
+tokenizer's special tokens (BOS) and truncated to `sequence_len`. The prompt is masked unless
+`train_on_inputs`. The generation loses its BOS and gains three EOS tokens (Axolotl's
+`num_eos_tokens=3`; an EOS the text already ends with counts as one of them; none is added
+past `sequence_len` tokens), all trained. Unlike the other instruction formats, an empty field
+is still tokenized: an empty generation trains three EOS tokens, an empty prompt is just BOS.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from axolotl_weave import (
     map_rows,
     require_columns,
     text_field,
-    tokenize_prompt_response,
 )
 
 PLUGIN_KIND = "format"
@@ -36,25 +39,41 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     )
 
 
+def metharme_ids(
+    tokenizer: Any, text: str, max_length: int, *, add_eos: bool, strip_bos: bool
+) -> list[int]:
+    """Axolotl's `MetharmePromptTokenizingStrategy._tokenize`: `text` with the special tokens,
+    truncated to `max_length`; then up to three EOS (one fewer when it ends with EOS, none past
+    `max_length`), then the leading BOS dropped. No special case for an empty text."""
+    ids = list(tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
+    if not ids:
+        return []
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    wanted = NUM_EOS_TOKENS - (1 if ids[-1] == eos else 0)
+    if add_eos and eos is not None:
+        for _ in range(wanted):
+            if len(ids) < max_length:
+                ids.append(eos)
+    if strip_bos and bos is not None and ids[0] == bos:
+        ids = ids[1:]
+    return ids
+
+
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize prompt/generation rows, masking the prompt unless `train_on_inputs`."""
     require_columns(dataset, entry, ["prompt", "generation"])
     train_on_inputs = bool(cfg.train_on_inputs)
-    eos = tokenizer.eos_token_id
+    max_length = cfg.sequence_len
 
     def tokenize(row: dict[str, Any]) -> dict[str, Any]:
-        out = tokenize_prompt_response(
-            tokenizer,
-            text_field(row, "prompt"),
-            text_field(row, "generation"),
-            train_on_inputs=train_on_inputs,
+        prompt = metharme_ids(
+            tokenizer, text_field(row, "prompt"), max_length, add_eos=False, strip_bos=False
         )
-        if eos is not None and out["input_ids"] and out["input_ids"][-1] == eos:
-            trained = out["labels"][-1] != IGNORE_INDEX
-            for _ in range(NUM_EOS_TOKENS - 1):  # tokenize_prompt_response added the first
-                out["input_ids"].append(eos)
-                out["labels"].append(eos if trained else IGNORE_INDEX)
-                out["attention_mask"].append(1)
-        return out
+        generation = metharme_ids(
+            tokenizer, text_field(row, "generation"), max_length, add_eos=True, strip_bos=True
+        )
+        input_ids = prompt + generation
+        labels = (prompt if train_on_inputs else [IGNORE_INDEX] * len(prompt)) + generation
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
 
     return map_rows(dataset, entry, tokenize)

@@ -4,8 +4,11 @@ Mirrors Axolotl's `reflection` dataset handler (`AlpacaReflectionPTStrategy` wit
 `ReflectAlpacaPrompter(prompt_style)`). Row fields: `instruction`, `input` (optional), `output`,
 `reflection`, `corrected`.
 
-The prompt is masked unless `train_on_inputs`; the agent label and EOS are trained. As in
-Axolotl, a row with an empty output, reflection or corrected gets no label (nothing trained).
+Tokenized as Axolotl's `ReflectionPromptTokenizingStrategy` does, unlike the other instruction
+formats: the whole text (prompt + agent label) is tokenized once, with BOS, truncated to
+`sequence_len`, EOS appended; then as many leading tokens as the prompt alone has are masked
+(unless `train_on_inputs`), the rest, the agent label and EOS, trained. As in Axolotl, a row with
+an empty output, reflection or corrected gets no label, so only its EOS is trained.
 
 - `reflection`: Axolotl passes no prompt style, so `ReflectAlpacaPrompter` keeps its class
   templates, which leave out its long system text: `### Instruction:` ... `### Response:\\n`,
@@ -24,9 +27,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from axolotl_weave import DatasetFormat, hookimpl, text_field
+from axolotl_weave import (
+    IGNORE_INDEX,
+    DatasetFormat,
+    hookimpl,
+    map_rows,
+    require_columns,
+    text_field,
+)
 
-from axolotl_weave_plugins.formats._prompts import PROMPT_STYLES, build_prompt_response_rows
+from axolotl_weave_plugins.formats._prompts import PROMPT_STYLES
 
 PLUGIN_KIND = "format"
 
@@ -96,11 +106,34 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
         register(DatasetFormat(name, description, build=build))
 
 
+def reflection_ids(
+    tokenizer: Any, prompt: str, label: str, *, train_on_inputs: bool, max_length: int
+) -> dict[str, list[int]]:
+    """Axolotl's `ReflectionPromptTokenizingStrategy.tokenize_prompt`: `prompt + label` tokenized
+    once (truncated to `max_length`, EOS appended when there is room), the first as many tokens
+    as `prompt` alone has masked unless `train_on_inputs`."""
+
+    def ids_of(text: str) -> list[int]:
+        return list(tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
+
+    input_ids = ids_of(prompt + label)
+    eos = tokenizer.eos_token_id
+    if input_ids and eos is not None and input_ids[-1] != eos and len(input_ids) < max_length:
+        input_ids.append(eos)
+    labels = list(input_ids)
+    if not train_on_inputs:
+        masked = len(ids_of(prompt))
+        labels = [IGNORE_INDEX] * masked + labels[masked:]
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
+
+
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize reflection rows, masking the prompt unless `train_on_inputs`."""
     templates = TEMPLATES[entry.type]
+    require_columns(dataset, entry, ["instruction", "output", "reflection", "corrected"])
+    train_on_inputs, max_length = bool(cfg.train_on_inputs), cfg.sequence_len
 
-    def render(row: dict[str, Any]) -> tuple[str, str]:
+    def tokenize(row: dict[str, Any]) -> dict[str, Any]:
         instruction = text_field(row, "instruction")
         input_text = text_field(row, "input", required=False)
         if input_text:
@@ -108,7 +141,9 @@ def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
         else:
             prompt = templates.prompt_no_input.format(instruction=instruction)
         parts = {name: text_field(row, name) for name in ("output", "reflection", "corrected")}
-        return prompt, templates.agent_label.format(**parts) if all(parts.values()) else ""
+        label = templates.agent_label.format(**parts) if all(parts.values()) else ""
+        return reflection_ids(
+            tokenizer, prompt, label, train_on_inputs=train_on_inputs, max_length=max_length
+        )
 
-    required = ["instruction", "output", "reflection", "corrected"]
-    return build_prompt_response_rows(entry, dataset, tokenizer, cfg, required, render)
+    return map_rows(dataset, entry, tokenize)

@@ -17,9 +17,10 @@ with Axolotl's defaults:
 The system block and turn are masked unless `train_on_inputs`; the output and EOS are trained.
 The same keys may also be written beside `type: user_defined`.
 
-Deviation from Axolotl: a dataset without the output field is an error here (Axolotl trains an
-empty response); placeholders other than `{instruction}`, `{input}`, `{system}` are rejected
-when the config is validated instead of failing on the first row.
+Deviation from Axolotl: a dataset without the output field is an error here (Axolotl reads an
+empty response, so each row is its prompt alone and trains nothing); placeholders other than
+`{instruction}`, `{input}`, `{system}` are rejected when the config is validated instead of
+failing on the first row.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ record how the run ended in `output_dir/run_status.json` (finished, or failed wi
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from axolotl_weave import TrainState, hookimpl, write_atomically
@@ -14,11 +15,20 @@ STATUS_FILE = "run_status.json"
 
 
 @hookimpl
+def on_train_begin(state: TrainState) -> None:
+    """A run from step 0 starts a new metrics file; a resumed run appends to its own."""
+    if state.global_step == 0:
+        write_atomically(state.output_dir / FILE_NAME, "")
+
+
+@hookimpl
 def on_log(state: TrainState, metrics: dict[str, float]) -> None:
-    """Append `{"step": N, ...metrics}` to the run's metrics file."""
+    """Append `{"step": N, ...metrics}` to the run's metrics file; a NaN or infinite value is
+    written as null (JSON has no NaN)."""
     state.output_dir.mkdir(parents=True, exist_ok=True)
+    record = {k: v if math.isfinite(v) else None for k, v in metrics.items()}
     with (state.output_dir / FILE_NAME).open("a") as handle:
-        handle.write(json.dumps({"step": state.global_step, **metrics}) + "\n")
+        handle.write(json.dumps({"step": state.global_step, **record}, allow_nan=False) + "\n")
 
 
 @hookimpl

@@ -20,7 +20,7 @@ from collections.abc import Generator
 from typing import Any
 
 from axolotl_weave import (
-    ConfigError,
+    CapabilityError,
     MissingDependencyError,
     ModelFamily,
     PluginConfig,
@@ -247,7 +247,7 @@ def load_model(cfg: Any, family: ModelFamily | None, purpose: str) -> Generator[
         return (yield)
     reason = family.cannot.get(key) if family is not None else None
     if reason:
-        raise ConfigError(
+        raise CapabilityError(
             f"{key}: the '{family.name}' family cannot be quantized by bitsandbytes: {reason}"
         )
     require_bitsandbytes(cfg)

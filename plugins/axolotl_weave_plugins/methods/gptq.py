@@ -19,7 +19,7 @@ from collections.abc import Generator
 from typing import Any
 
 from axolotl_weave import (
-    ConfigError,
+    CapabilityError,
     ModelFamily,
     PluginConfig,
     WeaveError,
@@ -161,7 +161,7 @@ def load_model(
         return (yield)
     reason = family.cannot.get("gptq") if family is not None else None
     if reason:
-        raise ConfigError(
+        raise CapabilityError(
             f"gptq: the '{family.name}' family cannot train on a GPTQ checkpoint: {reason}"
         )
     require("optimum", feature="gptq: true", install=INSTALL)

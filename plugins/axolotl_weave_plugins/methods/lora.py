@@ -49,6 +49,11 @@ class LoraSettings(PluginConfig):
     lora_target_modules: list[str] | str | None = Field(
         None, description="Module names (or a regex) to adapt; default: the family's."
     )
+    lora_target_parameters: list[str] | None = Field(
+        None,
+        description="Parameters (not modules) to adapt, e.g. MoE experts' fused "
+        "'experts.gate_up_proj' (peft's target_parameters).",
+    )
     lora_target_linear: bool = Field(
         False, description="Adapt every linear layer but lm_head (plus lora_target_modules)."
     )
@@ -218,6 +223,7 @@ def lora_config(cfg: Any, model: Any, tokenizer: Any, family: ModelFamily | None
         use_rslora=cfg.peft_use_rslora,
         layers_to_transform=cfg.peft_layers_to_transform,
         layers_pattern=cfg.peft_layers_pattern,
+        target_parameters=cfg.lora_target_parameters,
         bias="none",
     )
 
@@ -238,18 +244,31 @@ def load_model(
 
     if cfg.lora_model_dir:
         try:
-            return PeftModel.from_pretrained(
+            peft_model = PeftModel.from_pretrained(
                 model, cfg.lora_model_dir, is_trainable=purpose == "train"
             )
         except (OSError, ValueError) as exc:
             raise WeaveError(
                 f"lora_model_dir: cannot load the adapter '{cfg.lora_model_dir}': {exc}"
             ) from None
-    config = lora_config(cfg, model, tokenizer, family)
-    try:
-        return get_peft_model(model, config)
-    except ValueError as exc:
-        raise ConfigError(f"adapter: {cfg.adapter}: peft refused the LoRA options: {exc}") from None
+    else:
+        config = lora_config(cfg, model, tokenizer, family)
+        try:
+            peft_model = get_peft_model(model, config)
+        except ValueError as exc:
+            raise ConfigError(
+                f"adapter: {cfg.adapter}: peft refused the LoRA options: {exc}"
+            ) from None
+    for adapter in peft_model.peft_config.values():  # recorded in adapter_config.json
+        adapter.base_model_name_or_path = usable_base_path(cfg.base_model)
+    return peft_model
+
+
+def usable_base_path(base_model: str) -> str:
+    """`base_model` as `adapter_config.json` should record it: absolute for a local folder (so
+    that the adapter loads from any working folder), the hub id as given otherwise."""
+    local = Path(base_model).expanduser()
+    return str(local.resolve()) if local.is_dir() else base_model
 
 
 @hookimpl

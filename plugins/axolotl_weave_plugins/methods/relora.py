@@ -48,6 +48,43 @@ class ReloraSettings(PluginConfig):
         0.9, ge=0, le=1, description="Fraction of the adapter's optimizer state zeroed."
     )
     relora_cpu_offload: bool = Field(False, description="Merge on the CPU (saves GPU memory).")
+    relora: bool | None = Field(
+        None, description="Axolotl's switch: ReLoRA, restarting every jagged_restart_steps."
+    )
+    jagged_restart_steps: int | None = Field(
+        None, gt=0, description="With relora: true, merge and restart every N steps."
+    )
+    jagged_restart_warmup_steps: int | None = Field(
+        None, ge=0, description="With relora: true, warm-up after each restart (default 10)."
+    )
+    jagged_restart_anneal_steps: int | None = Field(
+        None, ge=0, description="With relora: true, steps annealed before a restart (default 1)."
+    )
+
+    @model_validator(mode="after")
+    def _current_axolotl_names(self) -> ReloraSettings:
+        """Axolotl's current names (`relora: true` with `jagged_restart_*`, its defaults 10 and
+        1) become the `relora_*` settings; the older names keep working."""
+        if self.relora is False:
+            self.relora_steps = None
+            return self
+        if self.jagged_restart_steps is not None and not self.relora:
+            raise ValueError(
+                "jagged_restart_steps without relora: true (learning-rate restarts alone) is "
+                "not implemented; set relora: true for ReLoRA's merge-and-restart cycles"
+            )
+        if self.relora:
+            if self.relora_steps is None:
+                self.relora_steps = self.jagged_restart_steps
+            if self.relora_steps is None:
+                raise ValueError("relora: true needs jagged_restart_steps (the restart period)")
+            if self.relora_warmup_steps is None:
+                warmup = self.jagged_restart_warmup_steps
+                self.relora_warmup_steps = 10 if warmup is None else warmup
+            if self.relora_anneal_steps is None:
+                anneal = self.jagged_restart_anneal_steps
+                self.relora_anneal_steps = 1 if anneal is None else anneal
+        return self
 
     @model_validator(mode="after")
     def _needs_an_adapter(self) -> ReloraSettings:

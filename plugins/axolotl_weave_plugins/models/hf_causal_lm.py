@@ -16,6 +16,7 @@ from axolotl_weave import (
     PluginConfig,
     WeaveError,
     hookimpl,
+    require,
     resolve_precision,
 )
 from pydantic import Field
@@ -38,6 +39,9 @@ class LoaderSettings(PluginConfig):
     )
     overrides_of_model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra keyword arguments for from_pretrained."
+    )
+    tokenizer_use_mistral_common: bool = Field(
+        False, description="Load Mistral's own tokenizer (mistral-common, its tekken.json)."
     )
     resize_token_embeddings_to_32x: bool = Field(
         False, description="Round the embedding rows up to a multiple of 32 (faster matmuls)."
@@ -74,6 +78,15 @@ def load_tokenizer(cfg: Any) -> Any:
         if cfg.tokenizer_type
         else AutoTokenizer
     )
+    if cfg.tokenizer_use_mistral_common:
+        require(
+            "mistral_common",
+            feature="tokenizer_use_mistral_common: true",
+            install="'axolotl-weave[mistral-common]'",
+        )
+        from transformers.tokenization_mistral_common import MistralCommonBackend
+
+        loader = MistralCommonBackend
     revision = None if cfg.tokenizer_config else cfg.revision_of_model
     try:
         return loader.from_pretrained(

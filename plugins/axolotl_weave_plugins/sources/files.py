@@ -12,8 +12,10 @@ hub source.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import logging
 import os
 import urllib.request
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from axolotl_weave import (
 )
 
 PLUGIN_KIND = "source"
+log = logging.getLogger("axolotl_weave")
 
 EXTENSIONS = {
     ".json": "json",
@@ -76,23 +79,41 @@ def is_local(entry: Any) -> bool:
 def register_data_sources(register: Callable[[DataSource], None]) -> None:
     """Register the saved-dataset, local-file, URL and fsspec sources."""
     register(DataSource("saved", is_saved, load_saved, saved_identity, "a save_to_disk folder"))
-    register(DataSource("local", is_local, load_local, local_identity, "local files, folders"))
+    register(
+        DataSource(
+            "local",
+            is_local,
+            load_local,
+            local_identity,
+            "local files, folders",
+            problem=missing_local_path,
+        )
+    )
     register(DataSource("url", is_url, load_remote, remote_identity, "an http(s) URL"))
     register(DataSource("fsspec", is_fsspec, load_remote, remote_identity, "s3://, gs://..."))
+
+
+def missing_local_path(entry: Any) -> str | None:
+    """Why a local entry cannot be read before any work (its path is not there), saying where
+    it was looked for; None when it is there or is not local."""
+    if not is_local(entry) or Path(entry.path).expanduser().exists():
+        return None
+    where = Path(entry.path).expanduser().absolute()
+    return f"no such file or folder: looked for {where} (relative to {Path.cwd()})"
 
 
 def local_files(entry: Any) -> list[Path]:
     """The data files of a local entry (a file, or the matching files of a folder), sorted."""
     path = Path(entry.path).expanduser()
     if not path.exists():
-        raise DataError(f"{entry.label}: no such file or folder")
+        raise DataError(f"{entry.label}: {missing_local_path(entry)}")
     if path.is_file():
         return [path]
     names = [entry.data_files] if isinstance(entry.data_files, str) else entry.data_files
     if names:
         files = [path / name for name in names]
     else:
-        files = sorted(p for p in path.rglob("*") if p.suffix in EXTENSIONS and p.is_file())
+        files = folder_data_files(entry, path)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise DataError(f"{entry.label}: file(s) not found: {', '.join(missing)}")
@@ -101,6 +122,34 @@ def local_files(entry: Any) -> list[Path]:
             f"{entry.label}: the folder holds no data files ({', '.join(sorted(EXTENSIONS))})"
         )
     return files
+
+
+def folder_data_files(entry: Any, folder: Path) -> list[Path]:
+    """The data files of a folder, of one type: text files (`.txt`) beside structured ones
+    (JSON, CSV, Parquet...) are notes, skipped; two structured types are refused, naming them."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix in EXTENSIONS and p.is_file())
+    by_kind: dict[str, list[Path]] = {}
+    for file in files:
+        by_kind.setdefault(EXTENSIONS[file.suffix].replace("jsonl", "json"), []).append(file)
+    if len(by_kind) > 1 and "text" in by_kind:
+        skipped = by_kind.pop("text")
+        log.info(
+            "%s: skipping %s (text beside the %s data files)",
+            entry.label,
+            ", ".join(f.name for f in skipped),
+            next(iter(by_kind)),
+        )
+    if len(by_kind) > 1:
+        listing = "; ".join(
+            f"{kind}: {', '.join(str(f.relative_to(folder)) for f in found[:3])}"
+            + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            for kind, found in by_kind.items()
+        )
+        raise DataError(
+            f"{entry.label}: the folder {folder} mixes data file types ({listing}); keep one "
+            "type there, or pick the files with data_files:"
+        )
+    return [file for found in by_kind.values() for file in found]
 
 
 def local_identity(entry: Any) -> str:
@@ -251,7 +300,7 @@ def field_kinds(value: dict[str, Any], prefix: str = "") -> list[tuple[str, str]
 def read_json_rows(file: Path) -> tuple[list[dict[str, Any]], list[int]]:
     """Rows of a JSON array file or a JSON Lines file, each a mapping, with their line numbers;
     errors name the file and line."""
-    text = file.read_text(encoding="utf-8")
+    text = read_text(file)
     if not text.strip():
         raise DataError(f"{file}: the file is empty")
     if text.lstrip().startswith("["):
@@ -280,6 +329,43 @@ def read_json_rows(file: Path) -> tuple[list[dict[str, Any]], list[int]]:
     return rows, lines
 
 
+BYTE_ORDER_MARKS = {
+    codecs.BOM_UTF32_LE: "UTF-32",
+    codecs.BOM_UTF32_BE: "UTF-32",
+    codecs.BOM_UTF16_LE: "UTF-16",
+    codecs.BOM_UTF16_BE: "UTF-16",
+}
+
+
+def read_text(file: Path) -> str:
+    """A data file's text, which must be UTF-8 (a leading byte-order mark is dropped); other
+    encodings are a `DataError` naming the file, the line and how to convert it."""
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        found = next((name for bom, name in BYTE_ORDER_MARKS.items() if data.startswith(bom)), None)
+        guess = f"it is {found} (its byte-order mark says so)" if found else "it is not UTF-8"
+        source = found or "LATIN1"
+        raise DataError(
+            f"{file}:{line}: cannot read the file as UTF-8 text (byte {exc.start}): {guess}; "
+            f"convert it, e.g. iconv -f {source} -t UTF-8 {file.name} > utf8-{file.name}"
+        ) from None
+
+
+def check_utf8(file: Path) -> None:
+    """Refuse a text data file (CSV, text) that is not UTF-8 before `datasets` reads it."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with file.open("rb") as handle:
+        try:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            read_text(file)  # raises with the line and the guess
+
+
 def _array_item_lines(text: str, count: int) -> list[int]:
     """Line where each top-level item of a JSON array starts (its opening brace)."""
     decoder, lines, pos = json.JSONDecoder(), [], text.index("[") + 1
@@ -294,8 +380,11 @@ def _array_item_lines(text: str, count: int) -> list[int]:
 def _load_with_datasets(entry: Any, file: Path, kind: str) -> Any:
     from datasets import load_dataset
 
+    if kind in ("csv", "text"):
+        check_utf8(file)
+    options = {"encoding": "utf-8-sig"} if kind == "csv" else {}  # a byte-order mark is no name
     try:
-        return load_dataset(kind, data_files=[str(file)], split="train")
+        return load_dataset(kind, data_files=[str(file)], split="train", **options)
     except Exception as exc:
         raise DataError(f"{entry.label}: cannot read {file} as {kind}: {exc}") from None
 

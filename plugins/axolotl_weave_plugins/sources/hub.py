@@ -10,6 +10,7 @@ hub revision.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from axolotl_weave import DataError, DataSource, hookimpl
@@ -42,6 +43,8 @@ def load_hub(entry: Any, streaming: bool = False) -> Any:
             streaming=streaming,
         )
     except Exception as exc:
+        where = Path(entry.path).expanduser().absolute()
         raise DataError(
-            f"{entry.label} is neither a local file nor a loadable hub dataset: {exc}"
+            f"{entry.label} is neither a local file or folder (looked for {where}) nor a "
+            f"loadable hub dataset: {exc}"
         ) from None

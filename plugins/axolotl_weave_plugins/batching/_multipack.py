@@ -8,6 +8,8 @@ the same number. A bin becomes one row of a micro-batch: its rows concatenated, 
 restarting at 0 for each, and the first label of each masked so that no row is trained to predict
 from another. Attention keeps the rows apart through the `position_ids` (transformers builds the
 block-diagonal mask from them; varlen kernels turn them into cumulative sequence lengths).
+
+Not a plugin (no entry point): the helper of the `sample_packing` plugin (`packed.py`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from axolotl_weave._types import IGNORE_INDEX
+from axolotl_weave import IGNORE_INDEX, read_rows
 
 if TYPE_CHECKING:
     import torch
@@ -202,16 +203,6 @@ def warn_below_estimate(packer: Packer, estimate: float | None) -> None:
         )
 
 
-def padded_efficiency(lengths: np.ndarray, micro_batch_size: int) -> float:
-    """Real tokens / slots of unpacked micro-batches padded to their longest row (shuffled)."""
-    real = slots = 0
-    for first in range(0, len(lengths), micro_batch_size):
-        chunk = lengths[first : first + micro_batch_size]
-        real += int(chunk.sum())
-        slots += len(chunk) * int(chunk.max())
-    return real / max(slots, 1)
-
-
 def collate_packed(
     bins: list[list[dict[str, Any]]], pad_token_id: int, pad_to: int | None = None
 ) -> dict[str, torch.Tensor]:
@@ -250,3 +241,18 @@ def collate_packed(
         "position_ids": torch.tensor(positions, dtype=torch.long),
         "num_tokens": torch.tensor(real, dtype=torch.long),
     }
+
+
+def iter_packed_micro_batches(
+    dataset: Dataset,
+    bins: Iterator[list[list[int]]],
+    pad_token_id: int,
+    pad_to: int | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Packed micro-batches, one per item of `bins` (each a list of bins of row indices)."""
+    for micro_batch in bins:
+        rows = read_rows(dataset, [row for packed in micro_batch for row in packed])
+        it = iter(rows)
+        yield collate_packed(
+            [[next(it) for _ in packed] for packed in micro_batch], pad_token_id, pad_to
+        )

@@ -1,0 +1,1 @@
+"""Preference training (`rl: dpo | ipo | orpo | simpo`): one plugin, `rl.preference`."""

@@ -1,0 +1,330 @@
+"""Preference datasets (`chosen` / `rejected` pairs) under Axolotl's DPO `type:` names.
+
+Each format turns a raw row into a prompt text, a chosen text and a rejected text exactly as
+Axolotl's `prompt_strategies/dpo/{chatml,llama3,chat_template,user_defined}.py` do, then
+tokenizes them as TRL's `DPOTrainer` does: prompt+chosen and prompt+rejected tokenized whole
+(the tokenizer's BOS kept, EOS appended unless the text ends with it), the prompt being the
+common prefix of the tokenized prompt and both completions, masked with `IGNORE_INDEX`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from axolotl_weave import IGNORE_INDEX, PAD_TOKEN, DatasetFormat, PluginConfig, map_rows
+from pydantic import Field
+
+PAIR_COLUMNS: dict[str, int | str | None] = {
+    "chosen_input_ids": PAD_TOKEN,
+    "chosen_labels": IGNORE_INDEX,
+    "chosen_attention_mask": 0,
+    "rejected_input_ids": PAD_TOKEN,
+    "rejected_labels": IGNORE_INDEX,
+    "rejected_attention_mask": 0,
+}
+"""The batch columns of every preference format, with their padding."""
+
+EMPTY_PAIR = {name: [] for name in PAIR_COLUMNS}
+
+Texts = tuple[str, str, str]
+"""(prompt, chosen, rejected) as text."""
+
+
+# --- tokenization ---------------------------------------------------------------------------
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading ids `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def tokenize_pair(tokenizer: Any, prompt: str, chosen: str, rejected: str) -> dict[str, list]:
+    """The six pair columns of one row, tokenized as TRL's `DPOTrainer` does."""
+    eos = tokenizer.eos_token or ""
+
+    def with_eos(text: str) -> str:
+        return text if not eos or text.endswith(eos) else text + eos
+
+    prompt_ids = list(tokenizer(prompt)["input_ids"])
+    chosen_ids = list(tokenizer(prompt + with_eos(chosen))["input_ids"])
+    rejected_ids = list(tokenizer(prompt + with_eos(rejected))["input_ids"])
+    cut = min(common_prefix(prompt_ids, chosen_ids), common_prefix(prompt_ids, rejected_ids))
+    row: dict[str, list] = {}
+    for name, ids in (("chosen", chosen_ids), ("rejected", rejected_ids)):
+        if len(ids) <= cut:
+            raise ValueError(f"the {name} response is empty once tokenized")
+        row[f"{name}_input_ids"] = ids
+        row[f"{name}_labels"] = [IGNORE_INDEX] * cut + ids[cut:]
+        row[f"{name}_attention_mask"] = [1] * len(ids)
+    return row
+
+
+# --- Axolotl's chatml.* and llama3.* ----------------------------------------------------------
+
+CHATML = {
+    "system": "<|im_start|>system\n{}<|im_end|>\n",
+    "user": "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+    "end": "<|im_end|>",
+}
+LLAMA3 = {
+    "system": "<|start_header_id|>system<|end_header_id|>\n\n{}<|eot_id|>",
+    "user": (
+        "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    ),
+    "end": "<|eot_id|>",
+}
+
+
+def first_key(row: dict[str, Any], names: tuple[str, ...]) -> str:
+    """The first of `names` the row has (the last one when none: its KeyError names it)."""
+    return next((name for name in names if name in row), names[-1])
+
+
+def turn_content(value: Any, index: int, field: str) -> str:
+    """`value[index]['content']` of a conversation field, with a clear error."""
+    if not isinstance(value, list) or len(value) <= index or "content" not in value[index]:
+        raise ValueError(f"field '{field}' must be a conversation of at least {index + 1} turns")
+    return value[index]["content"]
+
+
+def templated(template: dict[str, str], read: Callable[[dict[str, Any]], Texts]) -> Callable:
+    """A row -> (prompt, chosen, rejected) with Axolotl's system/user/end text around them."""
+
+    def texts(row: dict[str, Any]) -> Texts:
+        system, question, chosen, rejected = read(row)
+        prompt = template["user"].format(question)
+        if system:
+            prompt = template["system"].format(system) + prompt
+        return prompt, chosen + template["end"], rejected + template["end"]
+
+    return texts
+
+
+def read_default(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    """`default` (Axolotl's `argilla`): prompt/input/question/instruction, chosen(_response)."""
+    prompt = first_key(row, ("prompt", "input", "question", "instruction"))
+    chosen = first_key(row, ("chosen", "chosen_response"))
+    rejected = first_key(row, ("rejected", "rejected_response"))
+    return row.get("system") or "", row[prompt], row[chosen], row[rejected]
+
+
+def read_fields(question: str) -> Callable[[dict[str, Any]], tuple[str, str, str, str]]:
+    """`intel` (question), `icr` (input), `prompt_pairs` (prompt): plain chosen and rejected."""
+
+    def read(row: dict[str, Any]) -> tuple[str, str, str, str]:
+        return row.get("system") or "", row[question], row["chosen"], row["rejected"]
+
+    return read
+
+
+def read_ultra(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    """`ultra`: the prompt, and the second turn of the chosen and rejected conversations."""
+    return (
+        row.get("system") or "",
+        row["prompt"],
+        turn_content(row["chosen"], 1, "chosen"),
+        turn_content(row["rejected"], 1, "rejected"),
+    )
+
+
+def read_argilla_chat(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    """`argilla_chat`: the first turn of `chosen` is the prompt; no system."""
+    return (
+        "",
+        turn_content(row["chosen"], 0, "chosen"),
+        turn_content(row["chosen"], 1, "chosen"),
+        turn_content(row["rejected"], 1, "rejected"),
+    )
+
+
+READERS = {
+    "default": read_default,
+    "argilla": read_default,
+    "intel": read_fields("question"),
+    "icr": read_fields("input"),
+    "prompt_pairs": read_fields("prompt"),
+    "ultra": read_ultra,
+    "argilla_chat": read_argilla_chat,
+}
+
+
+# --- chat_template.* ----------------------------------------------------------------------------
+
+
+class ChatTemplatePairOptions(PluginConfig):
+    """Keys of a `chat_template.default` / `chat_template.argilla_chat` preference entry."""
+
+    field_messages: str = Field("messages", description="Column of the prompt's messages.")
+    field_chosen: str = Field("chosen", description="Column of the chosen response.")
+    field_rejected: str = Field("rejected", description="Column of the rejected response.")
+    message_property_mappings: dict[str, str] | None = Field(
+        None, description="Names of a message's role and content keys."
+    )
+    message_field_role: str | None = Field(None, description="Legacy name of the role key.")
+    message_field_content: str | None = Field(None, description="Legacy name of the content key.")
+    roles: dict[str, list[str]] | None = Field(
+        None, description="Role names of the data under each template role."
+    )
+
+
+def chat_template_texts(entry: Any, tokenizer: Any, argilla: bool) -> Callable:
+    """Axolotl's `chat_template.default` (or `argilla_chat`): the prompt rendered with the
+    tokenizer's chat template (the config's `chat_template`) and a generation prompt; each
+    response rendered after a dummy user turn, from where its content starts, stripped."""
+    mapping = {"role": "role", "content": "content"}
+    mapping.update(entry.option("message_property_mappings") or {})
+    if entry.option("message_field_role"):
+        mapping["role"] = entry.option("message_field_role")
+    if entry.option("message_field_content"):
+        mapping["content"] = entry.option("message_field_content")
+    roles = entry.option("roles") or {
+        "user": ["user"],
+        "assistant": ["assistant"],
+        "system": ["system"],
+        "tool": ["tool"],
+    }
+    role_of = {source: target for target, sources in roles.items() for source in sources}
+    field_messages = entry.option("field_messages", "messages")
+    field_chosen = entry.option("field_chosen", "chosen")
+    field_rejected = entry.option("field_rejected", "rejected")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"{entry.label}: the tokenizer has no chat template: set chat_template: in the config"
+        )
+
+    def message(raw: Any) -> dict[str, str]:
+        if isinstance(raw, str):
+            return {"role": "assistant", "content": raw}
+        return {"role": role_of[raw[mapping["role"]]], "content": raw[mapping["content"]]}
+
+    def response(raw: Any) -> dict[str, str]:
+        return message(raw if isinstance(raw, (str, dict)) else raw[-1])
+
+    def render_response(turn: dict[str, str]) -> str:
+        dummy = {"role": "user", "content": "[[dummy_message]]"}
+        text = tokenizer.apply_chat_template([dummy, turn], tokenize=False)
+        return text[text.find(turn["content"]) :].rstrip()
+
+    def texts(row: dict[str, Any]) -> Texts:
+        if argilla:
+            messages = [message(m) for m in row[field_chosen][:-1]]
+        else:
+            messages = row[field_messages]
+            if isinstance(messages, str):
+                messages = [{mapping["role"]: "user", mapping["content"]: messages}]
+            messages = [message(m) for m in messages]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        chosen = render_response(response(row[field_chosen]))
+        rejected = render_response(response(row[field_rejected]))
+        return prompt, chosen, rejected
+
+    return texts
+
+
+# --- user_defined.default -----------------------------------------------------------------------
+
+
+class UserDefinedPairOptions(PluginConfig):
+    """Keys of a `user_defined.default` preference entry (Axolotl's names)."""
+
+    field_prompt: str = Field("prompt", description="Column of the prompt.")
+    field_system: str = Field("system", description="Column of the system message.")
+    field_chosen: str = Field("chosen", description="Column of the chosen response.")
+    field_rejected: str = Field("rejected", description="Column of the rejected response.")
+    prompt_format: str | None = Field(
+        None, description="The prompt's text, with {prompt} (and {system}) in it."
+    )
+    chosen_format: str | None = Field(None, description="The chosen text, with {chosen}.")
+    rejected_format: str | None = Field(None, description="The rejected text, with {rejected}.")
+
+
+def user_defined_texts(entry: Any) -> Callable:
+    """Axolotl's `user_defined.default`: the three texts from format strings."""
+    field_prompt = entry.option("field_prompt", "prompt")
+    field_system = entry.option("field_system", "system")
+    field_chosen = entry.option("field_chosen", "chosen")
+    field_rejected = entry.option("field_rejected", "rejected")
+    prompt_format = entry.option("prompt_format") or "{" + field_prompt + "}"
+    chosen_format = entry.option("chosen_format") or "{" + field_chosen + "}"
+    rejected_format = entry.option("rejected_format") or "{" + field_rejected + "}"
+
+    def texts(row: dict[str, Any]) -> Texts:
+        if "{" + field_system + "}" in prompt_format and row.get(field_system):
+            prompt = prompt_format.format(system=row[field_system], prompt=row[field_prompt])
+        else:
+            prompt = prompt_format.format(prompt=row[field_prompt])
+        return (
+            prompt,
+            chosen_format.format(chosen=row[field_chosen]),
+            rejected_format.format(rejected=row[field_rejected]),
+        )
+
+    return texts
+
+
+# --- registration -------------------------------------------------------------------------------
+
+
+def builder(make_texts: Callable[[Any, Any], Callable[[dict[str, Any]], Texts]]) -> Callable:
+    """A `DatasetFormat.build` from a function (entry, tokenizer) -> row -> texts."""
+
+    def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+        texts = make_texts(entry, tokenizer)
+        return map_rows(
+            dataset, entry, lambda row: tokenize_pair(tokenizer, *texts(row)), empty=EMPTY_PAIR
+        )
+
+    return build
+
+
+def preference_formats() -> list[DatasetFormat]:
+    """Every preference `type:` this plugin builds."""
+    formats = []
+    for family, template in (("chatml", CHATML), ("llama3", LLAMA3)):
+        for name, read in READERS.items():
+            texts = templated(template, read)
+            formats.append(
+                DatasetFormat(
+                    f"{family}.{name}",
+                    f"preference pairs ({name}) in {family} text (rl:)",
+                    build=builder(lambda entry, tokenizer, texts=texts: texts),
+                    columns=dict(PAIR_COLUMNS),
+                )
+            )
+        formats.append(
+            DatasetFormat(
+                family,
+                f"preference pairs in {family} text (rl:), as {family}.default",
+                build=builder(lambda entry, tok, t=templated(template, read_default): t),
+                columns=dict(PAIR_COLUMNS),
+            )
+        )
+    for name, argilla in (("default", False), ("argilla_chat", True)):
+        formats.append(
+            DatasetFormat(
+                f"chat_template.{name}",
+                "preference pairs rendered with the chat template (rl:)",
+                options=ChatTemplatePairOptions,
+                build=builder(
+                    lambda entry, tok, argilla=argilla: chat_template_texts(entry, tok, argilla)
+                ),
+                columns=dict(PAIR_COLUMNS),
+            )
+        )
+    formats.append(
+        DatasetFormat(
+            "user_defined.default",
+            "preference pairs from prompt/chosen/rejected format strings (rl:)",
+            options=UserDefinedPairOptions,
+            build=builder(lambda entry, tok: user_defined_texts(entry)),
+            columns=dict(PAIR_COLUMNS),
+        )
+    )
+    return formats

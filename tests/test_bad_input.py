@@ -247,3 +247,17 @@ def test_an_output_dir_without_write_permission_is_refused_before_any_work(
     assert result.returncode == 2
     assert f"cannot write in {unwritable_folder}" in error_of(result)
     assert not prepared.exists()
+
+
+def test_a_relative_folder_that_is_not_there_is_not_sent_to_the_hub(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    entry = {"path": "data/alpaca/train", "type": "alpaca"}
+    config = write_config(tmp_path / "c.yml", {**base_config, "datasets": [entry]})
+    result = weave(elsewhere, "validate", str(config))
+    assert result.returncode == 2
+    message = error_of(result)
+    assert f"looked for {elsewhere / 'data' / 'alpaca' / 'train'}" in message, message
+    assert "not a hub dataset name" in message

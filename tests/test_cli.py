@@ -156,7 +156,7 @@ def test_validate_shows_which_plugin_answers_each_hook(
     path = write_config(
         tmp_path / "config.yml", {**base_config, "adapter": "lora", "datasets": datasets}
     )
-    result = weave(tmp_path, "validate", str(path))
+    result = weave(tmp_path, "validate", str(path), env={"COLUMNS": "300"})  # rows unwrapped
     assert result.returncode == 0, result.stderr
     assert f"valid: {path}" in result.stdout
     version = importlib.metadata.version("axolotl-weave")
@@ -169,7 +169,8 @@ def test_validate_shows_which_plugin_answers_each_hook(
     load_model = table_row(result.stdout, "load_model").split("│")[2].strip()
     assert load_model == (  # packing is a plugin: it refuses an unpackable family first
         "sample_packing (wrapper) → lora (wrapper) → liger (wrapper) → "
-        "cut_cross_entropy (wrapper) → bnb_quantization (wrapper) → gptq (wrapper) → hf_causal_lm"
+        "cut_cross_entropy (wrapper) → bnb_quantization (wrapper) → gptq (wrapper) → "
+        "reward_models → hf_causal_lm"  # reward models load a classifier, and only for them
     )
     build_loss = table_row(result.stdout, "build_loss").split("│")[2].strip()
     assert build_loss.endswith("sft_loss"), build_loss

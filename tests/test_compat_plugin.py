@@ -73,10 +73,11 @@ def test_blocked_an_axolotl_dataset_key_is_an_unknown_key(
 def test_blocked_a_key_changing_what_is_trained_gets_no_axolotl_reason(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:
-    with_plugin = error(tmp_path, {**base_config, "rl": "dpo"})
-    assert "rl: an Axolotl option that no installed plugin implements" in with_plugin
-    blocked = error(tmp_path, {**base_config, "rl": "dpo"}, block=(COMPAT,))
-    assert "  - rl: unknown key" in blocked
+    # (rl: dpo was the example; the preference plugin implements it now)
+    with_plugin = error(tmp_path, {**base_config, "qat": {"weight_dtype": "int8"}})
+    assert "qat: an Axolotl option that no installed plugin implements" in with_plugin
+    blocked = error(tmp_path, {**base_config, "qat": {"weight_dtype": "int8"}}, block=(COMPAT,))
+    assert "  - qat: unknown key" in blocked
 
 
 def test_the_train_on_split_alias_is_the_plugins(

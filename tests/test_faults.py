@@ -299,3 +299,33 @@ def test_a_run_with_no_saving_plugin_does_not_say_model_saved(
     assert "NO model saved" in result.stdout and "model saved" not in result.stdout.replace(
         "NO model saved", ""
     )
+
+
+# -- Axolotl's checkpoint keys ---------------------------------------------------------------------
+
+
+def test_save_strategy_and_save_only_model(config: dict[str, Any], tmp_path: Path) -> None:
+    from axolotl_weave_testing import train_with
+
+    def saved(name: str, **keys: Any) -> list[str]:
+        out = tmp_path / name
+        train_with({**config, "output_dir": str(out), **keys}, tmp_path / f"{name}.yml")
+        return sorted(p.name for p in out.glob("checkpoint-*"))
+
+    assert saved("never", save_strategy="no") == []
+    # 32 rows of 2: 16 steps an epoch; 20 steps cross one epoch's end
+    assert saved("epochs", save_strategy="epoch", max_steps=20) == ["checkpoint-16"]
+    assert saved("steps") == ["checkpoint-2", "checkpoint-4", "checkpoint-6", "checkpoint-8"]
+
+    only = tmp_path / "only"
+    saved("only", save_only_model=True, max_steps=2)
+    assert sorted(p.name for p in (only / "checkpoint-2").iterdir()) == [
+        "rng_state.pt",
+        "run_settings.json",
+        "trainable.safetensors",
+        "trainer_state.json",
+    ]
+    resume = {**config, "output_dir": str(only), "resume_from_checkpoint": "auto", "max_steps": 4}
+    result = run_weave("train", str(write_config(tmp_path / "r.yml", resume)))
+    assert result.returncode == 1
+    assert "save_only_model" in error_of(result) and "checkpoint-2" in error_of(result)

@@ -280,6 +280,20 @@ class Hooks:
             cfg=cfg, model=model, tokenizer=tokenizer, strategy=strategy, output_dir=output_dir
         )
 
+    def may_build_loss(self, cfg: Any) -> bool:
+        """Whether some plugin's `build_loss` answers for `cfg`, asked before any model loads
+        (with `model=None`; a plugin that needs the model to decide counts as answering)."""
+        caller = self.pm.hook.build_loss
+        for impl in caller.get_hookimpls():
+            if impl.wrapper or impl.hookwrapper:
+                continue
+            try:
+                if self._call_impl("build_loss", impl, cfg=cfg, model=None) is not None:
+                    return True
+            except Exception:
+                return True
+        return False
+
     def implementations(self, hook_name: str) -> list[str]:
         """Plugin names implementing `hook_name`, in call order, wrappers marked."""
         caller = getattr(self.pm.hook, hook_name)

@@ -180,6 +180,8 @@ def check_before_work(session: Session) -> None:
         for h in REQUIRED_HOOKS
     }
     missing = [hook for hook, names in answering.items() if not names]
+    if "build_loss" not in missing and not session.hooks.may_build_loss(session.cfg):
+        missing.append("build_loss")
     if missing:
         raise PluginError(
             f"no installed plugin answers {', '.join(missing)}: the run cannot train without "

@@ -285,17 +285,25 @@ def builder(make_texts: Callable[[Any, Any], Callable[[dict[str, Any]], Texts]])
 
 
 def preference_formats() -> list[DatasetFormat]:
-    """Every preference `type:` this plugin builds."""
+    """Every preference `type:` this plugin builds (the KTO names build unpaired rows under
+    `rl: kto`, see `_kto_formats`)."""
+    from axolotl_weave_plugins.rl._kto_formats import SHARED_COLUMNS, kto_builder, kto_texts
+
     formats = []
     for family, template in (("chatml", CHATML), ("llama3", LLAMA3)):
         for name, read in READERS.items():
             texts = templated(template, read)
+            build = builder(lambda entry, tokenizer, texts=texts: texts)
+            columns = dict(PAIR_COLUMNS)
+            if name in kto_texts(family):
+                build = kto_builder(build, lambda entry, t=kto_texts(family)[name]: t)
+                columns = SHARED_COLUMNS
             formats.append(
                 DatasetFormat(
                     f"{family}.{name}",
                     f"preference pairs ({name}) in {family} text (rl:)",
-                    build=builder(lambda entry, tokenizer, texts=texts: texts),
-                    columns=dict(PAIR_COLUMNS),
+                    build=build,
+                    columns=columns,
                 )
             )
         formats.append(
@@ -318,13 +326,17 @@ def preference_formats() -> list[DatasetFormat]:
                 columns=dict(PAIR_COLUMNS),
             )
         )
+    from axolotl_weave_plugins.rl._kto_formats import UserDefinedOptions, user_defined_kto
+
     formats.append(
         DatasetFormat(
             "user_defined.default",
             "preference pairs from prompt/chosen/rejected format strings (rl:)",
-            options=UserDefinedPairOptions,
-            build=builder(lambda entry, tok: user_defined_texts(entry)),
-            columns=dict(PAIR_COLUMNS),
+            options=UserDefinedOptions,
+            build=kto_builder(
+                builder(lambda entry, tok: user_defined_texts(entry)), user_defined_kto
+            ),
+            columns=SHARED_COLUMNS,
         )
     )
     return formats

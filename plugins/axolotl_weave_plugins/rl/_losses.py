@@ -141,3 +141,20 @@ def simpo_losses(
         -F.logsigmoid(beta * logits) * (1 - label_smoothing)
         - F.logsigmoid(-beta * logits) * label_smoothing
     )
+
+
+def kto_losses(
+    logratios: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
+    """KTO's per-row loss (TRL's `KTOTrainer`, loss type `kto`): a desirable row
+    `w_d * (1 - sigmoid(beta * (logratio - kl)))`, an undesirable one
+    `w_u * (1 - sigmoid(beta * (kl - logratio)))`; `logratios` are the policy's minus the
+    reference's summed completion log-probabilities, `kl` the (detached, clamped) KL estimate."""
+    chosen = desirable_weight * (1 - torch.sigmoid(beta * (logratios - kl)))
+    rejected = undesirable_weight * (1 - torch.sigmoid(beta * (kl - logratios)))
+    return torch.where(desirable, chosen, rejected)

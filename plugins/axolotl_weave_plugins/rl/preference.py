@@ -1,4 +1,4 @@
-"""`rl: dpo | ipo | orpo | simpo`: preference training on chosen/rejected pairs (Axolotl's keys).
+"""`rl: dpo | ipo | orpo | simpo | kto`: preference training (Axolotl's keys).
 
 - `rl: dpo`: DPO against a reference model, the loss types of `dpo_loss_type` (TRL's formulas,
   weighted by `dpo_loss_weights`); `rl: ipo` is DPO with the loss type `ipo`. The reference is
@@ -14,6 +14,16 @@ The datasets are Axolotl's preference `type:`s (`chatml.*`, `llama3.*`, `chat_te
 `user_defined.default`): rows of chosen and rejected columns, never packed. The training step
 logs TRL's metrics (`rewards/chosen`, `rewards/rejected`, `rewards/accuracies`,
 `rewards/margins`, `logps/chosen`, `logps/rejected`).
+
+- `rl: kto`: KTO on unpaired rows (a prompt, a completion, a boolean `label`) against a reference
+  as for DPO, TRL's `KTOTrainer` loss: desirable rows weighted by `kto_desirable_weight`,
+  undesirable ones by `kto_undesirable_weight`, temperature `rl_beta`, and TRL's KL estimate
+  from mismatched prompt/completion pairs (completions rotated by one within the micro-batch,
+  so `micro_batch_size` must be at least 2). The datasets are Axolotl's KTO `type:`s, which share
+  their names with the preference ones (`chatml.argilla`, `chatml.intel`, `chatml.ultra`,
+  `llama3.*`, `user_defined.default` with `field_label`...): `rl: kto` makes them build unpaired
+  rows. It logs `kl`, `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `logps/chosen`,
+  `logps/rejected` (means over the desirable or undesirable rows of the step).
 """
 
 from __future__ import annotations
@@ -26,16 +36,23 @@ from axolotl_weave import PluginConfig, PluginError, hookimpl
 from pydantic import Field, model_validator
 
 from axolotl_weave_plugins.rl._formats import preference_formats
+from axolotl_weave_plugins.rl._kto_formats import kto_texts, use_kto_columns
 
 PLUGIN_KIND = "method"
 
 log = logging.getLogger("axolotl_weave")
 
-METHODS = ("dpo", "ipo", "orpo", "simpo")
+METHODS = ("dpo", "ipo", "orpo", "simpo", "kto")
 """The `rl:` values this plugin trains."""
 
 PREFERENCE_TYPES = frozenset(fmt.name for fmt in preference_formats())
 """The preference `type:` names (they need `rl:`)."""
+
+KTO_TYPES = frozenset(
+    [f"{family}.{name}" for family in ("chatml", "llama3") for name in kto_texts(family)]
+    + ["user_defined.default"]
+)
+"""The `type:` names that build KTO's unpaired rows under `rl: kto`."""
 
 LossType = Literal[
     "sigmoid",
@@ -55,11 +72,19 @@ LossType = Literal[
 class PreferenceSettings(PluginConfig):
     """The preference methods' keys (Axolotl's names)."""
 
-    rl: Literal["dpo", "ipo", "orpo", "simpo"] | None = Field(
-        None, description="Preference training method on chosen/rejected pairs."
+    rl: Literal["dpo", "ipo", "orpo", "simpo", "kto"] | None = Field(
+        None,
+        description="Preference method: on chosen/rejected pairs, or KTO on labelled rows.",
+        json_schema_extra={"affects_data": True},
     )
     rl_beta: float = Field(
-        0.1, gt=0, description="DPO/IPO/SimPO temperature beta (strength of the preference)."
+        0.1, gt=0, description="DPO/IPO/SimPO/KTO temperature beta (strength of the preference)."
+    )
+    kto_desirable_weight: float = Field(
+        1.0, gt=0, description="KTO: weight of the desirable (label true) rows' losses."
+    )
+    kto_undesirable_weight: float = Field(
+        1.0, gt=0, description="KTO: weight of the undesirable (label false) rows' losses."
     )
     dpo_beta: float | None = Field(None, gt=0, description="Deprecated: use rl_beta.")
     dpo_loss_type: list[LossType] | None = Field(
@@ -99,6 +124,22 @@ class PreferenceSettings(PluginConfig):
                         f"{', '.join(METHODS)}) to train on them"
                     )
             return self
+        for key in ("kto_desirable_weight", "kto_undesirable_weight"):
+            if key in self.model_fields_set and self.rl != "kto":
+                raise ValueError(f"{key} applies to rl: kto, not rl: {self.rl}")
+        if self.rl == "kto":
+            if (getattr(self, "micro_batch_size", 2) or 2) < 2:
+                raise ValueError(
+                    "micro_batch_size: rl: kto needs at least 2 rows per micro-batch: its KL "
+                    "estimate pairs each prompt with another row's completion"
+                )
+            for entry in getattr(self, "datasets", None) or []:
+                kind = getattr(entry, "type", None)
+                if isinstance(kind, str) and kind in PREFERENCE_TYPES and kind not in KTO_TYPES:
+                    raise ValueError(
+                        f"datasets: type: {kind} holds preference pairs, not KTO rows; with "
+                        f"rl: kto use one of {', '.join(sorted(KTO_TYPES))}"
+                    )
         if getattr(self, "sample_packing", False):
             raise ValueError(
                 f"sample_packing: true cannot be used with rl: {self.rl}: preference pairs "
@@ -135,10 +176,28 @@ def register_dataset_formats(register: Callable[[Any], None]) -> None:
 
 
 @hookimpl
+def configure(cfg: Any, register: Callable[[object, str], None]) -> None:
+    """The type names KTO shares with the pairs declare KTO's columns under `rl: kto` (the
+    pairs' otherwise), before the data is built or read from its cache."""
+    use_kto_columns(getattr(cfg, "rl", None) == "kto")
+
+
+@hookimpl
+def on_train_end(cfg: Any, state: Any, error: BaseException | None) -> None:
+    """The shared type names declare the pairs' columns again once a run is over."""
+    use_kto_columns(False)
+
+
+@hookimpl
 def build_loss(cfg: Any, model: Any) -> Any:
-    """The preference objective when `rl:` names one of ours (its unit: a pair)."""
-    if getattr(cfg, "rl", None) not in METHODS:
+    """The preference objective when `rl:` names one of ours (its unit: a pair, KTO's a row)."""
+    rl = getattr(cfg, "rl", None)
+    if rl not in METHODS:
         return None
+    if rl == "kto":
+        from axolotl_weave_plugins.rl._kto import KTOObjective
+
+        return KTOObjective(cfg, model)
     from axolotl_weave_plugins.rl._objective import PreferenceObjective
 
     return PreferenceObjective(cfg, model)
@@ -151,9 +210,12 @@ def training_step(
     """Policy (and reference) forward passes over the window's pairs; TRL's metrics."""
     if getattr(cfg, "rl", None) not in METHODS:
         return None
+    from axolotl_weave_plugins.rl._kto import KTOObjective, kto_step
     from axolotl_weave_plugins.rl._objective import PreferenceObjective, preference_step
 
-    if not isinstance(objective, PreferenceObjective):
+    if cfg.rl == "kto" and isinstance(objective, KTOObjective):
+        return kto_step(strategy, model, objective, window)
+    if cfg.rl == "kto" or not isinstance(objective, PreferenceObjective):
         raise PluginError(
             f"rl: {cfg.rl}: another plugin replaced the preference objective "
             f"({type(objective).__name__}); remove the loss/kernel option that wraps it"

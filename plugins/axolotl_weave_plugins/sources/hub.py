@@ -26,7 +26,25 @@ def is_hub_name(entry: Any) -> bool:
 @hookimpl(trylast=True)
 def register_data_sources(register: Callable[[DataSource], None]) -> None:
     """Register the hub source, asked after every other source."""
-    register(DataSource("hub", is_hub_name, load_hub, description="a Hugging Face hub dataset"))
+    register(
+        DataSource(
+            "hub",
+            is_hub_name,
+            load_hub,
+            description="a Hugging Face hub dataset",
+            problem=not_a_hub_name,
+        )
+    )
+
+
+def not_a_hub_name(entry: Any) -> str | None:
+    """Why a path no local source found cannot be a hub dataset either (a hub name is `name`
+    or `owner/name`), saying where it was looked for on disk; None when it may be one."""
+    path = entry.path
+    if path.count("/") <= 1 and not path.startswith((".", "/", "~")):
+        return None
+    where = Path(path).expanduser().absolute()
+    return f"no such file or folder (looked for {where}), and not a hub dataset name (owner/name)"
 
 
 def load_hub(entry: Any, streaming: bool = False) -> Any:

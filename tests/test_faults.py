@@ -157,7 +157,6 @@ def test_a_signal_saves_a_checkpoint_and_a_resume_continues_as_if_uninterrupted(
 ) -> None:
     (tmp_path / "slow_steps.py").write_text(SLOW_PLUGIN)
     steady = {**config, "save_steps": 100, "output_dir": str(tmp_path / "steady")}
-    assert run_weave("train", str(write_config(tmp_path / "s.yml", steady))).returncode == 0
 
     out = tmp_path / "interrupted"
     interrupted = {**steady, "output_dir": str(out), "plugins": ["slow_steps"]}
@@ -190,6 +189,9 @@ def test_a_signal_saves_a_checkpoint_and_a_resume_continues_as_if_uninterrupted(
     assert f"{saved[0]}" in stderr and "resume_from_checkpoint" in stderr, stderr
     assert not (out / "model.safetensors").exists()
 
+    if signum == signal.SIGINT:
+        return  # resuming is the same as after SIGTERM, checked there
+    assert run_weave("train", str(write_config(tmp_path / "s.yml", steady))).returncode == 0
     resumed = {**interrupted, "plugins": [], "resume_from_checkpoint": "auto"}
     result = run_weave("train", str(write_config(tmp_path / "r.yml", resumed)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr

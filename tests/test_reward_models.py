@@ -309,15 +309,11 @@ def refusal(tmp_path: Path, config: dict) -> str:
 
 
 @pytest.mark.parametrize("key", ["reward_model", "process_reward_model"])
-def test_packing_an_adapter_and_a_causal_lm_class_are_refused(
-    tmp_path: Path, base_config: dict, key: str
-):
+def test_packing_and_a_causal_lm_class_are_refused(tmp_path: Path, base_config: dict, key: str):
     config = (reward_config if key == "reward_model" else prm_config)(tmp_path, base_config)
     assert f"sample_packing: true cannot be used with {key}: true" in refusal(
         tmp_path, config | {"sample_packing": True}
     )
-    lora = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8}
-    assert f"adapter: lora cannot be used with {key}: true" in refusal(tmp_path, config | lora)
     causal = {"model_type": "AutoModelForCausalLM"}
     assert "model_type: AutoModelForCausalLM cannot load a" in refusal(tmp_path, config | causal)
     mixed = config["datasets"] + base_config["datasets"]
@@ -384,3 +380,33 @@ def test_weave_train_process_reward_model_saves_a_token_classifier(
     with torch.no_grad():
         logits = model(**ids).logits
     assert logits.shape == (1, ids["input_ids"].shape[1], 2)
+
+
+def test_a_lora_reward_model_trains_its_head_and_loads_on_its_base(
+    tmp_path: Path, base_config: dict
+):
+    """With `adapter: lora` the adapter is a classifier's (peft's SEQ_CLS): the score head is
+    trained in full and saved with it, and the adapter loads on the base classifier."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    config = reward_config(tmp_path, base_config) | {
+        "adapter": "lora",
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_target_linear": True,
+    }
+    result = run_weave("train", str(write_config(tmp_path / "rm.yml", config)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = Path(config["output_dir"])
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "SEQ_CLS"
+    assert "score" in (adapter["modules_to_save"] or [])
+    base = AutoModelForSequenceClassification.from_pretrained(config["base_model"], num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(base, out).eval()
+    ids = tokenizer("Add 1 and 2. 3", return_tensors="pt")
+    with torch.no_grad():
+        reward = model(**ids).logits
+    assert reward.shape == (1, 1) and torch.isfinite(reward).all()

@@ -212,7 +212,7 @@ def lora_config(cfg: Any, model: Any, tokenizer: Any, family: ModelFamily | None
     from peft import LoraConfig
 
     return LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type=task_type(model),
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
@@ -226,6 +226,15 @@ def lora_config(cfg: Any, model: Any, tokenizer: Any, family: ModelFamily | None
         target_parameters=cfg.lora_target_parameters,
         bias="none",
     )
+
+
+def task_type(model: Any) -> str:
+    """peft's task type for the model's head: a classifier's (whose head peft then trains in
+    full and saves with the adapter) or a causal LM's."""
+    name = type(model).__name__
+    if name.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    return "TOKEN_CLS" if name.endswith("ForTokenClassification") else "CAUSAL_LM"
 
 
 @hookimpl(wrapper=True)

@@ -10,8 +10,8 @@
   loads as `AutoModelForTokenClassification` (`num_labels: 2`), trained with cross-entropy on
   the last token of every step (`type: stepwise_supervised`).
 
-The model is saved as that class (`save_hf`). Neither trains on packed rows, nor with an
-`adapter:` yet (the LoRA plugin builds causal-LM adapters only).
+The model is saved as that class (`save_hf`); with `adapter: lora` the adapter is saved, its
+classifier head trained in full with it. Neither trains on packed rows.
 """
 
 from __future__ import annotations
@@ -100,12 +100,6 @@ class RewardSettings(PluginConfig):
             raise ValueError(
                 f"model_type: {model_type} cannot load a {key.replace('_', ' ')}: name a "
                 f"*{suffix} class (AutoModel{suffix}) or leave it unset"
-            )
-        if getattr(self, "adapter", None):
-            raise ValueError(
-                f"adapter: {self.adapter} cannot be used with {key}: true yet: the LoRA plugin "
-                "builds a causal-LM adapter (task_type CAUSAL_LM), not one for a classifier "
-                "with its score head trained; remove adapter: to fine-tune the whole model"
             )
         return self
 

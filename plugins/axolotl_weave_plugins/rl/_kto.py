@@ -15,14 +15,13 @@ read dataset; here the mismatched sequences are built in the step from the colla
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Any
 
 import torch
 from axolotl_weave import IGNORE_INDEX
 
 from axolotl_weave_plugins.rl._losses import kto_losses
-from axolotl_weave_plugins.rl._objective import Forward, pad_to
+from axolotl_weave_plugins.rl._objective import AgainstReference, Forward, pad_to
 
 METRIC_SUMS = (
     "rewards/chosen",
@@ -65,8 +64,10 @@ def kl_sequences(
     return kl_ids, kl_mask, kl_labels
 
 
-class KTOObjective:
+class KTOObjective(AgainstReference):
     """KTO against a reference model (the adapter disabled, or a frozen copy)."""
+
+    ROWS = "completion_input_ids"
 
     def __init__(self, cfg: Any, model: Any) -> None:
         self.method = "kto"
@@ -76,47 +77,12 @@ class KTOObjective:
         self.desirable_weight = 1.0 if desirable is None else desirable
         self.undesirable_weight = 1.0 if undesirable is None else undesirable
         self.max_length = getattr(cfg, "sequence_len", None)
-        self.uses_adapter = hasattr(model, "disable_adapter") and bool(cfg.adapter)
-        self.reference: Any = None
-        self.strategy: Any = None
-        self.placed = False
-        self.unwrap = lambda m: getattr(m, "module", m)
-        if not self.uses_adapter:
-            # a full fine-tune: the reference is a frozen copy of the base, taken before training
-            self.reference = copy.deepcopy(model).requires_grad_(False).eval()
-
-    def place(self, strategy: Any) -> None:
-        """Once: put the frozen reference where the strategy says (inference only)."""
-        if self.placed:
-            return
-        self.placed = True
-        self.strategy = strategy
-        self.unwrap = strategy.unwrap
-        if self.reference is not None:
-            self.reference = strategy.prepare_frozen(self.reference)
-
-    def count(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The rows of a micro-batch."""
-        ids = batch["completion_input_ids"]
-        return torch.as_tensor(ids.shape[0], device=ids.device)
-
-    def __call__(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
-        """The loss summed over the micro-batch's rows."""
-        return self.compute(model, batch)[0]
+        super().__init__(model, cfg.adapter, needs_reference=True)
 
     @staticmethod
     def forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> Any:
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         return Forward(logits, ids, mask, labels)
-
-    def reference_model(self, model: Any) -> tuple[Any, Any]:
-        """(the model to run, the context to run it in) for the reference's passes."""
-        if self.uses_adapter:
-            return model, self.unwrap(model).disable_adapter()
-        reference = self.reference
-        if not self.placed:  # evaluated before any step: beside the model
-            reference = reference.to(next(self.unwrap(model).parameters()).device)
-        return reference, contextlib.nullcontext()
 
     def reference_logps(
         self, model: Any, main: tuple[torch.Tensor, ...], kl: tuple[torch.Tensor, ...]

@@ -14,21 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-DPO_LOSS_TYPES = (
-    "sigmoid",
-    "hinge",
-    "ipo",
-    "robust",
-    "bco_pair",
-    "nca_pair",
-    "sppo_hard",
-    "apo_zero",
-    "apo_down",
-    "sigmoid_norm",
-    "sft",
-)
-"""The `dpo_loss_type` values implemented (TRL's names)."""
-
 
 @dataclass
 class PairLogps:

@@ -10,6 +10,7 @@ step is exactly TRL's loss, with several of equal size it is TRL's gradient accu
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any
 
 import torch
@@ -97,7 +98,57 @@ class Forward:
             return torch.exp(aligned.sum(-1) / self.tokens().clamp(min=1.0))
 
 
-class PreferenceObjective:
+class AgainstReference:
+    """What the paired (DPO-style) and KTO objectives share: a reference model (the policy
+    with its adapter disabled, no copy; or a frozen copy of a full fine-tune, taken before
+    training), placed by the strategy at the first step, and a loss summed over the rows of
+    the micro-batch (counted by the column `ROWS`)."""
+
+    ROWS = "chosen_input_ids"
+
+    def __init__(self, model: Any, adapter: Any, needs_reference: bool) -> None:
+        self.uses_adapter = hasattr(model, "disable_adapter") and bool(adapter)
+        self.reference: Any = None
+        self.strategy: Any = None
+        self.placed = False
+        self.unwrap = lambda m: getattr(m, "module", m)
+        if needs_reference and not self.uses_adapter:
+            self.reference = copy.deepcopy(model).requires_grad_(False).eval()
+
+    def place(self, strategy: Any) -> None:
+        """Once: put the frozen reference where the strategy says (inference only)."""
+        if self.placed:
+            return
+        self.placed = True
+        self.strategy = strategy
+        self.unwrap = strategy.unwrap
+        if self.reference is not None:
+            self.reference = strategy.prepare_frozen(self.reference)
+
+    def count(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The rows (pairs for DPO-style methods) of a micro-batch."""
+        ids = batch[self.ROWS]
+        return torch.as_tensor(ids.shape[0], device=ids.device)
+
+    def __call__(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss summed over the micro-batch's rows."""
+        return self.compute(model, batch)[0]
+
+    def compute(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The summed loss and the metrics of a micro-batch (each objective's own)."""
+        raise NotImplementedError
+
+    def reference_model(self, model: Any) -> tuple[Any, Any]:
+        """(the model to run, the context to run it in) for the reference's passes."""
+        if self.uses_adapter:
+            return model, self.unwrap(model).disable_adapter()
+        reference = self.reference
+        if not self.placed:  # evaluated before any step: beside the model
+            reference = reference.to(next(self.unwrap(model).parameters()).device)
+        return reference, contextlib.nullcontext()
+
+
+class PreferenceObjective(AgainstReference):
     """DPO (and its loss types), IPO, ORPO or SimPO, as `cfg.rl` says."""
 
     def __init__(self, cfg: Any, model: Any) -> None:
@@ -112,33 +163,7 @@ class PreferenceObjective:
         self.orpo_alpha = 0.1 if cfg.orpo_alpha is None else cfg.orpo_alpha
         self.simpo_gamma = 0.5 if cfg.simpo_gamma is None else cfg.simpo_gamma
         self.cpo_alpha = 1.0 if cfg.cpo_alpha is None else cfg.cpo_alpha
-        self.uses_adapter = hasattr(model, "disable_adapter") and bool(cfg.adapter)
-        self.reference: Any = None
-        self.placed = False
-        self.unwrap = lambda m: getattr(m, "module", m)
-        if self.method in REFERENCE_METHODS and not self.uses_adapter:
-            import copy
-
-            # a full fine-tune: the reference is a frozen copy of the base, taken before training
-            self.reference = copy.deepcopy(model).requires_grad_(False).eval()
-
-    def place(self, strategy: Any) -> None:
-        """Once: put the frozen reference where the strategy says (inference only)."""
-        if self.placed:
-            return
-        self.placed = True
-        self.unwrap = strategy.unwrap
-        if self.reference is not None:
-            self.reference = strategy.prepare_frozen(self.reference)
-
-    def count(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The pairs of a micro-batch."""
-        ids = batch["chosen_input_ids"]
-        return torch.as_tensor(ids.shape[0], device=ids.device)
-
-    def __call__(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
-        """The loss summed over the micro-batch's pairs."""
-        return self.compute(model, batch)[0]
+        super().__init__(model, cfg.adapter, self.method in REFERENCE_METHODS)
 
     def forward(self, model: Any, batch: dict[str, Any]) -> Forward:
         input_ids, mask, labels = concatenated(batch)
@@ -148,14 +173,8 @@ class PreferenceObjective:
     def reference_logps(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
         """The reference's summed response log-probabilities: the base with the adapter
         disabled (no copy), or the frozen copy of a full fine-tune."""
-        with torch.no_grad():
-            if self.uses_adapter:
-                with self.unwrap(model).disable_adapter():
-                    return self.forward(model, batch).sums()
-            reference = self.reference
-            if not self.placed:  # evaluated before any step: beside the model
-                device = next(self.unwrap(model).parameters()).device
-                reference = reference.to(device)
+        reference, context = self.reference_model(model)
+        with torch.no_grad(), context:
             return self.forward(reference, batch).sums()
 
     def compute(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -369,8 +369,11 @@ def test_a_bad_label_names_the_row(weave_hooks, tiny_tokenizer):
 
 
 def test_keys_are_validated_naming_them():
-    from axolotl_weave_plugins.rl.preference import PreferenceSettings
+    from axolotl_weave_plugins.rl.preference import PreferenceSettings as Keys
     from pydantic import ValidationError
+
+    class PreferenceSettings(Keys):  # with the core's rl key beside them, as when merged
+        rl: str | None = None
 
     keys = PreferenceSettings(rl="kto", kto_desirable_weight=1.3)
     assert (keys.kto_desirable_weight, keys.kto_undesirable_weight) == (1.3, 1.0)

@@ -494,14 +494,23 @@ def test_full_fine_tune_dpo_uses_a_frozen_reference(tmp_path: Path, base_config:
 # --- the keys and the step's normalisation -------------------------------------------------
 
 
-def test_keys_are_validated_naming_them():
+def settings_with_rl() -> type:
+    """The preference keys with the core's `rl` key beside them (as in the merged config)."""
     from axolotl_weave_plugins.rl.preference import PreferenceSettings
+
+    class WithRl(PreferenceSettings):
+        rl: str | None = None
+
+    return WithRl
+
+
+def test_keys_are_validated_naming_them():
     from pydantic import ValidationError
 
+    PreferenceSettings = settings_with_rl()
     assert PreferenceSettings(rl="dpo", dpo_beta=0.3).rl_beta == 0.3  # the deprecated alias
     assert PreferenceSettings(rl="dpo", dpo_beta=0.3, rl_beta=0.2).rl_beta == 0.2
     refused = [
-        ({"rl": "grpo"}, "rl"),  # not implemented yet
         ({"rl": "dpo", "dpo_loss_type": ["nope"]}, "dpo_loss_type"),
         ({"rl": "dpo", "dpo_loss_type": ["sigmoid", "sft"], "dpo_loss_weights": [1]}, "weights"),
         ({"rl": "ipo", "dpo_loss_type": ["hinge"]}, "dpo_loss_type: rl: ipo"),
@@ -512,6 +521,17 @@ def test_keys_are_validated_naming_them():
     for keys, named in refused:
         with pytest.raises(ValidationError, match=named):
             PreferenceSettings(**keys)
+
+
+def test_an_unregistered_rl_name_is_refused_with_the_registered_ones(
+    tmp_path: Path, base_config: dict
+):
+    from axolotl_weave import ConfigError
+    from axolotl_weave._run import open_session
+
+    path = write_config(tmp_path / "rl.yml", {**base_config, "rl": "dpoo"})
+    with pytest.raises(ConfigError, match=r"rl: unknown rl 'dpoo' \(did you mean dpo\?\); valid: .*kto"):
+        open_session(path)
 
 
 class OneDevice:

@@ -242,6 +242,12 @@ class CoreConfig(BaseModel):
     val_set_size: float = Field(0.0, ge=0, description="Eval split: fraction (<1) or row count.")
 
     # training loop
+    rl: str | None = Field(
+        None,
+        description="Training method instead of supervised fine-tuning (a registered name: "
+        "dpo, ipo, orpo, simpo, kto, grpo...).",
+        json_schema_extra={"affects_data": True},
+    )
     output_dir: str = Field("./outputs", description="Where checkpoints and the model go.")
     overwrite_output_dir: bool = Field(
         False, description="Train into an output_dir that holds another run's model."
@@ -310,34 +316,26 @@ class CoreConfig(BaseModel):
             raise ValueError("give datasets: (or pretraining_dataset:) with at least one entry")
         return value
 
-    @field_validator("optimizer")
+    @field_validator("optimizer", "lr_scheduler", "rl")
     @classmethod
-    def _known_optimizer(cls, value: str, info: ValidationInfo) -> str:
-        names = (info.context or {}).get("optimizers")
-        if names is None or value in names:  # None: validated without the registry
+    def _registered(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A name some plugin registered (the registry's names come in the context)."""
+        registry, things = {
+            "optimizer": ("optimizers", "optimizers"),
+            "lr_scheduler": ("lr_schedulers", "learning-rate schedules"),
+            "rl": ("rl_methods", "training methods"),
+        }[info.field_name or ""]
+        names = (info.context or {}).get(registry)
+        if value is None or names is None or value in names:  # None: without the registry
             return value
         if not names:
             raise ValueError(
-                f"unknown optimizer '{value}': no installed plugin registers optimizers "
+                f"unknown {info.field_name} '{value}': no installed plugin registers {things} "
                 "(is one blocked? see `weave plugin list`)"
             )
         raise ValueError(
-            f"unknown optimizer '{value}'{did_you_mean(value, names)}; valid: {', '.join(names)}"
-        )
-
-    @field_validator("lr_scheduler")
-    @classmethod
-    def _known_scheduler(cls, value: str, info: ValidationInfo) -> str:
-        names = (info.context or {}).get("lr_schedulers")
-        if names is None or value in names:  # None: validated without the registry
-            return value
-        if not names:
-            raise ValueError(
-                f"unknown lr_scheduler '{value}': no installed plugin registers learning-rate "
-                "schedules (is one blocked? see `weave plugin list`)"
-            )
-        raise ValueError(
-            f"unknown lr_scheduler '{value}'{did_you_mean(value, names)}; valid: {', '.join(names)}"
+            f"unknown {info.field_name} '{value}'{did_you_mean(value, names)}; "
+            f"valid: {', '.join(names)}"
         )
 
     @model_validator(mode="before")
@@ -522,6 +520,7 @@ def validate_config(
         "formats": formats,
         "optimizers": sorted(hooks.optimizers()),
         "lr_schedulers": sorted(hooks.lr_schedulers()),
+        "rl_methods": hooks.rl_methods(),
     }
     try:
         cfg = model.model_validate(data, context=context)

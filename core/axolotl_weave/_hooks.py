@@ -72,6 +72,10 @@ class Hooks:
         found = self._collect("register_lr_schedulers", lambda item: [item[0]])  # (name, build)
         return {name: item[1] for name, (item, _) in found.items()}
 
+    def rl_methods(self) -> list[str]:
+        """Every plugin-registered `rl:` name."""
+        return sorted(self._collect("register_rl_methods", lambda name: [name]))
+
     def data_sources(self) -> list[DataSource]:
         """Every registered data source, in the order they are asked to claim an entry."""
         sources: list[DataSource] = []

@@ -131,6 +131,19 @@ def register_lr_schedulers(register: Callable[[str, Callable[..., Any]], None]) 
 
 
 @hookspec
+def register_rl_methods(register: Callable[[str], None]) -> None:
+    """Register the training methods `rl:` names (dpo, kto, grpo...), by calling ``register``.
+
+    :param register: call as ``register(name)``, once per name your plugin trains; your
+        ``build_loss`` (and ``training_step`` if it needs its own) answer when ``cfg.rl`` is that
+        name. A name registered twice is an error naming both plugins.
+
+    Called once, before the config is validated (an unknown ``rl:`` is rejected with the
+    registered names as suggestions). Collects all results (return value ignored).
+    """
+
+
+@hookspec
 def register_data_sources(register: Callable[[DataSource], None]) -> None:
     """Register where rows of a ``datasets:`` entry can come from, by calling ``register``.
 

@@ -72,11 +72,6 @@ LossType = Literal[
 class PreferenceSettings(PluginConfig):
     """The preference methods' keys (Axolotl's names)."""
 
-    rl: Literal["dpo", "ipo", "orpo", "simpo", "kto"] | None = Field(
-        None,
-        description="Preference method: on chosen/rejected pairs, or KTO on labelled rows.",
-        json_schema_extra={"affects_data": True},
-    )
     rl_beta: float = Field(
         0.1, gt=0, description="DPO/IPO/SimPO/KTO temperature beta (strength of the preference)."
     )
@@ -115,7 +110,8 @@ class PreferenceSettings(PluginConfig):
             log.warning("config key 'dpo_beta' is deprecated: use rl_beta")
             if "rl_beta" not in self.model_fields_set:
                 self.rl_beta = self.dpo_beta
-        if self.rl is None:
+        rl = getattr(self, "rl", None)
+        if rl not in METHODS:
             for entry in getattr(self, "datasets", None) or []:
                 kind = getattr(entry, "type", None)
                 if isinstance(kind, str) and kind in PREFERENCE_TYPES:
@@ -125,9 +121,9 @@ class PreferenceSettings(PluginConfig):
                     )
             return self
         for key in ("kto_desirable_weight", "kto_undesirable_weight"):
-            if key in self.model_fields_set and self.rl != "kto":
-                raise ValueError(f"{key} applies to rl: kto, not rl: {self.rl}")
-        if self.rl == "kto":
+            if key in self.model_fields_set and rl != "kto":
+                raise ValueError(f"{key} applies to rl: kto, not rl: {rl}")
+        if rl == "kto":
             if (getattr(self, "micro_batch_size", 2) or 2) < 2:
                 raise ValueError(
                     "micro_batch_size: rl: kto needs at least 2 rows per micro-batch: its KL "
@@ -142,14 +138,14 @@ class PreferenceSettings(PluginConfig):
                     )
         if getattr(self, "sample_packing", False):
             raise ValueError(
-                f"sample_packing: true cannot be used with rl: {self.rl}: preference pairs "
+                f"sample_packing: true cannot be used with rl: {rl}: preference pairs "
                 "(chosen and rejected rows) are never packed; set sample_packing: false"
             )
         types = self.dpo_loss_type
-        if self.rl == "ipo" and types is not None and list(types) != ["ipo"]:
+        if rl == "ipo" and types is not None and list(types) != ["ipo"]:
             raise ValueError("dpo_loss_type: rl: ipo is DPO with the loss type ipo only")
-        if types is not None and self.rl not in ("dpo", "ipo"):
-            raise ValueError(f"dpo_loss_type applies to rl: dpo, not rl: {self.rl}")
+        if types is not None and rl not in ("dpo", "ipo"):
+            raise ValueError(f"dpo_loss_type applies to rl: dpo, not rl: {rl}")
         if self.dpo_loss_weights is not None:
             count = len(types) if types else 1
             if len(self.dpo_loss_weights) != count:
@@ -157,9 +153,16 @@ class PreferenceSettings(PluginConfig):
                     f"dpo_loss_weights: {len(self.dpo_loss_weights)} weight(s) for {count} "
                     "dpo_loss_type value(s): give one weight per loss type"
                 )
-        if self.dpo_use_weighting and self.rl not in ("dpo", "ipo"):
-            raise ValueError(f"dpo_use_weighting applies to rl: dpo, not rl: {self.rl}")
+        if self.dpo_use_weighting and rl not in ("dpo", "ipo"):
+            raise ValueError(f"dpo_use_weighting applies to rl: dpo, not rl: {rl}")
         return self
+
+
+@hookimpl
+def register_rl_methods(register: Callable[[str], None]) -> None:
+    """`rl: dpo | ipo | orpo | simpo | kto`."""
+    for name in METHODS:
+        register(name)
 
 
 @hookimpl

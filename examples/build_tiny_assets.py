@@ -1,4 +1,5 @@
-"""Regenerate the quickstart's bundled assets: data/alpaca_tiny.jsonl and tiny-llama/.
+"""Regenerate the bundled assets: data/alpaca_tiny.jsonl (and the chat, preference and KTO data
+made from it) and tiny-llama/.
 
     python examples/build_tiny_assets.py
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 from axolotl_weave_testing import SAMPLE_TEXT, build_tiny_llama, write_jsonl
 
@@ -123,11 +125,49 @@ def to_conversation(row: dict[str, str]) -> dict[str, list[dict[str, str]]]:
     }
 
 
+def to_pairs(rows: list[dict[str, str]], count: int = 64) -> list[dict[str, str]]:
+    """Preference pairs (`type: chatml.default`, `bradley_terry.chat_template`): the request as
+    `input`, the right answer chosen, the next row's answer (a wrong one) rejected."""
+    pairs = []
+    for row, other in zip(rows, rows[1:], strict=False):
+        if row["output"] == other["output"]:
+            continue
+        request = f"{row['instruction']}\n{row['input']}" if row["input"] else row["instruction"]
+        pairs.append(
+            {
+                "system": "You are a careful assistant.",
+                "input": request,
+                "chosen": row["output"],
+                "rejected": other["output"],
+            }
+        )
+        if len(pairs) == count:
+            break
+    return pairs
+
+
+def to_kto(pairs: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """KTO rows (`type: chatml.intel` under `rl: kto`): each pair's request with its chosen
+    answer (label true) or its rejected one (false), alternately."""
+    return [
+        {
+            "system": pair["system"],
+            "question": pair["input"],
+            "completion": pair["chosen"] if i % 2 == 0 else pair["rejected"],
+            "label": i % 2 == 0,
+        }
+        for i, pair in enumerate(pairs)
+    ]
+
+
 def main() -> None:
     """Write the data, then train the tokenizer on it and save the random-weight model."""
     rows = make_rows()
     data = write_jsonl(HERE / "data" / "alpaca_tiny.jsonl", rows)
     write_jsonl(HERE / "data" / "chat_tiny.jsonl", [to_conversation(row) for row in rows])
+    pairs = to_pairs(rows)
+    write_jsonl(HERE / "data" / "preference_tiny.jsonl", pairs)
+    write_jsonl(HERE / "data" / "kto_tiny.jsonl", to_kto(pairs))
     texts = [SAMPLE_TEXT, *(json.dumps(row) for row in rows)] * 2
     build_tiny_llama(HERE / "tiny-llama", texts, vocab_size=1024, hidden_size=128, layers=2)
     print(f"wrote {data} ({len(rows)} rows) and {HERE / 'tiny-llama'}")

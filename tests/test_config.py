@@ -201,16 +201,16 @@ def test_unimplemented_axolotl_keys_warn_and_are_dropped(
         # (neftune_noise_alpha and curriculum_sampling were the examples: they change what is
         # trained, so they are refused now; these two only change how a run is watched)
         "gc_steps": 5,
-        "wandb_project": "demo",
+        "comet_project_name": "demo",
         "datasets": [entry],
     }
     cfg = session_for(tmp_path, config).cfg
     warnings = [r.getMessage() for r in weave_log.records if r.levelno == logging.WARNING]
-    for key in ("'gc_steps'", "'wandb_project'", "'datasets[].roles_to_train'"):
+    for key in ("'gc_steps'", "'comet_project_name'", "'datasets[].roles_to_train'"):
         assert any(key in w and "IGNORED" in w for w in warnings), (key, warnings)
     dumped = cfg.model_dump()
     assert "gc_steps" not in dumped
-    assert "wandb_project" not in dumped
+    assert "comet_project_name" not in dumped
     assert "roles_to_train" not in dumped["datasets"][0]
     assert cfg.datasets[0].option("roles_to_train") is None
 
@@ -490,12 +490,12 @@ def test_unset_axolotl_keys_are_dropped_quietly(
     tmp_path: Path, base_config: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write_config(
-        tmp_path / "c.yml", {**base_config, "wandb_project": None, "flash_attention": False}
+        tmp_path / "c.yml", {**base_config, "comet_project_name": None, "flash_attention": False}
     )
     with caplog.at_level(logging.WARNING, logger="axolotl_weave"):
         cfg = open_session(path, [], make_plugin_manager()).cfg
-    assert "wandb_project" not in caplog.text and "flash_attention" not in caplog.text
-    assert "wandb_project" not in cfg.model_dump()
+    assert "comet_project_name" not in caplog.text and "flash_attention" not in caplog.text
+    assert "comet_project_name" not in cfg.model_dump()
 
 
 def test_nested_override_keys_take_dashes(base_config: dict[str, Any]) -> None:

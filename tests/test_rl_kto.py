@@ -1,4 +1,4 @@
-"""KTO (`rl: kto`, the `preference` plugin).
+"""KTO (`rl: kto`, the `kto` plugin; its data types are `preference_data`'s).
 
 The loss and metrics are checked against TRL 1.16's own `KTOTrainer._compute_loss` (its KL
 pairs built by TRL's collator from completions rotated as TRL's `_prepare_dataset` rotates
@@ -369,11 +369,13 @@ def test_a_bad_label_names_the_row(weave_hooks, tiny_tokenizer):
 
 
 def test_keys_are_validated_naming_them():
-    from axolotl_weave_plugins.rl.preference import PreferenceSettings as Keys
+    from axolotl_weave_plugins.rl.dpo import DPOSettings
+    from axolotl_weave_plugins.rl.kto import KTOSettings
+    from axolotl_weave_plugins.rl.preference_data import PreferenceDataSettings
     from pydantic import ValidationError
 
-    class PreferenceSettings(Keys):  # with the core's rl key beside them, as when merged
-        rl: str | None = None
+    class PreferenceSettings(PreferenceDataSettings, DPOSettings, KTOSettings):
+        rl: str | None = None  # the core's rl key beside them, as when merged
 
     keys = PreferenceSettings(rl="kto", kto_desirable_weight=1.3)
     assert (keys.kto_desirable_weight, keys.kto_undesirable_weight) == (1.3, 1.0)

@@ -1,4 +1,5 @@
-"""Preference training (`rl: dpo | ipo | orpo | simpo`, the `preference` plugin).
+"""Preference training (`rl: dpo | ipo | orpo | simpo`: the `dpo`, `orpo`, `simpo` and
+`preference_data` plugins).
 
 The losses and metrics are checked against TRL's own code (TRL 1.16: `DPOTrainer._compute_loss`,
 `ORPOTrainer` and `CPOTrainer`'s `get_batch_loss_metrics`) run on the same tiny model and batch;
@@ -378,6 +379,45 @@ CASES = [
         "Go<|im_end|>",
     ),
     (
+        "chat_template.argilla",
+        {},
+        {"system": "Sys", **CONVERSATION},
+        CHATML_SYSTEM.format("Sys") + CHATML_USER.format("Hi?"),
+        "Hello<|im_end|>",
+        "Go<|im_end|>",
+    ),
+    (
+        "chat_template.argilla",  # multi-turn: the chosen conversation's earlier turns
+        {},
+        {
+            "chosen": [
+                {"role": "user", "content": "Hi?"},
+                {"role": "assistant", "content": "Hey"},
+                {"role": "user", "content": "Name?"},
+                {"role": "assistant", "content": "Weave"},
+            ],
+            "rejected": [{"role": "assistant", "content": "No"}],
+        },
+        CHATML_USER.format("Hi?") + "Hey<|im_end|>\n" + CHATML_USER.format("Name?"),
+        "Weave<|im_end|>",
+        "No<|im_end|>",
+    ),
+    (
+        "zephyr.nectar",
+        {},
+        {
+            "prompt": "Q7",
+            "answers": [
+                {"answer": "best", "rank": 1},
+                {"answer": "worst", "rank": 3},
+                {"answer": "middle", "rank": 2},
+            ],
+        },
+        "<|system|>\n</s>\n<|user|>\nQ7</s>\n<|assistant|>\n",
+        "worst",  # Axolotl's: the highest rank is chosen, the one below it rejected
+        "middle",
+    ),
+    (
         "user_defined.default",
         {
             "field_prompt": "q",
@@ -491,14 +531,47 @@ def test_full_fine_tune_dpo_uses_a_frozen_reference(tmp_path: Path, base_config:
     assert records[1]["rewards/margins"] != 0
 
 
+# --- one plugin per method ------------------------------------------------------------------
+
+
+def test_each_method_is_its_own_plugin_and_the_data_is_shared():
+    """`weave plugin list` shows `dpo` (dpo, ipo), `orpo`, `simpo` and `kto`, each registering
+    its own `rl:` names, beside `preference_data`, which owns the preference `type:`s."""
+    import importlib
+
+    from axolotl_weave._pluginmanager import describe_plugins, make_plugin_manager
+
+    rows = {row.name: row for row in describe_plugins(make_plugin_manager())}
+    owned = {"dpo": ["dpo", "ipo"], "orpo": ["orpo"], "simpo": ["simpo"], "kto": ["kto"]}
+    for name, methods in owned.items():
+        row = rows[name]
+        assert (row.kind, row.builtin, row.blocked) == ("method", True, False), row
+        assert {"register_rl_methods", "add_config_fields", "build_loss", "training_step"} <= set(
+            row.hooks
+        )
+        registered: list[str] = []
+        importlib.import_module(f"axolotl_weave_plugins.rl.{name}").register_rl_methods(
+            registered.append
+        )
+        assert registered == methods
+    data = rows["preference_data"]
+    assert {"register_dataset_formats", "add_config_fields", "configure"} <= set(data.hooks)
+    assert "register_rl_methods" not in data.hooks
+
+
 # --- the keys and the step's normalisation -------------------------------------------------
 
 
 def settings_with_rl() -> type:
-    """The preference keys with the core's `rl` key beside them (as in the merged config)."""
-    from axolotl_weave_plugins.rl.preference import PreferenceSettings
+    """Every preference plugin's keys with the core's `rl` key beside them (as in the merged
+    config)."""
+    from axolotl_weave_plugins.rl.dpo import DPOSettings
+    from axolotl_weave_plugins.rl.kto import KTOSettings
+    from axolotl_weave_plugins.rl.orpo import ORPOSettings
+    from axolotl_weave_plugins.rl.preference_data import PreferenceDataSettings
+    from axolotl_weave_plugins.rl.simpo import SimPOSettings
 
-    class WithRl(PreferenceSettings):
+    class WithRl(PreferenceDataSettings, DPOSettings, ORPOSettings, SimPOSettings, KTOSettings):
         rl: str | None = None
 
     return WithRl
@@ -530,7 +603,8 @@ def test_an_unregistered_rl_name_is_refused_with_the_registered_ones(
     from axolotl_weave._run import open_session
 
     path = write_config(tmp_path / "rl.yml", {**base_config, "rl": "dpoo"})
-    with pytest.raises(ConfigError, match=r"rl: unknown rl 'dpoo' \(did you mean dpo\?\); valid: .*kto"):
+    refusal = r"rl: unknown rl 'dpoo' \(did you mean dpo\?\); valid: .*kto"
+    with pytest.raises(ConfigError, match=refusal):
         open_session(path)
 
 

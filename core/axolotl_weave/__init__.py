@@ -17,6 +17,7 @@ from axolotl_weave._batches import (
     micro_batches_per_epoch,
     model_inputs,
     padded_efficiency,
+    process_share,
     read_rows,
 )
 from axolotl_weave._checkpoint import checkpoint_step, checkpoints, resolve_resume
@@ -40,11 +41,13 @@ from axolotl_weave._precision import Precision, resolve_precision
 from axolotl_weave._rows import (
     LoadedRows,
     RowLocator,
+    encode_all,
     map_rows,
     require_columns,
     rows_table,
     text_field,
     tokenize_prompt_response,
+    tokenize_prompt_responses,
 )
 from axolotl_weave._strategy import AccelerateStrategy, Strategy
 from axolotl_weave._switch import Switch, switch_applies, switch_value
@@ -106,6 +109,7 @@ __all__ = [
     "logits_cross_entropy",
     "map_rows",
     "micro_batches_per_epoch",
+    "process_share",
     "model_inputs",
     "next_token_targets",
     "padded_efficiency",
@@ -119,6 +123,8 @@ __all__ = [
     "switch_value",
     "text_field",
     "tokenize_prompt_response",
+    "tokenize_prompt_responses",
+    "encode_all",
     "LoadedRows",
     "RowLocator",
     "rows_table",

@@ -1,4 +1,4 @@
-"""What the batching plugins share: a seeded order per epoch split evenly across processes,
+"""What the batching plugins share: a seeded order per epoch dealt out to the processes,
 reading rows, padding them into a micro-batch, and the counts and facts about micro-batches.
 
 How a dataset is cut into micro-batches is the `plan_batches` hook's (the padded and the packed
@@ -49,16 +49,49 @@ def micro_batches_per_epoch(num_rows: int, micro_batch_size: int, world_size: in
     return -(-rows_per_process // micro_batch_size)
 
 
+def process_share(
+    items: list[Any], micro_batch_size: int, rank: int = 0, world_size: int = 1
+) -> list[Any]:
+    """This process's items (rows, packed bins) of an epoch's `items`, dealt out so that the
+    data order does not depend on the number of processes.
+
+    `items` is cut into micro-batches of `micro_batch_size` as one process would read it; the
+    processes take them in turn (micro-batch `i` on process `i % world_size`), so each window of
+    `gradient_accumulation_steps` micro-batches on every process together is the window of
+    `gradient_accumulation_steps x world_size` micro-batches of one process: the same rows in the
+    same micro-batches. Every process gets `len(items) // world_size` items (the last
+    `len(items) % world_size` are left out); a last round too short for a micro-batch on every
+    process is split evenly (there alone, micro-batches differ from one process's).
+    """
+    if world_size == 1:
+        return list(items)
+    usable = len(items) // world_size * world_size
+    round_size = micro_batch_size * world_size
+    full = usable // round_size * round_size
+    share: list[Any] = []
+    for first in range(0, full, round_size):
+        start = first + rank * micro_batch_size
+        share.extend(items[start : start + micro_batch_size])
+    tail = (usable - full) // world_size
+    share.extend(items[full + rank * tail : full + (rank + 1) * tail])
+    return share
+
+
 def epoch_order(
-    num_rows: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+    num_rows: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    micro_batch_size: int = 1,
 ) -> list[int]:
-    """This process's rows in `epoch`: a permutation seeded by (seed, epoch), sliced per rank."""
+    """This process's rows in `epoch`: a permutation seeded by (seed, epoch), dealt out to the
+    processes by micro-batches of `micro_batch_size` (`process_share`)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(num_rows, generator=generator).tolist()
-    per_process = num_rows // world_size
-    return order[rank * per_process : (rank + 1) * per_process]
+    return process_share(order, micro_batch_size, rank, world_size)
 
 
 def read_rows(

@@ -3,45 +3,33 @@
 from __future__ import annotations
 
 import functools
-import json
+import logging
+import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pluggy
 import typer
-from rich.table import Table
 
 from axolotl_weave._console import console, err_console, setup_logging
 from axolotl_weave._errors import WeaveError
 from axolotl_weave._hooks import Hooks
-from axolotl_weave._pluginmanager import describe_plugins, make_plugin_manager
+from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._stopping import Interrupted
 
 F = TypeVar("F", bound=Callable[..., Any])
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
-PIPELINE_HOOKS = (
-    "configure",
-    "load_tokenizer",
-    "model_load_kwargs",
-    "load_model",
-    "patch_attention",
-    "build_loss",
-    "wrap_distributed",
-    "plan_batches",
-    "training_step",
-    "on_log",
-    "on_train_end",
-    "post_train",
-)
 
 
 @dataclass
 class CliContext:
-    """What every command gets through `ctx.obj`: the plugin manager of this invocation."""
+    """What every command gets through `ctx.obj`: the plugin manager of this invocation, and
+    the global options it was built with (for the processes `train --num-processes` starts)."""
 
     pm: pluggy.PluginManager
+    global_args: list[str] = field(default_factory=list)
 
 
 def print_error(exc: WeaveError) -> None:
@@ -72,12 +60,33 @@ def user_errors(fn: F) -> F:
 def train_command(
     ctx: typer.Context,
     config: str = typer.Argument(..., help="YAML config file or https URL."),
+    num_processes: int | None = typer.Option(
+        None,
+        "--num-processes",
+        min=1,
+        help="Train with N processes on this machine (data parallel: one per GPU, or N on the "
+        "CPU); weave starts them. Not needed under torchrun or accelerate launch.",
+    ),
 ) -> None:
     """Fine-tune a model as the config says. Extra `--key value` pairs override the config."""
     from axolotl_weave._run import open_session, train
 
+    launched = launcher_world_size()
+    if num_processes and launched is None and num_processes > 1:
+        open_session(config, ctx.args, ctx.obj.pm)  # a config error once, before any launch
+        argv = [*ctx.obj.global_args, "train", config, *ctx.args]
+        raise typer.Exit(launch_processes(num_processes, argv))
+    if num_processes and launched is not None and num_processes != launched:
+        raise WeaveError(
+            f"--num-processes {num_processes}, but the launcher started {launched} processes: "
+            "leave out --num-processes under torchrun or accelerate launch"
+        )
+    if launched is not None and os.environ.get("RANK", "0") != "0":  # info once, from rank 0
+        logging.getLogger("axolotl_weave").setLevel(logging.WARNING)
     session = open_session(config, ctx.args, ctx.obj.pm)
     state = train(session)
+    if not session.is_main_process:
+        return
     savers = [n for n in session.hooks.implementations("post_train") if "(wrapper)" not in n]
     out = session.cfg.output_dir
     saved = (
@@ -89,95 +98,51 @@ def train_command(
     console.print(f"[bold green]done[/]: {state.global_step} steps; {saved}")
 
 
-def preprocess_command(
-    ctx: typer.Context,
-    config: str = typer.Argument(..., help="YAML config file or https URL."),
-    debug: bool = typer.Option(False, "--debug", help="Show rows token by token with labels."),
-    debug_rows: int = typer.Option(3, "--debug-rows", help="How many rows --debug shows."),
-) -> None:
-    """Tokenize and cache the datasets (no GPU needed). Extra `--key value` pairs override."""
-    from axolotl_weave._data import drop_reasons, drop_summary
-    from axolotl_weave._inspect import render_rows, summary_table
-    from axolotl_weave._run import open_session, preprocess
+def launcher_world_size() -> int | None:
+    """The number of processes a launcher (torchrun, accelerate launch, mpirun) started this one
+    among, or None when no launcher did."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return None
 
-    session = open_session(config, ctx.args, ctx.obj.pm)
-    data, tokenizer = preprocess(session)
-    if data.streaming:
-        console.print("pretraining_dataset is streamed: tokenized while training, not cached")
-    else:
-        where = "loaded from cache" if data.from_cache else "written to cache"
-        console.print(f"datasets {where}: {data.cache_dir}")
-    if debug:
-        console.print(
-            "[bold]first rows[/] (token(label, id); [dim red]masked[/], [bold green]trained[/]):"
+
+def launch_processes(num_processes: int, argv: list[str]) -> int:
+    """Run `weave ARGV` in `num_processes` processes on this machine, as `torchrun --standalone
+    --nproc-per-node N` would (torch's elastic launcher, in this process); the exit code of the
+    first that failed, else 0."""
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    threads = max(1, (os.cpu_count() or 1) // num_processes)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # as torchrun: no oversubscription
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=num_processes,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port
+        max_restarts=0,
+        monitor_interval=0.1,
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "axolotl_weave", *argv)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        err_console.print(
+            f"[bold red]error:[/] process {rank} of {num_processes} failed "
+            f"(exit code {failure.exitcode}); its message is above"
         )
-        for i, text in enumerate(render_rows(tokenizer, data.train, debug_rows)):
-            console.print(f"[bold]row {i}[/]")
-            console.print(text)
-        if not data.streaming:
-            console.print(
-                summary_table(data.stats, list(data.train["length"]), session.cfg.sequence_len)
-            )
-    elif not data.streaming:
-        s = data.stats
-        dropped = drop_summary(s, session.cfg.sequence_len) if drop_reasons(s, 1) else "none"
-        console.print(
-            f"{s.train_rows} train / {s.eval_rows} eval rows, {s.tokens} tokens "
-            f"({s.target_tokens} trained); dropped or changed: {dropped}"
-        )
-
-
-def validate_command(
-    ctx: typer.Context,
-    config: str = typer.Argument(..., help="YAML config file or https URL."),
-) -> None:
-    """Check a config and show which plugin answers each hook for it."""
-    from axolotl_weave._run import check_before_work, open_session
-
-    session = open_session(config, ctx.args, ctx.obj.pm)
-    check_before_work(session)
-    console.print(f"[bold green]valid[/]: {config}")
-    table = Table(title="Hooks for this config (call order)")
-    table.add_column("hook")
-    table.add_column("plugins")
-    owners = session.hooks.dataset_format_owners()
-    cfg = session.cfg
-    for key in ("datasets", "test_datasets", "pretraining_dataset"):
-        for index, entry in enumerate(getattr(cfg, key)):
-            owner = owners.get(entry.type or "", "(pre-tokenized rows)")
-            table.add_row(f"build_dataset {key}[{index}] type: {entry.type}", owner)
-    for hook in PIPELINE_HOOKS:
-        table.add_row(hook, " → ".join(session.hooks.implementations(hook)) or "(none)")
-    console.print(table)
-
-
-def plugin_list_command(
-    ctx: typer.Context,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-) -> None:
-    """List installed plugins: name, kind, distribution and version, hooks implemented."""
-    rows = describe_plugins(ctx.obj.pm)
-    if as_json:
-        print(json.dumps([row.to_json() for row in rows], indent=2))
-        return
-    table = Table(title="Axolotl Weave plugins")
-    for column in ("name", "kind", "distribution", "built-in", "hooks"):
-        table.add_column(column, no_wrap=column == "name")
-    for row in rows:
-        hooks = "BLOCKED" if row.blocked else ", ".join(row.hooks)
-        table.add_row(row.name, row.kind, row.distribution, "yes" if row.builtin else "no", hooks)
-    console.print(table)
-
-
-def config_schema_command(ctx: typer.Context) -> None:
-    """Print the config's JSON schema, including every installed plugin's fields."""
-    from axolotl_weave._run import config_schema
-
-    print(json.dumps(config_schema(ctx.obj.pm), indent=2))
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
 
 
 def build_app(pm: pluggy.PluginManager) -> typer.Typer:
-    """The CLI application: core commands, then every plugin's commands."""
+    """The CLI application: `weave train`, then every plugin's commands (`preprocess`,
+    `validate`, `plugin list`, `config-schema` are the built-in `pipeline_commands` plugin's)."""
     app = typer.Typer(
         name="weave",
         help="Fine-tune Hugging Face language models from one YAML file.",
@@ -186,12 +151,6 @@ def build_app(pm: pluggy.PluginManager) -> typer.Typer:
         pretty_exceptions_enable=False,
     )
     app.command("train", context_settings=OVERRIDES)(user_errors(train_command))
-    app.command("preprocess", context_settings=OVERRIDES)(user_errors(preprocess_command))
-    app.command("validate", context_settings=OVERRIDES)(user_errors(validate_command))
-    app.command("config-schema")(user_errors(config_schema_command))
-    plugin_app = typer.Typer(help="Inspect installed plugins.", no_args_is_help=True)
-    plugin_app.command("list")(user_errors(plugin_list_command))
-    app.add_typer(plugin_app, name="plugin")
     Hooks(pm).add_cli_commands(app)
     return app
 
@@ -229,7 +188,9 @@ def main(argv: list[str] | None = None) -> None:
         print_error(exc)
         sys.exit(exc.exit_code)
     app = build_app(pm)
-    app(args=args, prog_name="weave", obj=CliContext(pm))
+    global_args = [arg for name in block for arg in ("-p", f"no:{name}")]
+    global_args += ["--trace-hooks"] * trace + ["--verbose"] * verbose
+    app(args=args, prog_name="weave", obj=CliContext(pm, global_args))
 
 
 if __name__ == "__main__":

@@ -244,8 +244,8 @@ class CoreConfig(BaseModel):
     # training loop
     rl: str | None = Field(
         None,
-        description="Training method instead of supervised fine-tuning (a registered name: "
-        "dpo, ipo, orpo, simpo, kto, grpo...).",
+        description="A training method a plugin registers instead of supervised fine-tuning "
+        "(see `weave plugin list`).",
         json_schema_extra={"affects_data": True},
     )
     output_dir: str = Field("./outputs", description="Where checkpoints and the model go.")

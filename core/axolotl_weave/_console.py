@@ -18,8 +18,10 @@ PIPED_WIDTH = 160
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 for _console in (console, err_console):
-    if not _console.is_terminal and "COLUMNS" not in os.environ:
-        _console.width = PIPED_WIDTH
+    if not _console.is_terminal:
+        _console.soft_wrap = True  # in a pipe or file a message is one line, never wrapped
+        if "COLUMNS" not in os.environ:
+            _console.width = PIPED_WIDTH
 
 
 def setup_logging(verbose: bool = False) -> None:

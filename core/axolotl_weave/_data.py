@@ -175,6 +175,40 @@ def build_datasets(
     return train, eval_set, stats
 
 
+def sequence_lengths(dataset: Dataset, columns: list[str]) -> Any:
+    """Each row's longest list among `columns` (0 for a row with none), read from Arrow."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lengths = np.zeros(len(dataset), dtype=np.int64)
+    for column in columns:
+        values = dataset.with_format("arrow")[column]
+        if isinstance(values.type, (pa.ListType, pa.LargeListType)):
+            sizes = pc.list_value_length(values).fill_null(0).to_numpy(zero_copy_only=False)
+            lengths = np.maximum(lengths, sizes)
+    return lengths
+
+
+def trained_counts(dataset: Dataset, labels: str) -> Any:
+    """Per row, the labels that train a prediction: not `IGNORE_INDEX`, and not the first (no
+    token predicts it), as the loss counts them; read from Arrow."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    values = dataset.with_format("arrow")[labels]
+    sizes = pc.list_value_length(values).fill_null(0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)
+    if not len(flat):
+        return np.zeros(len(sizes), dtype=np.int64)
+    trained = np.concatenate([[0], np.cumsum(flat != IGNORE_INDEX)])
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    counts = trained[ends] - trained[starts]
+    first_trained = (sizes > 0) & (flat[np.minimum(starts, len(flat) - 1)] != IGNORE_INDEX)
+    return counts - first_trained
+
+
 def build_entry(
     cfg: Any,
     hooks: Hooks,
@@ -278,6 +312,8 @@ def fit_rows(
     `n_targets`. Every sequence column (declared with a padding, holding lists) is fitted: a
     row's length is its longest one's. `entry` (when rows map one to one to the source) names a
     row that raises."""
+    import numpy as np
+
     fmt = fmt or DatasetFormat("")
     limit, strategy = cfg.sequence_len, cfg.excess_length_strategy or "drop"
     seqs = [c for c, pad in fmt.columns.items() if pad is not None and c in dataset.column_names]
@@ -288,8 +324,15 @@ def fit_rows(
     def row_length(values: list[Any]) -> int:
         return max((len(v) for v in values if isinstance(v, list)), default=0)
 
-    lengths = [row_length(list(v)) for v in zip(*(dataset[c] for c in seqs), strict=True)]
-    over = [i for i, n in enumerate(lengths) if n > limit]
+    lengths = sequence_lengths(dataset, seqs)
+    for labels in targets:
+        ids = labels[: -len("labels")] + "input_ids"
+        if (
+            ids in seqs
+            and (sequence_lengths(dataset, [labels]) != sequence_lengths(dataset, [ids])).any()
+        ):
+            raise DataError(f"a row's {ids} and {labels} differ in length (plugin bug)")
+    over = np.flatnonzero(lengths > limit).tolist()
     if over and strategy == "raise":
         index = over[0]
         row = entry.where(index) if entry is not None else f"tokenized row {index + 1}"
@@ -302,18 +345,23 @@ def fit_rows(
         "dropped_too_long": len(over) if strategy == "drop" else 0,
         "truncated": len(over) if strategy == "truncate" else 0,
         "split": len(over) if strategy == "split" else 0,
-        "dropped_invalid": sum(1 for n in lengths if n == 0),
+        "dropped_invalid": int((lengths == 0).sum()),
         "dropped_no_targets": 0,
     }
+    if strategy == "drop" or not over:  # no row changes: count and select, copy nothing
+        n_targets = sum(
+            (trained_counts(dataset, labels) for labels in targets), np.zeros_like(lengths)
+        )
+        kept = (lengths > 0) & (lengths <= limit)
+        counts["dropped_no_targets"] = int((kept & (n_targets == 0)).sum())
+        fitted = dataset.add_column("length", lengths).add_column("n_targets", n_targets)
+        keep = kept & (n_targets > 0)
+        return (fitted if keep.all() else fitted.select(np.flatnonzero(keep))), counts
 
     def fit(batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {key: [] for key in batch}
         out["length"], out["n_targets"] = [], []
         for i in range(len(batch[seqs[0]])):
-            for labels in targets:
-                ids = labels[: -len("labels")] + "input_ids"
-                if ids in batch and len(batch[labels][i]) != len(batch[ids][i]):
-                    raise DataError(f"a row's {ids} and {labels} differ in length (plugin bug)")
             n = row_length([batch[c][i] for c in seqs])
             if n == 0 or (n > limit and strategy == "drop"):
                 continue

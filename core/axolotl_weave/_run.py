@@ -50,6 +50,8 @@ class Session:
     source: str
     formats: dict[str, DatasetFormat] = field(default_factory=dict)
     families: dict[str, ModelFamily] = field(default_factory=dict)
+    is_main_process: bool = True
+    """False, once training has started, on the other processes of a distributed run."""
 
 
 def open_session(
@@ -152,6 +154,8 @@ def train(session: Session) -> TrainState:
         save_resolved_config(cfg, output_dir)
     with run_scoped_plugins(session):
         state = train_configured(session)
+    if not session.is_main_process:  # the main process writes the files
+        return state
     if replaces_finished_run:
         save_resolved_config(cfg, output_dir)
     write_atomically(output_dir / FINISHED_MARKER, json.dumps(state.to_json(), indent=1))
@@ -291,8 +295,9 @@ def train_configured(session: Session) -> TrainState:
 
     identity = data.cache_dir.name if data.cache_dir else stream_identity(cfg)
     trainer = build_trainer(session, family, tokenizer, data.train, data.eval, identity)
-    state = trainer.run()
     strategy = trainer.strategy
+    session.is_main_process = strategy.is_main_process
+    state = trainer.run()
     hooks.post_train(cfg, strategy.unwrap(trainer.model), tokenizer, strategy, output_dir)
     return state
 

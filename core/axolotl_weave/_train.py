@@ -164,7 +164,7 @@ class Trainer:
                     continue
                 metrics = self.step(window)
                 loss = metrics["loss"]
-                n_tokens = sum(batch_tokens(b) for b in window)
+                n_tokens = self.window_tokens(window)
                 self.state.global_step += 1
                 self.state.batches_into_epoch += len(window)
                 self.state.tokens_seen += n_tokens
@@ -255,6 +255,14 @@ class Trainer:
                 break
         return window
 
+    def window_tokens(self, window: list[dict[str, torch.Tensor]]) -> int:
+        """Real tokens of a window, on every process together."""
+        n_tokens = sum(batch_tokens(b) for b in window)
+        if self.strategy.num_processes == 1:
+            return n_tokens
+        count = torch.tensor(float(n_tokens), device=self.strategy.device)
+        return int(self.strategy.reduce(count, "sum"))
+
     def fractional_epoch(self) -> float:
         """Epochs done, counting the current one's fraction."""
         per_epoch = self.schedule.micro_batches_per_epoch
@@ -331,7 +339,8 @@ class Trainer:
         self.strategy.load_state(path, self.model, self.optimizer, self.scheduler)
         restore_rng(path)
         self.last_checkpoint = path.name
-        console.print(f"resumed from {path} at step {self.state.global_step}")
+        if self.strategy.is_main_process:
+            console.print(f"resumed from {path} at step {self.state.global_step}")
 
 
 SHORT_NAMES = {"learning_rate": "lr", "tokens_per_second": "tok/s"}

@@ -1,5 +1,6 @@
-"""The public facade for command plugins (`add_cli_commands`): what `weave merge-lora` and
-`weave bench` need from the core to run part of the pipeline themselves.
+"""The public facade for command plugins (`add_cli_commands`): what `weave preprocess`,
+`weave validate`, `weave merge-lora` and `weave bench` need from the core to run part of the
+pipeline themselves.
 
 Import from here, not from the core's private modules. Importing this module loads the CLI and
 run machinery (typer, rich, pydantic, yaml), so import it inside the command's function, not at
@@ -11,20 +12,37 @@ from __future__ import annotations
 from axolotl_weave._cli import OVERRIDES, user_errors
 from axolotl_weave._config import did_you_mean, load_config_data
 from axolotl_weave._console import console
+from axolotl_weave._data import drop_reasons, drop_summary
 from axolotl_weave._optim import build_optimizer, warmup_steps
-from axolotl_weave._run import Session, build_trainer, family_of, load_tokenizer, open_session
+from axolotl_weave._pluginmanager import describe_plugins
+from axolotl_weave._run import (
+    Session,
+    build_trainer,
+    check_before_work,
+    config_schema,
+    family_of,
+    load_tokenizer,
+    open_session,
+    preprocess,
+)
 
 __all__ = [
     "OVERRIDES",
     "Session",
     "build_optimizer",
     "build_trainer",
+    "check_before_work",
+    "config_schema",
     "console",
+    "describe_plugins",
     "did_you_mean",
+    "drop_reasons",
+    "drop_summary",
     "family_of",
     "load_config_data",
     "load_tokenizer",
     "open_session",
+    "preprocess",
     "user_errors",
     "warmup_steps",
 ]

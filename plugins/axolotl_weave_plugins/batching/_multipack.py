@@ -3,8 +3,9 @@
 Each epoch, the rows are shuffled (seeded by seed and epoch) and cut into groups of
 `sample_packing_group_size`; within a group, rows are placed first-fit decreasing (longest first,
 each into the first bin with room, at most `sample_packing_bin_size` rows per bin), or in order
-with `sample_packing_sequentially`. The bins are shuffled and dealt out so that every process gets
-the same number. A bin becomes one row of a micro-batch: its rows concatenated, `position_ids`
+with `sample_packing_sequentially`. The bins are shuffled and dealt out by micro-batches so that
+every process gets the same number, and an optimizer step the same bins whatever the number of
+processes. A bin becomes one row of a micro-batch: its rows concatenated, `position_ids`
 restarting at 0 for each, and the first label of each masked so that no row is trained to predict
 from another. Attention keeps the rows apart through the `position_ids` (transformers builds the
 block-diagonal mask from them; varlen kernels turn them into cumulative sequence lengths).
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from axolotl_weave import IGNORE_INDEX, read_rows
+from axolotl_weave import IGNORE_INDEX, process_share, read_rows
 
 if TYPE_CHECKING:
     import torch
@@ -130,10 +131,12 @@ class Packer:
         return bins
 
     def bins(self, epoch: int) -> list[list[int]]:
-        """This process's bins of `epoch`: the same number on every process."""
-        bins = self.all_bins(epoch)
-        per_process = len(bins) // self.world_size
-        return bins[self.rank * per_process : (self.rank + 1) * per_process]
+        """This process's bins of `epoch`: the same number on every process, dealt out by
+        micro-batches (`process_share`), so that the bins of an optimizer step are the same
+        whatever the number of processes."""
+        return process_share(
+            self.all_bins(epoch), self.micro_batch_size, self.rank, self.world_size
+        )
 
     def micro_batches_per_epoch(self) -> int:
         """Micro-batches per process per epoch (counted on epoch 0, for the schedule)."""

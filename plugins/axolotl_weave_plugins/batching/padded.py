@@ -1,9 +1,11 @@
 """The default micro-batches (`plan_batches`, `trylast`): rows padded to the longest of each.
 
-Training rows are read in a permutation seeded by `(seed, epoch)` and sliced per process, so a
-resumed run sees the same micro-batches as an uninterrupted one; the eval set in a fixed order
-(each process its share, sorted). Each micro-batch is padded to its longest row, or to
-`sequence_len` with `pad_to_sequence_len`, every column with the padding its format declared.
+Training rows are read in a permutation seeded by `(seed, epoch)`, dealt out to the processes by
+micro-batches (`process_share`: the same micro-batches in each optimizer step whatever the number
+of processes, for the same global batch), so a resumed run sees the same micro-batches as an
+uninterrupted one; the eval set in a fixed order (each process its share, sorted). Each
+micro-batch is padded to its longest row, or to `sequence_len` with `pad_to_sequence_len`, every
+column with the padding its format declared.
 A stream (an `IterableDataset`, no length) is read in its order, this process's share.
 """
 
@@ -97,10 +99,11 @@ class PaddedBatches:
 
     def micro_batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """This process's micro-batches of `epoch`, from micro-batch number `start`."""
+        size, rank, world_size = self.micro_batch_size, self.rank, self.world_size
         if self.shuffle:
-            order = epoch_order(len(self.dataset), self.seed, epoch, self.rank, self.world_size)
+            order = epoch_order(len(self.dataset), self.seed, epoch, rank, world_size, size)
         else:
-            order = sorted(epoch_order(len(self.dataset), 0, 0, self.rank, self.world_size))
+            order = sorted(epoch_order(len(self.dataset), 0, 0, rank, world_size, size))
         return iter_micro_batches(
             self.dataset,
             order,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from axolotl_weave import map_rows, require_columns, tokenize_prompt_response
+from axolotl_weave import map_rows, require_columns, tokenize_prompt_responses
 
 SYSTEM_PROMPT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -83,38 +83,44 @@ def build_prompt_response_rows(
     render: Callable[[dict[str, Any]], tuple[str, str]],
 ) -> Any:
     """Check the `required` columns, then tokenize each row's `render(row) -> (prompt, response)`
-    as Axolotl's `InstructionPromptTokenizingStrategy` does (see `axolotl_prompt_response`)."""
+    as Axolotl's `InstructionPromptTokenizingStrategy` does (see `axolotl_prompt_responses`),
+    a batch of rows per tokenizer call."""
     require_columns(dataset, entry, required)
     train_on_inputs = bool(cfg.train_on_inputs)
     max_length = cfg.sequence_len
 
-    def tokenize(row: dict[str, Any]) -> dict[str, Any]:
-        prompt, response = render(row)
-        return axolotl_prompt_response(
-            tokenizer, prompt, response, train_on_inputs=train_on_inputs, max_length=max_length
+    def finish(pairs: list[tuple[str, str]]) -> list[dict[str, list[int]]]:
+        return axolotl_prompt_responses(
+            tokenizer, pairs, train_on_inputs=train_on_inputs, max_length=max_length
         )
 
-    return map_rows(dataset, entry, tokenize)
+    return map_rows(dataset, entry, render, finish=finish)
 
 
-def axolotl_prompt_response(
-    tokenizer: Any, prompt: str, response: str, *, train_on_inputs: bool, max_length: int
-) -> dict[str, list[int]]:
-    """Axolotl's `tokenize_prompt`: the prompt (BOS, masked unless `train_on_inputs`) and the
-    response (its own tokens, BOS dropped, EOS appended, trained) tokenized apart, each truncated
-    to `max_length` (`sequence_len`); an empty response adds nothing, not even EOS.
+def axolotl_prompt_responses(
+    tokenizer: Any,
+    pairs: list[tuple[str, str]],
+    *,
+    train_on_inputs: bool,
+    max_length: int,
+) -> list[dict[str, list[int]]]:
+    """Axolotl's `tokenize_prompt` of each (prompt, response) pair: the prompt (BOS, masked
+    unless `train_on_inputs`) and the response (its own tokens, BOS dropped, EOS appended,
+    trained) tokenized apart, each truncated to `max_length` (`sequence_len`); an empty response
+    adds nothing, not even EOS.
 
-    `tokenize_prompt_response` does this, except that an empty prompt leaves the response its
+    `tokenize_prompt_responses` does this, except that an empty prompt leaves the response its
     BOS there (a raw text); Axolotl tokenizes an empty prompt to nothing and still drops the
     response's BOS, so that is done here too (a user-defined turn can render empty).
     """
-    out = tokenize_prompt_response(
-        tokenizer, prompt, response, train_on_inputs=train_on_inputs, max_length=max_length
+    rows = tokenize_prompt_responses(
+        tokenizer, pairs, train_on_inputs=train_on_inputs, max_length=max_length
     )
     bos = tokenizer.bos_token_id
-    if not prompt and out["input_ids"] and bos is not None and out["input_ids"][0] == bos:
-        out = {key: values[1:] for key, values in out.items()}
-    return out
+    for position, ((prompt, _), out) in enumerate(zip(pairs, rows, strict=True)):
+        if not prompt and out["input_ids"] and bos is not None and out["input_ids"][0] == bos:
+            rows[position] = {key: values[1:] for key, values in out.items()}
+    return rows
 
 
 def styled_formats(base: str, description: str) -> dict[str, str]:

@@ -1,1 +1,2 @@
-"""Preference training (`rl: dpo | ipo | orpo | simpo`): one plugin, `rl.preference`."""
+"""Preference training, one plugin per method (`rl.dpo` for dpo and ipo, `rl.orpo`, `rl.simpo`,
+`rl.kto`) and `rl.preference_data` for what they share (the preference `type:`s, `rl_beta`)."""

@@ -1,7 +1,8 @@
 """Preference datasets (`chosen` / `rejected` pairs) under Axolotl's DPO `type:` names.
 
 Each format turns a raw row into a prompt text, a chosen text and a rejected text exactly as
-Axolotl's `prompt_strategies/dpo/{chatml,llama3,chat_template,user_defined}.py` do, then
+Axolotl's `prompt_strategies/dpo/{chatml,llama3,chat_template,user_defined,zephyr}.py` and
+`prompt_strategies/orpo/chat_template.py` (`argilla`) do, then
 tokenizes them as TRL's `DPOTrainer` does: prompt+chosen and prompt+rejected tokenized whole
 (the tokenizer's BOS kept, EOS appended unless the text ends with it), the prompt being the
 common prefix of the tokenized prompt and both completions, masked with `IGNORE_INDEX`.
@@ -228,6 +229,63 @@ def chat_template_texts(entry: Any, tokenizer: Any, argilla: bool) -> Callable:
     return texts
 
 
+# --- zephyr.nectar and ORPO's chat_template.argilla ---------------------------------------------
+
+ZEPHYR_PROMPT = "<|system|>\n</s>\n<|user|>\n{}</s>\n<|assistant|>\n"
+
+
+def zephyr_nectar(row: dict[str, Any]) -> Texts:
+    """Axolotl's `zephyr.nectar`: the zephyr prompt around `prompt`; of the `answers` sorted by
+    `rank`, the last is chosen and the one before it rejected (Axolotl's choice, kept as is:
+    Nectar's rank 1 is its best answer)."""
+    answers = row["answers"]
+    if not isinstance(answers, list) or len(answers) < 2:
+        raise ValueError("field 'answers' must hold at least 2 ranked answers")
+    ranked = sorted(answers, key=lambda answer: answer["rank"])
+    return ZEPHYR_PROMPT.format(row["prompt"]), ranked[-1]["answer"], ranked[-2]["answer"]
+
+
+def orpo_argilla_texts(entry: Any, tokenizer: Any) -> Callable:
+    """Axolotl's ORPO `chat_template.argilla`: the prompt is `system` (if any) and the turns of
+    the `chosen` conversation but its last answer (every user turn is `prompt` when the row has
+    one), rendered with the chat template and a generation prompt; chosen and rejected are what
+    the template adds after the prompt for the last turn of `chosen` and of `rejected`, ending
+    with the template's end-of-turn token (trailing whitespace stripped, as the other
+    chat_template types)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"{entry.label}: the tokenizer has no chat template: set chat_template: in the config"
+        )
+
+    def texts(row: dict[str, Any]) -> Texts:
+        chosen, rejected = row["chosen"], row["rejected"]
+        if not isinstance(chosen, list) or len(chosen) % 2 or not chosen:
+            raise ValueError("field 'chosen' must be a conversation of user/assistant turn pairs")
+        turn_content(rejected, len(rejected) - 1 if isinstance(rejected, list) else 0, "rejected")
+        messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+        turns = len(chosen) // 2
+        for i in range(turns):
+            user = row["prompt"] if "prompt" in row else turn_content(chosen, i * 2, "chosen")
+            messages.append({"role": "user", "content": user})
+            if i < turns - 1:
+                answer = turn_content(chosen, i * 2 + 1, "chosen")
+                messages.append({"role": "assistant", "content": answer})
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        completions = []
+        for conversation in (chosen, rejected):
+            last = {"role": "assistant", "content": conversation[-1]["content"]}
+            whole = tokenizer.apply_chat_template(messages + [last], tokenize=False)
+            if not whole.startswith(prompt):
+                raise ValueError(
+                    "the chat template does not render the prompt as the start of the "
+                    "conversation: chat_template.argilla needs a template that does"
+                )
+            completions.append(whole[len(prompt) :].rstrip())
+        return prompt, completions[0], completions[1]
+
+    return texts
+
+
 # --- user_defined.default -----------------------------------------------------------------------
 
 
@@ -326,6 +384,22 @@ def preference_formats() -> list[DatasetFormat]:
                 columns=dict(PAIR_COLUMNS),
             )
         )
+    formats.append(
+        DatasetFormat(
+            "chat_template.argilla",
+            "preference pairs (ORPO's argilla) rendered with the chat template (rl:)",
+            build=builder(orpo_argilla_texts),
+            columns=dict(PAIR_COLUMNS),
+        )
+    )
+    formats.append(
+        DatasetFormat(
+            "zephyr.nectar",
+            "preference pairs (Nectar's ranked answers) in zephyr text (rl:)",
+            build=builder(lambda entry, tok: zephyr_nectar),
+            columns=dict(PAIR_COLUMNS),
+        )
+    )
     from axolotl_weave_plugins.rl._kto_formats import UserDefinedOptions, user_defined_kto
 
     formats.append(

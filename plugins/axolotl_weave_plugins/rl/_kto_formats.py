@@ -141,6 +141,13 @@ def kto_texts(family: str) -> dict[str, Callable[[dict[str, Any]], Unpaired]]:
     }
 
 
+KTO_TYPES = frozenset(
+    [f"{family}.{name}" for family in ("chatml", "llama3") for name in kto_texts(family)]
+    + ["user_defined.default"]
+)
+"""The `type:` names that build KTO's unpaired rows under `rl: kto`."""
+
+
 # --- user_defined.default -----------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import copy
 from typing import Any
 
 import torch
-from axolotl_weave import IGNORE_INDEX
+from axolotl_weave import IGNORE_INDEX, PluginError
 
 from axolotl_weave_plugins.rl._losses import (
     PairLogps,
@@ -152,17 +152,22 @@ class PreferenceObjective(AgainstReference):
     """DPO (and its loss types), IPO, ORPO or SimPO, as `cfg.rl` says."""
 
     def __init__(self, cfg: Any, model: Any) -> None:
+        def key(name: str, default: Any = None) -> Any:
+            """A method's key: each method's plugin adds its own (absent when it is blocked)."""
+            value = getattr(cfg, name, None)
+            return default if value is None else value
+
         self.method = cfg.rl
-        self.beta = cfg.rl_beta
-        self.loss_types = list(cfg.dpo_loss_type or ["sigmoid"])
+        self.beta = key("rl_beta", 0.1)
+        self.loss_types = list(key("dpo_loss_type") or ["sigmoid"])
         if self.method == "ipo":
             self.loss_types = ["ipo"]
-        self.loss_weights = list(cfg.dpo_loss_weights or [1.0] * len(self.loss_types))
-        self.label_smoothing = cfg.dpo_label_smoothing or 0.0
-        self.use_weighting = bool(cfg.dpo_use_weighting)
-        self.orpo_alpha = 0.1 if cfg.orpo_alpha is None else cfg.orpo_alpha
-        self.simpo_gamma = 0.5 if cfg.simpo_gamma is None else cfg.simpo_gamma
-        self.cpo_alpha = 1.0 if cfg.cpo_alpha is None else cfg.cpo_alpha
+        self.loss_weights = list(key("dpo_loss_weights") or [1.0] * len(self.loss_types))
+        self.label_smoothing = key("dpo_label_smoothing", 0.0)
+        self.use_weighting = bool(key("dpo_use_weighting"))
+        self.orpo_alpha = key("orpo_alpha", 0.1)
+        self.simpo_gamma = key("simpo_gamma", 0.5)
+        self.cpo_alpha = key("cpo_alpha", 1.0)
         super().__init__(model, cfg.adapter, self.method in REFERENCE_METHODS)
 
     def forward(self, model: Any, batch: dict[str, Any]) -> Forward:
@@ -268,3 +273,16 @@ def preference_step(
     out = {"loss": float(reduced[0])}
     out.update({name: float(value) for name, value in zip(names, reduced[1:], strict=True)})
     return out
+
+
+def checked_preference_step(
+    rl: str, strategy: Any, model: Any, objective: Any, window: list[dict[str, Any]]
+) -> dict[str, float]:
+    """`preference_step`, once sure the objective is still ours (a kernel plugin could have
+    replaced it)."""
+    if not isinstance(objective, PreferenceObjective):
+        raise PluginError(
+            f"rl: {rl}: another plugin replaced the preference objective "
+            f"({type(objective).__name__}); remove the loss/kernel option that wraps it"
+        )
+    return preference_step(strategy, model, objective, window)

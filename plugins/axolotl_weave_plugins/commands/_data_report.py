@@ -4,41 +4,66 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from axolotl_weave import IGNORE_INDEX
 from rich.table import Table
 from rich.text import Text
-
-from axolotl_weave._types import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
 
-    from axolotl_weave._data import DataStats
 
-
-def render_tokens(tokenizer: Any, input_ids: list[int], labels: list[int]) -> Text:
-    """Each token as `text(label, id)`: masked ones (label -100) dim red, trained ones green."""
+def render_tokens(tokenizer: Any, input_ids: list[int], labels: list[int] | None) -> Text:
+    """Each token as `text(label, id)`: masked ones (label -100) dim red, trained ones green;
+    without labels (a prompt to generate from) `text(id)`, unstyled."""
     text = Text()
-    for token_id, label in zip(input_ids, labels, strict=True):
+    for index, token_id in enumerate(input_ids):
         piece = tokenizer.decode([token_id])
-        masked = label == IGNORE_INDEX
-        style = "dim red" if masked else "bold green"
+        if labels is None:
+            text.append(f"{piece!r}({token_id}) ")
+            continue
+        label = labels[index]
+        style = "dim red" if label == IGNORE_INDEX else "bold green"
         text.append(f"{piece!r}", style=style)
         text.append(f"({label}, {token_id}) ", style=style)
     return text
 
 
+SEQUENCE_SUFFIX = "input_ids"
+NOT_SHOWN = ("attention_mask", "labels", "length", "position_ids", "num_tokens")
+
+
+def render_row(tokenizer: Any, row: dict[str, Any]) -> Text:
+    """A row of any format: an SFT row's tokens as `render_tokens` shows them; a row with other
+    columns (a preference pair's `chosen_*` and `rejected_*`, a prompt to generate from) each
+    sequence under its name, then the row's other values."""
+    if set(row) <= {"input_ids", "labels", *NOT_SHOWN}:
+        return render_tokens(tokenizer, row["input_ids"], row.get("labels"))
+    text = Text()
+    for column, value in row.items():
+        if column.endswith(SEQUENCE_SUFFIX):
+            prefix = column[: -len(SEQUENCE_SUFFIX)]
+            text.append(f"{prefix.rstrip('_') or 'tokens'}: ", style="bold")
+            text.append_text(render_tokens(tokenizer, value, row.get(f"{prefix}labels")))
+            text.append("\n")
+        elif not column.endswith(NOT_SHOWN):
+            text.append(f"{column}: ", style="bold")
+            text.append(f"{value!r}\n")
+    return text
+
+
 def render_rows(tokenizer: Any, dataset: Dataset | IterableDataset, count: int) -> list[Text]:
-    """The first `count` rows (of a dataset or a stream) rendered by `render_tokens`."""
+    """The first `count` rows (of a dataset or a stream) rendered by `render_row`."""
     if hasattr(dataset, "__len__"):
         rows = dataset.select(range(min(count, len(dataset))))
     else:
         rows = dataset.take(count)
-    return [render_tokens(tokenizer, row["input_ids"], row["labels"]) for row in rows]
+    return [render_row(tokenizer, row) for row in rows]
 
 
-def summary_table(stats: DataStats, lengths: list[int], sequence_len: int) -> Table:
-    """Rows kept and dropped (and why), token counts, and a length histogram."""
-    from axolotl_weave._data import drop_reasons
+def summary_table(stats: Any, lengths: list[int], sequence_len: int) -> Table:
+    """Rows kept and dropped (and why), token counts, and a length histogram (`stats`: the
+    prepared data's `DataStats`)."""
+    from axolotl_weave.commands import drop_reasons
 
     table = Table(title="Preprocessing summary", show_header=False)
     table.add_column("what")

@@ -1,0 +1,138 @@
+"""GRPO's prompt rows (`type: grpo`): a prompt to generate from, and the row's other columns
+for the reward functions.
+
+A row's prompt (column `field_prompt`, default `prompt`) is a conversation (a list of
+`{"role", "content"}` messages, rendered with the tokenizer's chat template and its generation
+prompt, as TRL's `GRPOTrainer` renders it) or a plain string (tokenized as it is, the tokenizer's
+special tokens added, as TRL does). The columns:
+
+- `prompt_input_ids`, `prompt_attention_mask`: the prompt's tokens (right-padded in a batch; the
+  step left-pads them for generation);
+- `prompt_labels`: the prompt's tokens again, so that the core's fitting to `sequence_len` counts
+  the row as one with tokens to train on (a prompt longer than `sequence_len` is dropped,
+  truncated or refused as `excess_length_strategy` says; GRPO never reads these labels);
+- `grpo_prompt`: the prompt as written (JSON), given back to the reward functions as `prompts`;
+- `grpo_columns`: every other column of the row (JSON), given to the reward functions as
+  keyword arguments (`answer=[...]`), as TRL passes a dataset's extra columns.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from axolotl_weave import PAD_TOKEN, DatasetFormat, PluginConfig, map_rows
+from pydantic import Field
+
+PROMPT_COLUMNS: dict[str, int | str | None] = {
+    "prompt_input_ids": PAD_TOKEN,
+    "prompt_attention_mask": 0,
+    "prompt_labels": PAD_TOKEN,
+    "grpo_prompt": None,
+    "grpo_columns": None,
+}
+"""The batch columns of GRPO's rows, with their padding (the two text columns: None)."""
+
+EMPTY_PROMPT: dict[str, Any] = {
+    "prompt_input_ids": [],
+    "prompt_attention_mask": [],
+    "prompt_labels": [],
+    "grpo_prompt": "",
+    "grpo_columns": "{}",
+}
+
+
+class PromptOptions(PluginConfig):
+    """Keys of a `type: grpo` entry."""
+
+    transform: str | None = Field(
+        None,
+        description="Axolotl's GRPO dataset transform, a module.function path: function(cfg) "
+        "returns (row_fn, {'remove_columns': [...]}) or row_fn; row_fn(row, tokenizer=...) "
+        "returns the columns (prompt, answer...) that replace or join the raw row's.",
+    )
+
+    field_prompt: str = Field(
+        "prompt",
+        description="Column of the prompt: a list of chat messages (rendered with the chat "
+        "template and its generation prompt) or a string.",
+    )
+
+
+def is_conversation(prompt: Any) -> bool:
+    """Whether a prompt is a list of chat messages (TRL's conversational format)."""
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt)
+    )
+
+
+def prompt_ids(tokenizer: Any, prompt: Any) -> list[int]:
+    """The prompt's token ids, as TRL's `GRPOTrainer._tokenize_prompts` makes them."""
+    if is_conversation(prompt):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                "the prompt is a conversation but the tokenizer has no chat template: set "
+                "chat_template: (e.g. chatml) or give prompts as strings"
+            )
+        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt)["input_ids"])
+    raise ValueError(
+        "the prompt must be a list of chat messages ({role, content}) or a string, got "
+        f"{type(prompt).__name__}"
+    )
+
+
+def row_transform(path: str | None, cfg: Any) -> tuple[Any, set[str]]:
+    """(row function, columns it removes) of Axolotl's transform at `path`, or (None, {})."""
+    if not path:
+        return None, set()
+    from axolotl_weave_plugins.rl._grpo_rewards import import_object
+
+    made = import_object(path, "datasets: transform")(cfg)
+    function, options = made if isinstance(made, tuple) else (made, {})
+    if not callable(function):
+        raise ValueError(f"datasets: transform: '{path}'(cfg) returned no row function")
+    return function, set((options or {}).get("remove_columns") or [])
+
+
+def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
+    """`type: grpo`: each row's prompt tokenized, its other columns kept for the rewards."""
+    field = entry.option("field_prompt", "prompt")
+    transform, removed = row_transform(entry.option("transform"), cfg)
+
+    def row_columns(row: dict[str, Any]) -> dict[str, Any]:
+        if transform is not None:
+            kept = {key: value for key, value in row.items() if key not in removed}
+            row = {**kept, **transform(dict(row), tokenizer=tokenizer)}
+        if field not in row:
+            raise KeyError(f"no prompt column '{field}' (set field_prompt:)")
+        prompt = row[field]
+        ids = prompt_ids(tokenizer, prompt)
+        if not ids:
+            raise ValueError("the prompt is empty once tokenized")
+        others = {key: value for key, value in row.items() if key != field}
+        return {
+            "prompt_input_ids": ids,
+            "prompt_attention_mask": [1] * len(ids),
+            "prompt_labels": ids,
+            "grpo_prompt": json.dumps(prompt),
+            "grpo_columns": json.dumps(others, default=str),
+        }
+
+    return map_rows(dataset, entry, row_columns, empty=EMPTY_PROMPT)
+
+
+def grpo_format() -> DatasetFormat:
+    """The `grpo` dataset type."""
+    return DatasetFormat(
+        "grpo",
+        "GRPO prompts (rl: grpo): a conversation or a string in `prompt`; the other columns go "
+        "to the reward functions",
+        options=PromptOptions,
+        build=build,
+        columns=dict(PROMPT_COLUMNS),
+    )

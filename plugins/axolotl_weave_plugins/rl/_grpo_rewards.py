@@ -1,0 +1,77 @@
+"""GRPO's reward functions: `module.function` paths (Axolotl's `trl.reward_funcs`), imported and
+checked when the config is validated, before any model loads.
+
+A reward function is called as TRL calls one: ``f(prompts=[...], completions=[...],
+completion_ids=[...], **columns)``, one list entry per completion, where ``columns`` are the
+dataset row's other columns (``answer=[...]``); it returns one float (or None: not scored) per
+completion. The module is imported with the working directory on the import path (as Axolotl
+does), so ``rewards.my_reward`` finds ``./rewards.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+CALLED_AS = "f(prompts=..., completions=..., completion_ids=..., **columns) -> list[float | None]"
+
+
+def import_object(path: str, key: str) -> Any:
+    """The object at `path` (`package.module.name`), or ValueError naming the config `key`."""
+    module_name, _, name = path.rpartition(".")
+    if not module_name or not name:
+        raise ValueError(f"{key}: '{path}' is not a module.function path (e.g. rewards.correct)")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"{key}: cannot import module '{module_name}' of '{path}' "
+            f"({type(exc).__name__}: {exc}); it is looked up from the working directory {cwd} "
+            "and the installed packages"
+        ) from None
+    except Exception as exc:  # the user's module failed while importing
+        raise ValueError(
+            f"{key}: importing '{module_name}' of '{path}' failed: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+    if not hasattr(module, name):
+        raise ValueError(f"{key}: module '{module_name}' has no '{name}' ('{path}')")
+    found = getattr(module, name)
+    if not callable(found):
+        raise ValueError(f"{key}: '{path}' is not callable (it is a {type(found).__name__})")
+    return found
+
+
+def load_reward_function(path: str) -> Callable[..., Any]:
+    """The reward function at `path`, or ValueError saying what is wrong with it."""
+    function = import_object(path, "trl.reward_funcs")
+    check_signature(path, function)
+    return function
+
+
+def check_signature(path: str, function: Callable[..., Any]) -> None:
+    """Refuse a function that cannot be called as TRL calls a reward function."""
+    try:
+        params = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: let the call tell
+        return
+    if inspect.Parameter.VAR_KEYWORD not in {p.kind for p in params}:
+        raise ValueError(
+            f"trl.reward_funcs: '{path}' must accept keyword arguments: it is called as "
+            f"{CALLED_AS} (columns: the row's other columns); add **kwargs to its parameters"
+        )
+
+
+def reward_name(function: Callable[..., Any]) -> str:
+    """The name TRL logs a reward function under (`rewards/<name>/mean`)."""
+    return getattr(function, "__name__", type(function).__name__)

@@ -1,0 +1,113 @@
+"""`rl: dpo | ipo`: DPO against a reference model (Axolotl's keys, TRL's formulas).
+
+- `rl: dpo`: the loss types of `dpo_loss_type` (TRL's names, summed, weighted by
+  `dpo_loss_weights`), `dpo_label_smoothing` for the robust loss, `dpo_use_weighting` (WPO);
+  temperature `rl_beta`.
+- `rl: ipo`: DPO with the loss type `ipo`.
+
+The reference is the base with the adapter disabled when `adapter:` is set (no second copy),
+else a frozen copy of the loaded model placed by the strategy (`prepare_frozen`). The data are
+the preference `type:`s of `rl.preference_data`. The step logs TRL's metrics
+(`rewards/chosen`, `rewards/rejected`, `rewards/accuracies`, `rewards/margins`,
+`logps/chosen`, `logps/rejected`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from axolotl_weave import PluginConfig, hookimpl
+from pydantic import Field, model_validator
+
+PLUGIN_KIND = "method"
+
+METHODS = ("dpo", "ipo")
+"""The `rl:` values this plugin trains."""
+
+LossType = Literal[
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "robust",
+    "bco_pair",
+    "nca_pair",
+    "sppo_hard",
+    "apo_zero",
+    "apo_down",
+    "sigmoid_norm",
+    "sft",
+]
+
+
+class DPOSettings(PluginConfig):
+    """DPO's keys (Axolotl's names)."""
+
+    dpo_loss_type: list[LossType] | None = Field(
+        None, description="DPO loss types (TRL's names), summed; default [sigmoid]."
+    )
+    dpo_loss_weights: list[float] | None = Field(
+        None, description="Weight of each dpo_loss_type (default 1 each)."
+    )
+    dpo_label_smoothing: float | None = Field(
+        None, ge=0, lt=0.5, description="Label noise of the robust DPO loss (0 to 0.5)."
+    )
+    dpo_use_weighting: bool | None = Field(
+        None, description="WPO: weight each pair's loss by its sequences' probabilities."
+    )
+
+    @model_validator(mode="after")
+    def _dpo_keys(self) -> DPOSettings:
+        rl = getattr(self, "rl", None)
+        if rl is None:
+            return self
+        types = self.dpo_loss_type
+        if rl == "ipo" and types is not None and list(types) != ["ipo"]:
+            raise ValueError("dpo_loss_type: rl: ipo is DPO with the loss type ipo only")
+        if types is not None and rl not in METHODS:
+            raise ValueError(f"dpo_loss_type applies to rl: dpo, not rl: {rl}")
+        if self.dpo_loss_weights is not None:
+            count = len(types) if types else 1
+            if len(self.dpo_loss_weights) != count:
+                raise ValueError(
+                    f"dpo_loss_weights: {len(self.dpo_loss_weights)} weight(s) for {count} "
+                    "dpo_loss_type value(s): give one weight per loss type"
+                )
+        if self.dpo_use_weighting and rl not in METHODS:
+            raise ValueError(f"dpo_use_weighting applies to rl: dpo, not rl: {rl}")
+        return self
+
+
+@hookimpl
+def register_rl_methods(register: Callable[[str], None]) -> None:
+    """`rl: dpo | ipo`."""
+    for name in METHODS:
+        register(name)
+
+
+@hookimpl
+def add_config_fields() -> type[PluginConfig]:
+    """The `dpo_*` keys."""
+    return DPOSettings
+
+
+@hookimpl
+def build_loss(cfg: Any, model: Any) -> Any:
+    """DPO's objective (its unit: a pair) when `rl:` is dpo or ipo."""
+    if getattr(cfg, "rl", None) not in METHODS:
+        return None
+    from axolotl_weave_plugins.rl._objective import PreferenceObjective
+
+    return PreferenceObjective(cfg, model)
+
+
+@hookimpl
+def training_step(
+    cfg: Any, strategy: Any, model: Any, objective: Any, window: list[dict[str, Any]]
+) -> dict[str, float] | None:
+    """Policy and reference forward passes over the window's pairs; TRL's metrics."""
+    if getattr(cfg, "rl", None) not in METHODS:
+        return None
+    from axolotl_weave_plugins.rl._objective import checked_preference_step
+
+    return checked_preference_step(cfg.rl, strategy, model, objective, window)

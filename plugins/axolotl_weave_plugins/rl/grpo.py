@@ -1,0 +1,239 @@
+"""`rl: grpo`: Group Relative Policy Optimization, as TRL's `GRPOTrainer` (Axolotl's `trl:` keys).
+
+Each step samples `trl.num_generations` completions per prompt with the model being trained
+(`model.generate`, `temperature`, `top_p`, at most `max_completion_length` tokens, cut after the
+first EOS), scores each with the `trl.reward_funcs` (importable `module.function` paths, called
+as ``f(prompts=..., completions=..., completion_ids=..., **columns)``, the row's other columns as
+keyword arguments; weighted by `reward_weights`), and turns the rewards into advantages
+normalised within each prompt's group (`scale_rewards`). The loss is TRL's clipped surrogate
+(`epsilon`, `epsilon_high`; token or sequence importance ratios, `importance_sampling_level`)
+plus `beta` times the per-token KL (k3 estimator) to a reference, normalised as `loss_type`
+says (grpo, dr_grpo, dapo, bnpo). With `beta: 0` (TRL's default) no reference is kept; else the
+reference is the base with the adapter disabled under `adapter:`, or a frozen copy.
+
+Batches follow TRL: the `micro_batch_size * gradient_accumulation_steps` rows of a step are
+completions, `num_generations` per prompt, so a step takes that many rows divided by
+`num_generations` prompts, and `num_generations` must divide it. `num_iterations` reuses a
+generation for that many optimizer steps (TRL's mu), with the generating policy's log-probs as
+the old ones; the generation is saved in checkpoints, so a run resumes exactly.
+
+The dataset `type: grpo` holds prompts: a conversation (a list of messages, rendered with the
+chat template and its generation prompt) or a string, in `prompt` (`field_prompt`); the row's
+other columns go to the reward functions. Axolotl's GRPO dataset transforms (its
+`type: rewards.oai_gsm8k_transform`) are given as `type: grpo` with
+`transform: rewards.oai_gsm8k_transform`. It logs TRL's metrics: `reward`, `reward_std`,
+`rewards/<function>/mean` and `/std`, `frac_reward_zero_std`, `completions/mean_length` (and
+min, max, `clipped_ratio`, `mean_terminated_length`), `kl` (when `beta` > 0), `entropy`,
+`clip_ratio/low_mean`, `clip_ratio/high_mean`, `clip_ratio/region_mean`; with
+`log_completions: true` every generation is appended to `output_dir/completions.jsonl`.
+
+Not supported (each refused with a message): vLLM generation (`use_vllm`), sample packing,
+held-out evaluation (`val_set_size`, `test_datasets`), streamed datasets, TRL's other loss
+types. Unlike TRL, a prompt group never spans processes (each process needs whole groups), and
+the completions of a step are not shuffled between its micro-batches.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+from axolotl_weave import PluginConfig, hookimpl
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from axolotl_weave_plugins.rl._grpo_formats import grpo_format
+
+PLUGIN_KIND = "method"
+
+log = logging.getLogger("axolotl_weave")
+
+UNUSED_KEYS = frozenset({"num_completions_to_print"})
+"""`trl:` keys of Axolotl that change nothing trained here (besides `vllm_*` without vLLM)."""
+
+METHOD = "grpo"
+"""The `rl:` value this plugin trains."""
+
+
+class GRPOArgs(BaseModel):
+    """The `trl:` block of `rl: grpo` (TRL's `GRPOConfig` names and defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beta: float = Field(0.0, ge=0, description="KL coefficient; 0: no reference model.")
+    num_generations: int = Field(8, description="Completions per prompt (at least 2).")
+    max_completion_length: int = Field(512, gt=0, description="Most tokens a completion has.")
+    epsilon: float = Field(0.2, ge=0, description="Lower clipping range of the ratio.")
+    epsilon_high: float | None = Field(
+        None, ge=0, description="Upper clipping range (default: epsilon; DAPO: 0.28)."
+    )
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
+        "dapo", description="How token losses are normalised (TRL's names)."
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the group's std, the batch's, or none."
+    )
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling probability mass.")
+    top_k: int = Field(0, ge=0, description="Sample from the k likeliest tokens (0: all).")
+    repetition_penalty: float = Field(1.0, gt=0, description="Generation repetition penalty.")
+    reward_funcs: list[str] = Field(
+        default_factory=list, description="Reward functions: importable module.function paths."
+    )
+    reward_weights: list[float] | None = Field(
+        None, description="Weight of each reward function (default 1 each)."
+    )
+    importance_sampling_level: Literal["token", "sequence"] = Field(
+        "token", description="Importance ratios per token, or per sequence (GSPO)."
+    )
+    num_iterations: int = Field(
+        1, ge=1, description="Optimizer steps per generation (TRL's mu), with old log-probs."
+    )
+    mask_truncated_completions: bool = Field(
+        False, description="Leave completions cut at max_completion_length out of the loss."
+    )
+    log_completions: bool = Field(
+        False, description="Append every completion to output_dir/completions.jsonl."
+    )
+    use_vllm: bool = Field(False, description="Generate with vLLM (not supported yet).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unused_keys(cls, data: Any) -> Any:
+        """Axolotl's vLLM server keys (`vllm_*`) and `num_completions_to_print` change nothing
+        trained when vLLM is off: dropped with a warning, so an Axolotl config still runs."""
+        if not isinstance(data, dict) or data.get("use_vllm"):
+            return data
+        unused = sorted(k for k in data if k.startswith("vllm_") or k in UNUSED_KEYS)
+        for key in unused:
+            log.warning("config key 'trl.%s' does nothing here: it is IGNORED", key)
+        return {k: v for k, v in data.items() if k not in unused}
+
+    @field_validator("scale_rewards", mode="before")
+    @classmethod
+    def _boolean_scale(cls, value: Any) -> Any:
+        """TRL's booleans: true is `group`, false is `none`."""
+        return (
+            {True: "group", False: "none"}.get(value, value) if isinstance(value, bool) else value
+        )
+
+
+class GRPOSettings(PluginConfig):
+    """The `trl:` key (Axolotl's block of TRL options), read by `rl: grpo`."""
+
+    trl: GRPOArgs | None = Field(
+        None,
+        description="rl: grpo options (TRL's GRPOConfig names): beta, num_generations, "
+        "max_completion_length, epsilon, epsilon_high, loss_type, scale_rewards, temperature, "
+        "top_p, top_k, repetition_penalty, reward_funcs, reward_weights, "
+        "importance_sampling_level, num_iterations, mask_truncated_completions, "
+        "log_completions, use_vllm.",
+    )
+
+    @model_validator(mode="after")
+    def _grpo_keys(self) -> GRPOSettings:
+        rl = getattr(self, "rl", None)
+        if rl != METHOD:
+            if self.trl is not None and self.trl.model_fields_set:
+                raise ValueError(f"trl: holds rl: grpo options; it does not apply to rl: {rl}")
+            for entry in getattr(self, "datasets", None) or []:
+                if getattr(entry, "type", None) == METHOD:
+                    raise ValueError(
+                        "datasets: type: grpo holds prompts to generate from: set rl: grpo"
+                    )
+            return self
+        if self.trl is None:
+            self.trl = GRPOArgs()
+        check_grpo(self, self.trl)
+        return self
+
+
+def check_grpo(cfg: Any, trl: GRPOArgs) -> None:
+    """Every refusal of `rl: grpo`, before anything loads (ValueError, shown as a config error)."""
+    if trl.use_vllm:
+        if importlib.util.find_spec("vllm") is None:
+            raise ValueError(
+                "trl.use_vllm: true needs vLLM, which is not installed; and vLLM generation is "
+                "not supported by rl: grpo here yet: set use_vllm: false (generation uses the "
+                "model's own generate)"
+            )
+        raise ValueError(
+            "trl.use_vllm: vLLM generation is not supported by rl: grpo here yet: set "
+            "use_vllm: false (generation uses the model's own generate)"
+        )
+    if trl.num_generations < 2:
+        raise ValueError(
+            f"trl.num_generations: GRPO needs at least 2 completions per prompt to compare "
+            f"them (got {trl.num_generations})"
+        )
+    mbs = getattr(cfg, "micro_batch_size", 1) or 1
+    gas = getattr(cfg, "gradient_accumulation_steps", 1) or 1
+    if (mbs * gas) % trl.num_generations:
+        raise ValueError(
+            f"trl.num_generations: {trl.num_generations} must divide the completions of a step, "
+            f"micro_batch_size x gradient_accumulation_steps = {mbs} x {gas} = {mbs * gas} "
+            "(each process takes whole groups of completions of one prompt); change one of them"
+        )
+    if not trl.reward_funcs:
+        raise ValueError(
+            "trl.reward_funcs: rl: grpo needs at least one reward function (a module.function "
+            "path, e.g. rewards.correctness)"
+        )
+    if trl.reward_weights is not None and len(trl.reward_weights) != len(trl.reward_funcs):
+        raise ValueError(
+            f"trl.reward_weights: {len(trl.reward_weights)} weight(s) for "
+            f"{len(trl.reward_funcs)} reward function(s): give one weight per function"
+        )
+    if getattr(cfg, "sample_packing", False):
+        raise ValueError(
+            "sample_packing: true cannot be used with rl: grpo: its rows are prompts to "
+            "generate from, never packed; set sample_packing: false"
+        )
+    if getattr(cfg, "val_set_size", 0) or getattr(cfg, "test_datasets", None):
+        raise ValueError(
+            "val_set_size / test_datasets: rl: grpo has no held-out loss (it would need "
+            "generation); remove them"
+        )
+    for entry in getattr(cfg, "datasets", None) or []:
+        kind = getattr(entry, "type", None)
+        if kind != METHOD:
+            raise ValueError(
+                f"datasets: type: {kind} is not a prompt dataset: rl: grpo trains on "
+                "type: grpo (a prompt column: chat messages or a string)"
+            )
+    from axolotl_weave_plugins.rl._grpo_rewards import import_object, load_reward_function
+
+    for path in trl.reward_funcs:
+        load_reward_function(path)
+    for entry in getattr(cfg, "datasets", None) or []:
+        if entry.option("transform"):
+            import_object(entry.option("transform"), "datasets: transform")
+
+
+@hookimpl
+def register_rl_methods(register: Callable[[str], None]) -> None:
+    """`rl: grpo`."""
+    register(METHOD)
+
+
+@hookimpl
+def add_config_fields() -> type[PluginConfig]:
+    """The `trl:` block."""
+    return GRPOSettings
+
+
+@hookimpl
+def register_dataset_formats(register: Callable[[Any], None]) -> None:
+    """`type: grpo`: prompts."""
+    register(grpo_format())
+
+
+@hookimpl
+def configure(cfg: Any, register: Callable[[object, str], None]) -> None:
+    """Under `rl: grpo`, the run's GRPO plugin: objective, batches, step, checkpoint state."""
+    if getattr(cfg, "rl", None) != METHOD:
+        return
+    from axolotl_weave_plugins.rl._grpo import GRPORun
+
+    register(GRPORun(cfg), "grpo-run")

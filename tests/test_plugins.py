@@ -32,7 +32,7 @@ import pytest
 from axolotl_weave import ConfigError, DatasetFormat, PluginConfig, PluginError, hookimpl, hookspecs
 from axolotl_weave._pluginmanager import describe_plugins, make_plugin_manager
 from axolotl_weave._run import Session, open_session, train
-from axolotl_weave_testing import run_weave, write_config, write_jsonl
+from axolotl_weave_testing import install_offline, run_weave, write_config, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "core" / "axolotl_weave"
@@ -278,26 +278,7 @@ def reverse_format_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = tmp_path_factory.mktemp("src") / "weave-reverse-format"
     shutil.copytree(CONTRIB_REVERSE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     site = tmp_path_factory.mktemp("site")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--disable-pip-version-check",
-            "--target",
-            str(site),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    install_offline(source, site)
     assert (site / "weave_reverse_format-0.1.0.dist-info").is_dir(), list(site.iterdir())
     return site
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from axolotl_weave_testing import train_with, write_config, write_jsonl
+from axolotl_weave_testing import install_offline, train_with, write_config, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRIB_SLIC = ROOT / "contrib" / "weave-slic"
@@ -37,26 +35,7 @@ def slic_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = tmp_path_factory.mktemp("src") / "weave-slic"
     shutil.copytree(CONTRIB_SLIC, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     site = tmp_path_factory.mktemp("site")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--disable-pip-version-check",
-            "--target",
-            str(site),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    install_offline(source, site)
     assert (site / "weave_slic-0.1.0.dist-info").is_dir(), list(site.iterdir())
     return site
 

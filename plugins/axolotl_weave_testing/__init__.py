@@ -67,6 +67,32 @@ def run_weave(
     )
 
 
+def install_offline(source: Path, folder: Path) -> Path:
+    """The distribution at `source` (a copy of a `contrib/` folder) installed offline, without
+    its dependencies, into `folder`, for PYTHONPATH (the third-party path, no index)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--target",
+            str(folder),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
 def train_with(config: dict[str, Any], path: Path, *plugins: object) -> Any:
     """Write `config` to `path`, then train in this process with the installed plugins and the
     extra plugin objects given (a recorder, a fault injector...); the final `TrainState`."""

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from axolotl_weave import IGNORE_INDEX, ConfigError, DataError
-from axolotl_weave._data import build_format
 from axolotl_weave._run import load_tokenizer, open_session
+from axolotl_weave_plugins.data.pipeline import build_format
 from axolotl_weave_plugins.formats import chat_template as ct
 from axolotl_weave_testing import build_rows, dataset_entry, run_weave, write_config, write_jsonl
 from pydantic import ValidationError

@@ -16,7 +16,7 @@ from datetime import date
 from typing import Any
 
 import pytest
-from axolotl_weave.tiny import train_tokenizer
+from axolotl_weave_testing import train_tokenizer
 from axolotl_weave_plugins.formats import chat_template as ct
 from jinja2 import TemplateError
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from axolotl_weave import DataError, MissingDependencyError
-from axolotl_weave._data import PreparedData, fingerprint
+from axolotl_weave import DataError, MissingDependencyError, PreparedData
 from axolotl_weave._run import load_tokenizer, open_session, preprocess
+from axolotl_weave_plugins.data._cache import fingerprint
 from axolotl_weave_testing import alpaca_rows, write_config, write_jsonl
 from datasets import Dataset, DatasetDict
 

@@ -18,12 +18,12 @@ from axolotl_weave import (
     DataError,
     DatasetFormat,
     DataSource,
+    PreparedData,
     hookimpl,
     map_rows,
     rows_table,
     tokenize_prompt_response,
 )
-from axolotl_weave._data import PreparedData
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import open_session, preprocess
 from axolotl_weave_testing import write_config, write_jsonl

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 from axolotl_weave import IGNORE_INDEX, DataError, DatasetEntry, tokenize_prompt_response
-from axolotl_weave._data import build_format
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._pluginmanager import make_plugin_manager
+from axolotl_weave_plugins.data.pipeline import build_format
 from axolotl_weave_plugins.formats.alpaca import PROMPT_INPUT, PROMPT_NO_INPUT
 from datasets import Dataset
 from transformers import AutoTokenizer

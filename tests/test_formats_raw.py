@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from axolotl_weave import IGNORE_INDEX, DataError
-from axolotl_weave._data import build_format
+from axolotl_weave_plugins.data.pipeline import build_format
 from axolotl_weave_plugins.formats import input_output, pretraining
 from axolotl_weave_testing import build_rows, dataset_entry
 from datasets import Dataset, IterableDataset

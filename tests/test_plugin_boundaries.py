@@ -1,5 +1,5 @@
 """Every built-in plugin has the shape of a third-party one: it imports the core only through its
-public modules (the `axolotl_weave` facade, `axolotl_weave.commands`, `axolotl_weave.tiny`...,
+public modules (the `axolotl_weave` facade, `axolotl_weave.commands`,
 never an `axolotl_weave._private` module), and never another plugin's module. What two plugins
 share lives in the core, behind the facade.
 

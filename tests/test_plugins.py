@@ -30,8 +30,9 @@ from typing import Any
 
 import pytest
 from axolotl_weave import ConfigError, DatasetFormat, PluginConfig, PluginError, hookimpl, hookspecs
-from axolotl_weave._pluginmanager import describe_plugins, make_plugin_manager
+from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import Session, open_session, train
+from axolotl_weave_plugins.commands._plugin_table import describe_plugins
 from axolotl_weave_testing import install_offline, run_weave, write_config, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -70,7 +70,8 @@ def test_installed_rl_slic_is_listed_and_trains_logging_its_metric(
     slic_site: Path, tmp_path: Path, base_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found through its entry point on the path (in this process: faster than the CLI)."""
-    from axolotl_weave._pluginmanager import describe_plugins, make_plugin_manager
+    from axolotl_weave._pluginmanager import make_plugin_manager
+    from axolotl_weave_plugins.commands._plugin_table import describe_plugins
 
     monkeypatch.syspath_prepend(str(slic_site))
     rows = {row.name: row for row in describe_plugins(make_plugin_manager())}

@@ -539,7 +539,8 @@ def test_each_method_is_its_own_plugin_and_the_data_is_shared():
     its own `rl:` names, beside `preference_data`, which owns the preference `type:`s."""
     import importlib
 
-    from axolotl_weave._pluginmanager import describe_plugins, make_plugin_manager
+    from axolotl_weave._pluginmanager import make_plugin_manager
+    from axolotl_weave_plugins.commands._plugin_table import describe_plugins
 
     rows = {row.name: row for row in describe_plugins(make_plugin_manager())}
     owned = {"dpo": ["dpo", "ipo"], "orpo": ["orpo"], "simpo": ["simpo"], "kto": ["kto"]}

@@ -38,6 +38,13 @@ from axolotl_weave._head_loss import (
     next_token_targets,
 )
 from axolotl_weave._precision import Precision, resolve_precision
+from axolotl_weave._prepared import (
+    DROP_COUNTERS,
+    DataStats,
+    PreparedData,
+    drop_reasons,
+    drop_summary,
+)
 from axolotl_weave._rows import (
     LoadedRows,
     RowLocator,
@@ -71,6 +78,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 """Marker for hook implementations: `@hookimpl`, `@hookimpl(trylast=True)`, `(wrapper=True)`."""
 
 __all__ = [
+    "DROP_COUNTERS",
     "IGNORE_INDEX",
     "PAD_TOKEN",
     "SFT_COLUMNS",
@@ -81,6 +89,7 @@ __all__ = [
     "ConfigError",
     "CoreConfig",
     "DataError",
+    "DataStats",
     "DataSource",
     "DatasetEntry",
     "DatasetFormat",
@@ -92,6 +101,7 @@ __all__ = [
     "PluginConfig",
     "Precision",
     "PluginError",
+    "PreparedData",
     "Strategy",
     "Switch",
     "TrainState",
@@ -101,6 +111,8 @@ __all__ = [
     "checkpoint_step",
     "checkpoints",
     "collate",
+    "drop_reasons",
+    "drop_summary",
     "epoch_order",
     "hookimpl",
     "staged_folder",

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from axolotl_weave._config import DatasetEntry
+    from axolotl_weave._prepared import PreparedData
     from axolotl_weave._strategy import Strategy
     from axolotl_weave._types import DataSource
 
@@ -158,6 +159,11 @@ class Hooks:
     def load_tokenizer(self, cfg: Any) -> Any:
         """The tokenizer for the config."""
         return self._answered("load_tokenizer", self.pm.hook.load_tokenizer(cfg=cfg))
+
+    def prepare_datasets(self, cfg: Any, tokenizer: Any) -> PreparedData:
+        """The tokenized training (and eval) sets, by the data pipeline plugin."""
+        result = self.pm.hook.prepare_datasets(cfg=cfg, tokenizer=tokenizer, hooks=self)
+        return self._answered("prepare_datasets", result)
 
     def build_dataset(
         self, entry: DatasetEntry, dataset: Dataset, tokenizer: Any, cfg: Any

@@ -1,4 +1,4 @@
-"""Building the plugin manager: entry points, config-named plugins, blocking, tracing, listing.
+"""Building the plugin manager: entry points, config-named plugins, blocking, tracing.
 
 A manager is made per run by `make_plugin_manager`; nothing is registered at import time.
 """
@@ -12,7 +12,6 @@ import inspect
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import pluggy
@@ -23,7 +22,6 @@ from axolotl_weave._errors import PluginError
 log = logging.getLogger("axolotl_weave")
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
-DISTRIBUTION = "axolotl-weave"
 DISABLE_AUTOLOAD_ENV = "WEAVE_DISABLE_PLUGIN_AUTOLOAD"
 BLOCK_ENV = "WEAVE_BLOCK_PLUGINS"
 
@@ -181,46 +179,3 @@ def import_plugin(path: str) -> object:
         raise PluginError(f"plugin '{path}': module '{module_path}' has no attribute '{attr}'")
     obj = getattr(module, attr)
     return obj() if inspect.isclass(obj) else obj
-
-
-@dataclass(frozen=True)
-class PluginInfo:
-    """One row of `weave plugin list`."""
-
-    name: str
-    kind: str
-    distribution: str
-    builtin: bool
-    blocked: bool
-    hooks: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form for `weave plugin list --json`."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "distribution": self.distribution,
-            "builtin": self.builtin,
-            "blocked": self.blocked,
-            "hooks": list(self.hooks),
-        }
-
-
-def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
-    """Every registered or blocked plugin with its kind, distribution and implemented hooks."""
-    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
-    rows = []
-    for name, plugin in pm.list_name_plugin():
-        if plugin is None:
-            rows.append(PluginInfo(name, "?", "?", False, True, ()))
-            continue
-        dist = dists.get(id(plugin))
-        if dist is not None:
-            dist_text = f"{dist.project_name}=={dist.version}"
-            builtin = dist.project_name == DISTRIBUTION
-        else:
-            dist_text, builtin = "(local, from config or code)", False
-        hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()))
-        kind = getattr(plugin, "PLUGIN_KIND", "other")
-        rows.append(PluginInfo(name, kind, dist_text, builtin, False, hooks))
-    return sorted(rows, key=lambda r: (not r.builtin, r.kind, r.name))

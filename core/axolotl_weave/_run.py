@@ -27,12 +27,12 @@ from axolotl_weave._config import (
     validate_config,
 )
 from axolotl_weave._console import quiet_libraries
-from axolotl_weave._data import PreparedData, prepare_datasets
 from axolotl_weave._errors import ConfigError, PluginError, WeaveError
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._optim import apply_unfrozen_parameters
 from axolotl_weave._overrides import refuse_valueless_flags
 from axolotl_weave._pluginmanager import make_plugin_manager, register_config_plugins
+from axolotl_weave._prepared import PreparedData
 from axolotl_weave._types import DatasetFormat, ModelFamily, TrainState
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def preprocess(session: Session) -> tuple[PreparedData, Any]:
     """Tokenize, filter, split and cache the datasets; returns them and the tokenizer."""
     family = family_of(session)
     tokenizer = load_tokenizer(session, family)
-    return prepare_datasets(session.cfg, session.hooks, tokenizer), tokenizer
+    return session.hooks.prepare_datasets(session.cfg, tokenizer), tokenizer
 
 
 def save_resolved_config(cfg: CoreConfig, output_dir: Path) -> Path:
@@ -280,7 +280,7 @@ def train_configured(session: Session) -> TrainState:
 
     family = family_of(session)
     tokenizer = load_tokenizer(session, family)
-    data = prepare_datasets(cfg, hooks, tokenizer)
+    data = hooks.prepare_datasets(cfg, tokenizer)
     if data.streaming:
         log.info("data: pretraining_dataset streamed, tokenized while training")
     else:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from axolotl_weave._cli import OVERRIDES, user_errors
 from axolotl_weave._config import did_you_mean, load_config_data
-from axolotl_weave._console import console
-from axolotl_weave._data import drop_reasons, drop_summary
+from axolotl_weave._console import console, err_console
 from axolotl_weave._optim import build_optimizer, warmup_steps
-from axolotl_weave._pluginmanager import describe_plugins
+from axolotl_weave._prepared import drop_reasons, drop_summary
 from axolotl_weave._run import (
     Session,
     build_trainer,
@@ -24,6 +23,7 @@ from axolotl_weave._run import (
     load_tokenizer,
     open_session,
     preprocess,
+    train,
 )
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
     "check_before_work",
     "config_schema",
     "console",
-    "describe_plugins",
+    "err_console",
     "did_you_mean",
     "drop_reasons",
     "drop_summary",
@@ -43,6 +43,7 @@ __all__ = [
     "load_tokenizer",
     "open_session",
     "preprocess",
+    "train",
     "user_errors",
     "warmup_steps",
 ]

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from axolotl_weave._config import DatasetEntry
+    from axolotl_weave._prepared import PreparedData
     from axolotl_weave._strategy import Strategy
     from axolotl_weave._types import (
         BatchPlan,
@@ -219,6 +220,26 @@ def load_tokenizer(cfg: Any) -> Any:
     ``prepare_tokenizer`` and the config's ``special_tokens`` their turn.
 
     Stops at the first non-None result; the generic Hugging Face loader answers last.
+    """
+
+
+@hookspec(firstresult=True)
+def prepare_datasets(cfg: Any, tokenizer: Any, hooks: Any) -> PreparedData | None:
+    """Tokenize the config's datasets into the training (and eval) sets.
+
+    The built-in ``data_pipeline`` plugin answers last: it loads each entry through the data
+    sources, builds it with its format's ``build`` (or ``build_dataset``), fits rows to
+    ``sequence_len``, mixes, deduplicates, splits and caches the result under
+    ``dataset_prepared_path``; a ``pretraining_dataset:`` it streams. Answer first to prepare
+    data another way (a remote data service, a precomputed store).
+
+    :param cfg: the config (``datasets``, ``test_datasets``, ``sequence_len``...).
+    :param tokenizer: the tokenizer, as ``load_tokenizer`` and the family prepared it.
+    :param hooks: the run's hook caller, to call the registries and hooks it orchestrates
+        (``dataset_formats()``, ``data_sources()``, ``build_dataset(...)``, ``pm``).
+
+    Return a :class:`~axolotl_weave.PreparedData` (its ``stats`` say what was kept and
+    dropped). Called once per run, after ``load_tokenizer``; stops at the first non-None result.
     """
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
-from axolotl_weave.tiny import (  # re-exported for test suites
+
+from axolotl_weave_testing.tokenizer import (  # re-exported for test suites
     SAMPLE_TEXT,
     train_tokenizer,
 )
@@ -234,8 +235,8 @@ def build_rows(
     """
     from types import SimpleNamespace
 
-    from axolotl_weave._data import build_format
     from axolotl_weave._rows import rows_table
+    from axolotl_weave_plugins.data.pipeline import build_format
 
     cfg = cfg or SimpleNamespace(train_on_inputs=False, sequence_len=2048)
     validated = dataset_entry(hooks.dataset_formats(), **entry)

@@ -10,6 +10,8 @@ import typer
 from axolotl_weave import hookimpl
 from rich.table import Table
 
+from axolotl_weave_plugins.commands._plugin_table import describe_plugins
+
 PLUGIN_KIND = "command"
 
 PIPELINE_HOOKS = (
@@ -95,7 +97,7 @@ def plugin_list_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List installed plugins: name, kind, distribution and version, hooks implemented."""
-    from axolotl_weave.commands import console, describe_plugins
+    from axolotl_weave.commands import console
 
     rows = describe_plugins(ctx.obj.pm)
     if as_json:

@@ -11,8 +11,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from axolotl_weave.tiny import SAMPLE_TEXT
-
 
 class NoLayerToQuantize(ValueError):
     """`quantize_gptq` found no layer it can quantize in the model."""
@@ -55,9 +53,7 @@ def gptq_layers(model: Any) -> tuple[str, list[str]]:
     return blocks_name, sorted(set.intersection(*per_block))
 
 
-def quantize_gptq(
-    model_dir: Path, out_dir: Path, texts: Iterable[str] = (SAMPLE_TEXT,), *, bits: int = 4
-) -> Path:
+def quantize_gptq(model_dir: Path, out_dir: Path, texts: Iterable[str], *, bits: int = 4) -> Path:
     """GPTQ-quantize the model in `model_dir` (calibrated on `texts`) through transformers'
     GPTQ integration, and save it with its tokenizer to `out_dir`. Needs `optimum` and
     `gptqmodel`; runs on the CPU. Quantizes the layers `gptq_layers` picks, in groups of

@@ -1,0 +1,1 @@
+"""Data preparation plugins: the built-in pipeline (`prepare_datasets`)."""

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import torch
 from axolotl_weave import ConfigError, hookimpl
-from axolotl_weave._optim import apply_unfrozen_parameters, build_optimizer, param_groups
+from axolotl_weave._optim import build_optimizer, param_groups
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import open_session, train
+from axolotl_weave_plugins.methods.unfrozen_parameters import apply_unfrozen_parameters
 from axolotl_weave_testing import run_weave, without_package, write_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM

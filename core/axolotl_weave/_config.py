@@ -275,10 +275,6 @@ class CoreConfig(BaseModel):
     lr_groups: list[LrGroup] = Field(
         default_factory=list, description="Own learning rates for parameters of named modules."
     )
-    unfrozen_parameters: list[str] = Field(
-        default_factory=list,
-        description="Regexes of parameter names to train; all others frozen (full fine-tune).",
-    )
     max_grad_norm: float | None = Field(1.0, description="Gradient clipping; 0 disables.")
     loss_watchdog_threshold: float | None = Field(
         None, description="Stop (exit 1) when the loss stays above this for the patience."

@@ -64,28 +64,6 @@ def build_optimizer(cfg: Any, model: torch.nn.Module, hooks: Hooks) -> torch.opt
     return builders[cfg.optimizer](groups, cfg)
 
 
-def apply_unfrozen_parameters(model: torch.nn.Module, patterns: list[str]) -> int:
-    """Freeze every parameter whose name matches none of the regexes; return how many train."""
-    import re
-
-    compiled = []
-    for pattern in patterns:
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as exc:
-            raise ConfigError(f"unfrozen_parameters: {pattern!r} is not a regex: {exc}") from None
-    count = 0
-    for name, param in model.named_parameters():
-        param.requires_grad_(any(c.search(name) for c in compiled))
-        count += int(param.requires_grad)
-    if count == 0:
-        raise ConfigError(
-            f"unfrozen_parameters: {patterns} match no parameter (names look like "
-            f"{next(n for n, _ in model.named_parameters())!r})"
-        )
-    return count
-
-
 def warmup_steps(cfg: Any, total_steps: int) -> int:
     """`warmup_steps`, or `warmup_ratio` of the total, or 0."""
     if cfg.warmup_steps is not None:

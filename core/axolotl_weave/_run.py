@@ -29,7 +29,6 @@ from axolotl_weave._config import (
 from axolotl_weave._console import quiet_libraries
 from axolotl_weave._errors import ConfigError, PluginError, WeaveError
 from axolotl_weave._hooks import Hooks
-from axolotl_weave._optim import apply_unfrozen_parameters
 from axolotl_weave._overrides import refuse_valueless_flags
 from axolotl_weave._pluginmanager import make_plugin_manager, register_config_plugins
 from axolotl_weave._prepared import PreparedData
@@ -324,7 +323,7 @@ def build_trainer(
     eval_set: Any = None,
     data_identity: str | None = None,
 ) -> Trainer:
-    """Model (load_model, unfrozen_parameters, patch_attention), loss, devices and the loop, ready
+    """Model (load_model, patch_attention), loss, devices and the loop, ready
     to `run()` on prepared rows. `weave train` and `weave bench` both start here."""
     from axolotl_weave._precision import apply_tf32, resolve_precision
     from axolotl_weave._train import Trainer
@@ -332,8 +331,6 @@ def build_trainer(
     cfg, hooks = session.cfg, session.hooks
     apply_tf32(resolve_precision(cfg))
     model = hooks.load_model(cfg, tokenizer, family)
-    if cfg.unfrozen_parameters:
-        apply_unfrozen_parameters(model, cfg.unfrozen_parameters)
     hooks.patch_attention(model, cfg, family)
     loss_fn = hooks.build_loss(cfg, model)
     strategy = hooks.wrap_distributed(cfg)

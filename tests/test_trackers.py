@@ -537,17 +537,19 @@ def test_weave_plot_of_a_folder_without_metrics_is_one_clear_error(tmp_path: Pat
         ("tokenizer_config", False),
         ("resize_token_embeddings_to_32x", False),
         ("pad_token_id", False),
+        ("pad_token", False),
+        ("eos_token", False),
         ("learning_rate", False),
     ],
 )
 def test_secret_key_names(name: str, secret: bool) -> None:
-    from axolotl_weave_plugins.loggers._tracking import is_secret
+    from axolotl_weave import is_secret
 
     assert is_secret(name) is secret
 
 
 def test_secret_values_are_redacted_at_any_depth() -> None:
-    from axolotl_weave_plugins.loggers._tracking import redacted
+    from axolotl_weave import redacted
 
     data = {
         "uri": "https://me:hunter2@mlflow.example/",
@@ -559,3 +561,16 @@ def test_secret_values_are_redacted_at_any_depth() -> None:
         "nested": [{"auth_token": "[redacted]"}, {"path": "[redacted]"}],
         "hub_token": None,
     }
+
+
+def test_saved_config_holds_no_secret(runs: Runs) -> None:
+    """`config.yml` keeps every setting but a secret's value; a special token is no secret."""
+    import yaml
+    from axolotl_weave import redacted
+
+    text = (runs.finished / "config.yml").read_text()
+    saved = yaml.safe_load(text)
+    assert saved["service_api_key"] == "[redacted]" and SECRET not in text
+    assert saved["learning_rate"] == 1e-3
+    tokens = {"special_tokens": {"pad_token": "<pad>", "eos_token": "</s>"}}
+    assert redacted(tokens) == tokens

@@ -56,6 +56,7 @@ from axolotl_weave._rows import (
     tokenize_prompt_response,
     tokenize_prompt_responses,
 )
+from axolotl_weave._secrets import is_secret, redact_text, redacted
 from axolotl_weave._strategy import AccelerateStrategy, Strategy
 from axolotl_weave._switch import Switch, switch_applies, switch_value
 from axolotl_weave._tokens import set_pad_token
@@ -115,6 +116,9 @@ __all__ = [
     "drop_summary",
     "epoch_order",
     "hookimpl",
+    "is_secret",
+    "redact_text",
+    "redacted",
     "staged_folder",
     "staged_into",
     "write_atomically",

@@ -32,6 +32,7 @@ from axolotl_weave._hooks import Hooks
 from axolotl_weave._overrides import refuse_valueless_flags
 from axolotl_weave._pluginmanager import make_plugin_manager, register_config_plugins
 from axolotl_weave._prepared import PreparedData
+from axolotl_weave._secrets import redacted
 from axolotl_weave._types import DatasetFormat, ModelFamily, TrainState
 
 if TYPE_CHECKING:
@@ -130,10 +131,10 @@ def preprocess(session: Session) -> tuple[PreparedData, Any]:
 
 
 def save_resolved_config(cfg: CoreConfig, output_dir: Path) -> Path:
-    """Write the validated config, defaults filled in, to `output_dir/config.yml` (atomically)."""
-    return write_atomically(
-        output_dir / "config.yml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    )
+    """Write the validated config, defaults filled in and secrets redacted, to
+    `output_dir/config.yml` (atomically)."""
+    data = redacted(cfg.model_dump(mode="json"))
+    return write_atomically(output_dir / "config.yml", yaml.safe_dump(data, sort_keys=False))
 
 
 def train(session: Session) -> TrainState:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from axolotl_weave import ConfigError, PluginConfig, TrainState, hookimpl
+from axolotl_weave import ConfigError, PluginConfig, TrainState, hookimpl, redact_text
 from pydantic import Field
 
 from axolotl_weave_plugins.loggers._tracking import (
@@ -34,7 +34,6 @@ from axolotl_weave_plugins.loggers._tracking import (
     flat_params,
     load_run_id,
     model_files,
-    redact_text,
     require_tracker,
     save_run_id,
 )

@@ -207,39 +207,12 @@ class CoreConfig(BaseModel):
         description="Extra plugin modules (import paths); Axolotl's plugin paths map onto ours.",
     )
 
-    # data
-    pretraining_dataset: list[DatasetEntry] = Field(
-        default_factory=list,
-        description="Data streamed and tokenized while training (needs max_steps).",
-    )
-    datasets: list[DatasetEntry] = Field(
-        default_factory=list, description="Training data sources (or pretraining_dataset)."
-    )
-    test_datasets: list[DatasetEntry] = Field(
-        default_factory=list, description="An explicit eval set (instead of val_set_size)."
-    )
-    dataset_prepared_path: str = Field(
-        "last_run_prepared", description="Where tokenized datasets are cached."
-    )
-    dataset_processes: int | None = Field(
-        None, gt=0, description="Tokenizing processes; default: one per 1000 rows, up to CPUs."
-    )
+    # data (the datasets' own keys are the data_pipeline plugin's)
     sequence_len: int = Field(2048, gt=0, description="Longest sequence in tokens.")
-    excess_length_strategy: Literal["drop", "truncate", "split", "raise"] | None = Field(
-        None, description="Rows over sequence_len: drop (default), truncate, split or raise."
-    )
-    skip_invalid_rows: bool = Field(
-        False, description="Drop (and count) rows with a bad field instead of stopping."
-    )
-    dataset_exact_deduplication: bool = Field(
-        False, description="Drop rows whose tokens and labels repeat another's."
-    )
-    shuffle_merged_datasets: bool = Field(True, description="Shuffle the mixed datasets.")
     train_on_inputs: bool = Field(False, description="Train on prompt tokens too.")
     pad_to_sequence_len: bool | None = Field(
         None, description="Pad every micro-batch to sequence_len (static shapes)."
     )
-    val_set_size: float = Field(0.0, ge=0, description="Eval split: fraction (<1) or row count.")
 
     # training loop
     rl: str | None = Field(
@@ -305,13 +278,6 @@ class CoreConfig(BaseModel):
         False, description="Resume even with other batch sizes or data than the checkpoint's."
     )
 
-    @field_validator("datasets")
-    @classmethod
-    def _some_data(cls, value: list[DatasetEntry], info: ValidationInfo) -> list[DatasetEntry]:
-        if not value and not info.data.get("pretraining_dataset"):
-            raise ValueError("give datasets: (or pretraining_dataset:) with at least one entry")
-        return value
-
     @field_validator("optimizer", "lr_scheduler", "rl")
     @classmethod
     def _registered(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -334,44 +300,13 @@ class CoreConfig(BaseModel):
             f"valid: {', '.join(names)}"
         )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _streamed_type(cls, data: Any, info: ValidationInfo) -> Any:
-        """A `pretraining_dataset:` entry without `type` gets the first streaming format."""
-        formats: dict[str, DatasetFormat] = (info.context or {}).get("formats", {})
-        streams = first_format(formats, "streams")
-        entries = data.get("pretraining_dataset") if isinstance(data, dict) else None
-        if isinstance(entries, (dict, str)):  # Axolotl also takes one entry, or a bare path
-            entries = [{"path": entries} if isinstance(entries, str) else entries]
-        if not isinstance(entries, list) or streams is None:
-            return data
-        filled = [
-            {**e, "type": streams.name} if isinstance(e, dict) and not e.get("type") else e
-            for e in entries
-        ]
-        return {**data, "pretraining_dataset": filled}
-
     @field_validator("evals_per_epoch", "saves_per_epoch", mode="before")
     @classmethod
     def _zero_is_unset(cls, value: Any) -> Any:
         return None if value == 0 else value  # as in Axolotl's examples: 0 means none
 
-    @field_validator("val_set_size")
-    @classmethod
-    def _fraction_or_count(cls, value: float) -> float:
-        if value >= 1 and value != int(value):
-            raise ValueError(
-                f"{value} is neither a fraction below 1 (0.05: 5% of the rows) nor a whole "
-                "count of rows (200)"
-            )
-        return value
-
     @model_validator(mode="after")
     def _consistent(self) -> CoreConfig:
-        if self.pretraining_dataset and not self.max_steps:
-            raise ValueError("pretraining_dataset: is streamed, so max_steps: must be set")
-        if self.test_datasets and self.val_set_size:
-            raise ValueError("set val_set_size or test_datasets, not both")
         if self.bf16 is True and self.fp16 is True:
             raise ValueError("bf16 and fp16 are both true; choose one")
         if self.warmup_steps is not None and self.warmup_ratio is not None:
@@ -396,7 +331,8 @@ def build_config_model(plugin_fields: list[tuple[str, type[BaseModel]]]) -> type
                         f"{kind} '{name}' is declared by both '{seen[name]}' and '{plugin_name}'"
                     )
                 seen[name] = plugin_name
-    bases = (CoreConfig, *(model for _, model in plugin_fields))
+    # the core's keys first (in errors and config.yml), then the plugins' as before
+    bases = (*(model for _, model in plugin_fields), CoreConfig)
     # a module-level name per set of plugin models, so that a config pickles by reference (the
     # tokenizing processes of `dataset_processes` receive it inside the format's function)
     key = hashlib.sha256(
@@ -490,7 +426,7 @@ def known_config_keys(
                 fmt = first_format(formats, "inline")
             elif isinstance(kind, str) and kind:
                 fmt = formats.get(kind)
-            elif section == "pretraining_dataset":  # as CoreConfig._streamed_type fills it
+            elif section == "pretraining_dataset":  # as the data pipeline's settings fill it
                 fmt = first_format(formats, "streams")
             else:
                 fmt = None

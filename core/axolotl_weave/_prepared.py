@@ -48,6 +48,9 @@ class PreparedData:
     stats: DataStats
     cache_dir: Path | None
     from_cache: bool
+    identity: str | None = None
+    """What identifies the data for a checkpoint's resume check (the cache's fingerprint, a
+    stream's entries); None when unknown."""
 
     @property
     def streaming(self) -> bool:

@@ -5,7 +5,6 @@ training loop → post_train. `weave preprocess` stops after the datasets.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -293,8 +292,7 @@ def train_configured(session: Session) -> TrainState:
             " [cache]" if data.from_cache else "",
         )
 
-    identity = data.cache_dir.name if data.cache_dir else stream_identity(cfg)
-    trainer = build_trainer(session, family, tokenizer, data.train, data.eval, identity)
+    trainer = build_trainer(session, family, tokenizer, data.train, data.eval, data.identity)
     strategy = trainer.strategy
     session.is_main_process = strategy.is_main_process
     state = trainer.run()
@@ -348,12 +346,6 @@ def build_trainer(
         batch_columns(session.formats),
         data_identity,
     )
-
-
-def stream_identity(cfg: Any) -> str:
-    """What identifies a streamed `pretraining_dataset` (its entries), for the resume check."""
-    entries = [entry.model_dump(mode="json") for entry in cfg.pretraining_dataset]
-    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def log_parameter_counts(model: Any) -> None:

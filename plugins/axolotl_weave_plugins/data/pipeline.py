@@ -31,6 +31,7 @@ from axolotl_weave import (
 
 from axolotl_weave_plugins.data._cache import fingerprint, save_atomically
 from axolotl_weave_plugins.data._fitting import check_tokenized, fit_rows
+from axolotl_weave_plugins.data._settings import DataSettings
 from axolotl_weave_plugins.data._sources import load_rows
 
 if TYPE_CHECKING:
@@ -42,6 +43,13 @@ log = logging.getLogger("axolotl_weave")
 
 ROWS_PER_PROCESS = 1000
 """With `dataset_processes` unset, one tokenizing process per this many rows (up to the CPUs)."""
+
+
+@hookimpl
+def add_config_fields() -> type[DataSettings]:
+    """`datasets`, `test_datasets`, `pretraining_dataset`, `val_set_size` and the other keys of
+    data preparation."""
+    return DataSettings
 
 
 @hookimpl(trylast=True)
@@ -60,10 +68,10 @@ def prepare_datasets(cfg: Any, tokenizer: Any, hooks: Any) -> PreparedData:
             load_from_disk(str(cache_dir / "eval")) if (cache_dir / "eval").exists() else None
         )
         log.info("loaded tokenized datasets from cache %s", cache_dir)
-        return PreparedData(train, eval_set, stats, cache_dir, from_cache=True)
+        return PreparedData(train, eval_set, stats, cache_dir, True, cache_dir.name)
     train, eval_set, stats = build_datasets(cfg, hooks, tokenizer, loaded)
     save_atomically(cache_dir, train, eval_set, stats)
-    return PreparedData(train, eval_set, stats, cache_dir, from_cache=False)
+    return PreparedData(train, eval_set, stats, cache_dir, False, cache_dir.name)
 
 
 @dataclass
@@ -271,4 +279,10 @@ def stream_pretraining(cfg: Any, hooks: Any, tokenizer: Any) -> PreparedData:
             for i, e in enumerate(cfg.pretraining_dataset)
         ]
     )
-    return PreparedData(train, None, stats, None, from_cache=False)
+    return PreparedData(train, None, stats, None, False, stream_identity(cfg))
+
+
+def stream_identity(cfg: Any) -> str:
+    """What identifies a streamed `pretraining_dataset` (its entries), for the resume check."""
+    entries = [entry.model_dump(mode="json") for entry in cfg.pretraining_dataset]
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]

@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+# the Gradio page is tested in a real headless Chromium: Debian's package, driven by playwright
+# (whose own browser download is never used); without root or apt that test is skipped
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends chromium; } >/dev/null || echo "chromium: not installed"
+fi
 ruff check . && ruff format --check .
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # the tests run in parallel, one worker per CPU (pytest-xdist), each file on one worker so

@@ -512,12 +512,13 @@ def test_weave_train_reference_free_methods(tmp_path: Path, base_config: dict, m
     assert all(math.isfinite(r["loss"]) and "nll_loss" in r for r in records)
 
 
-def test_sample_packing_with_rl_is_refused(tmp_path: Path, base_config: dict):
-    config = dpo_config(tmp_path, base_config) | {"sample_packing": True}
+def test_sample_packing_with_kto_is_refused(tmp_path: Path, base_config: dict):
+    """DPO, IPO, ORPO and SimPO pack pairs (tests/test_rl_packing.py); KTO cannot."""
+    config = dpo_config(tmp_path, base_config) | {"rl": "kto", "sample_packing": True}
     result = run_weave("train", str(write_config(tmp_path / "packed.yml", config)))
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "sample_packing: true cannot be used with rl: dpo" in output
+    assert "sample_packing: true cannot be used with rl: kto" in output
     assert not Path(config["output_dir"], "metrics.jsonl").exists()
 
 

@@ -110,6 +110,25 @@ class Hooks:
             if self.pm.has_plugin(name):
                 self.pm.unregister(name=name)
 
+    def launch_training(
+        self,
+        session: Any,
+        config: str,
+        overrides: list[str],
+        global_args: list[str],
+        num_processes: int | None,
+        launched: int | None,
+    ) -> int | None:
+        """The exit code of a training a plugin ran elsewhere, or None to train here."""
+        return self.pm.hook.launch_training(
+            session=session,
+            config=config,
+            overrides=overrides,
+            global_args=global_args,
+            num_processes=num_processes,
+            launched=launched,
+        )
+
     def add_cli_commands(self, app: typer.Typer) -> None:
         """Let plugins add commands to the CLI."""
         self.pm.hook.add_cli_commands(app=app)

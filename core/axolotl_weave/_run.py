@@ -78,11 +78,15 @@ def config_schema(pm: pluggy.PluginManager) -> dict[str, Any]:
 
 
 def model_type_of(cfg: CoreConfig) -> str | None:
-    """The base model's `model_type` (from its config), to find its family plugin."""
-    from transformers import AutoConfig
-
+    """The base model's `model_type` (from its config), to find its family plugin: read from a
+    local folder's config.json directly (no transformers import), else through `AutoConfig`."""
     where = cfg.base_model_config or cfg.base_model
+    local = Path(where).expanduser() / "config.json"
     try:
+        if local.is_file() and not cfg.trust_remote_code:
+            return json.loads(local.read_text(encoding="utf-8")).get("model_type")
+        from transformers import AutoConfig
+
         config = AutoConfig.from_pretrained(
             where, revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code
         )

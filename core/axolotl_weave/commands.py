@@ -16,6 +16,7 @@ from axolotl_weave._optim import build_optimizer, warmup_steps
 from axolotl_weave._prepared import drop_reasons, drop_summary
 from axolotl_weave._run import (
     Session,
+    batch_columns,
     build_trainer,
     check_before_work,
     config_schema,
@@ -29,6 +30,7 @@ from axolotl_weave._run import (
 __all__ = [
     "OVERRIDES",
     "Session",
+    "batch_columns",
     "build_optimizer",
     "build_trainer",
     "check_before_work",

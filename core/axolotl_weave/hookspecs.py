@@ -196,6 +196,31 @@ def configure(cfg: Any, register: Callable[[object, str], None]) -> None:
     """
 
 
+@hookspec(firstresult=True)
+def launch_training(
+    session: Any,
+    config: str,
+    overrides: list[str],
+    global_args: list[str],
+    num_processes: int | None,
+    launched: int | None,
+) -> int | None:
+    """Run the training somewhere other than this process: in processes this one starts, on a
+    Ray cluster, through a scheduler. Return the exit code, or None to train here.
+
+    :param session: the validated run (``session.cfg``, ``session.hooks``).
+    :param config: the config as the user named it (a path or URL); ``overrides`` the extra
+        ``--key value`` arguments, ``global_args`` the global options (``-p no:NAME``...) to
+        repeat when ``weave train`` is started again elsewhere.
+    :param num_processes: ``--num-processes N``, or None.
+    :param launched: the number of processes a launcher (torchrun, accelerate launch) started
+        this one among, or None when none did.
+
+    Called once by ``weave train``, after the config is validated and before anything loads.
+    The built-in ``--num-processes`` launcher answers last. Stops at the first non-None result.
+    """
+
+
 @hookspec
 def add_cli_commands(app: typer.Typer) -> None:
     """Add commands to the ``weave`` command line.

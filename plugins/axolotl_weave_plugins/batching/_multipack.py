@@ -167,10 +167,13 @@ class Packer:
 def packer_for(
     cfg: Any, dataset: Dataset, micro_batch_size: int, shuffle: bool, rank: int, world_size: int
 ) -> Packer:
-    """The `Packer` of `dataset` as the config's `sample_packing_*` keys set it up."""
+    """The `Packer` of `dataset` as the config's `sample_packing_*` keys set it up: rows into
+    bins of `sequence_len` tokens, or preference pairs (each a chosen and a rejected sequence of
+    at most `sequence_len`) into bins of twice that, so that every pair fits."""
+    pairs = holds_pairs(dataset)
     return Packer(
-        lengths=row_lengths(dataset),
-        capacity=cfg.sequence_len,
+        lengths=pair_lengths(dataset) if pairs else row_lengths(dataset),
+        capacity=cfg.sequence_len * (2 if pairs else 1),
         micro_batch_size=micro_batch_size,
         seed=cfg.seed,
         group_size=cfg.sample_packing_group_size,
@@ -258,4 +261,109 @@ def iter_packed_micro_batches(
         it = iter(rows)
         yield collate_packed(
             [[next(it) for _ in packed] for packed in micro_batch], pad_token_id, pad_to
+        )
+
+
+# -- preference pairs --------------------------------------------------------------------------
+
+PAIR_SIDES = ("chosen", "rejected")
+"""The two sequences of a preference pair, as their columns are prefixed."""
+
+
+def holds_pairs(dataset: Any) -> bool:
+    """Whether the rows are preference pairs (`chosen_input_ids` and `rejected_input_ids`)."""
+    names = getattr(dataset, "column_names", None) or []
+    return all(f"{side}_input_ids" in names for side in PAIR_SIDES)
+
+
+def pair_lengths(dataset: Dataset) -> np.ndarray:
+    """The tokens of every pair (its chosen and rejected sequences together), read from Arrow."""
+    import pyarrow.compute as pc
+
+    columns = [f"{side}_input_ids" for side in PAIR_SIDES]
+    table = dataset.select_columns(columns).with_format("arrow")[:]
+    total = np.zeros(len(dataset), dtype=np.int64)
+    for column in columns:
+        total += pc.list_value_length(table[column]).to_numpy(zero_copy_only=False)
+    return total
+
+
+def collate_packed_pairs(
+    bins: list[list[dict[str, Any]]],
+    pad_token_id: int,
+    pad_to: int | None = None,
+    per_pair: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One micro-batch of preference pairs packed into rows: each bin's pairs side by side.
+
+    The pairs are numbered in bin order (P of them); a pair's chosen sequence, then its rejected
+    one, lie next to each other in its bin's row. `sequence_ids` says, for every token, which
+    sequence it belongs to: the chosen one of pair k is sequence k, its rejected one P + k
+    (the order in which the unpacked objective concatenates them); padding is -1. As in
+    `collate_packed`, `position_ids` restart at 0 for each sequence, each sequence's first label
+    is masked, and there is no attention mask. `num_pairs` is P; `num_tokens` the real tokens.
+    Each column of `per_pair` (a scalar of the row, such as a precomputed reference
+    log-probability) becomes a tensor of P values in pair order (a list for text).
+    """
+    import torch
+
+    pairs = [row for rows in bins for row in rows]
+    count = len(pairs)
+    width = pad_to or max(
+        sum(len(row[f"{side}_input_ids"]) for row in rows for side in PAIR_SIDES) for rows in bins
+    )
+    input_ids, labels, positions, sequences = [], [], [], []
+    pair = 0
+    for rows in bins:
+        ids: list[int] = []
+        targets: list[int] = []
+        pos: list[int] = []
+        seq: list[int] = []
+        for row in rows:
+            for offset, side in ((0, "chosen"), (count, "rejected")):
+                tokens = list(row[f"{side}_input_ids"])
+                ids.extend(tokens)
+                targets.append(IGNORE_INDEX)
+                targets.extend(list(row[f"{side}_labels"])[1:])
+                pos.extend(range(len(tokens)))
+                seq.extend([pair + offset] * len(tokens))
+            pair += 1
+        pad = width - len(ids)
+        if pad < 0:
+            raise ValueError(f"a packed bin holds {len(ids)} tokens, more than {width}")
+        input_ids.append(ids + [pad_token_id] * pad)
+        labels.append(targets + [IGNORE_INDEX] * pad)
+        positions.append(pos + list(range(pad)))
+        sequences.append(seq + [-1] * pad)
+    batch: dict[str, Any] = {
+        "input_ids": torch.tensor(input_ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "position_ids": torch.tensor(positions, dtype=torch.long),
+        "sequence_ids": torch.tensor(sequences, dtype=torch.long),
+        "num_pairs": torch.tensor(count, dtype=torch.long),
+        "num_tokens": torch.tensor(sum(len(s) - s.count(-1) for s in sequences)),
+    }
+    for column in per_pair:
+        values = [row[column] for row in pairs]
+        batch[column] = values if values and isinstance(values[0], str) else torch.tensor(values)
+    return batch
+
+
+def iter_packed_pair_micro_batches(
+    dataset: Dataset,
+    bins: Iterator[list[list[int]]],
+    pad_token_id: int,
+    pad_to: int | None = None,
+    per_pair: Sequence[str] = (),
+) -> Iterator[dict[str, Any]]:
+    """Packed micro-batches of pairs, one per item of `bins` (each a list of bins of rows)."""
+    columns = {
+        **{f"{side}_{name}": None for side in PAIR_SIDES for name in ("input_ids", "labels")},
+        **dict.fromkeys(per_pair),
+    }
+    for micro_batch in bins:
+        rows = read_rows(dataset, [row for packed in micro_batch for row in packed], columns)
+        it = iter(rows)
+        yield collate_packed_pairs(
+            [[next(it) for _ in packed] for packed in micro_batch], pad_token_id, pad_to, per_pair
         )

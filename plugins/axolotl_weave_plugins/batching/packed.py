@@ -4,12 +4,18 @@ The packing itself (first-fit decreasing in groups, the seeded bins of each epoc
 evenly to the processes, the packed collation) is in `_multipack.py`. This plugin owns the
 `sample_packing*` keys and answers `plan_batches` when they ask for packing and the rows have a
 length; otherwise the padded batches answer. It refuses, before anything is built, what cannot
-be packed: rows with other columns than the supervised ones (pairs, scalars, text), and a model
-family that declares it cannot take packing (`ModelFamily.cannot["sample_packing"]`, before the
-weights load). On the main process it prints how well the training rows packed.
+be packed: rows with other columns than the supervised ones or a preference pair's (KTO's,
+text...), and a model family that declares it cannot take packing
+(`ModelFamily.cannot["sample_packing"]`, before the weights load). On the main process it prints
+how well the training rows packed.
 
 A packed micro-batch is `input_ids`, `labels`, `position_ids` and `num_tokens`, with no
-attention mask: the model keeps the samples apart through `position_ids`.
+attention mask: the model keeps the samples apart through `position_ids`. Preference pairs
+(`chosen_*` and `rejected_*` columns; the methods that train on them packed say so, see
+`rl.preference_data`) are packed whole, a pair's two sequences side by side in one row of up to
+twice `sequence_len` tokens, so that a pair is never split across micro-batches; their
+micro-batch adds `sequence_ids` (which sequence each token belongs to), `num_pairs`, and each
+per-pair scalar column (a precomputed reference log-probability) in pair order.
 """
 
 from __future__ import annotations
@@ -81,6 +87,8 @@ class PackedBatches:
     dataset: Dataset
     pad_token_id: int
     pad_to: int | None
+    columns: Columns | None = None
+    """The batch columns (for pairs: the per-pair scalars among them are carried)."""
 
     @property
     def micro_batches_per_epoch(self) -> int:
@@ -89,9 +97,18 @@ class PackedBatches:
 
     def micro_batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """This process's packed micro-batches of `epoch`, from micro-batch number `start`."""
-        from axolotl_weave_plugins.batching._multipack import iter_packed_micro_batches
+        from axolotl_weave_plugins.batching._multipack import (
+            holds_pairs,
+            iter_packed_micro_batches,
+            iter_packed_pair_micro_batches,
+        )
 
         bins = self.packer.micro_batch_bins(epoch, start)
+        if holds_pairs(self.dataset):
+            per_pair = per_pair_columns(self.dataset, self.columns or {})
+            return iter_packed_pair_micro_batches(
+                self.dataset, bins, self.pad_token_id, self.pad_to, per_pair
+            )
         return iter_packed_micro_batches(self.dataset, bins, self.pad_token_id, self.pad_to)
 
     def efficiency(self, epoch: int = 0) -> float:
@@ -107,17 +124,37 @@ def packs(cfg: Any, evaluation: bool) -> bool:
     return bool(cfg.sample_packing)
 
 
+PAIR_COLUMNS = frozenset(
+    f"{side}_{name}"
+    for side in ("chosen", "rejected")
+    for name in ("input_ids", "labels", "attention_mask")
+)
+"""A preference pair's sequence columns (packed: the attention masks are not needed)."""
+
+
+def per_pair_columns(dataset: Any, columns: Columns) -> list[str]:
+    """The scalar (unpadded) batch columns the pairs carry, such as reference log-probs."""
+    names = getattr(dataset, "column_names", None) or []
+    return [c for c in names if c in columns and columns[c] is None and c not in PAIR_COLUMNS]
+
+
 def refuse_unpackable_columns(dataset: Any, columns: Columns) -> None:
     """Packing joins rows end to end: refused, with the reason, for rows with other columns
-    than the supervised ones (pairs, scalars, text)."""
+    than the supervised ones, or a preference pair's with its per-pair scalars (KTO's rows,
+    text...)."""
     if not hasattr(dataset, "column_names"):
         return
-    extra = [c for c in dataset.column_names if c in columns and c not in SFT_COLUMNS]
+    from axolotl_weave_plugins.batching._multipack import holds_pairs
+
+    packable = set(SFT_COLUMNS)
+    if holds_pairs(dataset):
+        packable = set(PAIR_COLUMNS) | set(per_pair_columns(dataset, columns))
+    extra = [c for c in dataset.column_names if c in columns and c not in packable]
     if extra:
         raise ConfigError(
             f"sample_packing: these rows carry columns that cannot be packed "
-            f"({', '.join(extra)}): packing joins rows of input_ids/labels only; "
-            "set sample_packing: false"
+            f"({', '.join(extra)}): packing joins rows of input_ids/labels, or preference "
+            "pairs, only; set sample_packing: false"
         )
 
 
@@ -144,10 +181,10 @@ def plan_batches(
     packer = packer_for(
         cfg, dataset, size, not evaluation, strategy.process_index, strategy.num_processes
     )
-    pad_to = cfg.sequence_len if cfg.pad_to_sequence_len else None
+    pad_to = packer.capacity if cfg.pad_to_sequence_len else None  # 2 x sequence_len for pairs
     if not evaluation:
         report_packing(cfg, packer, strategy)
-    return PackedBatches(packer, dataset, pad_token_id, pad_to)
+    return PackedBatches(packer, dataset, pad_token_id, pad_to, columns)
 
 
 def report_packing(cfg: Any, packer: Packer, strategy: Strategy) -> None:

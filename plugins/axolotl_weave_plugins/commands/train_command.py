@@ -1,7 +1,8 @@
 """`weave train CONFIG [--num-processes N]`: run the whole pipeline, as the config says.
 
 Under torchrun or `accelerate launch` each process runs the command; with `--num-processes N`
-(and no launcher) the command starts the N processes itself with torch's elastic launcher.
+(and no launcher) the command starts the N processes itself with torch's elastic launcher (the
+`launch_training` hook, `trylast`: a plugin such as `ray_train` may run the training elsewhere).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 import typer
 from axolotl_weave import WeaveError, hookimpl
@@ -31,10 +33,6 @@ def train_command(
     from axolotl_weave.commands import console, open_session, train
 
     launched = launcher_world_size()
-    if num_processes and launched is None and num_processes > 1:
-        open_session(config, ctx.args, ctx.obj.pm)  # a config error once, before any launch
-        argv = [*ctx.obj.global_args, "train", config, *ctx.args]
-        raise typer.Exit(launch_processes(num_processes, argv))
     if num_processes and launched is not None and num_processes != launched:
         raise WeaveError(
             f"--num-processes {num_processes}, but the launcher started {launched} processes: "
@@ -42,7 +40,12 @@ def train_command(
         )
     if launched is not None and os.environ.get("RANK", "0") != "0":  # info once, from rank 0
         logging.getLogger("axolotl_weave").setLevel(logging.WARNING)
-    session = open_session(config, ctx.args, ctx.obj.pm)
+    session = open_session(config, ctx.args, ctx.obj.pm)  # a config error once, before a launch
+    code = session.hooks.launch_training(
+        session, config, list(ctx.args), ctx.obj.global_args, num_processes, launched
+    )
+    if code is not None:
+        raise typer.Exit(code)
     state = train(session)
     if not session.is_main_process:
         return
@@ -98,6 +101,21 @@ def launch_processes(num_processes: int, argv: list[str]) -> int:
         )
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
+
+
+@hookimpl(trylast=True)
+def launch_training(
+    session: Any,
+    config: str,
+    overrides: list[str],
+    global_args: list[str],
+    num_processes: int | None,
+    launched: int | None,
+) -> int | None:
+    """`--num-processes N` (N > 1, no launcher): run `weave train` in N processes here."""
+    if launched is not None or not num_processes or num_processes < 2:
+        return None
+    return launch_processes(num_processes, [*global_args, "train", config, *overrides])
 
 
 @hookimpl

@@ -5,6 +5,12 @@ summed over them, so the step divides by the pairs of the whole accumulation win
 TRL averages over the tokens of a micro-batch (the chosen NLL of ORPO and SimPO's `cpo_alpha`,
 the `sft` loss type) count as that mean for each pair of the micro-batch: with one micro-batch a
 step is exactly TRL's loss, with several of equal size it is TRL's gradient accumulation.
+
+A micro-batch is either padded (the `chosen_*` and `rejected_*` columns, concatenated into one
+forward pass) or packed by `sample_packing` (`input_ids`, `position_ids` and `sequence_ids`:
+each sequence's log-probabilities are summed from the packed forward pass by its id). With
+`precompute_ref_log_probs`, the reference's summed log-probabilities come with the batch
+(`ref_chosen_logps`, `ref_rejected_logps`) and no reference model is kept.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from axolotl_weave_plugins.rl._losses import (
 
 REFERENCE_METHODS = ("dpo", "ipo")
 """The methods that compare with a reference model."""
+
+REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+"""The per-pair columns of precomputed reference log-probabilities (`precompute_ref_log_probs`)."""
 
 
 def pad_to(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
@@ -98,6 +107,68 @@ class Forward:
             return torch.exp(aligned.sum(-1) / self.tokens().clamp(min=1.0))
 
 
+class PackedForward(Forward):
+    """The per-token log-probabilities of one forward pass over packed pairs (`sequence_ids`
+    numbers the chosen sequence of pair k as k and its rejected one as pairs + k, -1 padding);
+    every per-sequence quantity is summed by sequence id, so it equals the unpadded `Forward`'s."""
+
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        position_ids: torch.Tensor,
+        sequence_ids: torch.Tensor,
+        pairs: int,
+    ) -> None:
+        logits = logits[:, :-1].float()
+        labels = labels[:, 1:]
+        sequence = sequence_ids[:, 1:]
+        # a sequence's first token is predicted by nothing of its own sequence
+        sequence = torch.where(position_ids[:, 1:] == 0, -1, sequence)
+        self.response = (labels != IGNORE_INDEX) & (sequence >= 0)
+        self.attended = sequence >= 0
+        targets = torch.where(self.response, labels, input_ids[:, 1:])
+        self.logits = logits
+        self.token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(
+            -1
+        )
+        self.pairs = pairs
+        self.sequence = sequence
+        self.chosen = self.attended & (sequence < pairs)
+
+    def per_sequence(self, values: torch.Tensor) -> torch.Tensor:
+        """`values` (one per token) summed over each of the 2 x pairs sequences."""
+        out = values.new_zeros(2 * self.pairs)
+        index = self.sequence.clamp(min=0).flatten()
+        return out.index_add(0, index, (values * self.attended).flatten())
+
+    def sums(self) -> torch.Tensor:
+        """Each sequence's summed response log-probability."""
+        return self.per_sequence(self.token_logps * self.response)
+
+    def tokens(self) -> torch.Tensor:
+        """Each sequence's response tokens."""
+        return self.per_sequence(self.response.float())
+
+    def chosen_nll(self, mask: torch.Tensor) -> torch.Tensor:
+        """The mean negative log-likelihood of the chosen sequences' tokens under `mask`."""
+        chosen = mask & self.chosen
+        return -(self.token_logps * chosen).sum() / chosen.sum().clamp(min=1)
+
+    def wpo_weights(self) -> torch.Tensor:
+        """WPO's per-sequence weight: exp of the mean aligned log-probability (no gradient)."""
+        with torch.no_grad():
+            log_sum_sq = torch.logsumexp(2 * torch.log_softmax(self.logits, -1), -1)
+            aligned = self.per_sequence((self.token_logps - log_sum_sq) * self.response)
+            return torch.exp(aligned / self.tokens().clamp(min=1.0))
+
+
+def is_packed(batch: dict[str, Any]) -> bool:
+    """Whether a micro-batch holds packed pairs (`sample_packing`) rather than padded ones."""
+    return "sequence_ids" in batch
+
+
 class AgainstReference:
     """What the paired (DPO-style) and KTO objectives share: a reference model (the policy
     with its adapter disabled, no copy; or a frozen copy of a full fine-tune, taken before
@@ -127,6 +198,8 @@ class AgainstReference:
 
     def count(self, batch: dict[str, Any]) -> torch.Tensor:
         """The rows (pairs for DPO-style methods) of a micro-batch."""
+        if "num_pairs" in batch:  # packed pairs
+            return torch.as_tensor(batch["num_pairs"])
         ids = batch[self.ROWS]
         return torch.as_tensor(ids.shape[0], device=ids.device)
 
@@ -168,19 +241,54 @@ class PreferenceObjective(AgainstReference):
         self.orpo_alpha = key("orpo_alpha", 0.1)
         self.simpo_gamma = key("simpo_gamma", 0.5)
         self.cpo_alpha = key("cpo_alpha", 1.0)
-        super().__init__(model, cfg.adapter, self.method in REFERENCE_METHODS)
+        self.precomputed = bool(key("precompute_ref_log_probs")) and (
+            self.method in REFERENCE_METHODS
+        )
+        needs_copy = self.method in REFERENCE_METHODS and not self.precomputed
+        super().__init__(model, cfg.adapter, needs_copy)
 
     def forward(self, model: Any, batch: dict[str, Any]) -> Forward:
+        """The policy's (or the reference's) log-probabilities over the micro-batch's pairs."""
+        if is_packed(batch):
+            logits = model(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+            ).logits
+            return PackedForward(
+                logits,
+                batch["input_ids"],
+                batch["labels"],
+                batch["position_ids"],
+                batch["sequence_ids"],
+                int(batch["num_pairs"]),
+            )
         input_ids, mask, labels = concatenated(batch)
         logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
         return Forward(logits, input_ids, mask, labels)
 
     def reference_logps(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
         """The reference's summed response log-probabilities: the base with the adapter
-        disabled (no copy), or the frozen copy of a full fine-tune."""
+        disabled (no copy), or the frozen copy of a full fine-tune; with
+        `precompute_ref_log_probs`, the batch's columns of them (no reference runs)."""
+        if self.precomputed:
+            missing = [c for c in REFERENCE_COLUMNS if c not in batch]
+            if missing:
+                raise PluginError(
+                    f"precompute_ref_log_probs: the micro-batch has no {missing[0]} column: the "
+                    "reference log-probabilities were not computed before training (a batch "
+                    "plugin that drops per-pair columns?)"
+                )
+            return torch.cat([batch[c] for c in REFERENCE_COLUMNS]).float()
         reference, context = self.reference_model(model)
         with torch.no_grad(), context:
             return self.forward(reference, batch).sums()
+
+    def initial_reference_logps(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """The reference's summed response log-probabilities computed from the model before it
+        trains (`precompute_ref_log_probs`): the base with the adapter disabled, or the model
+        itself for a full fine-tune (so no copy is made)."""
+        context = self.unwrap(model).disable_adapter() if self.uses_adapter else None
+        with torch.no_grad(), context or contextlib.nullcontext():
+            return self.forward(model, batch).sums()
 
     def compute(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         """(loss summed over the pairs, metrics summed over the pairs)."""

@@ -10,6 +10,10 @@ else a frozen copy of the loaded model placed by the strategy (`prepare_frozen`)
 the preference `type:`s of `rl.preference_data`. The step logs TRL's metrics
 (`rewards/chosen`, `rewards/rejected`, `rewards/accuracies`, `rewards/margins`,
 `logps/chosen`, `logps/rejected`).
+
+`precompute_ref_log_probs: true` computes the reference's log-probabilities of every pair once,
+before the first step, keeps them as columns beside the tokenized dataset's cache (a second run
+on the same cache reads them back), and keeps no reference model while training (`_precompute`).
 """
 
 from __future__ import annotations
@@ -55,6 +59,11 @@ class DPOSettings(PluginConfig):
     dpo_use_weighting: bool | None = Field(
         None, description="WPO: weight each pair's loss by its sequences' probabilities."
     )
+    precompute_ref_log_probs: bool | None = Field(
+        None,
+        description="DPO/IPO: compute the reference log-probs once before training and cache "
+        "them with the dataset; no reference model while training.",
+    )
 
     @model_validator(mode="after")
     def _dpo_keys(self) -> DPOSettings:
@@ -75,6 +84,11 @@ class DPOSettings(PluginConfig):
                 )
         if self.dpo_use_weighting and rl not in METHODS:
             raise ValueError(f"dpo_use_weighting applies to rl: dpo, not rl: {rl}")
+        if self.precompute_ref_log_probs and rl not in METHODS:
+            raise ValueError(
+                f"precompute_ref_log_probs applies to rl: dpo and ipo, not rl: {rl} "
+                "(orpo and simpo have no reference; kto and grpo compute theirs while training)"
+            )
         return self
 
 
@@ -89,6 +103,16 @@ def register_rl_methods(register: Callable[[str], None]) -> None:
 def add_config_fields() -> type[PluginConfig]:
     """The `dpo_*` keys."""
     return DPOSettings
+
+
+@hookimpl
+def configure(cfg: Any, register: Callable[[object, str], None]) -> None:
+    """With `precompute_ref_log_probs` under `rl: dpo | ipo`: the run's reference log-probs,
+    computed (or read from their cache) before training."""
+    if getattr(cfg, "rl", None) in METHODS and getattr(cfg, "precompute_ref_log_probs", None):
+        from axolotl_weave_plugins.rl._precompute import ReferencePrecompute
+
+        register(ReferencePrecompute(), "precompute_ref_log_probs")
 
 
 @hookimpl

@@ -1,14 +1,16 @@
 """What the preference methods (`rl: dpo | ipo | orpo | simpo | kto`) share: their data and beta.
 
 - Axolotl's preference `type:`s (`chatml.*`, `llama3.*`, `chat_template.*`, `zephyr.nectar`,
-  `user_defined.default`): rows of chosen and rejected columns, never packed. The KTO `type:`s
+  `user_defined.default`): rows of chosen and rejected columns. The KTO `type:`s
   share their names with them (`chatml.argilla`, `chatml.intel`, `chatml.ultra`, `llama3.*`,
   `user_defined.default` with `field_label`...): under `rl: kto` they build KTO's unpaired rows
   (a prompt, a completion, a boolean `label`); `configure` sets which columns they declare for
   the run, `on_train_end` sets the pairs' back.
 - `rl_beta` (`dpo_beta`, deprecated, as an alias): the temperature of DPO, IPO, SimPO and KTO.
-- A preference `type:` without `rl:` is refused, and so is `sample_packing: true` with one of
-  these methods or data.
+- A preference `type:` without `rl:` is refused. `sample_packing: true` packs the pairs (whole,
+  each pair's chosen and rejected sequences in one row, see `batching.packed`) for the methods
+  that read packed pairs (`PACKED_METHODS`: dpo, ipo, orpo, simpo); it is refused, with the
+  reason, for KTO and for another distribution's method on these types.
 
 Each method is its own plugin beside this one (`rl.dpo`, `rl.orpo`, `rl.simpo`, `rl.kto`); a
 method of another distribution may train on these types under its own `rl:` name.
@@ -32,6 +34,9 @@ log = logging.getLogger("axolotl_weave")
 
 METHODS = ("dpo", "ipo", "orpo", "simpo", "kto")
 """The built-in `rl:` methods that train on these types (each its own plugin)."""
+
+PACKED_METHODS = ("dpo", "ipo", "orpo", "simpo")
+"""The methods whose objective reads packed pairs (`sample_packing: true`)."""
 
 PREFERENCE_TYPES = frozenset(fmt.name for fmt in preference_formats())
 """The preference `type:` names (they need `rl:`)."""
@@ -61,10 +66,20 @@ class PreferenceDataSettings(PluginConfig):
                     f"{', '.join(METHODS)}) to train on them"
                 )
             return self
-        if getattr(self, "sample_packing", False) and (rl in METHODS or preference):
+        packing = getattr(self, "sample_packing", False) or getattr(
+            self, "eval_sample_packing", False
+        )
+        if packing and rl == "kto":
             raise ValueError(
-                f"sample_packing: true cannot be used with rl: {rl}: preference pairs "
-                "(chosen and rejected rows) are never packed; set sample_packing: false"
+                "sample_packing: true cannot be used with rl: kto: its KL estimate pairs each "
+                "prompt with another row's completion of the micro-batch, which packed rows do "
+                "not keep apart; set sample_packing: false"
+            )
+        if packing and preference and rl not in PACKED_METHODS:
+            raise ValueError(
+                f"sample_packing: true cannot be used with rl: {rl}: only "
+                f"{', '.join(PACKED_METHODS)} train on packed preference pairs; "
+                "set sample_packing: false"
             )
         return self
 

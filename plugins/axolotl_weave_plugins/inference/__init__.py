@@ -1,0 +1,1 @@
+"""Built-in inference plugins: `weave inference` and `weave serve`."""

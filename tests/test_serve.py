@@ -1,0 +1,253 @@
+"""`weave serve`: an OpenAI-compatible server on a trained adapter, checked with the official
+`openai` client against a `weave serve` process on 127.0.0.1 (a free port it picks, `--port 0`):
+models listed, chat and text completions (streamed too) equal to greedy `generate`, the API
+key enforced, errors in OpenAI's shape, a port in use refused, Ctrl-C stopping it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from axolotl_weave_testing import alpaca_rows, write_config, write_jsonl
+
+KEY = "test-key-123"
+MODEL = "out"  # the served name: the adapter's folder
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A LoRA adapter trained for 2 steps; its config mapping, with `_path` its YAML file."""
+    from axolotl_weave_testing import train_with
+
+    root = tmp_path_factory.mktemp("serve")
+    rows = write_jsonl(root / "a.jsonl", alpaca_rows(8))
+    config = {
+        "base_model": str(tiny_llama_dir),
+        "datasets": [{"path": str(rows), "type": "alpaca"}],
+        "sequence_len": 128,
+        "micro_batch_size": 2,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "bf16": False,
+        "tf32": False,
+        "adapter": "lora",
+        "output_dir": str(root / "out"),
+        "dataset_prepared_path": str(root / "prepared"),
+    }
+    train_with(config, root / "train.yml")
+    return {**config, "_path": write_config(root / "config.yml", config)}
+
+
+@pytest.fixture(scope="module")
+def server(trained: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """`weave serve CONFIG --port 0 --api-key KEY` in a subprocess, as a user starts it; its
+    process and base URL (read from the line it prints once listening)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env["PYTHONUNBUFFERED"] = "1"
+    command = [sys.executable, "-m", "axolotl_weave._cli", "serve", str(trained["_path"])]
+    process = subprocess.Popen(
+        [*command, "--port", "0", "--api-key", KEY, "--temperature", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    seen = []
+    deadline = time.monotonic() + 180
+    assert process.stderr is not None
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line and process.poll() is not None:
+            break
+        seen.append(line)
+        found = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
+        if found:
+            break
+    else:
+        found = None
+    if not found:
+        process.kill()
+        pytest.fail("weave serve did not start:\n" + "".join(seen))
+    try:
+        yield {"process": process, "url": found.group(1), "started": "".join(seen)}
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server: dict[str, Any]) -> openai.OpenAI:
+    """The official client, with the key."""
+    return openai.OpenAI(base_url=server["url"], api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def reference(trained: dict[str, Any]) -> Any:
+    """The same model loaded in this process, to compute what greedy `generate` answers."""
+    from axolotl_weave.commands import open_session
+    from axolotl_weave_plugins.inference._model import choose_model, load_for_inference
+
+    session = open_session(trained["_path"])
+    return load_for_inference(session, choose_model(session.cfg, None, None))
+
+
+def greedy(loaded: Any, prompt_ids: list[int], max_new_tokens: int) -> str:
+    """The greedy answer of a plain `generate` call, decoded without special tokens."""
+    import torch
+
+    ids = torch.tensor([prompt_ids])
+    out = loaded.model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=loaded.eos_token_ids,
+        pad_token_id=loaded.tokenizer.pad_token_id,
+    )
+    return loaded.tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True)
+
+
+def test_the_server_says_what_it_serves(server: dict[str, Any], trained: dict[str, Any]) -> None:
+    started = " ".join(server["started"].split())
+    assert f"serving adapter {trained['output_dir']} on base_model" in started
+    assert "prompt format of type: alpaca" in started and "API key required" in started
+
+
+def test_models_are_listed(client: openai.OpenAI) -> None:
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_the_api_key_is_enforced(server: dict[str, Any]) -> None:
+    import httpx
+
+    wrong = openai.OpenAI(base_url=server["url"], api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as raised:
+        wrong.models.list()
+    assert raised.value.status_code == 401
+    assert "API key" in raised.value.message
+    bare = httpx.post(
+        f"{server['url']}/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert bare.status_code == 401 and bare.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(server["url"].removesuffix("/v1") + "/health").status_code == 200
+
+
+def test_chat_completions_stream_and_not(client: openai.OpenAI, reference: Any) -> None:
+    messages = [{"role": "user", "content": "Reverse the word."}]
+    prompt = reference.prompter.prompt_ids("Reverse the word.")
+    expected = greedy(reference, prompt, 12)
+    answer = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=12, temperature=0
+    )
+    choice = answer.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content == expected
+    assert choice.finish_reason in ("stop", "length")
+    assert answer.usage.prompt_tokens == len(prompt)
+    assert 0 < answer.usage.completion_tokens <= 12
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert sum(1 for d in deltas if d) > 1, "the answer came in one piece, not streamed"
+    assert "".join(deltas) == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
+    assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
+
+
+def test_text_completions_take_raw_text(client: openai.OpenAI, reference: Any) -> None:
+    text = "The cat sat on the"
+    expected = greedy(reference, reference.tokenizer(text)["input_ids"], 8)
+    answer = client.completions.create(model=MODEL, prompt=text, max_tokens=8, temperature=0)
+    assert answer.choices[0].text == expected
+    streamed = client.completions.create(
+        model=MODEL, prompt=text, max_tokens=8, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == expected
+
+
+def test_stop_strings_cut_the_answer(client: openai.OpenAI, reference: Any) -> None:
+    text = "The cat sat on the"
+    full = greedy(reference, reference.tokenizer(text)["input_ids"], 16)
+    stop = full.strip()[:2]
+    cut = client.completions.create(
+        model=MODEL, prompt=text, max_tokens=16, temperature=0, stop=[stop]
+    )
+    assert cut.choices[0].text == full[: full.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_bad_requests_get_openai_errors(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.completions.create(model=MODEL, prompt="word " * 1500, max_tokens=4)
+    assert too_long.value.code == "context_length_exceeded"
+    assert "the model's context is 1024 tokens" in too_long.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+    with pytest.raises(openai.BadRequestError) as invalid:
+        client.chat.completions.create(model=MODEL, messages=[], max_tokens=2)
+    assert "messages" in invalid.value.message
+
+
+def test_a_port_in_use_is_refused(trained: dict[str, Any]) -> None:
+    from axolotl_weave._cli import CliContext, build_app
+    from axolotl_weave._pluginmanager import make_plugin_manager
+    from typer.testing import CliRunner
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        pm = make_plugin_manager()
+        result = CliRunner().invoke(
+            build_app(pm), ["serve", str(trained["_path"]), "--port", str(port)], obj=CliContext(pm)
+        )
+    assert result.exit_code != 0
+    message = " ".join(result.stderr.split())
+    assert f"--port: {port} on 127.0.0.1 is in use" in message and "choose another port" in message
+    assert "Traceback" not in result.output
+
+
+def test_without_the_serve_extra_the_message_names_it(
+    trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from axolotl_weave._cli import CliContext, build_app
+    from axolotl_weave._pluginmanager import make_plugin_manager
+    from typer.testing import CliRunner
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # `import uvicorn` fails as if absent
+    pm = make_plugin_manager()
+    result = CliRunner().invoke(build_app(pm), ["serve", str(trained["_path"])], obj=CliContext(pm))
+    assert result.exit_code == 4
+    message = " ".join(result.stderr.split())
+    assert "weave serve needs the package 'uvicorn'" in message
+    assert "pip install 'axolotl-weave[serve]'" in message
+
+
+def test_ctrl_c_stops_the_server(server: dict[str, Any]) -> None:
+    process = server["process"]
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+    assert process.stderr is not None and "stopped" in process.stderr.read()

@@ -1,6 +1,8 @@
 """Bad input a new user hits gets one clear message naming the culprit and the fix, the exit code
 the README documents (2 config, 3 no plugin, 4 a capability refused, 1 data or runtime), and
-nothing already written is lost or changed."""
+nothing already written is lost or changed. The UTF-16 file is refused by a real `weave`
+process; the other tests call the same entry point in this process (`run_weave_in_process`: the
+same exit code and piped stdout/stderr, without a fresh interpreter's seconds of imports)."""
 
 from __future__ import annotations
 
@@ -12,14 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from axolotl_weave_testing import alpaca_rows, run_weave, write_config, write_jsonl
+from axolotl_weave_testing import (
+    alpaca_rows,
+    run_weave,
+    run_weave_in_process,
+    write_config,
+    write_jsonl,
+)
 
 WIDE = {"COLUMNS": "200"}
 
 
 def weave(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """`weave ARGS` in tmp_path, output piped (as in CI and under a scheduler)."""
-    return run_weave(*args, cwd=tmp_path, env=WIDE)
+    """`weave ARGS` in tmp_path, output piped (as in CI and under a scheduler), in this
+    process."""
+    return run_weave_in_process(*args, cwd=tmp_path, env=WIDE)
 
 
 def error_of(result: subprocess.CompletedProcess) -> str:
@@ -50,7 +59,7 @@ def test_a_utf16_data_file_is_refused_naming_the_file_line_and_fix(
     config = write_config(
         tmp_path / "c.yml", {**base_config, "datasets": [{"path": str(data), "type": "alpaca"}]}
     )
-    result = weave(tmp_path, "preprocess", str(config))
+    result = run_weave("preprocess", str(config), cwd=tmp_path, env=WIDE)  # a real process
     assert result.returncode == 1
     message = error_of(result)
     assert str(data) in message and "UTF-16" in message and "iconv" in message, message

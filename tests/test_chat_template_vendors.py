@@ -16,8 +16,8 @@ from datetime import date
 from typing import Any
 
 import pytest
-from axolotl_weave_testing import train_tokenizer
 from axolotl_weave_plugins.formats import chat_template as ct
+from axolotl_weave_testing import train_tokenizer
 from jinja2 import TemplateError
 
 SYSTEM = {"role": "system", "content": "Be brief."}

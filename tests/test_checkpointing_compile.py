@@ -25,7 +25,12 @@ from axolotl_weave._batches import collate
 from axolotl_weave._run import family_of, load_tokenizer, open_session
 from axolotl_weave_plugins.batching._multipack import collate_packed
 from axolotl_weave_plugins.kernels import gradient_checkpointing, torch_compile
-from axolotl_weave_testing import build_tiny_llama, run_weave, write_config
+from axolotl_weave_testing import (
+    build_tiny_llama,
+    run_weave,
+    run_weave_in_process,
+    write_config,
+)
 
 WIDE = {"COLUMNS": "200"}
 COMPILED_ATOL = 2e-6
@@ -304,7 +309,7 @@ def test_bad_value_on_the_command_line_is_one_message_without_traceback(
     base_config: dict[str, Any], tmp_path: Path
 ) -> None:
     path = write_config(tmp_path / "bad.yml", {**base_config, "gradient_checkpointing": "maybe"})
-    result = run_weave("train", str(path), cwd=tmp_path, env=WIDE)
+    result = run_weave_in_process("train", str(path), cwd=tmp_path, env=WIDE)
     output = flat(result.stdout + result.stderr)
     assert result.returncode == 2, output
     assert "gradient_checkpointing: 'maybe' is not valid: use true, false or offload" in output

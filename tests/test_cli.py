@@ -1,6 +1,8 @@
-"""The `weave` command line as a user runs it (each test in a subprocess): plugin listing and
-blocking, validate's hook table, preprocess --debug and its cache, and clear messages for bad
-data files and rows that do not fit."""
+"""The `weave` command line as a user runs it: plugin listing and blocking, validate's hook
+table, preprocess --debug and its cache, and clear messages for bad data files and rows that do
+not fit. The plugin listing on an 80-column terminal and the start-up imports run in a
+subprocess; the other tests call the same entry point in this process (`run_weave_in_process`:
+the same exit code and piped stdout/stderr, without a fresh interpreter's seconds of imports)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 import pytest
 from axolotl_weave import tokenize_prompt_response
 from axolotl_weave_plugins.formats.alpaca import alpaca_prompt
-from axolotl_weave_testing import alpaca_rows, run_weave, write_config
+from axolotl_weave_testing import alpaca_rows, run_weave, run_weave_in_process, write_config
 
 BUILTIN_PLUGINS = (
     "hf_causal_lm",
@@ -34,8 +36,9 @@ TOKEN = re.compile(r"\((-?\d+),\s*(\d+)\)")  # `'piece'(label, id)`, possibly wr
 
 
 def weave(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Any:
-    """Run `weave ARGS` in tmp_path with a wide terminal (rich wraps nothing we check)."""
-    return run_weave(*args, cwd=tmp_path, env={**WIDE, **(env or {})})
+    """Run `weave ARGS` in tmp_path with a wide terminal (rich wraps nothing we check), in this
+    process."""
+    return run_weave_in_process(*args, cwd=tmp_path, env={**WIDE, **(env or {})})
 
 
 def flat(text: str) -> str:
@@ -62,7 +65,7 @@ def table_row(output: str, first_cell: str) -> str:
 
 def test_plugin_list_names_every_builtin_plugin(tmp_path: Path) -> None:
     # an ordinary 80-column terminal, or a pipe: names must not be cut short
-    result = weave(tmp_path, "plugin", "list", env={"COLUMNS": "80"})
+    result = run_weave("plugin", "list", cwd=tmp_path, env={"COLUMNS": "80"})  # a real process
     assert result.returncode == 0, result.stderr
     first_cells = {line.split("│")[1].strip() for line in result.stdout.splitlines() if "│" in line}
     assert set(BUILTIN_PLUGINS) <= first_cells

@@ -490,11 +490,11 @@ def test_train_on_split_picks_the_split(tmp_path: Path, base_config: dict[str, A
 def test_an_unreachable_hub_dataset_is_one_clear_error(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:
-    from axolotl_weave_testing import run_weave
+    from axolotl_weave_testing import run_weave_in_process
 
     entry = {"path": "someone/not-a-dataset", "type": "alpaca", "revision": "v2"}
     path = write_config(tmp_path / "hub.yml", with_data(base_config, entry))
-    result = run_weave("preprocess", str(path))  # offline: HF_DATASETS_OFFLINE=1
+    result = run_weave_in_process("preprocess", str(path))  # offline: HF_DATASETS_OFFLINE=1
     assert result.returncode != 0
     message = " ".join(result.stderr.split())
     assert (

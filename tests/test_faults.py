@@ -1,7 +1,10 @@
 """Faults during training stop safely and keep what can resume: a NaN or inf loss or gradient,
 the loss watchdog, SIGTERM and SIGINT, a damaged checkpoint, a resume with other settings, and
 an output folder that holds another run. Each is run as a user runs it (the `weave` CLI, output
-piped) and checked for the exit code, the message and what was kept on disk."""
+piped) and checked for the exit code, the message and what was kept on disk: the signals against a
+real `weave` process, and one run whose piped output is checked, in a subprocess; the others call
+the same CLI entry point in this process (`run_weave_in_process`: the same exit code, stdout and
+stderr, without a fresh interpreter's seconds of imports)."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from axolotl_weave_testing import run_weave, write_config
+from axolotl_weave_testing import run_weave, run_weave_in_process, write_config
 
 SLOW_PLUGIN = """
 import time
@@ -49,6 +52,9 @@ def training_step(model, state):
         params[0].grad.view(-1)[0] = math.inf
     return metrics
 '''
+
+
+weave = run_weave_in_process  # `weave ARGS` through the CLI's entry point, in this process
 
 
 def faulty(tmp_path: Path, fault: str, step: int) -> dict[str, str]:
@@ -112,7 +118,7 @@ def test_a_nan_loss_or_inf_gradient_stops_before_the_step_keeping_the_last_good_
     config: dict[str, Any], tmp_path: Path, fault: str, what: str
 ) -> None:
     path = write_config(tmp_path / "c.yml", {**config, "plugins": ["inject_fault"]})
-    result = run_weave("train", str(path), cwd=tmp_path, env=faulty(tmp_path, fault, 5))
+    result = weave("train", str(path), cwd=tmp_path, env=faulty(tmp_path, fault, 5))
     assert result.returncode == 1, result.stderr
     message = error_of(result)
     assert f"step 5: the {what} is " in message, message
@@ -139,7 +145,7 @@ def test_the_loss_watchdog_stops_a_run_whose_loss_stays_too_high(
     config: dict[str, Any], tmp_path: Path
 ) -> None:
     watched = {**config, "loss_watchdog_threshold": 0.001, "loss_watchdog_patience": 3}
-    result = run_weave("train", str(write_config(tmp_path / "c.yml", watched)), cwd=tmp_path)
+    result = weave("train", str(write_config(tmp_path / "c.yml", watched)), cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     message = error_of(result)
     assert "loss_watchdog_threshold" in message and "3 steps" in message, message
@@ -191,9 +197,9 @@ def test_a_signal_saves_a_checkpoint_and_a_resume_continues_as_if_uninterrupted(
 
     if signum == signal.SIGINT:
         return  # resuming is the same as after SIGTERM, checked there
-    assert run_weave("train", str(write_config(tmp_path / "s.yml", steady))).returncode == 0
+    assert weave("train", str(write_config(tmp_path / "s.yml", steady))).returncode == 0
     resumed = {**interrupted, "plugins": [], "resume_from_checkpoint": "auto"}
-    result = run_weave("train", str(write_config(tmp_path / "r.yml", resumed)), cwd=tmp_path)
+    result = weave("train", str(write_config(tmp_path / "r.yml", resumed)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     expected, got = losses(tmp_path / "steady"), losses(out)
     assert sorted(got) == sorted(expected)
@@ -208,18 +214,18 @@ def test_a_damaged_checkpoint_is_skipped_by_auto_and_named_when_explicit(
     config: dict[str, Any], tmp_path: Path
 ) -> None:
     first = {**config, "max_steps": 4}
-    assert run_weave("train", str(write_config(tmp_path / "a.yml", first))).returncode == 0
+    assert weave("train", str(write_config(tmp_path / "a.yml", first))).returncode == 0
     out = Path(config["output_dir"])
     damaged = out / "checkpoint-4" / "trainable.safetensors"
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
 
     explicit = {**config, "resume_from_checkpoint": str(out / "checkpoint-4")}
-    result = run_weave("train", str(write_config(tmp_path / "b.yml", explicit)))
+    result = weave("train", str(write_config(tmp_path / "b.yml", explicit)))
     assert result.returncode == 1
     assert str(damaged) in error_of(result) and "damaged" in error_of(result)
 
     auto = {**config, "resume_from_checkpoint": "auto"}
-    result = run_weave("train", str(write_config(tmp_path / "c.yml", auto)))
+    result = weave("train", str(write_config(tmp_path / "c.yml", auto)))
     assert result.returncode == 0, result.stderr
     assert "skips" in result.stderr and "checkpoint-4" in result.stderr, result.stderr
     assert "resumed from" in result.stdout and "checkpoint-2 at step 2" in result.stdout
@@ -229,14 +235,14 @@ def test_resuming_with_other_batch_settings_is_refused_unless_allowed(
     config: dict[str, Any], tmp_path: Path
 ) -> None:
     first = {**config, "max_steps": 2}
-    assert run_weave("train", str(write_config(tmp_path / "a.yml", first))).returncode == 0
+    assert weave("train", str(write_config(tmp_path / "a.yml", first))).returncode == 0
     changed = {**config, "resume_from_checkpoint": "auto", "micro_batch_size": 4}
-    result = run_weave("train", str(write_config(tmp_path / "b.yml", changed)))
+    result = weave("train", str(write_config(tmp_path / "b.yml", changed)))
     assert result.returncode == 2
     message = error_of(result)
     assert "micro_batch_size: 2 then, 4 now" in message and "allow_resume_changes" in message
     allowed = {**changed, "allow_resume_changes": True}
-    assert run_weave("train", str(write_config(tmp_path / "c.yml", allowed))).returncode == 0
+    assert weave("train", str(write_config(tmp_path / "c.yml", allowed))).returncode == 0
 
 
 # -- an output folder that holds another run -------------------------------------------------------
@@ -246,12 +252,12 @@ def test_a_finished_run_is_never_overwritten_by_accident(
     config: dict[str, Any], tmp_path: Path
 ) -> None:
     finished = {**config, "max_steps": 2}
-    assert run_weave("train", str(write_config(tmp_path / "a.yml", finished))).returncode == 0
+    assert weave("train", str(write_config(tmp_path / "a.yml", finished))).returncode == 0
     out = Path(config["output_dir"])
     before = checksums(out)
 
     again = write_config(tmp_path / "b.yml", {**finished, "learning_rate": 0.01})
-    result = run_weave("train", str(again))
+    result = weave("train", str(again))
     assert result.returncode == 2
     assert "holds the model of a finished run" in error_of(result)
     assert "overwrite_output_dir" in error_of(result)
@@ -260,7 +266,7 @@ def test_a_finished_run_is_never_overwritten_by_accident(
     # allowed to overwrite, a run that then fails keeps the finished run's config
     failing = {**finished, "overwrite_output_dir": True, "plugins": ["inject_fault"]}
     env = faulty(tmp_path, "weight", 2)
-    result = run_weave("train", str(write_config(tmp_path / "c.yml", failing)), env=env)
+    result = weave("train", str(write_config(tmp_path / "c.yml", failing)), env=env)
     assert result.returncode == 1
     assert checksums(out)["config.yml"] == before["config.yml"]
     assert checksums(out)["model.safetensors"] == before["model.safetensors"]
@@ -275,7 +281,7 @@ def test_saved_files_get_the_output_folders_permissions_and_logs_are_plain_in_a_
     lora = {**config, "max_steps": 2, "adapter": "lora", "lora_r": 4, "lora_alpha": 8}
     lora["lora_target_linear"] = True
     path = write_config(tmp_path / "a.yml", lora)
-    result = run_weave("train", str(path), cwd=tmp_path)
+    result = run_weave("train", str(path), cwd=tmp_path)  # a real process, output piped
     assert result.returncode == 0, result.stderr
     for stream in (result.stdout, result.stderr):
         assert "\r" not in stream
@@ -287,7 +293,7 @@ def test_saved_files_get_the_output_folders_permissions_and_logs_are_plain_in_a_
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(Path(config["base_model"]).resolve())
 
-    result = run_weave("merge-lora", str(path), cwd=tmp_path)
+    result = weave("merge-lora", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (out / "merged").stat().st_mode & 0o777 == 0o777 & ~mask
 
@@ -296,7 +302,7 @@ def test_a_run_with_no_saving_plugin_does_not_say_model_saved(
     config: dict[str, Any], tmp_path: Path
 ) -> None:
     path = write_config(tmp_path / "a.yml", {**config, "max_steps": 1})
-    result = run_weave("-p", "no:save_hf", "train", str(path), env={"COLUMNS": "200"})
+    result = weave("-p", "no:save_hf", "train", str(path), env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
     assert "NO model saved" in result.stdout and "model saved" not in result.stdout.replace(
         "NO model saved", ""
@@ -328,6 +334,6 @@ def test_save_strategy_and_save_only_model(config: dict[str, Any], tmp_path: Pat
         "trainer_state.json",
     ]
     resume = {**config, "output_dir": str(only), "resume_from_checkpoint": "auto", "max_steps": 4}
-    result = run_weave("train", str(write_config(tmp_path / "r.yml", resume)))
+    result = weave("train", str(write_config(tmp_path / "r.yml", resume)))
     assert result.returncode == 1
     assert "save_only_model" in error_of(result) and "checkpoint-2" in error_of(result)

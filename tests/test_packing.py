@@ -28,11 +28,12 @@ from axolotl_weave_plugins.kernels import _varlen_attention, attn_implementation
 from axolotl_weave_testing import (
     packed_and_one_by_one,
     per_token_losses,
-    run_weave,
+    run_weave_in_process,
     write_config,
 )
 
 HAS_CUDA = torch.cuda.is_available()
+run_weave = run_weave_in_process  # `weave ARGS` through the CLI's entry point, in this process
 
 
 def lognormal_lengths(count: int, median: int = 300, low: int = 16, high: int = 2048) -> Any:

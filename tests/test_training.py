@@ -13,7 +13,12 @@ import torch
 from axolotl_weave import hookimpl
 from axolotl_weave._checkpoint import checkpoints, resolve_resume
 from axolotl_weave._run import open_session
-from axolotl_weave_testing import run_weave, train_with, write_config, write_jsonl
+from axolotl_weave_testing import (
+    run_weave_in_process,
+    train_with,
+    write_config,
+    write_jsonl,
+)
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +51,7 @@ class CrashAt:
 
 
 run = train_with  # train in-process with extra plugin objects registered
+run_weave = run_weave_in_process  # `weave ARGS` through the CLI's entry point, in this process
 
 
 def losses(state: Any) -> dict[int, float]:

@@ -24,6 +24,7 @@ from axolotl_weave._run import (
     load_tokenizer,
     open_session,
     preprocess,
+    run_scoped_plugins,
     train,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "load_tokenizer",
     "open_session",
     "preprocess",
+    "run_scoped_plugins",
     "train",
     "user_errors",
     "warmup_steps",

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from axolotl_weave_testing.tokenizer import (  # re-exported for test suites
+from axolotl_weave_plugins.commands._tokenizer import (  # re-exported for test suites
     SAMPLE_TEXT,
     train_tokenizer,
 )
@@ -291,3 +290,74 @@ def build_tiny_llama(
     model = LlamaForCausalLM(config)
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def run_weave_in_process(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the `weave` CLI in this process, as `run_weave` runs it in a subprocess, without the
+    ~6 s of imports a fresh interpreter pays: the same entry point (`axolotl_weave._cli.main`)
+    with `args`, in `cwd`, with `env` added to the environment (`PYTHONPATH` entries put first
+    on `sys.path`, the modules imported from them forgotten afterwards), stdout and stderr piped
+    (the consoles at the width `COLUMNS` gives a piped process). An exception that escapes the
+    CLI is printed as a traceback on stderr with exit code 1, as the interpreter would; the
+    result is a `CompletedProcess` (returncode, stdout, stderr), and everything is restored."""
+    import contextlib
+    import importlib
+    import io
+    import logging
+    import traceback
+
+    from axolotl_weave import _cli, _console
+
+    full_env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    paths = [p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    saved_env = {name: os.environ.get(name) for name in full_env}
+    saved_cwd, saved_path = os.getcwd(), list(sys.path)
+    consoles = (_console.console, _console.err_console)
+    saved_widths = [c._width for c in consoles]
+    logger = logging.getLogger("axolotl_weave")
+    saved_logger = (list(logger.handlers), logger.level, logger.propagate)
+    columns = full_env.get("COLUMNS", os.environ.get("COLUMNS", ""))
+    out, err = io.StringIO(), io.StringIO()
+    code: int = 0
+    try:
+        os.environ.update(full_env)
+        sys.path[:0] = paths
+        importlib.invalidate_caches()
+        if cwd is not None:
+            os.chdir(cwd)
+        for c in consoles:  # what a fresh process's consoles would be built with
+            c._width = int(columns) if columns.isdigit() else _console.PIPED_WIDTH
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                _cli.main(list(args))
+            except SystemExit as exc:
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+            except BaseException:  # noqa: BLE001 - as an interpreter reports an uncaught error
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        sys.path[:] = saved_path
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for c, width in zip(consoles, saved_widths, strict=True):
+            c._width = width
+        logger.handlers[:] = saved_logger[0]
+        logger.setLevel(saved_logger[1])
+        logger.propagate = saved_logger[2]
+        for name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None) or ""
+            if any(file.startswith(os.path.join(p, "")) for p in paths):
+                del sys.modules[name]
+    return subprocess.CompletedProcess(
+        ["weave", *args], code, stdout=out.getvalue(), stderr=err.getvalue()
+    )

@@ -23,6 +23,8 @@ from typing import Any
 
 from axolotl_weave import ConfigError, staged_folder
 
+from axolotl_weave_plugins.commands._tokenizer import train_tokenizer
+
 LAYOUT_VERSION = 1
 """Bump when the saved layout changes (the cache key includes it)."""
 
@@ -184,7 +186,6 @@ def ensure_model(shape: Shape, root: Path, log: Any = None) -> Path:
     if (target / "config.json").is_file():
         return target
     import torch
-    from axolotl_weave.tiny import train_tokenizer
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with staged_folder(target, replace=False) as staging:  # another process first: theirs is kept

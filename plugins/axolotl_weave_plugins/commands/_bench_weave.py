@@ -72,7 +72,7 @@ def run_weave(
     result and a weak reference to the trained model (to check that it was freed). Running out
     of GPU memory is an error saying what to lower."""
     import torch
-    from axolotl_weave.commands import build_trainer
+    from axolotl_weave.commands import build_trainer, run_scoped_plugins
 
     cfg = session.cfg
     packed = getattr(cfg, "sample_packing", False)  # a key of the packing plugin (if installed)
@@ -80,10 +80,11 @@ def run_weave(
     pm = session.hooks.pm
     pm.register(probe, name="weave-bench-probe")
     try:
-        trainer = build_trainer(session, family, tokenizer, train_set)
-        efficiency, unpacked = weave_efficiency(trainer, lengths)
-        meter.reset()
-        state = trainer.run()
+        with run_scoped_plugins(session):  # the config's run-scoped plugins, as `weave train`
+            trainer = build_trainer(session, family, tokenizer, train_set)
+            efficiency, unpacked = weave_efficiency(trainer, lengths)
+            meter.reset()
+            state = trainer.run()
         peak = meter.peak_gib()
         reserved = meter.reserved_gib()
         trainer.strategy.free_memory()

@@ -4,7 +4,7 @@ regexes, every other one frozen (a partial full fine-tune)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from axolotl_weave import ConfigError, ModelFamily, PluginConfig, hookimpl
@@ -48,13 +48,27 @@ def apply_unfrozen_parameters(model: Any, patterns: list[str]) -> int:
     return count
 
 
-@hookimpl(wrapper=True, tryfirst=True)
-def load_model(
-    cfg: Any, tokenizer: Any, family: ModelFamily | None, purpose: str
-) -> Generator[None, Any, Any]:
-    """For training, freeze what `unfrozen_parameters` does not name, on the model as every other
-    wrapper left it (this wrapper is the outermost)."""
-    model = yield
-    if purpose == "train" and cfg.unfrozen_parameters:
-        apply_unfrozen_parameters(model, cfg.unfrozen_parameters)
-    return model
+class Unfreezer:
+    """The run-scoped plugin (registered only when `unfrozen_parameters` is set): for training,
+    freeze what the regexes do not name, on the model as every other wrapper left it (this
+    wrapper is the outermost)."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.patterns = patterns
+
+    @hookimpl(wrapper=True, tryfirst=True)
+    def load_model(
+        self, cfg: Any, tokenizer: Any, family: ModelFamily | None, purpose: str
+    ) -> Generator[None, Any, Any]:
+        """Freeze every parameter the patterns do not name (training only)."""
+        model = yield
+        if purpose == "train":
+            apply_unfrozen_parameters(model, self.patterns)
+        return model
+
+
+@hookimpl
+def configure(cfg: Any, register: Callable[[object, str], None]) -> None:
+    """With `unfrozen_parameters` set, register the `Unfreezer` for this run."""
+    if cfg.unfrozen_parameters:
+        register(Unfreezer(list(cfg.unfrozen_parameters)), "unfrozen_parameters_run")

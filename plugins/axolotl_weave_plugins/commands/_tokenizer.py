@@ -1,5 +1,5 @@
-"""A tokenizer trained offline on the spot with `tokenizers`, for tests, examples and
-`weave bench` (tiny models of real architectures are built from it: `axolotl_weave_testing`).
+"""A tokenizer trained offline on the spot with `tokenizers`: `weave bench` builds its
+random-weight models on it, and `axolotl_weave_testing` its tiny test models.
 """
 
 from __future__ import annotations

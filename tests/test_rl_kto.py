@@ -21,7 +21,14 @@ import torch
 from axolotl_weave import IGNORE_INDEX, collate
 from axolotl_weave_plugins.rl._kto import KTOObjective, kl_sequences, kto_step
 from axolotl_weave_plugins.rl._kto_formats import UNPAIRED_COLUMNS
-from axolotl_weave_testing import build_rows, run_weave, train_with, write_config, write_jsonl
+from axolotl_weave_testing import (
+    OneProcessStrategy,
+    build_rows,
+    run_weave,
+    train_with,
+    write_config,
+    write_jsonl,
+)
 
 ROWS = [
     {"system": "Be brief.", "question": "Add 1 and 2.", "completion": "3", "label": True},
@@ -94,7 +101,7 @@ def ours(cfg: SimpleNamespace, policy: Any, reference: Any, rows: list[dict]) ->
     objective = KTOObjective(cfg, reference)
     with torch.no_grad():
         loss, _ = objective.compute(policy, batch)
-    metrics = kto_step(OneDevice(), copy.deepcopy(policy), objective, [batch])
+    metrics = kto_step(OneProcessStrategy(), copy.deepcopy(policy), objective, [batch])
     return float(loss) / len(rows), metrics
 
 
@@ -449,32 +456,3 @@ def test_full_fine_tune_kto_uses_a_frozen_reference(tmp_path: Path, base_config:
     records = [r for r in state.log_history if "loss" in r]
     assert records[0]["loss"] == pytest.approx(0.5, abs=1e-4)
     assert records[1]["rewards/margins"] != 0
-
-
-class OneDevice:
-    """The strategy's contract on one CPU process, backward as autograd's."""
-
-    device = torch.device("cpu")
-    num_processes = 1
-
-    def reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        return tensor
-
-    def no_sync(self, model: Any) -> Any:
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def autocast(self) -> Any:
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def unwrap(self, model: Any) -> Any:
-        return model
-
-    def prepare_frozen(self, model: Any) -> Any:
-        return model

@@ -8,7 +8,6 @@ forward pass by sequence id: the loss, the metrics and the gradients must equal 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -24,7 +23,13 @@ from axolotl_weave_plugins.batching._multipack import Packer, collate_packed_pai
 from axolotl_weave_plugins.batching.packed import PackedBatches, refuse_unpackable_columns
 from axolotl_weave_plugins.rl._formats import PAIR_COLUMNS
 from axolotl_weave_plugins.rl._objective import PreferenceObjective, preference_step
-from axolotl_weave_testing import build_rows, run_weave, write_config, write_jsonl
+from axolotl_weave_testing import (
+    OneProcessStrategy,
+    build_rows,
+    run_weave,
+    write_config,
+    write_jsonl,
+)
 
 PAIRS = [
     {"system": "Be brief.", "question": "Add 1 and 2.", "chosen": "3", "rejected": "It is 12"},
@@ -256,36 +261,11 @@ def test_a_leak_between_packed_pairs_would_be_caught(setup: Any) -> None:
     assert not torch.allclose(leaked, unpacked, rtol=1e-3, atol=1e-3)
 
 
-class OneDevice:
-    """The strategy's contract on one CPU process."""
-
-    device = torch.device("cpu")
-    num_processes = 1
-
-    def reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        return tensor
-
-    def no_sync(self, model: Any) -> Any:
-        return contextlib.nullcontext()
-
-    def autocast(self) -> Any:
-        return contextlib.nullcontext()
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def unwrap(self, model: Any) -> Any:
-        return model
-
-    def prepare_frozen(self, model: Any) -> Any:
-        return model
-
-
 def test_a_packed_window_steps_as_the_padded_one(setup: Any) -> None:
     """Through the training step: two packed micro-batches give the padded window's loss,
     metrics and gradient (the step counts each micro-batch's pairs from `num_pairs`)."""
     policy, reference, rows, pad = setup
-    strategy = OneDevice()
+    strategy = OneProcessStrategy()
     windows = {
         "padded": [
             collate(rows[:3], pad, columns=PAIR_COLUMNS),

@@ -8,7 +8,6 @@ Axolotl's preference `type:`s are checked token by token; `weave train` runs eac
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import json
@@ -23,7 +22,14 @@ import torch
 from axolotl_weave import IGNORE_INDEX, collate
 from axolotl_weave_plugins.rl._formats import PAIR_COLUMNS
 from axolotl_weave_plugins.rl._objective import PreferenceObjective
-from axolotl_weave_testing import build_rows, run_weave, train_with, write_config, write_jsonl
+from axolotl_weave_testing import (
+    OneProcessStrategy,
+    build_rows,
+    run_weave,
+    train_with,
+    write_config,
+    write_jsonl,
+)
 
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -610,31 +616,6 @@ def test_an_unregistered_rl_name_is_refused_with_the_registered_ones(
         open_session(path)
 
 
-class OneDevice:
-    """The strategy's contract on one CPU process, backward as autograd's."""
-
-    device = torch.device("cpu")
-    num_processes = 1
-
-    def reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        return tensor
-
-    def no_sync(self, model: Any) -> Any:
-        return contextlib.nullcontext()
-
-    def autocast(self) -> Any:
-        return contextlib.nullcontext()
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def unwrap(self, model: Any) -> Any:
-        return model
-
-    def prepare_frozen(self, model: Any) -> Any:
-        return model
-
-
 @pytest.mark.parametrize("rl", ["dpo", "simpo"])
 def test_accumulated_micro_batches_equal_one_batch(
     models_and_batch: Any, weave_hooks: Any, tiny_tokenizer: Any, rl: str
@@ -656,7 +637,9 @@ def test_accumulated_micro_batches_equal_one_batch(
     results = []
     for window in (whole, halves):
         model = copy.deepcopy(policy)
-        metrics = preference_step(OneDevice(), model, PreferenceObjective(cfg, reference), window)
+        metrics = preference_step(
+            OneProcessStrategy(), model, PreferenceObjective(cfg, reference), window
+        )
         grads = [p.grad.clone() for p in model.parameters()]
         results.append((metrics, grads))
     (m1, g1), (m2, g2) = results

@@ -18,7 +18,7 @@ from typing import Any
 
 import openai
 import pytest
-from axolotl_weave_testing import alpaca_rows, write_config, write_jsonl
+from axolotl_weave_testing import train_tiny_lora
 
 KEY = "test-key-123"
 MODEL = "out"  # the served name: the adapter's folder
@@ -27,25 +27,7 @@ MODEL = "out"  # the served name: the adapter's folder
 @pytest.fixture(scope="module")
 def trained(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A LoRA adapter trained for 2 steps; its config mapping, with `_path` its YAML file."""
-    from axolotl_weave_testing import train_with
-
-    root = tmp_path_factory.mktemp("serve")
-    rows = write_jsonl(root / "a.jsonl", alpaca_rows(8))
-    config = {
-        "base_model": str(tiny_llama_dir),
-        "datasets": [{"path": str(rows), "type": "alpaca"}],
-        "sequence_len": 128,
-        "micro_batch_size": 2,
-        "max_steps": 2,
-        "learning_rate": 1e-3,
-        "bf16": False,
-        "tf32": False,
-        "adapter": "lora",
-        "output_dir": str(root / "out"),
-        "dataset_prepared_path": str(root / "prepared"),
-    }
-    train_with(config, root / "train.yml")
-    return {**config, "_path": write_config(root / "config.yml", config)}
+    return train_tiny_lora(tiny_llama_dir, tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")

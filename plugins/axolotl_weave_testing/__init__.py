@@ -105,6 +105,68 @@ def train_with(config: dict[str, Any], path: Path, *plugins: object) -> Any:
     return train(open_session(write_config(path, config), [], pm))
 
 
+def train_tiny_lora(base_model: Path, root: Path) -> dict[str, Any]:
+    """A LoRA adapter trained for 2 steps on 8 alpaca rows into `root/out` (what inference,
+    serving and evaluation tests load); its config mapping, with `_path` its YAML file."""
+    config = {
+        "base_model": str(base_model),
+        "datasets": [
+            {"path": str(write_jsonl(root / "a.jsonl", alpaca_rows(8))), "type": "alpaca"}
+        ],
+        "sequence_len": 128,
+        "micro_batch_size": 2,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "bf16": False,
+        "tf32": False,
+        "adapter": "lora",
+        "output_dir": str(root / "out"),
+        "dataset_prepared_path": str(root / "prepared"),
+    }
+    train_with(config, root / "train.yml")
+    return {**config, "_path": write_config(root / "config.yml", config)}
+
+
+class OneProcessStrategy:
+    """The device strategy's contract on one CPU process (backward as autograd's), for tests
+    that call a `training_step` or an objective directly, without a trainer."""
+
+    num_processes = 1
+
+    def __init__(self) -> None:
+        import torch
+
+        self.device = torch.device("cpu")
+
+    def reduce(self, tensor: Any, op: str = "sum") -> Any:
+        """One process: the tensor itself."""
+        return tensor
+
+    def no_sync(self, model: Any) -> Any:
+        """Nothing to synchronise."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def autocast(self) -> Any:
+        """float32: no autocast."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def backward(self, loss: Any) -> None:
+        """Autograd's backward."""
+        loss.backward()
+
+    def unwrap(self, model: Any) -> Any:
+        """Nothing wraps the model."""
+        return model
+
+    def prepare_frozen(self, model: Any) -> Any:
+        """A frozen model stays where it is."""
+        return model
+
+
 def without_package(name: str, folder: Path) -> dict[str, str]:
     """The environment for `run_weave` in which `import name` fails as if the package were not
     installed (a package of that name on PYTHONPATH first, whose import raises

@@ -301,3 +301,16 @@ def test_num_processes_refuses_a_bad_config_once_before_launching(
     assert result.stderr.count("micro_batch_sise") == 1  # from this process, none launched
     launched = run_weave("train", str(path), "--num-processes", "2", env={"WORLD_SIZE": "3"})
     assert "the launcher started 3 processes" in launched.stderr
+
+
+def test_the_accelerate_multinode_example_is_a_valid_accelerate_config() -> None:
+    """`examples/accelerate/multinode.yaml` reads as accelerate's own cluster config: two machines
+    of DDP processes, the rendezvous on the first."""
+    from accelerate.commands.config.config_args import ClusterConfig
+    from accelerate.utils import DistributedType
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "multinode.yaml"
+    config = ClusterConfig.from_yaml_file(str(example))
+    assert config.distributed_type == DistributedType.MULTI_GPU
+    assert (config.num_machines, config.num_processes, config.main_process_port) == (2, 16, 29500)
+    assert "-m axolotl_weave train" in example.read_text()

@@ -20,5 +20,5 @@ python -m pip install -q --upgrade pip setuptools wheel
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" || python -m pip install -q torch
 fi
-DS_BUILD_OPS=0 python -m pip install -q -c requirements/lock.txt -e ".[dev,bnb,rl-reference,wandb,mlflow,tensorboard,plot,serve,deploy,ray,deepspeed,gradio]"
+DS_BUILD_OPS=0 python -m pip install -q -c requirements/lock.txt -e ".[dev,bnb,rl-reference,wandb,mlflow,tensorboard,plot,serve,deploy,ray,deepspeed,gradio,lm-eval]"
 python -c "import axolotl_weave, torch; print(f'axolotl-weave {axolotl_weave.__version__} with torch {torch.__version__} ready in .venv')"

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 from axolotl_weave_testing import (
     alpaca_rows,
     run_weave,
@@ -221,23 +219,6 @@ def test_an_output_dir_that_is_a_file_is_refused_before_any_work(
     assert f"output_dir: {output} is a file" in error_of(result)
     assert output.read_text() == "my notes\n"
     assert not prepared.exists()  # refused before the data was prepared
-
-
-@pytest.fixture
-def unwritable_folder(tmp_path: Path) -> Any:
-    """A folder no file can be created in, even by root (immutable), or skip."""
-    folder = tmp_path / "locked"
-    folder.mkdir()
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    locked = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
-    if locked.returncode != 0:
-        pytest.skip(f"cannot make a folder unwritable for root here: {locked.stderr!r}")
-    yield folder
-    subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
 def test_an_output_dir_without_write_permission_is_refused_before_any_work(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from axolotl_weave import _console
-from axolotl_weave._console import SPARKS, TREND_STEPS, loss_trend, progress_bar
+from axolotl_weave_plugins.training import _progress
+from axolotl_weave_plugins.training._progress import SPARKS, TREND_STEPS, loss_trend, progress_bar
 from rich.console import Console
 
 
@@ -27,7 +27,7 @@ def test_trend_shows_only_recent_finite_losses() -> None:
 
 def test_terminal_bar_shows_the_trend(monkeypatch: pytest.MonkeyPatch) -> None:
     terminal = Console(force_terminal=True, record=True, width=120)
-    monkeypatch.setattr(_console, "console", terminal)
+    monkeypatch.setattr(_progress, "console", terminal)
     with progress_bar(6) as bar:
         for loss in (3.0, 2.5, 2.1, 1.8, 1.6, 1.5):
             bar.advance(loss)

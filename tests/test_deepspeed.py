@@ -28,12 +28,11 @@ from axolotl_weave_plugins.distributed._deepspeed_config import (
     shipped_configs,
 )
 from axolotl_weave_testing import (
-    alpaca_rows,
     run_weave,
     train_with,
+    two_process_config,
     without_package,
     write_config,
-    write_jsonl,
 )
 from safetensors.torch import load_file
 
@@ -60,21 +59,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def common(tiny_llama_dir: Path, folder: Path) -> dict[str, Any]:
-    """32 alpaca rows, 2 rows x 2 micro-batches x 2 processes a step, fp32."""
-    data = write_jsonl(folder / "alpaca.jsonl", alpaca_rows(32))
-    return {
-        "base_model": str(tiny_llama_dir),
-        "datasets": [{"path": str(data), "type": "alpaca"}],
-        "sequence_len": 128,
-        "micro_batch_size": 2,
-        "gradient_accumulation_steps": 2,
-        "max_steps": 4,
-        "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "bf16": False,
-        "tf32": False,
-        "dataset_prepared_path": str(folder / "prepared"),
-    }
+    return two_process_config(tiny_llama_dir, folder)
 
 
 def validated(common: dict[str, Any], folder: Path, **settings: Any) -> Any:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from axolotl_weave_testing import train_tiny_lora, write_config, write_jsonl
+from axolotl_weave_testing import greedy, train_tiny_lora, write_config, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +51,6 @@ def masked_prefix(row: dict[str, list[int]]) -> list[int]:
 
     trained = [i for i, label in enumerate(row["labels"]) if label != IGNORE_INDEX]
     return list(row["input_ids"][: trained[0]])
-
-
-def greedy(loaded: Any, prompt_ids: list[int], max_new_tokens: int) -> str:
-    """The greedy answer by a plain `generate` call, decoded as the streamer decodes."""
-    import torch
-
-    ids = torch.tensor([prompt_ids])
-    out = loaded.model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=loaded.eos_token_ids,
-        pad_token_id=loaded.tokenizer.pad_token_id,
-    )
-    return loaded.tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True)
 
 
 def test_the_adapter_is_loaded_through_the_hooks(trained: dict[str, Any], loaded: Any) -> None:

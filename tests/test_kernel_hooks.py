@@ -384,3 +384,87 @@ def test_a_frozen_extra_model_is_placed_for_inference(tiny_llama_dir: Path) -> N
     assert not reference.training
     assert not any(p.requires_grad for p in reference.parameters())
     assert {p.device for p in reference.parameters()} == {strategy.device}
+
+
+# --- the loop itself is a plugin; so are the checks before any work -----------------------------
+
+
+class OwnLoop:
+    """A `make_trainer` of its own: one hand-written SGD step on the first micro-batch of the
+    built-in padded plan, no checkpoints, its own log entry."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, Any] = {}
+
+    @hookimpl
+    def make_trainer(
+        self, cfg: Any, hooks: Any, model: Any, strategy: Any, train_set: Any, columns: Any
+    ) -> Any:
+        self.parts = {"model": model, "train_set": train_set, "columns": columns}
+        plan = hooks.plan_batches(cfg, train_set, False, strategy, columns, 0)
+        return OwnTrainer(cfg, model, strategy, plan)
+
+
+class OwnTrainer:
+    def __init__(self, cfg: Any, model: Any, strategy: Any, plan: Any) -> None:
+        self.cfg, self.model, self.strategy, self.plan = cfg, model, strategy, plan
+
+    def run(self) -> Any:
+        from axolotl_weave import TrainState
+
+        batch = next(iter(self.plan.micro_batches(0)))
+        logits = self.model(**model_inputs({k: batch[k] for k in SFT_COLUMNS})).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(),
+            batch["labels"][:, 1:].flatten(),
+            ignore_index=IGNORE_INDEX,
+        )
+        loss.backward()
+        with torch.no_grad():
+            for param in self.model.parameters():
+                if param.grad is not None:
+                    param -= 0.1 * param.grad
+        state = TrainState(output_dir=Path(self.cfg.output_dir), global_step=1, max_steps=1)
+        state.log_history.append({"step": 1, "own_loss": float(loss)})
+        return state
+
+
+def test_a_plugin_loop_answers_make_trainer_before_the_built_in_one(
+    base_config: dict, tmp_path: Path
+) -> None:
+    loop = OwnLoop()
+    out = tmp_path / "out"
+    state = run({**base_config, "output_dir": str(out), "max_steps": 5}, tmp_path / "c.yml", loop)
+    assert state.log_history == [
+        {"step": 1, "own_loss": pytest.approx(state.log_history[0]["own_loss"])}
+    ]
+    assert loop.parts["train_set"] is not None and "labels" in loop.parts["columns"]
+    assert checkpoints(out) == []  # the built-in loop (which saves) did not run
+    assert (out / "model.safetensors").is_file()  # post_train saved what this loop trained
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
+
+
+class OwnCheck:
+    """A `check_run` that refuses every run whose `seed` is 13."""
+
+    @hookimpl
+    def check_run(self, cfg: Any) -> list[str]:
+        return ["seed: 13 is unlucky"] if cfg.seed == 13 else []
+
+
+def test_check_run_problems_are_reported_together_before_any_work(
+    base_config: dict, tmp_path: Path
+) -> None:
+    from axolotl_weave import ConfigError
+
+    out = tmp_path / "out"
+    config = {**base_config, "output_dir": str(out), "seed": 13}
+    config["resume_from_checkpoint"] = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError) as raised:
+        run(config, tmp_path / "c.yml", OwnCheck())
+    message = str(raised.value)
+    assert "seed: 13 is unlucky" in message  # this plugin's
+    assert (
+        "resume_from_checkpoint:" in message and "not a complete checkpoint" in message
+    )  # the loop's
+    assert not out.exists()  # nothing written

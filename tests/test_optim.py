@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 from axolotl_weave import ConfigError, hookimpl
-from axolotl_weave._optim import build_optimizer, param_groups
+from axolotl_weave._optim import build_optimizer
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import open_session, train
 from axolotl_weave_plugins.methods.unfrozen_parameters import apply_unfrozen_parameters
@@ -47,10 +47,12 @@ def test_lr_groups_give_named_modules_their_own_rate(
     assert n_params == len(list(tiny_model.parameters()))
 
 
-def test_an_lr_group_matching_nothing_is_refused(tiny_model: torch.nn.Module) -> None:
+def test_an_lr_group_matching_nothing_is_refused(
+    tiny_model: torch.nn.Module, weave_hooks: Any
+) -> None:
     group = SimpleNamespace(name="vision", modules=["vision_tower"], lr=1e-5)
     with pytest.raises(ConfigError, match="lr_groups: vision match"):
-        param_groups(opt_cfg(lr_groups=[group]), tiny_model)
+        build_optimizer(opt_cfg(lr_groups=[group]), tiny_model, weave_hooks)
 
 
 def test_unfrozen_parameters_train_only_what_matches(

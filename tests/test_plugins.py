@@ -611,7 +611,7 @@ def test_axolotl_plugin_without_counterpart_warns_and_validates(
     weave_log: pytest.LogCaptureFixture,
 ) -> None:
     refuse_imports(monkeypatch)
-    lm_eval = "axolotl.integrations.lm_eval.LMEvalPlugin"
+    lm_eval = "axolotl.integrations.llm_compressor.LLMCompressorPlugin"
     session = session_for(tmp_path, {**base_config, "plugins": [lm_eval]})
     assert session.cfg.plugins == [lm_eval]
     warnings = [r.getMessage() for r in weave_log.records if r.levelno == logging.WARNING]

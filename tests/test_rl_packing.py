@@ -26,38 +26,12 @@ from axolotl_weave_plugins.rl._objective import PreferenceObjective, preference_
 from axolotl_weave_testing import (
     OneProcessStrategy,
     build_rows,
+    pair_rows,
+    preference_settings,
     run_weave,
     write_config,
     write_jsonl,
 )
-
-PAIRS = [
-    {"system": "Be brief.", "question": "Add 1 and 2.", "chosen": "3", "rejected": "It is 12"},
-    {"system": "", "question": "Reverse cat.", "chosen": "tac", "rejected": "I cannot"},
-    {"system": "", "question": "Add 4 and 4.", "chosen": "8", "rejected": "Maybe 44, or 9"},
-    {"system": "Be kind.", "question": "Reverse dog.", "chosen": "god", "rejected": "dog"},
-]
-
-
-def pair_rows(count: int) -> list[dict[str, str]]:
-    return [PAIRS[i % 4] | {"question": f"{PAIRS[i % 4]['question']} ({i})"} for i in range(count)]
-
-
-def settings(**keys: Any) -> SimpleNamespace:
-    base = dict(
-        rl="dpo",
-        rl_beta=0.1,
-        dpo_loss_type=None,
-        dpo_loss_weights=None,
-        dpo_label_smoothing=None,
-        dpo_use_weighting=None,
-        orpo_alpha=None,
-        simpo_gamma=None,
-        cpo_alpha=None,
-        precompute_ref_log_probs=None,
-        adapter=None,
-    )
-    return SimpleNamespace(**(base | keys))
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +173,7 @@ def loss_metrics_grads(
 )
 def test_packed_loss_metrics_and_gradients_equal_unpacked(setup: Any, keys: dict) -> None:
     policy, reference, rows, pad = setup
-    objective = PreferenceObjective(settings(**keys), reference)
+    objective = PreferenceObjective(preference_settings(**keys), reference)
     padded = collate(rows, pad, columns=PAIR_COLUMNS)
     packed = collate_packed_pairs([rows[:2], rows[2:]], pad)  # 5 pairs in 2 packed rows
     assert packed["input_ids"].shape[0] == 2
@@ -229,7 +203,7 @@ def test_packed_pairs_equal_unpacked_on_the_gpu(setup: Any, name: str) -> None:
         _varlen_attention.register(name)
     policy, reference, rows, pad = setup
     policy = copy.deepcopy(policy).to("cuda", torch.bfloat16)
-    objective = PreferenceObjective(settings(rl="dpo"), reference.to(torch.bfloat16))
+    objective = PreferenceObjective(preference_settings(rl="dpo"), reference.to(torch.bfloat16))
     reference.float()
     objective.reference.to("cuda")
 
@@ -250,7 +224,7 @@ def test_packed_pairs_equal_unpacked_on_the_gpu(setup: Any, name: str) -> None:
 def test_a_leak_between_packed_pairs_would_be_caught(setup: Any) -> None:
     """Without restarting positions (one causal sequence per row), the packed sums differ."""
     policy, reference, rows, pad = setup
-    objective = PreferenceObjective(settings(rl="simpo"), reference)
+    objective = PreferenceObjective(preference_settings(rl="simpo"), reference)
     packed = collate_packed_pairs([rows], pad)
     leaky = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1])[None])
     with torch.no_grad():
@@ -279,7 +253,7 @@ def test_a_packed_window_steps_as_the_padded_one(setup: Any) -> None:
     results = {}
     for name, window in windows.items():
         model = copy.deepcopy(policy)
-        objective = PreferenceObjective(settings(rl="dpo"), reference)
+        objective = PreferenceObjective(preference_settings(rl="dpo"), reference)
         metrics = preference_step(strategy, model, objective, window)
         results[name] = (metrics, [p.grad.clone() for p in model.parameters()])
     (m_u, g_u), (m_p, g_p) = results["padded"], results["packed"]

@@ -25,6 +25,8 @@ from axolotl_weave_plugins.rl._objective import PreferenceObjective
 from axolotl_weave_testing import (
     OneProcessStrategy,
     build_rows,
+    pair_rows,
+    preference_settings,
     run_weave,
     train_with,
     write_config,
@@ -35,20 +37,6 @@ CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-PAIRS = [
-    {"system": "Be brief.", "question": "Add 1 and 2.", "chosen": "3", "rejected": "It is 12"},
-    {"system": "", "question": "Reverse cat.", "chosen": "tac", "rejected": "I cannot"},
-    {"system": "", "question": "Add 4 and 4.", "chosen": "8", "rejected": "Maybe 44, or 9"},
-    {"system": "Be kind.", "question": "Reverse dog.", "chosen": "god", "rejected": "dog"},
-]
-
-
-def pair_rows(count: int = 8) -> list[dict[str, str]]:
-    return [
-        PAIRS[i % len(PAIRS)] | {"question": f"{PAIRS[i % 4]['question']} ({i})"}
-        for i in range(count)
-    ]
 
 
 # --- the losses against TRL's ---------------------------------------------------------------
@@ -82,22 +70,6 @@ def models_and_batch(tiny_llama_dir: Path, weave_hooks: Any, tiny_tokenizer: Any
     rows = build_rows(weave_hooks, tiny_tokenizer, pair_rows(3), type="chatml.intel")
     batch = collate(rows, tiny_tokenizer.pad_token_id or 0, columns=PAIR_COLUMNS)
     return policy, reference, batch
-
-
-def settings(**keys: Any) -> SimpleNamespace:
-    base = dict(
-        rl="dpo",
-        rl_beta=0.1,
-        dpo_loss_type=None,
-        dpo_loss_weights=None,
-        dpo_label_smoothing=None,
-        dpo_use_weighting=None,
-        orpo_alpha=None,
-        simpo_gamma=None,
-        cpo_alpha=None,
-        adapter=None,
-    )
-    return SimpleNamespace(**(base | keys))
 
 
 def ours(cfg: SimpleNamespace, policy: Any, reference: Any, batch: Any) -> tuple[float, dict]:
@@ -189,7 +161,7 @@ LOGPS = ("logps/chosen", "logps/rejected")
 )
 def test_dpo_losses_and_metrics_equal_trl(models_and_batch: Any, keys: dict, trl_args: dict):
     policy, reference, batch = models_and_batch
-    loss, metrics = ours(settings(**keys), policy, reference, batch)
+    loss, metrics = ours(preference_settings(**keys), policy, reference, batch)
     expected_loss, expected = trl_dpo(
         copy.deepcopy(policy), copy.deepcopy(reference), batch, **trl_args
     )
@@ -241,7 +213,7 @@ def trl_reference_free(kind: str, policy: Any, batch: Any, **args: Any) -> tuple
 )
 def test_orpo_and_simpo_equal_trl(models_and_batch: Any, keys: dict, kind: str, trl_args: dict):
     policy, reference, batch = models_and_batch
-    loss, metrics = ours(settings(**keys), policy, None, batch)
+    loss, metrics = ours(preference_settings(**keys), policy, None, batch)
     expected_loss, expected = trl_reference_free(kind, policy, batch, **trl_args)
     assert loss == pytest.approx(expected_loss, rel=1e-5)
     for name in METRICS + LOGPS + ("nll_loss",):
@@ -633,7 +605,7 @@ def test_accumulated_micro_batches_equal_one_batch(
         collate(rows[:2], pad, columns=PAIR_COLUMNS),
         collate(rows[2:], pad, columns=PAIR_COLUMNS),
     ]
-    cfg = settings(rl=rl, cpo_alpha=0.0)
+    cfg = preference_settings(rl=rl, cpo_alpha=0.0)
     results = []
     for window in (whole, halves):
         model = copy.deepcopy(policy)

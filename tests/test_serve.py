@@ -18,7 +18,7 @@ from typing import Any
 
 import openai
 import pytest
-from axolotl_weave_testing import train_tiny_lora
+from axolotl_weave_testing import greedy, train_tiny_lora
 
 KEY = "test-key-123"
 MODEL = "out"  # the served name: the adapter's folder
@@ -82,22 +82,6 @@ def reference(trained: dict[str, Any]) -> Any:
 
     session = open_session(trained["_path"])
     return load_for_inference(session, choose_model(session.cfg, None, None))
-
-
-def greedy(loaded: Any, prompt_ids: list[int], max_new_tokens: int) -> str:
-    """The greedy answer of a plain `generate` call, decoded without special tokens."""
-    import torch
-
-    ids = torch.tensor([prompt_ids])
-    out = loaded.model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=loaded.eos_token_ids,
-        pad_token_id=loaded.tokenizer.pad_token_id,
-    )
-    return loaded.tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True)
 
 
 def test_the_server_says_what_it_serves(server: dict[str, Any], trained: dict[str, Any]) -> None:

@@ -259,23 +259,6 @@ def test_a_wheel_carries_the_examples(tmp_path: Path) -> None:
 # --- bad input ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def unwritable_folder(tmp_path: Path) -> Any:
-    """A folder no file can be created in, even by root (immutable), or skip."""
-    folder = tmp_path / "locked"
-    folder.mkdir()
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    locked = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
-    if locked.returncode != 0:
-        pytest.skip(f"cannot make a folder unwritable for root here: {locked.stderr!r}")
-    yield folder
-    subprocess.run(["chattr", "-i", str(folder)], check=True)
-
-
 def fetch_error(dest: Path, cwd: Path) -> str:
     """The one-line message `weave fetch examples --dest DEST` fails with (in this process)."""
     from axolotl_weave import WeaveError

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import torch
-from axolotl_weave import hookimpl
-from axolotl_weave._checkpoint import checkpoints, resolve_resume
+from axolotl_weave import checkpoints, hookimpl
 from axolotl_weave._run import open_session
+from axolotl_weave_plugins.training._checkpoint import resolve_resume
 from axolotl_weave_testing import (
     run_weave_in_process,
     train_with,

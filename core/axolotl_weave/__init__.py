@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pluggy
 
-from axolotl_weave._atomic import staged_folder, staged_into, write_atomically
+from axolotl_weave._atomic import replace_folder, staged_folder, staged_into, write_atomically
 from axolotl_weave._batches import (
     Columns,
     batch_tokens,
@@ -19,15 +19,18 @@ from axolotl_weave._batches import (
     padded_efficiency,
     process_share,
     read_rows,
+    to_device,
 )
-from axolotl_weave._checkpoint import checkpoint_step, checkpoints, resolve_resume
+from axolotl_weave._checkpoint import FINISHED_MARKER, checkpoint_step, checkpoints
 from axolotl_weave._config import CoreConfig, DatasetEntry, PluginConfig
 from axolotl_weave._errors import (
     CapabilityError,
     ConfigError,
     DataError,
+    Interrupted,
     MissingDependencyError,
     PluginError,
+    TrainingFault,
     WeaveError,
     require,
 )
@@ -69,6 +72,7 @@ from axolotl_weave._types import (
     DataSource,
     LossFunction,
     ModelFamily,
+    Trainer,
     TrainState,
 )
 from axolotl_weave.hookspecs import PROJECT_NAME
@@ -80,6 +84,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 __all__ = [
     "DROP_COUNTERS",
+    "FINISHED_MARKER",
     "IGNORE_INDEX",
     "PAD_TOKEN",
     "SFT_COLUMNS",
@@ -96,6 +101,7 @@ __all__ = [
     "DatasetFormat",
     "HeadCrossEntropy",
     "HiddenStatesLoss",
+    "Interrupted",
     "LossFunction",
     "MissingDependencyError",
     "ModelFamily",
@@ -105,7 +111,9 @@ __all__ = [
     "PreparedData",
     "Strategy",
     "Switch",
+    "Trainer",
     "TrainState",
+    "TrainingFault",
     "WeaveError",
     "__version__",
     "batch_tokens",
@@ -119,6 +127,7 @@ __all__ = [
     "is_secret",
     "redact_text",
     "redacted",
+    "replace_folder",
     "staged_folder",
     "staged_into",
     "write_atomically",
@@ -130,9 +139,9 @@ __all__ = [
     "next_token_targets",
     "padded_efficiency",
     "read_rows",
+    "to_device",
     "require",
     "resolve_precision",
-    "resolve_resume",
     "require_columns",
     "set_pad_token",
     "switch_applies",

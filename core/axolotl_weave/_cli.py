@@ -12,10 +12,9 @@ import pluggy
 import typer
 
 from axolotl_weave._console import err_console, setup_logging
-from axolotl_weave._errors import WeaveError
+from axolotl_weave._errors import Interrupted, WeaveError
 from axolotl_weave._hooks import Hooks
 from axolotl_weave._pluginmanager import make_plugin_manager
-from axolotl_weave._stopping import Interrupted
 
 F = TypeVar("F", bound=Callable[..., Any])
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}

@@ -173,16 +173,6 @@ class DatasetEntry(BaseModel):
         return bool(getattr(self._source, "skip_invalid_rows", False))
 
 
-class LrGroup(BaseModel):
-    """One `lr_groups:` item: parameters whose name contains one of `modules` train at `lr`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="A name for the group (shown in logs).")
-    modules: list[str] = Field(min_length=1, description="Substrings of parameter names.")
-    lr: float = Field(gt=0, description="The group's peak learning rate.")
-
-
 class CoreConfig(BaseModel):
     """Keys the core itself reads. Plugins add theirs through `add_config_fields`."""
 
@@ -228,7 +218,6 @@ class CoreConfig(BaseModel):
     micro_batch_size: int = Field(1, gt=0, description="Rows per forward pass per device.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per step.")
     eval_batch_size: int | None = Field(None, gt=0, description="Defaults to micro_batch_size.")
-    num_epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many steps.")
     learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate.")
     optimizer: str = Field(
@@ -245,37 +234,13 @@ class CoreConfig(BaseModel):
     warmup_steps: int | None = Field(None, ge=0, description="Linear warm-up steps.")
     warmup_ratio: float | None = Field(None, ge=0, le=1, description="Warm-up as a fraction.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay (not on biases, norms).")
-    lr_groups: list[LrGroup] = Field(
-        default_factory=list, description="Own learning rates for parameters of named modules."
-    )
     max_grad_norm: float | None = Field(1.0, description="Gradient clipping; 0 disables.")
-    loss_watchdog_threshold: float | None = Field(
-        None, description="Stop (exit 1) when the loss stays above this for the patience."
-    )
-    loss_watchdog_patience: int = Field(
-        3, gt=0, description="Steps in a row above loss_watchdog_threshold that stop the run."
-    )
     bf16: AutoBool = Field("auto", description="bfloat16 weights and autocast; auto detects.")
     fp16: AutoBool = Field(False, description="float16 mixed precision.")
     tf32: AutoBool = Field("auto", description="TensorFloat-32 matmuls on Ampere+ GPUs.")
     seed: int = Field(42, description="Seed for shuffling, init and dropout.")
-    logging_steps: int = Field(1, gt=0, description="Log metrics every N steps.")
-    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps.")
-    evals_per_epoch: int | None = Field(None, gt=0, description="Evaluations per epoch.")
-    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps.")
-    saves_per_epoch: int | None = Field(None, gt=0, description="Checkpoints per epoch.")
-    save_total_limit: int | None = Field(None, gt=0, description="Keep the newest N checkpoints.")
-    save_strategy: Literal["steps", "epoch", "no"] = Field(
-        "steps", description="steps: by save_steps/saves_per_epoch; epoch: once per epoch; no."
-    )
-    save_only_model: bool = Field(
-        False, description="Checkpoints hold the weights only (smaller; cannot be resumed)."
-    )
     resume_from_checkpoint: str | None = Field(
         None, description="A checkpoint folder, or 'auto' for the newest in output_dir."
-    )
-    allow_resume_changes: bool = Field(
-        False, description="Resume even with other batch sizes or data than the checkpoint's."
     )
 
     @field_validator("optimizer", "lr_scheduler", "rl")
@@ -299,11 +264,6 @@ class CoreConfig(BaseModel):
             f"unknown {info.field_name} '{value}'{did_you_mean(value, names)}; "
             f"valid: {', '.join(names)}"
         )
-
-    @field_validator("evals_per_epoch", "saves_per_epoch", mode="before")
-    @classmethod
-    def _zero_is_unset(cls, value: Any) -> Any:
-        return None if value == 0 else value  # as in Axolotl's examples: 0 means none
 
     @model_validator(mode="after")
     def _consistent(self) -> CoreConfig:

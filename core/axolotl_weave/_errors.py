@@ -39,6 +39,20 @@ class MissingDependencyError(WeaveError):
     exit_code = 4
 
 
+class TrainingFault(WeaveError):
+    """Training went wrong (a NaN loss, the loss watchdog); the last checkpoint is kept."""
+
+    exit_code = 1
+
+
+class Interrupted(WeaveError):
+    """SIGTERM or SIGINT stopped the run after a checkpoint was written."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 def require(module: str, *, feature: str, install: str) -> object:
     """Import an optional module, or raise `MissingDependencyError` saying what to install."""
     import importlib

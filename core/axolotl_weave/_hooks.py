@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
-from axolotl_weave._errors import PluginError
+from axolotl_weave._errors import PluginError, WeaveError
 from axolotl_weave._types import BatchPlan, DatasetFormat, LossFunction, ModelFamily, TrainState
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from axolotl_weave._config import DatasetEntry
     from axolotl_weave._prepared import PreparedData
     from axolotl_weave._strategy import Strategy
-    from axolotl_weave._types import DataSource
+    from axolotl_weave._types import DataSource, Trainer
 
 T = TypeVar("T")
 
@@ -238,6 +238,25 @@ class Hooks:
             pad_token_id=pad_token_id,
         )
         return self._answered("plan_batches", result)
+
+    def make_trainer(self, cfg: Any, **parts: Any) -> Trainer:
+        """The run's loop over `parts` (model, objective, strategy, train_set, eval_set,
+        pad_token_id, columns, data_identity), ready to `run()`."""
+        return self._answered(
+            "make_trainer", self.pm.hook.make_trainer(cfg=cfg, hooks=self, **parts)
+        )
+
+    def check_run(self, cfg: Any) -> tuple[list[str], list[WeaveError]]:
+        """What every plugin finds that would make the run fail, before any work: the problems
+        returned, and the errors raised (each plugin asked, whatever another raised)."""
+        problems: list[str] = []
+        errors: list[WeaveError] = []
+        for impl in reversed(self.pm.hook.check_run.get_hookimpls()):
+            try:
+                problems += self._call_impl("check_run", impl, cfg=cfg) or []
+            except WeaveError as exc:
+                errors.append(exc)
+        return problems, errors
 
     def training_step(
         self,

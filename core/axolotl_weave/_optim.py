@@ -16,44 +16,30 @@ NO_DECAY_HINTS = ("bias", "norm", "ln_", "layernorm")
 
 
 def param_groups(cfg: Any, model: torch.nn.Module) -> list[dict[str, Any]]:
-    """The trainable parameters in groups: per `lr_groups` item (first match by module name)
-    and the rest, each split into weight-decayed and not (biases, norms); each group has `lr`.
-    """
-    by_key: dict[tuple[str, bool], list[Any]] = {}
-    lrs = {group.name: group.lr for group in cfg.lr_groups}
+    """The trainable parameters in the `default` group at `learning_rate`, split into
+    weight-decayed and not (biases, norms), as Hugging Face's Trainer does."""
+    split: dict[bool, list[Any]] = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        owner = next(
-            (g.name for g in cfg.lr_groups if any(m in name for m in g.modules)), "default"
-        )
-        no_decay = param.ndim < 2 or any(hint in name.lower() for hint in NO_DECAY_HINTS)
-        by_key.setdefault((owner, no_decay), []).append(param)
-    if not by_key:
+        if param.requires_grad:
+            no_decay = param.ndim < 2 or any(hint in name.lower() for hint in NO_DECAY_HINTS)
+            split.setdefault(no_decay, []).append(param)
+    if not split:
         raise ValueError("the model has no trainable parameters")
-    unused = [g.name for g in cfg.lr_groups if not any(k[0] == g.name for k in by_key)]
-    if unused:
-        raise ConfigError(
-            f"lr_groups: {', '.join(unused)} match(es) no trainable parameter; check `modules`"
-        )
     return [
         {
             "params": params,
             "weight_decay": 0.0 if no_decay else cfg.weight_decay,
-            "lr": lrs.get(owner, cfg.learning_rate),
-            "group": owner,
+            "lr": cfg.learning_rate,
+            "group": "default",
         }
-        for (owner, no_decay), params in by_key.items()
+        for no_decay, params in split.items()
     ]
 
 
 def build_optimizer(cfg: Any, model: torch.nn.Module, hooks: Hooks) -> torch.optim.Optimizer:
     """The optimizer a plugin registered under `cfg.optimizer` (`register_optimizers`; the
     config's validation checked the name) over `param_groups`, as plugins adjusted them
-    (`adjust_param_groups`).
-
-    Weight decay skips biases and normalisation weights, as Hugging Face's Trainer does.
-    """
+    (`adjust_param_groups`: `lr_groups`, LoRA+)."""
     groups = param_groups(cfg, model)
     hooks.adjust_param_groups(cfg, model, groups)
     groups = [group for group in groups if group["params"]]

@@ -7,18 +7,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 import yaml
 
 from axolotl_weave._atomic import write_atomically
-from axolotl_weave._checkpoint import checkpoints, resolve_resume
+from axolotl_weave._checkpoint import FINISHED_MARKER
 from axolotl_weave._config import (
     CoreConfig,
     build_config_model,
@@ -32,10 +30,7 @@ from axolotl_weave._overrides import refuse_valueless_flags
 from axolotl_weave._pluginmanager import make_plugin_manager, register_config_plugins
 from axolotl_weave._prepared import PreparedData
 from axolotl_weave._secrets import redacted
-from axolotl_weave._types import DatasetFormat, ModelFamily, TrainState
-
-if TYPE_CHECKING:
-    from axolotl_weave._train import Trainer
+from axolotl_weave._types import DatasetFormat, ModelFamily, Trainer, TrainState
 
 log = logging.getLogger("axolotl_weave")
 
@@ -150,7 +145,6 @@ def train(session: Session) -> TrainState:
     cfg = session.cfg
     output_dir = Path(cfg.output_dir)
     check_before_work(session)
-    resolve_resume(cfg.resume_from_checkpoint, output_dir)  # a bad path fails before any work
     output_dir.mkdir(parents=True, exist_ok=True)
     replaces_finished_run = (output_dir / FINISHED_MARKER).exists()
     if not replaces_finished_run:
@@ -165,9 +159,6 @@ def train(session: Session) -> TrainState:
     return state
 
 
-FINISHED_MARKER = "trainer_state.json"
-"""Written at the top of `output_dir` when a run has finished (its last state)."""
-
 REQUIRED_HOOKS = (
     "load_tokenizer",
     "load_model",
@@ -175,6 +166,7 @@ REQUIRED_HOOKS = (
     "wrap_distributed",
     "plan_batches",
     "training_step",
+    "make_trainer",
 )
 """Hooks a run cannot do without: with no plugin answering one, it would fail halfway."""
 
@@ -202,65 +194,20 @@ def check_before_work(session: Session) -> None:
 
 
 def run_problems(session: Session) -> list[str]:
-    """What the config asks that cannot be done, found without loading anything: the output
-    folder, the base model's location, the data files."""
+    """What the config asks that cannot be done, found without loading anything: every
+    plugin's `check_run` (the output folder, the base model's location...) and the data files.
+    An error a plugin raised is raised as it is when it is the only problem."""
     cfg = session.cfg
-    problems = [p for p in (output_dir_problem(cfg), base_model_problem(cfg)) if p]
+    problems, errors = session.hooks.check_run(cfg)
     for key in ("datasets", "test_datasets", "pretraining_dataset"):
         for index, entry in enumerate(getattr(cfg, key)):
             source = next((s for s in session.hooks.data_sources() if s.claims(entry)), None)
             why = source.problem(entry) if source and source.problem else None
             if why:
                 problems.append(f"{key}.{index}.path: {entry.path}: {why}")
-    return problems
-
-
-def output_dir_problem(cfg: Any) -> str | None:
-    """Why `output_dir` cannot take this run: a file, not writable, or holding another run's
-    model or checkpoints (allowed by `resume_from_checkpoint` or `overwrite_output_dir`)."""
-    out = Path(cfg.output_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        return f"output_dir: {out} is a file, not a folder"
-    nearest = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
-    if not nearest.is_dir() or not writable(nearest):
-        return f"output_dir: cannot write in {nearest} (permission denied); choose another folder"
-    if cfg.resume_from_checkpoint or cfg.overwrite_output_dir:
-        return None
-    if (out / FINISHED_MARKER).exists():
-        held = "the model of a finished run"
-    elif checkpoints(out):
-        held = f"the checkpoints of an unfinished run ({checkpoints(out)[-1].name})"
-    else:
-        return None
-    return (
-        f"output_dir: {out} holds {held}; choose another output_dir, set "
-        "resume_from_checkpoint: auto to continue it, or overwrite_output_dir: true to replace it"
-    )
-
-
-def writable(folder: Path) -> bool:
-    """Whether a file can be created in `folder` (tried, so that read-only mounts count)."""
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
-
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def base_model_problem(cfg: Any) -> str | None:
-    """Why `base_model` can be neither a local folder nor a hub id (`owner/name`)."""
-    for key in ("base_model", "base_model_config", "tokenizer_config"):
-        where = getattr(cfg, key, None)
-        if not where or Path(where).expanduser().exists():
-            continue
-        if HUB_ID.match(where) and not where.startswith((".", "~")):
-            continue
-        looked = Path(where).expanduser().absolute()
-        return f"{key}: {where} is not a folder (looked for {looked}) nor a hub id (owner/name)"
-    return None
+    if errors and not problems:
+        raise errors[0]
+    return problems + [str(error) for error in errors]
 
 
 @contextlib.contextmanager
@@ -326,29 +273,27 @@ def build_trainer(
     eval_set: Any = None,
     data_identity: str | None = None,
 ) -> Trainer:
-    """Model (load_model, patch_attention), loss, devices and the loop, ready
+    """Model (load_model, patch_attention), loss, devices and the loop (`make_trainer`), ready
     to `run()` on prepared rows. `weave train` and `weave bench` both start here."""
     from axolotl_weave._precision import apply_tf32, resolve_precision
-    from axolotl_weave._train import Trainer
 
     cfg, hooks = session.cfg, session.hooks
     apply_tf32(resolve_precision(cfg))
     model = hooks.load_model(cfg, tokenizer, family)
     hooks.patch_attention(model, cfg, family)
-    loss_fn = hooks.build_loss(cfg, model)
+    objective = hooks.build_loss(cfg, model)
     strategy = hooks.wrap_distributed(cfg)
     log_parameter_counts(model)
-    return Trainer(
+    return hooks.make_trainer(
         cfg,
-        hooks,
-        model,
-        loss_fn,
-        strategy,
-        train_set,
-        eval_set,
-        tokenizer.pad_token_id,
-        batch_columns(session.formats),
-        data_identity,
+        model=model,
+        objective=objective,
+        strategy=strategy,
+        train_set=train_set,
+        eval_set=eval_set,
+        pad_token_id=tokenizer.pad_token_id,
+        columns=batch_columns(session.formats),
+        data_identity=data_identity,
     )
 
 

@@ -182,3 +182,18 @@ class TrainState:
             "tokens_seen": self.tokens_seen,
             "log_history": self.log_history,
         }
+
+
+class Trainer(Protocol):
+    """The loop of one run (what `make_trainer` returns).
+
+    `model` is the model as `strategy` prepared it (`strategy.unwrap(model)` for the plain one),
+    `plan` the training set's `BatchPlan`; `run()` trains to the end (resuming first when the
+    config asks) and returns the final state, calling `on_train_end` whatever the outcome.
+    """
+
+    model: Any
+    strategy: Any
+    plan: BatchPlan
+
+    def run(self) -> TrainState: ...

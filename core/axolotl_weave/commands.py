@@ -12,7 +12,7 @@ from __future__ import annotations
 from axolotl_weave._cli import OVERRIDES, user_errors
 from axolotl_weave._config import did_you_mean, load_config_data
 from axolotl_weave._console import console, err_console
-from axolotl_weave._optim import build_optimizer, warmup_steps
+from axolotl_weave._optim import build_optimizer, build_scheduler, warmup_steps
 from axolotl_weave._prepared import drop_reasons, drop_summary
 from axolotl_weave._run import (
     Session,
@@ -33,6 +33,7 @@ __all__ = [
     "Session",
     "batch_columns",
     "build_optimizer",
+    "build_scheduler",
     "build_trainer",
     "check_before_work",
     "config_schema",

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         DataSource,
         LossFunction,
         ModelFamily,
+        Trainer,
         TrainState,
     )
 
@@ -91,10 +92,10 @@ def adjust_param_groups(cfg: Any, model: Any, groups: list[dict[str, Any]]) -> N
     """Edit the optimizer's parameter groups in place before the optimizer is built.
 
     :param model: the model (to look parameters up by name: ``model.named_parameters()``).
-    :param groups: the core's groups: dicts with ``params``, ``lr``, ``weight_decay`` and a
-        ``group`` name (``default`` or an ``lr_groups`` name). Split a group, or change a
-        group's ``lr`` (LoRA+ gives the B matrices ``lr * loraplus_lr_ratio``); keep every
-        trainable parameter in exactly one group.
+    :param groups: dicts with ``params``, ``lr``, ``weight_decay`` and a ``group`` name
+        (the core's two ``default`` groups, decayed and not). Split a group, or change a
+        group's ``lr`` (``lr_groups`` splits first, ``tryfirst``; LoRA+ gives the B matrices
+        ``lr * loraplus_lr_ratio``); keep every trainable parameter in exactly one group.
 
     Called once per run, before the ``register_optimizers`` builder of ``optimizer:``; the
     learning-rate schedule then scales every group. Collects all results (return value ignored).
@@ -106,10 +107,10 @@ def register_optimizers(register: Callable[[str, Callable[..., Any]], None]) -> 
     """Register optimizers by the name `optimizer:` gives, by calling ``register``.
 
     :param register: call as ``register(name, build)``; ``build(param_groups, cfg)`` returns a
-        ``torch.optim.Optimizer`` over the parameter groups the core made (weight decay and
-        ``lr_groups`` already split, as ``adjust_param_groups`` left them; each group carries its
-        ``lr``). The core builds no optimizer itself: the default ``adamw_torch`` is a built-in
-        plugin's. A name registered twice is an error naming both plugins.
+        ``torch.optim.Optimizer`` over the parameter groups (weight decay split, then as
+        ``adjust_param_groups`` left them; each group carries its ``lr``). The core builds no
+        optimizer itself: the default ``adamw_torch`` is a built-in plugin's. A name
+        registered twice is an error naming both plugins.
 
     Called once, before the config is validated (an unknown ``optimizer:`` is rejected with the
     registered names as suggestions). Collects all results (return value ignored).
@@ -123,7 +124,7 @@ def register_lr_schedulers(register: Callable[[str, Callable[..., Any]], None]) 
     :param register: call as ``register(name, build)``; ``build(cfg, total_steps,
         warmup_steps)`` returns a function ``factor(step) -> float``, the multiplier of each
         parameter group's base ``lr`` at optimizer step ``step`` (0 before the first step). The
-        core runs it as a ``torch.optim.lr_scheduler.LambdaLR``, multiplied by every
+        loop runs it as a ``torch.optim.lr_scheduler.LambdaLR``, multiplied by every
         ``lr_multiplier`` answer. A name registered twice is an error naming both plugins.
 
     Called once, before the config is validated (an unknown ``lr_scheduler:`` is rejected with
@@ -149,7 +150,7 @@ def register_data_sources(register: Callable[[DataSource], None]) -> None:
     """Register where rows of a ``datasets:`` entry can come from, by calling ``register``.
 
     :param register: call with a :class:`~axolotl_weave.DataSource` for each kind of source
-        (local files, a saved dataset, a hub name, a URL, an fsspec URL...). The core asks each
+        (local files, a saved dataset, a hub name, a URL, an fsspec URL...). The pipeline asks each
         source, in registration order (``tryfirst`` plugins first), whether it ``claims`` an
         entry; the first that does loads it.
 
@@ -222,6 +223,18 @@ def launch_training(
 
 
 @hookspec
+def check_run(cfg: Any) -> list[str] | None:
+    """Return what would make the run fail, found without loading anything: one line per
+    problem, naming the key (``output_dir: ... is a file``), or None. Raising a
+    :class:`~axolotl_weave.WeaveError` instead keeps its own message and exit code when it
+    is the only problem found.
+
+    Called by ``weave train`` and ``weave validate`` before any work; every plugin is asked,
+    and all problems are reported together in one message (exit code 2). Collects all results.
+    """
+
+
+@hookspec
 def add_cli_commands(app: typer.Typer) -> None:
     """Add commands to the ``weave`` command line.
 
@@ -275,7 +288,7 @@ def build_dataset(
     """Turn one ``datasets:`` entry into tokenized rows, or return None if not this plugin's type.
 
     The fallback, kept for compatibility: a format normally passes its build function as
-    ``DatasetFormat(build=...)`` and the core calls it directly, without this hook. The hook is
+    ``DatasetFormat(build=...)`` and the pipeline calls it directly, without this hook. The hook is
     called only for an entry whose format was registered without ``build`` (a plugin written
     before formats carried it) and for an entry without ``type:`` (pre-tokenized rows), so an
     implementation must check ``entry.type`` and return None for the types it does not build.
@@ -412,6 +425,35 @@ def plan_batches(
 
 
 @hookspec(firstresult=True)
+def make_trainer(
+    cfg: Any,
+    hooks: Any,
+    model: Any,
+    objective: LossFunction,
+    strategy: Strategy,
+    train_set: Any,
+    eval_set: Any,
+    pad_token_id: int,
+    columns: dict[str, int | str | None],
+    data_identity: str | None,
+) -> Trainer | None:
+    """Return the :class:`~axolotl_weave.Trainer` (the loop) of the run, ready to ``run()``.
+
+    :param hooks: the run's hook caller (``hooks.plan_batches``, ``hooks.training_step``,
+        ``hooks.on_log``...: the loop calls the other hooks through it).
+    :param model: the loaded, patched model, not yet prepared by ``strategy``.
+    :param train_set: the tokenized training rows (``eval_set`` the eval rows, or None).
+    :param columns: as for ``plan_batches``; ``data_identity`` names the prepared data, so
+        that a checkpoint is not resumed on other data.
+
+    Called once per run, after ``wrap_distributed``, by ``weave train`` and ``weave bench``.
+    The loop plans the batches, builds the optimizer and schedule, resumes, steps, evaluates,
+    logs and checkpoints, and calls ``on_train_end`` whatever the outcome. Stops at the first
+    non-None result; the built-in ``training_loop`` plugin answers last (``trylast``).
+    """
+
+
+@hookspec(firstresult=True)
 def training_step(
     cfg: Any,
     strategy: Strategy,
@@ -434,7 +476,7 @@ def training_step(
 
     Return a mapping with at least ``loss`` (the mean over the window, every process), and any
     other metric (``rewards/margins``, ``kl``...): each is logged and handed to loggers. The
-    core then lets the strategy step the optimizer and the schedule. Stops at the first
+    loop then lets the strategy step the optimizer and the schedule. Stops at the first
     non-None result: a method that needs two forward passes (a reference model) or generation
     answers when its config is on; the supervised step answers last (``trylast``).
     """
@@ -486,7 +528,7 @@ def save_checkpoint_state(
         write files under ``folder / <your plugin name>``.
 
     Called at each checkpoint on every process (write from the main one,
-    ``strategy.is_main_process``, unless the state is per process), after the core's files.
+    ``strategy.is_main_process``, unless the state is per process), after the strategy's files.
     Collects all results.
     """
 
@@ -497,7 +539,7 @@ def load_checkpoint_state(
 ) -> None:
     """Restore what ``save_checkpoint_state`` wrote, resuming from ``folder``.
 
-    Called once when a run resumes, on every process, before the core restores the trainable
+    Called once when a run resumes, on every process, before the strategy restores the trainable
     weights, the optimizer and the schedule (so a plugin can put back base weights a
     trainable adapter sits on). Collects all results.
     """

@@ -354,6 +354,95 @@ def build_tiny_llama(
     return out_dir
 
 
+PREFERENCE_PAIRS = [
+    {"system": "Be brief.", "question": "Add 1 and 2.", "chosen": "3", "rejected": "It is 12"},
+    {"system": "", "question": "Reverse cat.", "chosen": "tac", "rejected": "I cannot"},
+    {"system": "", "question": "Add 4 and 4.", "chosen": "8", "rejected": "Maybe 44, or 9"},
+    {"system": "Be kind.", "question": "Reverse dog.", "chosen": "god", "rejected": "dog"},
+]
+"""Four `chatml.intel`-shaped preference pairs (system, question, chosen, rejected)."""
+
+
+def pair_rows(count: int = 8) -> list[dict[str, str]]:
+    """`count` preference pairs, each question numbered so that no two rows are equal."""
+    pairs = PREFERENCE_PAIRS
+    return [pairs[i % 4] | {"question": f"{pairs[i % 4]['question']} ({i})"} for i in range(count)]
+
+
+def preference_settings(**keys: Any) -> Any:
+    """A config stand-in with every preference key unset (DPO, beta 0.1), `keys` applied: for
+    tests that build a preference objective directly."""
+    from types import SimpleNamespace
+
+    base = dict(
+        rl="dpo",
+        rl_beta=0.1,
+        dpo_loss_type=None,
+        dpo_loss_weights=None,
+        dpo_label_smoothing=None,
+        dpo_use_weighting=None,
+        orpo_alpha=None,
+        simpo_gamma=None,
+        cpo_alpha=None,
+        precompute_ref_log_probs=None,
+        adapter=None,
+    )
+    return SimpleNamespace(**(base | keys))
+
+
+def greedy(loaded: Any, prompt_ids: list[int], max_new_tokens: int) -> str:
+    """The greedy answer of a plain `generate` call on a model loaded for inference, decoded
+    without special tokens (what the streamed answer must equal)."""
+    import torch
+
+    ids = torch.tensor([prompt_ids])
+    out = loaded.model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=loaded.eos_token_ids,
+        pad_token_id=loaded.tokenizer.pad_token_id,
+    )
+    return loaded.tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True)
+
+
+def two_process_config(tiny_llama_dir: Path, folder: Path) -> dict[str, Any]:
+    """The multi-process tests' config: 32 alpaca rows, 2 rows x 2 micro-batches (x 2
+    processes) a step, 4 steps, fp32, the prepared data cached in `folder`."""
+    data = write_jsonl(folder / "alpaca.jsonl", alpaca_rows(32))
+    return {
+        "base_model": str(tiny_llama_dir),
+        "datasets": [{"path": str(data), "type": "alpaca"}],
+        "sequence_len": 128,
+        "micro_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "max_steps": 4,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "bf16": False,
+        "tf32": False,
+        "dataset_prepared_path": str(folder / "prepared"),
+    }
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path: Path) -> Any:
+    """A folder no file can be created in, even by root (made immutable), or the test skips."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    locked = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+    if locked.returncode != 0:
+        pytest.skip(f"cannot make a folder unwritable for root here: {locked.stderr!r}")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
 def run_weave_in_process(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:

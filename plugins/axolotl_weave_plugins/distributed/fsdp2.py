@@ -10,12 +10,22 @@ same global batch. Checkpoints are sharded (`torch.distributed.checkpoint`: ever
 its shard and reads it back, the trainable weights only); the final model is gathered into one
 Hugging Face model before `post_train` saves it.
 
-Axolotl's `fsdp_config` keys are validated here; those not implemented yet are refused with the
-reason, never ignored: `offload_params`, `cpu_ram_efficient_loading`, `activation_checkpointing`
-(use `gradient_checkpointing`), `mixed_precision_policy` (the precision follows `bf16`),
-a `SIZE_BASED_WRAP` policy, `state_dict_type: FULL_STATE_DICT` and a sharded final model. The
-older `fsdp:` list and FSDP1 (`fsdp_version: 1`) are refused too; `fsdp_`-prefixed keys inside
-`fsdp_config` are read without the prefix. fp16 (its loss scaler) is refused: use bf16.
+Axolotl's `fsdp_config` keys (`fsdp_`-prefixed or not) are validated here, and implemented:
+`offload_params` (torch's `CPUOffloadPolicy`: shards, gradients and optimizer state in CPU
+memory, pinned only where there is a GPU), `cpu_ram_efficient_loading` (ranks other than 0 build
+the model on the meta device; at sharding rank 0's weights are broadcast into every shard by
+accelerate's `fsdp2_load_full_state_dict`), `activation_checkpointing` (each sharded layer in
+torch's `checkpoint_wrapper`, as accelerate's `fsdp2_apply_ac`; unwrapped again before saving)
+and `mixed_precision_policy` (torch's `MixedPrecisionPolicy`: a dtype name, or param_dtype,
+reduce_dtype, output_dtype, cast_forward_inputs). Refused: a `SIZE_BASED_WRAP` policy,
+`state_dict_type: FULL_STATE_DICT` and a sharded final model, fp16 (its loss scaler: use bf16),
+FSDP1's keys with `fsdp_version: 2` (`sync_module_states`, `use_orig_params`, prefetching...).
+
+FSDP1's spelling (the `fsdp:` list, `fsdp_version: 1`, `fsdp_config` without `fsdp_version`) is
+mapped to FSDP2 with one warning saying what was read as what (`_fsdp_options.py`): full_shard ->
+`reshard_after_forward: true`, shard_grad_op -> false, offload -> `offload_params`, auto_wrap ->
+the transformer-based wrap; hybrid and no sharding, and FSDP1 settings FSDP2 does differently
+(`sync_module_states: false`, `use_orig_params: false`...) are refused naming the key.
 """
 
 from __future__ import annotations
@@ -35,7 +45,14 @@ from axolotl_weave import (
     hookimpl,
     resolve_precision,
 )
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from axolotl_weave_plugins.distributed._fsdp_options import (
+    from_fsdp1,
+    mixed_precision,
+    refuse_fsdp1_only,
+    unprefixed,
+)
 
 PLUGIN_KIND = "distributed"
 log = logging.getLogger("axolotl_weave")
@@ -43,14 +60,30 @@ SHARDED_FOLDER = "sharded"
 """The checkpoint subfolder of the sharded weights and optimizer state."""
 
 
-NOT_YET = {
-    "offload_params": "set it false; CPU offload of the shards is not implemented yet",
-    "cpu_ram_efficient_loading": "set it false; every process loads the whole model",
-    "activation_checkpointing": "use gradient_checkpointing: true instead",
-    "mixed_precision_policy": "remove it; the precision follows bf16",
-}
-"""`fsdp_config` keys refused when set, and what to do instead."""
-NOT_SET = (None, False, "false", {}, "")
+PINNED_ON_CPU = (
+    "fsdp_config.cpu_offload_pin_memory: true needs an accelerator (pinned memory is page-locked "
+    "host memory for copies to a GPU); without one the shards are in CPU memory already: leave it "
+    "unset"
+)
+
+
+class MixedPrecisionSettings(BaseModel):
+    """`fsdp_config.mixed_precision_policy`: torch's `MixedPrecisionPolicy` (dtype names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    param_dtype: Literal["bfloat16", "float32"] | None = Field(
+        None, description="The dtype the gathered weights compute in (the shards stay fp32)."
+    )
+    reduce_dtype: Literal["bfloat16", "float32"] | None = Field(
+        None, description="The dtype gradients are reduce-scattered in (default: param_dtype)."
+    )
+    output_dtype: Literal["bfloat16", "float32"] | None = Field(
+        None, description="The dtype each sharded module's outputs are cast to."
+    )
+    cast_forward_inputs: bool = Field(
+        True, description="Cast each sharded module's floating inputs to param_dtype."
+    )
 
 
 class FsdpConfig(BaseModel):
@@ -77,71 +110,128 @@ class FsdpConfig(BaseModel):
     final_state_dict_type: Literal["FULL_STATE_DICT"] = Field(
         "FULL_STATE_DICT", description="The final model is gathered into one HF model."
     )
-    offload_params: Literal[False] = Field(False, description="Not implemented yet (refused).")
-    cpu_ram_efficient_loading: Literal[False] = Field(
-        False, description="Not implemented yet (refused)."
+    offload_params: bool = Field(
+        False,
+        description="Keep the shards (weights, gradients, optimizer state) in CPU memory; the "
+        "optimizer steps on the CPU (torch's CPUOffloadPolicy).",
     )
-    activation_checkpointing: Literal[False] = Field(
-        False, description="Refused: use `gradient_checkpointing: true`."
+    cpu_offload_pin_memory: bool | None = Field(
+        None,
+        description="With offload_params: pinned host memory for the copies (default: true "
+        "with a GPU; there is none to pin for without one).",
     )
-    mixed_precision_policy: None = Field(
-        None, description="Refused: the precision follows bf16 / fp16."
+    cpu_ram_efficient_loading: bool = Field(
+        False,
+        description="Only rank 0 loads the weights; the other processes build the model on the "
+        "meta device and receive rank 0's weights when it is sharded.",
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute each sharded layer in the backward pass (torch's "
+        "checkpoint_wrapper, as accelerate applies it); not with gradient_checkpointing.",
+    )
+    mixed_precision_policy: MixedPrecisionSettings | None = Field(
+        None,
+        description="FSDP2's mixed precision: a dtype name (bf16: weights gathered and "
+        "gradients reduced in it) or {param_dtype, reduce_dtype, output_dtype, "
+        "cast_forward_inputs}; default: none (the precision follows bf16).",
     )
 
     @model_validator(mode="before")
     @classmethod
-    def unprefixed(cls, data: Any) -> Any:
-        """Axolotl's `fsdp_`-prefixed spelling (`fsdp_offload_params`) is read without it."""
+    def fsdp2_spelling(cls, data: Any) -> Any:
+        """`fsdp_`-prefixed keys read without the prefix; FSDP1's keys refused by name; the
+        mixed precision policy's dtype names checked."""
         if not isinstance(data, dict):
             return data
-        renamed = {}
-        for key, value in data.items():
-            bare = key.removeprefix("fsdp_") if key != "fsdp_version" else key
-            if bare != key and bare not in data:
-                log.info("fsdp_config.%s is read as %s", key, bare)
-            renamed[bare] = value
+        renamed = unprefixed(data)
         renamed.pop("fsdp_version", None)  # the top-level key decides
-        refused = [f"{k} ({why})" for k, why in NOT_YET.items() if renamed.get(k) not in NOT_SET]
-        if refused:
-            raise ValueError(f"not implemented yet with fsdp_version: 2: {'; '.join(refused)}")
+        renamed.pop("version", None)
+        refuse_fsdp1_only(renamed)
+        if "mixed_precision_policy" in renamed:
+            renamed["mixed_precision_policy"] = mixed_precision(renamed["mixed_precision_policy"])
         return renamed
+
+    @model_validator(mode="after")
+    def pinning_needs_offload(self) -> FsdpConfig:
+        """`cpu_offload_pin_memory` only means something with `offload_params`."""
+        if self.cpu_offload_pin_memory is not None and not self.offload_params:
+            raise ValueError("cpu_offload_pin_memory is set without offload_params: true")
+        return self
 
 
 class FsdpSettings(PluginConfig):
     """The FSDP keys (Axolotl's names)."""
 
-    fsdp_version: Literal[2] | None = Field(
+    fsdp_version: Literal[1, 2] | None = Field(
         None,
         description="2: shard weights, gradients and optimizer state over the processes with "
-        "PyTorch's FSDP2 (FSDP1 is not implemented).",
+        "PyTorch's FSDP2. 1 (FSDP1, Axolotl's older spelling) is mapped to FSDP2 with a note.",
+    )
+    fsdp: list[str] | str | None = Field(
+        None,
+        description="Axolotl's older FSDP1 list (full_shard, shard_grad_op, offload, "
+        "auto_wrap): mapped to FSDP2's fsdp_config with a note.",
     )
     fsdp_config: FsdpConfig | None = Field(None, description="FSDP's settings (Axolotl's keys).")
 
-    @field_validator("fsdp_version", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def only_fsdp2(cls, value: Any) -> Any:
-        """FSDP1 is refused with the way out."""
-        if value not in (None, 2, "2"):
-            raise ValueError(
-                f"fsdp_version {value!r} is not implemented (FSDP1 is superseded): set "
-                "fsdp_version: 2, whose fsdp_config keys are the same"
-            )
-        return value
+    def fsdp1_mapped(cls, data: Any) -> Any:
+        """FSDP1's spelling (`fsdp:` list, `fsdp_version: 1`, `fsdp_config` without
+        `fsdp_version`) becomes FSDP2's, with one warning saying what was mapped; what has no
+        FSDP2 equivalent is refused."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        config = data.get("fsdp_config")
+        if isinstance(config, dict) and data.get("fsdp_version") is None:
+            inner = config.get("fsdp_version", config.get("version"))
+            if inner is not None:
+                data["fsdp_version"] = inner  # Axolotl reads it from fsdp_config too
+        version = data.get("fsdp_version")
+        if version not in (None, 1, 2, "1", "2"):
+            raise ValueError(f"fsdp_version {version!r}: 2 (FSDP2), or 1 (mapped to FSDP2)")
+        version = None if version is None else int(version)
+        listed = data.get("fsdp") not in (None, [], "", False)
+        if version == 2:
+            if listed:
+                raise ValueError(
+                    "fsdp: (FSDP1's list) is set with fsdp_version: 2: put its settings in "
+                    "fsdp_config (reshard_after_forward, offload_params) and remove fsdp:"
+                )
+            data["fsdp_version"] = 2
+            return data
+        if not listed and config in (None, {}):
+            if version == 1:
+                raise ValueError(
+                    "fsdp_version: 1 without fsdp_config or fsdp: nothing to shard; set "
+                    "fsdp_version: 2 and fsdp_config"
+                )
+            return data
+        if config is not None and not isinstance(config, dict):
+            return data  # the field's own validation says what is wrong
+        settings, notes = from_fsdp1(data.get("fsdp"), config)
+        given = [key for key in ("fsdp", "fsdp_version", "fsdp_config") if data.get(key)]
+        log.warning(
+            "%s (FSDP1's spelling) mapped to FSDP2, which runs: %s",
+            " + ".join(given),
+            "; ".join(notes) or "the same keys",
+        )
+        data.update(fsdp_version=2, fsdp_config=settings, fsdp=None)
+        return data
 
     @model_validator(mode="after")
     def version_given(self) -> FsdpSettings:
-        """`fsdp_config` without `fsdp_version: 2` would be FSDP1 in Axolotl: refused."""
+        """`fsdp_config` leads to FSDP2 (`fsdp_version` is 2 once FSDP1's spelling is mapped)."""
         if self.fsdp_config is not None and self.fsdp_version != 2:
-            raise ValueError(
-                "fsdp_config is set without fsdp_version: 2 (FSDP1 is not implemented); "
-                "add fsdp_version: 2"
-            )
+            raise ValueError("fsdp_config is set without fsdp_version: 2; add fsdp_version: 2")
         return self
 
 
 @hookimpl
 def add_config_fields() -> type[PluginConfig]:
-    """`fsdp_version` and `fsdp_config`."""
+    """`fsdp_version`, `fsdp` (FSDP1's list, mapped) and `fsdp_config`."""
     return FsdpSettings
 
 
@@ -170,24 +260,136 @@ class Fsdp2Strategy(AccelerateStrategy):
             )
         return wanted
 
+    def shard_options(self) -> dict[str, Any]:
+        """`fully_shard`'s keyword arguments: resharding, mixed precision, CPU offload."""
+        import torch
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
+
+        settings = self.settings
+        precision = settings.mixed_precision_policy
+        policy = MixedPrecisionPolicy()
+        if precision is not None:
+            dtypes = {
+                key: getattr(torch, name)
+                for key in ("param_dtype", "reduce_dtype", "output_dtype")
+                if (name := getattr(precision, key)) is not None
+            }
+            policy = MixedPrecisionPolicy(
+                **dtypes, cast_forward_inputs=precision.cast_forward_inputs
+            )
+        offload: Any = OffloadPolicy()
+        if settings.offload_params:
+            pin = settings.cpu_offload_pin_memory
+            offload = CPUOffloadPolicy(pin_memory=self.device.type != "cpu" if pin is None else pin)
+        return {
+            "reshard_after_forward": settings.reshard_after_forward,
+            "mp_policy": policy,
+            "offload_policy": offload,
+        }
+
+    def checkpointed(self, model: Any, classes: set[str]) -> list[Any]:
+        """The layers to shard one by one; with `activation_checkpointing` each is first put in
+        torch's `checkpoint_wrapper` (as accelerate's `fsdp2_apply_ac` does) and the wrapper is
+        what gets sharded."""
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        named = [(n, m) for n, m in model.named_modules() if type(m).__name__ in classes]
+        if not self.settings.activation_checkpointing:
+            return [module for _, module in named]
+        wrapped = []
+        for name, module in named:
+            wrapper = checkpoint_wrapper(module, preserve_rng_state=False)
+            model.set_submodule(name, wrapper)
+            wrapped.append(wrapper)
+        return wrapped
+
     def prepare(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]:
         """Shard each layer, then the whole model; the optimizer is pointed at the sharded
-        parameters (it was built on the unsharded ones)."""
+        parameters (it was built on the unsharded ones). With `cpu_ram_efficient_loading` the
+        model is sharded on the meta device and rank 0's weights are broadcast into the shards
+        (accelerate's `fsdp2_load_full_state_dict`)."""
         from torch.distributed.fsdp import fully_shard
 
         ensure_process_group(self.device)
-        model.to(self.device)
         names = {id(param): name for name, param in model.named_parameters()}
         classes = self.layer_classes(model)
-        reshard = self.settings.reshard_after_forward
-        for module in model.modules():
-            if type(module).__name__ in classes:
-                fully_shard(module, reshard_after_forward=reshard)
-        fully_shard(model, reshard_after_forward=reshard)
-        sharded = dict(model.named_parameters())
+        options = self.shard_options()
+        layers = self.checkpointed(model, classes)
+        efficient = self.settings.cpu_ram_efficient_loading
+        if efficient:
+            full, buffers = self.to_meta(model)
+        else:
+            model.to(self.device)
+        for layer in layers:
+            fully_shard(layer, **options)
+        fully_shard(model, **options)
+        if efficient:
+            self.load_from_main(model, full, buffers)
+        sharded = {canonical(name): param for name, param in model.named_parameters()}
         for group in optimizer.param_groups:
             group["params"] = [sharded[names[id(param)]] for param in group["params"]]
         return model, optimizer, scheduler
+
+    def to_meta(self, model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Rank 0's whole state dict and every process's non-persistent buffers (not in a state
+        dict), then the model onto the meta device (as accelerate's `fsdp2_prepare_model`)."""
+        import torch
+        from accelerate.utils.modeling import get_non_persistent_buffers
+
+        self.count_meta_builds(model)
+        fqns = get_non_persistent_buffers(model, recurse=True, fqns=True)
+        buffers = {name: buf for name, buf in model.named_buffers() if name in fqns}
+        full = model.state_dict() if self.is_main_process else {}
+        model.to(torch.device("meta"))
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+        return full, buffers
+
+    def count_meta_builds(self, model: Any) -> None:
+        """Log (rank 0) how many processes built the model without its weights (collective)."""
+        import torch
+        import torch.distributed as dist
+
+        built = any(param.is_meta for param in model.parameters())
+        count = torch.tensor([int(built)], device=self.device)
+        dist.all_reduce(count)
+        if self.is_main_process:
+            log.info(
+                "fsdp_config.cpu_ram_efficient_loading: %d of %d processes built the model on "
+                "the meta device; rank 0's weights are broadcast into the shards",
+                int(count.item()),
+                self.num_processes,
+            )
+
+    def load_from_main(self, model: Any, full: dict[str, Any], buffers: dict[str, Any]) -> None:
+        """Rank 0's weights into every process's shards, its non-persistent buffers to every
+        process (collective)."""
+        import torch
+        import torch.distributed as dist
+        from accelerate.utils.fsdp_utils import fsdp2_load_full_state_dict
+
+        offload = self.settings.offload_params
+        fsdp2_load_full_state_dict(self.accelerator, model, full, cpu_offload=offload)
+        for fqn, buffer in buffers.items():
+            if self.is_main_process:
+                data = buffer.detach().to(self.device)
+            else:
+                data = torch.empty(buffer.shape, dtype=buffer.dtype, device=self.device)
+            dist.broadcast(data, src=0)
+            owner_name, _, leaf = fqn.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            owner.register_buffer(leaf, data, persistent=False)
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+
+    def prepare_frozen(self, model: Any) -> Any:
+        """A frozen extra model (a reference); under `cpu_ram_efficient_loading` (where the
+        other ranks copied a policy built on the meta device) it first receives rank 0's
+        weights, on every process (collective)."""
+        if self.settings.cpu_ram_efficient_loading:
+            ensure_process_group(self.device)
+            broadcast_from_main(model, self.device, self.is_main_process)
+        return super().prepare_frozen(model)
 
     def no_sync(self, model: Any) -> contextlib.AbstractContextManager[Any]:
         """Accumulate gradients without reduce-scattering them."""
@@ -286,6 +488,46 @@ class Fsdp2Strategy(AccelerateStrategy):
             owner = model.get_submodule(owner_name) if owner_name else model
             requires_grad = owner._parameters[leaf].requires_grad
             owner._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad)
+        unwrap_checkpointed(model)
+
+
+CHECKPOINT_PREFIX = "_checkpoint_wrapped_module."
+"""What torch's `checkpoint_wrapper` adds to the names of the parameters it wraps."""
+
+
+def canonical(name: str) -> str:
+    """A parameter's name without the checkpoint wrappers' part."""
+    return name.replace(CHECKPOINT_PREFIX, "")
+
+
+def unwrap_checkpointed(model: Any) -> None:
+    """Each `checkpoint_wrapper` replaced by the layer it wraps (the model saved is plain)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, CheckpointWrapper)]
+    for name, wrapper in wrapped:
+        model.set_submodule(name, wrapper._checkpoint_wrapped_module)
+
+
+def broadcast_from_main(model: Any, device: Any, is_main: bool) -> None:
+    """Every parameter and buffer of `model` replaced by rank 0's, on `device` (collective)."""
+    import torch
+    import torch.distributed as dist
+
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if is_main:
+            data = tensor.detach().to(device)
+        else:
+            data = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+        dist.broadcast(data, src=0)
+        owner_name, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        if leaf in owner._parameters:
+            owner._parameters[leaf] = torch.nn.Parameter(data, tensor.requires_grad)
+        else:
+            owner._buffers[leaf] = data
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
 
 
 def sharded_state(model: Any, optimizer: Any) -> dict[str, Any]:
@@ -319,8 +561,20 @@ def ensure_process_group(device: Any) -> None:
 
     if dist.is_initialized():
         return
-    backend = "gloo" if device.type == "cpu" else None
+    backend = "gloo" if device.type == "cpu" else None  # None: gloo for CPU tensors too
     dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
+def offload_process_group(timeout: Any) -> None:
+    """Launched on GPUs with `offload_params`: NCCL for GPU tensors and gloo for the offloaded
+    CPU ones (the gradient norm, the gathered final model), as accelerate sets it up."""
+    import os
+
+    import torch.distributed as dist
+
+    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return
+    dist.init_process_group("cuda:nccl,cpu:gloo", timeout=timeout)
 
 
 @hookimpl
@@ -335,17 +589,16 @@ def wrap_distributed(cfg: Any) -> Fsdp2Strategy | None:
     from accelerate.state import AcceleratorState
 
     precision = resolve_precision(cfg).mixed_precision
-    if precision == "fp16":
-        raise ConfigError(
-            "fsdp_version: 2 with fp16 is not implemented (its loss scaler does not step "
-            "sharded gradients here): use bf16: true, or fp32"
-        )
+    refuse_fp16(precision)
     cpu = torch.accelerator.current_accelerator() is None
     timeout = timedelta(seconds=getattr(cfg, "ddp_timeout", 1800))
+    settings = cfg.fsdp_config or FsdpConfig()
+    if settings.offload_params and not cpu:
+        offload_process_group(timeout)
     if PartialState(cpu=cpu, timeout=timeout).num_processes == 1:
         AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision)
-    return Fsdp2Strategy(accelerator, cfg.fsdp_config or FsdpConfig())
+    return Fsdp2Strategy(accelerator, settings)
 
 
 def model_module_classes(cfg: Any) -> set[str] | None:
@@ -372,11 +625,17 @@ def model_module_classes(cfg: Any) -> set[str] | None:
 
 
 @hookimpl
-def configure(cfg: Any) -> None:
-    """Before anything loads: a `transformer_layer_cls_to_wrap` the model does not have is
-    refused, naming its layer classes (nothing is registered for the run)."""
-    wanted = cfg.fsdp_config.transformer_layer_cls_to_wrap if cfg.fsdp_config else None
-    if cfg.fsdp_version == 2 and wanted:
+def configure(cfg: Any, register: Any) -> None:
+    """Before anything loads: what FSDP2 cannot do with the rest of the config is refused (a
+    `transformer_layer_cls_to_wrap` the model does not have, naming its layer classes); with
+    `cpu_ram_efficient_loading` on a process other than rank 0, a run-scoped plugin has the
+    model built on the meta device."""
+    if cfg.fsdp_version != 2:
+        return
+    settings = cfg.fsdp_config or FsdpConfig()
+    refuse_combinations(cfg, settings)
+    wanted = settings.transformer_layer_cls_to_wrap
+    if wanted:
         wanted = {wanted} if isinstance(wanted, str) else set(wanted)
         present = model_module_classes(cfg)
         if present is not None and not wanted <= present:
@@ -385,6 +644,62 @@ def configure(cfg: Any) -> None:
                 "fsdp_config.transformer_layer_cls_to_wrap: the model has no "
                 f"{', '.join(sorted(wanted - present))} (its layer classes: "
                 f"{', '.join(layers) or 'none found'})"
+            )
+    if settings.cpu_ram_efficient_loading and not is_rank_zero():
+        register(MetaLoading(), "fsdp2-meta-loading")
+
+
+def refuse_fp16(precision: str) -> None:
+    """fp16 mixed precision is refused (its loss scaler does not step sharded gradients)."""
+    if precision == "fp16":
+        raise ConfigError(
+            "fsdp_version: 2 with fp16 is not implemented (its loss scaler does not step "
+            "sharded gradients here): use bf16: true, or fp32"
+        )
+
+
+def refuse_combinations(cfg: Any, settings: FsdpConfig) -> None:
+    """`fsdp_config` settings that the rest of the config (or this machine) rules out."""
+    import torch
+
+    refuse_fp16(resolve_precision(cfg).mixed_precision)
+    if settings.activation_checkpointing and getattr(cfg, "gradient_checkpointing", False):
+        raise ConfigError(
+            "fsdp_config.activation_checkpointing and gradient_checkpointing both checkpoint "
+            "the decoder layers: keep one"
+        )
+    quantized = [k for k in ("load_in_4bit", "load_in_8bit", "gptq") if getattr(cfg, k, False)]
+    if settings.cpu_ram_efficient_loading and quantized:
+        raise ConfigError(
+            f"fsdp_config.cpu_ram_efficient_loading with {', '.join(quantized)}: quantized "
+            "weights cannot be built on the meta device and broadcast; set it false"
+        )
+    if settings.cpu_offload_pin_memory and torch.accelerator.current_accelerator() is None:
+        raise ConfigError(PINNED_ON_CPU)
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 of its launch (or not launched at all)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+class MetaLoading:
+    """Run-scoped (`cpu_ram_efficient_loading`, ranks other than 0): the model to train is
+    built on the meta device, without reading a weight; rank 0's arrive at sharding."""
+
+    @hookimpl
+    def model_load_kwargs(self, purpose: str, kwargs: dict[str, Any]) -> None:
+        """`device_map: meta` for the model to train."""
+        import os
+
+        if purpose == "train":
+            kwargs["device_map"] = "meta"
+            log.info(
+                "fsdp_config.cpu_ram_efficient_loading: rank %s builds the model on the meta "
+                "device (rank 0's weights arrive when it is sharded)",
+                os.environ.get("RANK"),
             )
 
 

@@ -8,6 +8,8 @@ overrides, and `resize_token_embeddings_to_32x`.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from axolotl_weave import (
@@ -65,6 +67,24 @@ def transformers_class(name: str, key: str, suffix: str) -> Any:
             f"(e.g. Auto{suffix}, LlamaFor{suffix.removeprefix('Model')}...)"
         )
     return found
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@hookimpl
+def check_run(cfg: Any) -> list[str]:
+    """A `base_model` (or `base_model_config`, `tokenizer_config`) that is neither a local
+    folder nor a hub id (`owner/name`)."""
+    for key in ("base_model", "base_model_config", "tokenizer_config"):
+        where = getattr(cfg, key, None)
+        if not where or Path(where).expanduser().exists():
+            continue
+        if HUB_ID.match(where) and not where.startswith((".", "~")):
+            continue
+        looked = Path(where).expanduser().absolute()
+        return [f"{key}: {where} is not a folder (looked for {looked}) nor a hub id (owner/name)"]
+    return []
 
 
 @hookimpl(trylast=True)

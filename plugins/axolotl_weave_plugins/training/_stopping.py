@@ -14,23 +14,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from axolotl_weave._errors import WeaveError
+from axolotl_weave import TrainingFault
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class TrainingFault(WeaveError):
-    """Training went wrong (a NaN loss, the loss watchdog); the last checkpoint is kept."""
-
-    exit_code = 1
-
-
-class Interrupted(WeaveError):
-    """SIGTERM or SIGINT stopped the run after a checkpoint was written."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signum
 
 
 class StopSignals:

@@ -7,6 +7,8 @@ micro-batch's summed loss by the target units of the whole window, so a step equ
 the concatenated micro-batches); the strategy then clips and steps. `on_train_end` is called
 whatever the outcome. The micro-batches come from the `plan_batches` plugin (padded rows, packed
 bins, a stream): the loop only counts them and reads them from where it stands.
+
+The `training_loop` plugin builds it (`make_trainer`); the core runs it (`Trainer.run`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from axolotl_weave import (
+    SFT_COLUMNS,
+    Columns,
+    DataError,
+    Interrupted,
+    LossFunction,
+    Strategy,
+    TrainState,
+    batch_tokens,
+    to_device,
+)
+from axolotl_weave.commands import build_optimizer, build_scheduler, console
 
-from axolotl_weave._batches import Columns, batch_tokens, to_device
-from axolotl_weave._checkpoint import (
+from ._checkpoint import (
     check_resume_settings,
     finish_checkpoint,
     read_train_state,
@@ -32,17 +45,11 @@ from axolotl_weave._checkpoint import (
     stage_checkpoint,
     staging_folder,
 )
-from axolotl_weave._console import console, progress_bar
-from axolotl_weave._errors import DataError
-from axolotl_weave._hooks import Hooks
-from axolotl_weave._optim import build_optimizer, build_scheduler
-from axolotl_weave._stopping import Interrupted, LossWatchdog, StopSignals, check_finite
-from axolotl_weave._types import SFT_COLUMNS, LossFunction, TrainState
+from ._progress import progress_bar
+from ._stopping import LossWatchdog, StopSignals, check_finite
 
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
-
-    from axolotl_weave._strategy import Strategy
 
 log = logging.getLogger("axolotl_weave")
 
@@ -88,7 +95,7 @@ class Trainer:
     def __init__(
         self,
         cfg: Any,
-        hooks: Hooks,
+        hooks: Any,
         model: torch.nn.Module,
         loss_fn: LossFunction,
         strategy: Strategy,

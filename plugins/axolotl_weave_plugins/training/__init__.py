@@ -1,0 +1,1 @@
+"""The built-in training loop: windows, optimizer steps, evaluation, logging, checkpoints."""

@@ -1,0 +1,349 @@
+"""FSDP2's `fsdp_config` options (offload_params, cpu_ram_efficient_loading,
+activation_checkpointing, mixed_precision_policy), FSDP1's spelling mapped to FSDP2 with a note,
+and what is refused before any model loads.
+
+The options are checked on one process in this one (a gloo process group of one: what each
+changes in the sharded model), then once end to end: `weave train --num-processes 2` with
+FSDP1's spelling of all three loss-neutral options trains what one plain process does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from axolotl_weave import ConfigError
+from axolotl_weave_plugins.distributed.fsdp2 import Fsdp2Strategy, FsdpConfig, FsdpSettings
+from axolotl_weave_testing import alpaca_rows, run_weave, train_with, write_config, write_jsonl
+from safetensors.torch import load_file
+
+
+def settings(data: dict[str, Any]) -> dict[str, Any]:
+    """The validated FSDP settings of `data`, as plain data."""
+    return FsdpSettings.model_validate(data).model_dump()
+
+
+@pytest.mark.parametrize(
+    ("fsdp1", "fsdp2"),
+    [
+        (
+            {
+                "fsdp": ["full_shard", "auto_wrap"],
+                "fsdp_config": {
+                    "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+                    "fsdp_offload_params": True,
+                    "fsdp_state_dict_type": "FULL_STATE_DICT",
+                },
+            },
+            {"transformer_layer_cls_to_wrap": "LlamaDecoderLayer", "offload_params": True},
+        ),
+        (
+            {"fsdp": "shard_grad_op offload"},
+            {"reshard_after_forward": False, "offload_params": True},
+        ),
+        (
+            {
+                "fsdp_version": 1,
+                "fsdp_config": {
+                    "fsdp_sharding_strategy": "SHARD_GRAD_OP",
+                    "fsdp_sync_module_states": True,
+                    "fsdp_use_orig_params": True,
+                    "fsdp_backward_prefetch": "BACKWARD_PRE",
+                    "fsdp_activation_checkpointing": True,
+                    "fsdp_cpu_ram_efficient_loading": True,
+                },
+            },
+            {
+                "reshard_after_forward": False,
+                "activation_checkpointing": True,
+                "cpu_ram_efficient_loading": True,
+            },
+        ),
+    ],
+)
+def test_fsdp1_spelling_maps_to_the_same_settings_as_fsdp2(
+    fsdp1: dict[str, Any], fsdp2: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="axolotl_weave"):
+        mapped = settings(fsdp1)
+    assert mapped == settings({"fsdp_version": 2, "fsdp_config": fsdp2})
+    notes = [r.getMessage() for r in caplog.records if "mapped to FSDP2" in r.getMessage()]
+    assert len(notes) == 1, notes
+    assert "FSDP1's spelling" in notes[0]
+
+
+def test_fsdp2_keys_prefixed_or_not_and_a_dtype_name_policy() -> None:
+    prefixed = settings(
+        {
+            "fsdp_version": 2,
+            "fsdp_config": {"fsdp_offload_params": True, "fsdp_mixed_precision_policy": "bf16"},
+        }
+    )
+    policy = {"param_dtype": "bfloat16", "reduce_dtype": "bfloat16", "output_dtype": None}
+    assert prefixed["fsdp_config"]["offload_params"] is True
+    assert prefixed["fsdp_config"]["mixed_precision_policy"] == {
+        **policy,
+        "cast_forward_inputs": True,
+    }
+    inner_version = settings({"fsdp_config": {"fsdp_version": 2, "reshard_after_forward": False}})
+    assert inner_version["fsdp_version"] == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"fsdp": ["hybrid_shard", "auto_wrap"]}, "fsdp: hybrid_shard has no FSDP2 equivalent"),
+        ({"fsdp": ["no_shard"]}, "no_shard has no FSDP2 equivalent"),
+        ({"fsdp": ["full_shard", "shard_grad_op"]}, "contradict"),
+        ({"fsdp": ["full_shard", "zero3"]}, "unknown option"),
+        ({"fsdp_config": {"sync_module_states": False}}, "sync_module_states: False"),
+        ({"fsdp_config": {"fsdp_use_orig_params": False}}, "use_orig_params: False"),
+        ({"fsdp_version": 2, "fsdp": ["full_shard"]}, "with fsdp_version: 2"),
+        *[
+            ({"fsdp_version": 2, "fsdp_config": {key: value}}, f"FSDP1-only key.*{key}")
+            for key, value in [
+                ("sync_module_states", True),
+                ("use_orig_params", True),
+                ("forward_prefetch", False),
+                ("fsdp_backward_prefetch", "BACKWARD_PRE"),
+            ]
+        ],
+        (
+            {"fsdp_version": 2, "fsdp_config": {"mixed_precision_policy": {"param_dtype": "bf17"}}},
+            "mixed_precision_policy.param_dtype: unknown dtype 'bf17'",
+        ),
+        (
+            {"fsdp_version": 2, "fsdp_config": {"mixed_precision_policy": "fp16"}},
+            "mixed_precision_policy.param_dtype: fp16 is not implemented",
+        ),
+        (
+            {
+                "fsdp_version": 2,
+                "fsdp_config": {"mixed_precision_policy": {"buffer_dtype": "bf16"}},
+            },
+            "unknown key.*buffer_dtype",
+        ),
+    ],
+)
+def test_what_fsdp2_cannot_do_is_refused_naming_the_key(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FsdpSettings.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def common(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The 2-process config: 16 alpaca rows, 2 rows x 2 micro-batches x 2 processes a step."""
+    folder = tmp_path_factory.mktemp("fsdp2-options")
+    data = write_jsonl(folder / "alpaca.jsonl", alpaca_rows(16))
+    return {
+        "base_model": str(tiny_llama_dir),
+        "datasets": [{"path": str(data), "type": "alpaca"}],
+        "sequence_len": 128,
+        "micro_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "bf16": False,
+        "tf32": False,
+        "dataset_prepared_path": str(folder / "prepared"),
+        "output_dir": str(folder / "out"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"fsdp_config": {"activation_checkpointing": True}, "gradient_checkpointing": True},
+            "activation_checkpointing and gradient_checkpointing",
+        ),
+        (
+            {"fsdp_config": {"offload_params": True, "cpu_offload_pin_memory": True}},
+            "cpu_offload_pin_memory: true needs an accelerator",
+        ),
+        (
+            {
+                "fsdp_version": None,
+                "fsdp": ["full_shard"],
+                "deepspeed": "deepspeed_configs/zero2.json",
+            },
+            "deepspeed and fsdp_version, fsdp_config are both set",
+        ),
+    ],
+)
+def test_combinations_are_refused_before_loading(
+    common: dict[str, Any], tmp_path: Path, extra: dict[str, Any], message: str
+) -> None:
+    from axolotl_weave._run import open_session, run_scoped_plugins
+
+    if "cpu_offload_pin_memory" in str(extra) and torch.cuda.is_available():
+        pytest.skip("pinned memory is refused without an accelerator only")
+    config = {**common, "fsdp_version": 2, **extra}
+    session = open_session(write_config(tmp_path / "refused.yml", config))
+    with pytest.raises(ConfigError, match=message), run_scoped_plugins(session):
+        pass
+
+
+def test_fp16_is_refused_with_the_way_out() -> None:
+    """(On a CPU `fp16: true` is refused before this, for want of a GPU.)"""
+    from axolotl_weave_plugins.distributed.fsdp2 import refuse_fp16
+
+    refuse_fp16("bf16")
+    with pytest.raises(ConfigError, match="fsdp_version: 2 with fp16 is not implemented.*bf16"):
+        refuse_fp16("fp16")
+
+
+def one_process_run(model_dir: Path, options: dict[str, Any], device: str = "cpu") -> dict:
+    """Two optimizer steps of the tiny llama under `Fsdp2Strategy` with `options` (one process):
+    the losses, what the sharded model looked like, and the model gathered back."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    strategy = Fsdp2Strategy(Accelerator(cpu=device == "cpu"), FsdpConfig.model_validate(options))
+    model, optimizer, scheduler = strategy.prepare(model, optimizer, scheduler)
+    layer = model.model.layers[0]
+    inner = getattr(layer, "_checkpoint_wrapped_module", layer)
+    dtypes: list[torch.dtype] = []
+    inner.self_attn.q_proj.register_forward_pre_hook(lambda m, _: dtypes.append(m.weight.dtype))
+    ids = (torch.arange(32).view(2, 16) % 50).to(strategy.device)
+    losses = []
+    for _ in range(2):
+        loss = model(input_ids=ids, labels=ids).loss
+        strategy.backward(loss)
+        strategy.optimizer_step(model, optimizer, scheduler, 1.0)
+        losses.append(loss.item())
+    shard = model.model.layers[0].mlp.up_proj.weight
+    state = layer._get_fsdp_state()._fsdp_param_group
+    seen = {
+        "losses": losses,
+        "layer": type(layer).__name__,
+        "dtype": dtypes[0],
+        "shard_device": shard.to_local().device.type,
+        "offload": type(state.offload_policy).__name__,
+        "optimizer_on_shards": all(
+            p is q
+            for p, q in zip(optimizer.param_groups[0]["params"], model.parameters(), strict=True)
+        ),
+    }
+    strategy.gather(model)
+    seen["gathered_layer"] = type(model.model.layers[0]).__name__
+    seen["weights"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return seen
+
+
+@pytest.fixture(scope="module")
+def sharded_runs(tiny_llama_dir: Path) -> dict[str, dict]:
+    """The same two steps plain, with the three loss-neutral options, and with bf16 weights."""
+    import torch.distributed as dist
+
+    ours = not dist.is_initialized()
+    try:
+        return {
+            "plain": one_process_run(tiny_llama_dir, {}),
+            "options": one_process_run(
+                tiny_llama_dir,
+                {
+                    "activation_checkpointing": True,
+                    "cpu_ram_efficient_loading": True,
+                    "offload_params": True,
+                },
+            ),
+            "bf16": one_process_run(
+                tiny_llama_dir,
+                {"mixed_precision_policy": {"param_dtype": "bf16", "reduce_dtype": "fp32"}},
+            ),
+        }
+    finally:
+        if ours and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_options_change_the_sharded_model_not_the_training(sharded_runs: dict[str, dict]) -> None:
+    plain, options = sharded_runs["plain"], sharded_runs["options"]
+    assert plain["layer"] == "FSDPLlamaDecoderLayer"
+    assert options["layer"] == "FSDPCheckpointWrapper"  # activation_checkpointing
+    assert (plain["offload"], options["offload"]) == ("OffloadPolicy", "CPUOffloadPolicy")
+    assert options["shard_device"] == "cpu"
+    assert options["optimizer_on_shards"] and plain["optimizer_on_shards"]
+    assert options["losses"] == pytest.approx(plain["losses"], rel=1e-6)
+    assert options["gathered_layer"] == "LlamaDecoderLayer"  # saved without the wrappers
+    assert options["weights"].keys() == plain["weights"].keys()
+    for key, value in plain["weights"].items():
+        torch.testing.assert_close(options["weights"][key], value, msg=key)
+
+
+def test_mixed_precision_policy_computes_in_its_dtype(sharded_runs: dict[str, dict]) -> None:
+    plain, bf16 = sharded_runs["plain"], sharded_runs["bf16"]
+    assert (plain["dtype"], bf16["dtype"]) == (torch.float32, torch.bfloat16)
+    assert bf16["weights"]["model.norm.weight"].dtype == torch.float32  # the shards stay fp32
+    assert bf16["losses"] != plain["losses"]
+    assert bf16["losses"] == pytest.approx(plain["losses"], rel=2e-2)
+
+
+@pytest.mark.gpu
+def test_offload_params_keeps_the_shards_in_cpu_memory_on_a_gpu(tiny_llama_dir: Path) -> None:
+    import torch.distributed as dist
+
+    ours = not dist.is_initialized()
+    try:
+        seen = one_process_run(tiny_llama_dir, {"offload_params": True}, device="cuda")
+    finally:
+        if ours and dist.is_initialized():
+            dist.destroy_process_group()
+    assert seen["shard_device"] == "cpu"
+    assert seen["offload"] == "CPUOffloadPolicy"
+    assert all(torch.isfinite(torch.tensor(seen["losses"])))
+
+
+def step_losses(output_dir: Path) -> dict[int, float]:
+    """The per-step training losses of a finished run (its `trainer_state.json`)."""
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return {rec["step"]: rec["loss"] for rec in state["log_history"] if "loss" in rec}
+
+
+@pytest.mark.slow
+def test_fsdp1_spelled_options_on_two_processes_train_what_one_process_does(
+    common: dict[str, Any], tmp_path: Path
+) -> None:
+    """`fsdp: [full_shard, auto_wrap]` with FSDP1's prefixed offload, activation checkpointing
+    and rank-0-only loading runs as FSDP2 on 2 processes (rank 1 builds the model on the meta
+    device) and trains what one plain process does with the same global batch."""
+    one = tmp_path / "one"
+    train_with(
+        {**common, "gradient_accumulation_steps": 4, "output_dir": str(one)}, tmp_path / "1.yml"
+    )
+    two = tmp_path / "two"
+    config = {
+        **common,
+        "output_dir": str(two),
+        "fsdp": ["full_shard", "auto_wrap"],
+        "fsdp_config": {
+            "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+            "fsdp_offload_params": True,
+            "fsdp_activation_checkpointing": True,
+            "fsdp_cpu_ram_efficient_loading": True,
+        },
+    }
+    result = run_weave(
+        "train", str(write_config(tmp_path / "2.yml", config)), "--num-processes", "2"
+    )
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    assert "mapped to FSDP2" in result.stderr
+    assert "1 of 2 processes built the model on the meta device" in result.stderr
+    losses_one, losses_two = step_losses(one), step_losses(two)
+    assert list(losses_one) == list(losses_two) == [1, 2]
+    for step, loss in losses_one.items():
+        assert losses_two[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
+    a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -112,6 +112,28 @@ def test_plugin_list_does_not_import_heavy_libraries(tmp_path: Path) -> None:
     assert "HEAVY []" in result.stderr, result.stderr
 
 
+def test_validate_does_not_import_heavy_libraries(tmp_path: Path, base_config: dict) -> None:
+    """`weave validate` checks a whole config (keys, registries, the output folder, the data
+    files) without torch, transformers or datasets."""
+    path = write_config(tmp_path / "c.yml", base_config)
+    code = (
+        "import sys\n"
+        "from axolotl_weave._cli import main\n"
+        "try:\n"
+        f"    main(['validate', {str(path)!r}])\n"
+        "except SystemExit as exc:\n"
+        "    print('EXIT', exc.code, file=sys.stderr)\n"
+        "heavy = ('torch', 'transformers', 'datasets', 'peft', 'accelerate')\n"
+        "print('HEAVY', sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert "EXIT 0" in result.stderr or "EXIT None" in result.stderr, result.stderr
+    assert result.stdout.startswith("valid: ")  # the validation really ran
+    assert "HEAVY []" in result.stderr, result.stderr
+
+
 def test_blocking_a_plugin(tmp_path: Path) -> None:
     result = weave(tmp_path, "-p", "no:lora", "plugin", "list", "--json")
     assert result.returncode == 0, result.stderr

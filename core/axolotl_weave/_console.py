@@ -44,7 +44,8 @@ def quiet_libraries() -> None:
     """Turn off the libraries' own bars (weight loading, dataset internals) and their deprecation
     chatter; our own bars and messages remain.
 
-    Called when a run starts (not at CLI start-up, which must not import the libraries).
+    Called when the tokenizer loads (not at CLI start-up or validation, which must not import
+    the libraries).
     """
     import warnings
 

@@ -51,8 +51,8 @@ class Session:
 def open_session(
     source: str | Path, overrides: list[str] | None = None, pm: pluggy.PluginManager | None = None
 ) -> Session:
-    """Read the config, register the plugins it names, validate it with every plugin's fields."""
-    quiet_libraries()
+    """Read the config, register the plugins it names, validate it with every plugin's fields
+    (without importing torch, transformers or datasets: `weave validate` needs none of them)."""
     data = load_config_data(source, overrides)
     plugins = data.get("plugins") or []
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
@@ -100,7 +100,8 @@ def family_of(session: Session) -> ModelFamily | None:
 
 def load_tokenizer(session: Session, family: ModelFamily | None) -> Any:
     """The tokenizer, family quirks fixed, `special_tokens` set, `tokens` added and a pad token
-    ensured."""
+    ensured. The libraries' own progress bars and chatter are turned off first."""
+    quiet_libraries()
     cfg = session.cfg
     tokenizer = session.hooks.load_tokenizer(cfg)
     if family is not None and family.prepare_tokenizer is not None:

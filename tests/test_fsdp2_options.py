@@ -18,7 +18,12 @@ import pytest
 import torch
 from axolotl_weave import ConfigError
 from axolotl_weave_plugins.distributed.fsdp2 import Fsdp2Strategy, FsdpConfig, FsdpSettings
-from axolotl_weave_testing import alpaca_rows, run_weave, train_with, write_config, write_jsonl
+from axolotl_weave_testing import (
+    run_weave,
+    train_with,
+    two_process_config,
+    write_config,
+)
 from safetensors.torch import load_file
 
 
@@ -138,21 +143,9 @@ def test_what_fsdp2_cannot_do_is_refused_naming_the_key(data: dict[str, Any], me
 def common(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The 2-process config: 16 alpaca rows, 2 rows x 2 micro-batches x 2 processes a step."""
     folder = tmp_path_factory.mktemp("fsdp2-options")
-    data = write_jsonl(folder / "alpaca.jsonl", alpaca_rows(16))
-    return {
-        "base_model": str(tiny_llama_dir),
-        "datasets": [{"path": str(data), "type": "alpaca"}],
-        "sequence_len": 128,
-        "micro_batch_size": 2,
-        "gradient_accumulation_steps": 2,
-        "max_steps": 2,
-        "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "bf16": False,
-        "tf32": False,
-        "dataset_prepared_path": str(folder / "prepared"),
-        "output_dir": str(folder / "out"),
-    }
+    return two_process_config(
+        tiny_llama_dir, folder, rows=16, max_steps=2, output_dir=str(folder / "out")
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from axolotl_weave_testing import train_tiny_lora, write_config, write_jsonl
+from axolotl_weave_testing import greedy, train_tiny_lora, write_config, write_jsonl
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ANSWER_TOKENS = 8
@@ -52,22 +52,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def greedy(loaded: Any, prompt_ids: list[int]) -> str:
-    """The greedy answer by a plain `generate` call, decoded as the streamer decodes."""
-    import torch
-
-    ids = torch.tensor([prompt_ids])
-    out = loaded.model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=ANSWER_TOKENS,
-        do_sample=False,
-        eos_token_id=loaded.eos_token_ids,
-        pad_token_id=loaded.tokenizer.pad_token_id,
-    )
-    return loaded.tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True)
 
 
 def test_the_page_is_private_by_default(trained: Path) -> None:
@@ -144,7 +128,7 @@ def test_the_answer_streams_and_is_the_greedy_answer(loaded: Any) -> None:
     sampling = Sampling(max_new_tokens=ANSWER_TOKENS, temperature=0)
     answers = ExactAnswers()
     steps = list(answer(loaded, sampling, "Reverse the word.", [], answers=answers))
-    first = greedy(loaded, loaded.prompter.prompt_ids("Reverse the word."))
+    first = greedy(loaded, loaded.prompter.prompt_ids("Reverse the word."), ANSWER_TOKENS)
     assert first and steps[-1] == first
     assert len(steps) > 1
     assert all(steps[i + 1].startswith(steps[i]) for i in range(len(steps) - 1))
@@ -159,7 +143,7 @@ def test_the_answer_streams_and_is_the_greedy_answer(loaded: Any) -> None:
         Message("assistant", first),
         Message("user", "Add the numbers."),
     ]
-    assert second == greedy(loaded, loaded.prompter.conversation_ids(turns))
+    assert second == greedy(loaded, loaded.prompter.conversation_ids(turns), ANSWER_TOKENS)
     assert answers.restore(shown) == first and answers.restore("other") == "other"
 
 
@@ -184,13 +168,13 @@ def test_the_page_answers_in_chromium(trained: Path, loaded: Any) -> None:
         gradio_temperature=0,
         gradio_max_new_tokens=ANSWER_TOKENS,
     )
-    first = greedy(loaded, loaded.prompter.prompt_ids("Reverse the word."))
+    first = greedy(loaded, loaded.prompter.prompt_ids("Reverse the word."), ANSWER_TOKENS)
     turns = [
         Message("user", "Reverse the word."),
         Message("assistant", first),
         Message("user", "Add the numbers."),
     ]
-    second = greedy(loaded, loaded.prompter.conversation_ids(turns))
+    second = greedy(loaded, loaded.prompter.conversation_ids(turns), ANSWER_TOKENS)
     assert squeezed(first) and squeezed(second)
     demo = start_gradio(cfg, loaded, Sampling(temperature=0.9))
     try:
@@ -274,7 +258,7 @@ def test_with_a_chat_template_the_page_takes_a_system_message(
     turns = [Message("system", "Be brief."), Message("user", "Reverse the word.")]
     ids = chat.prompter.conversation_ids(turns)
     assert chat.tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
-    assert shown == greedy(chat, ids)
+    assert shown == greedy(chat, ids, ANSWER_TOKENS)
     formats_page = build_demo(loaded, page, system="Be brief.")
     assert len(formats_page.additional_inputs) == 2
 

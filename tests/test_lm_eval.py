@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 import torch
 from axolotl_weave_testing import (
-    alpaca_rows,
     run_weave_in_process,
+    train_tiny_lora,
     train_with,
     write_config,
-    write_jsonl,
 )
 
 pytest.importorskip("lm_eval")
@@ -44,25 +43,10 @@ def trained(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     training ends with the harness: `lm_eval_post_train`, on by default); its config (with
     `_path`), and what training wrote to `out/lm_eval.json` (`_post_train`)."""
     root = tmp_path_factory.mktemp("lm-eval")
-    config = {
-        "base_model": str(tiny_llama_dir),
-        "datasets": [
-            {"path": str(write_jsonl(root / "a.jsonl", alpaca_rows(8))), "type": "alpaca"}
-        ],
-        "sequence_len": 128,
-        "micro_batch_size": 2,
-        "max_steps": 2,
-        "learning_rate": 1e-3,
-        "bf16": False,
-        "tf32": False,
-        "adapter": "lora",
-        "output_dir": str(root / "out"),
-        "dataset_prepared_path": str(root / "prepared"),
-        "lm_eval_tasks": [str(TASKS / f"{TASK}.yaml")],
-    }
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(TASKS)  # the task's data_files is relative to the working directory
-        train_with(config, root / "train.yml")
+        config = train_tiny_lora(tiny_llama_dir, root, lm_eval_tasks=[str(TASKS / f"{TASK}.yaml")])
+    config.pop("_path")
     post_train = json.loads((root / "out" / "lm_eval.json").read_text())
     path = write_config(root / "lm.yml", config)
     return {**config, "_path": path, "_post_train": post_train}

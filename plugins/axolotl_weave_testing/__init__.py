@@ -105,9 +105,10 @@ def train_with(config: dict[str, Any], path: Path, *plugins: object) -> Any:
     return train(open_session(write_config(path, config), [], pm))
 
 
-def train_tiny_lora(base_model: Path, root: Path) -> dict[str, Any]:
+def train_tiny_lora(base_model: Path, root: Path, **keys: Any) -> dict[str, Any]:
     """A LoRA adapter trained for 2 steps on 8 alpaca rows into `root/out` (what inference,
-    serving and evaluation tests load); its config mapping, with `_path` its YAML file."""
+    serving and evaluation tests load), `keys` added to its config; its config mapping, with
+    `_path` its YAML file."""
     config = {
         "base_model": str(base_model),
         "datasets": [
@@ -122,6 +123,7 @@ def train_tiny_lora(base_model: Path, root: Path) -> dict[str, Any]:
         "adapter": "lora",
         "output_dir": str(root / "out"),
         "dataset_prepared_path": str(root / "prepared"),
+        **keys,
     }
     train_with(config, root / "train.yml")
     return {**config, "_path": write_config(root / "config.yml", config)}
@@ -407,10 +409,12 @@ def greedy(loaded: Any, prompt_ids: list[int], max_new_tokens: int) -> str:
     return loaded.tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True)
 
 
-def two_process_config(tiny_llama_dir: Path, folder: Path) -> dict[str, Any]:
-    """The multi-process tests' config: 32 alpaca rows, 2 rows x 2 micro-batches (x 2
-    processes) a step, 4 steps, fp32, the prepared data cached in `folder`."""
-    data = write_jsonl(folder / "alpaca.jsonl", alpaca_rows(32))
+def two_process_config(
+    tiny_llama_dir: Path, folder: Path, rows: int = 32, **keys: Any
+) -> dict[str, Any]:
+    """The multi-process tests' config: `rows` alpaca rows, 2 rows x 2 micro-batches (x 2
+    processes) a step, 4 steps, fp32, the prepared data cached in `folder`; `keys` added."""
+    data = write_jsonl(folder / "alpaca.jsonl", alpaca_rows(rows))
     return {
         "base_model": str(tiny_llama_dir),
         "datasets": [{"path": str(data), "type": "alpaca"}],
@@ -423,6 +427,7 @@ def two_process_config(tiny_llama_dir: Path, folder: Path) -> dict[str, Any]:
         "bf16": False,
         "tf32": False,
         "dataset_prepared_path": str(folder / "prepared"),
+        **keys,
     }
 
 

@@ -219,6 +219,23 @@ class Hooks:
         """The device strategy that places model, optimizer and data."""
         return self._answered("wrap_distributed", self.pm.hook.wrap_distributed(cfg=cfg))
 
+    def transform_train_data(
+        self,
+        cfg: Any,
+        dataset: Any,
+        evaluation: bool,
+        strategy: Strategy,
+        columns: dict[str, int | str | None],
+        pad_token_id: int,
+    ) -> Any:
+        """`dataset` as every plugin's `transform_train_data` left it, in turn."""
+        for impl in reversed(self.pm.hook.transform_train_data.get_hookimpls()):
+            kwargs = {"cfg": cfg, "dataset": dataset, "evaluation": evaluation}
+            kwargs |= {"strategy": strategy, "columns": columns, "pad_token_id": pad_token_id}
+            result = self._call_impl("transform_train_data", impl, **kwargs)
+            dataset = dataset if result is None else result
+        return dataset
+
     def plan_batches(
         self,
         cfg: Any,

@@ -393,6 +393,32 @@ def wrap_distributed(cfg: Any) -> Strategy | None:
     """
 
 
+@hookspec
+def transform_train_data(
+    cfg: Any,
+    dataset: Any,
+    evaluation: bool,
+    strategy: Strategy,
+    columns: dict[str, int | str | None],
+    pad_token_id: int,
+) -> Any | None:
+    """Return ``dataset`` with what this plugin adds (columns computed once, before training),
+    or None to leave it as it is.
+
+    :param dataset: the tokenized rows of the training set (``evaluation`` False) or the eval
+        set (True), as the data pipeline prepared them, or as the plugin before returned them.
+    :param strategy: the run's strategy (compute on ``strategy.device``; with several
+        processes, compute on the main one and share through a file).
+    :param columns: every batch column and its padding, as for ``plan_batches``: add the
+        columns you add (``columns[name] = None`` for a per-row scalar), so the batches carry
+        them.
+
+    Called by the loop once per set, when it is built, after ``wrap_distributed`` and before
+    ``plan_batches`` (``precompute_ref_log_probs`` adds the reference's log-probabilities
+    here). Each plugin gets the previous one's result.
+    """
+
+
 @hookspec(firstresult=True)
 def plan_batches(
     cfg: Any,

@@ -1,10 +1,10 @@
 """`precompute_ref_log_probs: true`: the reference's log-probabilities, once, before training.
 
 A run-scoped plugin (registered by `rl.dpo`'s `configure` when the key is on). It sees the
-model and the objective as `build_loss` returns them, then, when the batches of the training
-(and eval) set are planned, computes every pair's reference log-probabilities (the summed
-log-probabilities of its chosen and rejected responses) with the model as it is before the first
-step: the base with the adapter disabled, or the untrained model itself for a full fine-tune.
+model and the objective as `build_loss` returns them, then, when the loop is built
+(`transform_train_data`, before the batches are planned), computes every pair's reference
+log-probabilities (the summed log-probabilities of its chosen and rejected responses) with the
+model as it is before the first step: the base with the adapter disabled, or the untrained model itself for a full fine-tune.
 They become the columns `ref_chosen_logps` and `ref_rejected_logps` of the dataset the batches
 are read from, padded or packed alike, and the objective keeps no reference model.
 
@@ -166,8 +166,8 @@ class ReferencePrecompute:
         self.model, self.objective = model, objective
         return objective
 
-    @hookimpl(wrapper=True)
-    def plan_batches(
+    @hookimpl
+    def transform_train_data(
         self,
         cfg: Any,
         dataset: Any,
@@ -175,32 +175,20 @@ class ReferencePrecompute:
         strategy: Any,
         columns: dict[str, Any],
         pad_token_id: int,
-    ) -> Generator[None, Any, Any]:
-        """The plan the batching plugin made, reading the same rows with the reference's
-        log-probabilities as two more per-pair columns."""
-        plan = yield
+    ) -> Any:
+        """The preference pairs with the reference's log-probabilities as two more per-pair
+        columns (declared in `columns`, so that padded and packed batches carry them)."""
         names = getattr(dataset, "column_names", None) or []
-        if plan is None or not all(c in names for c in PAIR_IDS):
-            return plan
+        if not all(c in names for c in PAIR_IDS):
+            return None
         if not isinstance(self.objective, PreferenceObjective) or self.model is None:
             raise PluginError(
                 "precompute_ref_log_probs: the preference objective was replaced by another "
                 "plugin, so the reference log-probabilities cannot be computed"
             )
-        if not dataclasses.is_dataclass(plan) or not {"dataset", "columns"} <= {
-            f.name for f in dataclasses.fields(plan)
-        }:
-            raise PluginError(
-                f"precompute_ref_log_probs: the batch plan {type(plan).__name__} does not read "
-                "rows from a dataset with declared columns, so it cannot carry the reference "
-                "log-probabilities; use the built-in batching"
-            )
+        columns.update(dict.fromkeys(REFERENCE_COLUMNS))
         split = "eval" if evaluation else "train"
-        with_reference = self.with_reference(cfg, dataset, strategy, pad_token_id, split)
-        extra = dict.fromkeys(REFERENCE_COLUMNS)
-        return dataclasses.replace(
-            plan, dataset=with_reference, columns={**(plan.columns or columns), **extra}
-        )
+        return self.with_reference(cfg, dataset, strategy, pad_token_id, split)
 
     def with_reference(
         self, cfg: Any, dataset: Dataset, strategy: Any, pad_token_id: int, split: str

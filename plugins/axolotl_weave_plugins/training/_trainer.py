@@ -116,6 +116,13 @@ class Trainer:
         self.watchdog = LossWatchdog(cfg.loss_watchdog_threshold, cfg.loss_watchdog_patience)
         self.last_checkpoint = "none"
         columns = dict(columns or SFT_COLUMNS)
+        train_set = hooks.transform_train_data(
+            cfg, train_set, False, strategy, columns, pad_token_id
+        )
+        if eval_set is not None:
+            eval_set = hooks.transform_train_data(
+                cfg, eval_set, True, strategy, columns, pad_token_id
+            )
         self.plan = hooks.plan_batches(cfg, train_set, False, strategy, columns, pad_token_id)
         self.eval_plan = (
             None

@@ -3,6 +3,9 @@
     python scripts/bench_preprocess.py                      # 20,000 alpaca and chat rows
     python scripts/bench_preprocess.py --rows 1000000 --formats alpaca
     python scripts/bench_preprocess.py --huge-row-mb 10     # one 10 MB row beside 10 MB of rows
+    python scripts/bench_preprocess.py --rows 1000000 --short --formats alpaca --skip-alone
+    python scripts/bench_preprocess.py --scaling            # dataset_processes 1 against 2
+    python scripts/bench_preprocess.py --before core/axolotl_weave/_rows.py  # and as in HEAD
 
 For each format it writes the rows to a JSON Lines file, then runs, each in its own process:
 
@@ -13,21 +16,28 @@ For each format it writes the rows to a JSON Lines file, then runs, each in its 
   limit preprocessing can approach;
 - `axolotl preprocess` on the same file and tokenizer, when Axolotl is installed.
 
-It prints one table: seconds, rows/s, tokens/s, peak resident memory of the process, and each
-time's ratio to the tokenizer alone. Text lengths are drawn log-normal around typical
-instruction data (prompts ~60 words, responses ~120), from a fixed seed.
+It prints one table: seconds, rows/s, tokens/s, peak resident memory of the largest process,
+peak anonymous memory of the process and its workers, CPU seconds, and the wall and CPU ratios
+to the tokenizer alone (docs/benchmarks.md explains the columns). Text lengths are drawn
+log-normal around typical instruction data (prompts ~60 words, responses ~120), from a fixed
+seed; `--short` makes them a tenth of that (a million rows in minutes: memory against rows).
+
+`--before FILE...` times `weave preprocess` a second time with those files as they are in
+`--before-rev` (default HEAD): a copy of today's `core/` and `plugins/` with them taken from
+git goes first on `PYTHONPATH`, so that before and after are measured side by side in one run.
+`--scaling` times `weave preprocess` with `dataset_processes: 1` and `2`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +62,17 @@ class Measure:
     peak_rss_mb: float
     rows: int
     tokens: int | None
+    anon_mb: float = 0.0
+    cpu_seconds: float = 0.0
+
+
+SCALE = {"words": 1.0}
+"""Multiplies every text's median length (`--short`: 0.1)."""
 
 
 def words(rng: random.Random, median: int) -> str:
     """A text of about `median` words (log-normal lengths), wrapped in sentences."""
-    count = max(1, int(rng.lognormvariate(0, 0.8) * median))
+    count = max(1, int(rng.lognormvariate(0, 0.8) * median * SCALE["words"]))
     picked = [rng.choice(WORDS) for _ in range(count)]
     return " ".join(picked).capitalize() + "."
 
@@ -97,11 +113,18 @@ def write_rows(path: Path, make: object, count: int, seed: int) -> None:
 
 
 def write_config(
-    folder: Path, data: Path, entry: dict, sequence_len: int, processes: int | None
+    folder: Path,
+    data: Path,
+    entry: dict,
+    sequence_len: int,
+    processes: int | None,
+    name: str = "config.yml",
+    **extra: object,
 ) -> Path:
     """A weave config preprocessing `data` with the bundled tokenizer into `folder/prepared`."""
     import yaml
 
+    folder.mkdir(parents=True, exist_ok=True)
     config = {
         "base_model": str(TOKENIZER),
         "chat_template": "chatml",
@@ -109,39 +132,85 @@ def write_config(
         "dataset_prepared_path": str(folder / "prepared"),
         "sequence_len": sequence_len,
         "output_dir": str(folder / "out"),
+        **extra,
     }
     if processes:
         config["dataset_processes"] = processes
-    path = folder / "config.yml"
+    path = folder / name
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def timed(command: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MB, stdout) of `command`, run in a fresh child of a fresh process
-    (so the peak is this command's alone)."""
-    probe = textwrap.dedent(
-        """
-        import resource, subprocess, sys, time
-        start = time.perf_counter()
-        done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        if done.returncode:
-            sys.stderr.write(done.stdout + done.stderr)
-            sys.exit(done.returncode)
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"{seconds} {peak}")
-        print(done.stdout, end="")
-        """
-    )
+PROBE = """
+import os, resource, subprocess, sys, time
+
+def tree(pid):
+    found = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                for child in handle.read().split():
+                    found += tree(int(child))
+    except OSError:
+        pass
+    return found
+
+def anon_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+start = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+anon = 0
+while True:
+    anon = max(anon, sum(anon_kb(pid) for pid in tree(child.pid)))
+    try:
+        out, err = child.communicate(timeout=0.2)
+        break
+    except subprocess.TimeoutExpired:
+        pass
+seconds = time.perf_counter() - start
+if child.returncode:
+    sys.stderr.write(out + err)
+    sys.exit(child.returncode)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+peak = usage.ru_maxrss / 1024
+print(f"{seconds} {peak} {anon / 1024} {usage.ru_utime + usage.ru_stime}")
+print(out, end="")
+"""
+
+
+def timed(command: list[str], code: Path | None = None) -> tuple[float, float, float, float, str]:
+    """(seconds, peak RSS in MB, peak anonymous memory in MB, CPU seconds, stdout) of
+    `command`, run in a fresh child of a fresh process. The CPU seconds (user and system, its
+    workers' included) are steadier than the wall time on a shared machine. The peak RSS is
+    the largest one process's (its `dataset_processes` workers included), and counts the
+    pages of memory-mapped Arrow files it read; the anonymous memory, sampled every 0.2 s,
+    is the sum over the process and its workers of what they allocated (what grows when rows
+    are kept in Python). With `code`, that copy's `core` and `plugins` go first on
+    `PYTHONPATH`."""
+    env = dict(os.environ)
+    if code is not None:
+        paths = [str(code / "core"), str(code / "plugins"), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     done = subprocess.run(
-        [sys.executable, "-c", probe, *command], capture_output=True, text=True, check=False
+        [sys.executable, "-c", PROBE, *command],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     if done.returncode:
         raise SystemExit(f"failed: {' '.join(command)}\n{done.stderr[-3000:]}")
     first, _, rest = done.stdout.partition("\n")
-    seconds, peak = first.split()
-    return float(seconds), float(peak), rest
+    seconds, peak, anon, cpu = first.split()
+    return float(seconds), float(peak), float(anon), float(cpu), rest
 
 
 TOKENIZE_ALONE = """
@@ -161,18 +230,20 @@ else:
         "{% endfor %}"
     )
     texts = [tok.apply_chat_template(row["messages"], tokenize=False) for row in rows]
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 ids = tok(texts)["input_ids"]
-seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "tokens": sum(len(x) for x in ids)}))
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({"seconds": seconds, "cpu": cpu, "tokens": sum(len(x) for x in ids)}))
 """
 
 
-def tokenizer_alone(kind: str, data: Path) -> tuple[float, float, int]:
-    """(seconds of the batched call, peak RSS, tokens) of the tokenizer on the format's texts."""
-    _, peak, out = timed([sys.executable, "-c", TOKENIZE_ALONE, str(TOKENIZER), kind, str(data)])
+def tokenizer_alone(kind: str, data: Path) -> tuple[float, float, float, float, int]:
+    """(seconds of the batched call, peak RSS, anonymous memory, CPU seconds of the call,
+    tokens) of the tokenizer on the format's texts."""
+    command = [sys.executable, "-c", TOKENIZE_ALONE, str(TOKENIZER), kind, str(data)]
+    _, peak, anon, _, out = timed(command)
     result = json.loads(out.strip().splitlines()[-1])
-    return result["seconds"], peak, result["tokens"]
+    return result["seconds"], peak, anon, result["cpu"], result["tokens"]
 
 
 def cached_tokens(folder: Path) -> int | None:
@@ -187,6 +258,25 @@ def weave(config: Path) -> list[str]:
     return [sys.executable, "-m", "axolotl_weave._cli", "preprocess", str(config)]
 
 
+def before_tree(args: argparse.Namespace, work: Path) -> Path | None:
+    """A copy of `core/` and `plugins/` with the `--before` files as in `--before-rev`."""
+    if not args.before:
+        return None
+    tree = work / "before-code"
+    shutil.rmtree(tree, ignore_errors=True)
+    for part in ("core", "plugins"):
+        shutil.copytree(ROOT / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in args.before:
+        old = subprocess.run(
+            ["git", "show", f"{args.before_rev}:{name}"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout
+        (tree / name).write_bytes(old)
+    return tree
+
+
 def measure_format(kind: str, rows: int, args: argparse.Namespace, work: Path) -> list[Measure]:
     """Every run for one format."""
     make, entry = FORMATS[kind]
@@ -194,24 +284,58 @@ def measure_format(kind: str, rows: int, args: argparse.Namespace, work: Path) -
     folder.mkdir()
     data = folder / "rows.jsonl"
     write_rows(data, make, rows, args.seed)
+    measures = []
+    if not args.skip_alone:
+        alone, peak, anon, cpu, alone_tokens = tokenizer_alone(kind, data)
+        measures.append(
+            Measure(f"{kind}: tokenizer alone", alone, peak, rows, alone_tokens, anon, cpu)
+        )
+    if args.before:
+        config = write_config(folder / "before", data, entry, args.sequence_len, args.processes)
+        seconds, peak, anon, cpu, _ = timed(weave(config), before_tree(args, work))
+        tokens = cached_tokens(folder / "before")
+        measures.append(
+            Measure(f"{kind}: weave preprocess, before", seconds, peak, rows, tokens, anon, cpu)
+        )
     config = write_config(folder, data, entry, args.sequence_len, args.processes)
-    alone, alone_peak, alone_tokens = tokenizer_alone(kind, data)
-    measures = [Measure(f"{kind}: tokenizer alone", alone, alone_peak, rows, alone_tokens)]
-    seconds, peak, _ = timed(weave(config))
+    seconds, peak, anon, cpu, _ = timed(weave(config))
     tokens = cached_tokens(folder)
-    measures.append(Measure(f"{kind}: weave preprocess", seconds, peak, rows, tokens))
-    seconds, peak, _ = timed(weave(config))
-    measures.append(Measure(f"{kind}: weave preprocess (cache hit)", seconds, peak, rows, None))
+    measures.append(Measure(f"{kind}: weave preprocess", seconds, peak, rows, tokens, anon, cpu))
+    seconds, peak, anon, cpu, _ = timed(weave(config))
+    measures.append(
+        Measure(f"{kind}: weave preprocess (cache hit)", seconds, peak, rows, None, anon, cpu)
+    )
+    if args.scaling:
+        for processes in (1, 2):
+            config = write_config(
+                folder / f"p{processes}", data, entry, args.sequence_len, processes
+            )
+            seconds, peak, anon, cpu, _ = timed(weave(config))
+            measures.append(
+                Measure(
+                    f"{kind}: dataset_processes: {processes}",
+                    seconds,
+                    peak,
+                    rows,
+                    tokens,
+                    anon,
+                    cpu,
+                )
+            )
     if shutil.which("axolotl") and kind == "alpaca":
         axolotl_config = folder / "axolotl.yml"
         shutil.copy(config, axolotl_config)
-        seconds, peak, _ = timed(["axolotl", "preprocess", str(axolotl_config)])
-        measures.append(Measure(f"{kind}: axolotl preprocess", seconds, peak, rows, None))
+        seconds, peak, anon, cpu, _ = timed(["axolotl", "preprocess", str(axolotl_config)])
+        measures.append(
+            Measure(f"{kind}: axolotl preprocess", seconds, peak, rows, None, anon, cpu)
+        )
     return measures
 
 
 def huge_row(args: argparse.Namespace, work: Path) -> list[Measure]:
-    """One row of `--huge-row-mb` MB against the same megabytes of ordinary rows."""
+    """One row of `--huge-row-mb` MB against the same megabytes of ordinary rows (alpaca,
+    `excess_length_strategy: truncate`, so that the huge row is kept: its first
+    `sequence_len` tokens)."""
     folder = work / "huge"
     folder.mkdir()
     rng = random.Random(args.seed)
@@ -231,29 +355,40 @@ def huge_row(args: argparse.Namespace, work: Path) -> list[Measure]:
     ):
         data = folder / f"{name.replace(' ', '_')}.jsonl"
         data.write_text("".join(json.dumps(line) + "\n" for line in lines))
-        config = write_config(folder / name.replace(" ", "_"), data, {"type": "alpaca"}, 1024, None)
-        seconds, peak, _ = timed(weave(config))
-        measures.append(
-            Measure(f"alpaca: {name} ({args.huge_row_mb:g} MB)", seconds, peak, len(lines), None)
+        config = write_config(
+            folder / name.replace(" ", "_"),
+            data,
+            {"type": "alpaca"},
+            args.sequence_len,
+            None,
+            excess_length_strategy="truncate",
         )
+        runs = [("", None)] + ([(", before", before_tree(args, work))] if args.before else [])
+        for label, code in runs:
+            shutil.rmtree(folder / name.replace(" ", "_") / "prepared", ignore_errors=True)
+            seconds, peak, anon, cpu, _ = timed(weave(config), code)
+            what = f"huge: {name} ({args.huge_row_mb:g} MB){label}"
+            measures.append(Measure(what, seconds, peak, len(lines), None, anon, cpu))
     return measures
 
 
 def print_table(measures: list[Measure]) -> None:
-    """The table, each time beside its format's tokenizer-alone time."""
-    alone = {m.what.split(":")[0]: m.seconds for m in measures if m.what.endswith("alone")}
+    """The table, each time (wall and CPU) beside its format's tokenizer-alone time."""
+    alone = {m.what.split(":")[0]: m for m in measures if m.what.endswith("alone")}
     header = (
-        f"{'run':48} {'seconds':>9} {'rows/s':>10} {'tokens/s':>11} {'peak MB':>9} {'x alone':>8}"
+        f"{'run':46} {'seconds':>8} {'rows/s':>9} {'tokens/s':>10} {'peak MB':>8} "
+        f"{'anon MB':>8} {'x alone':>8} {'cpu s':>7} {'cpu x':>6}"
     )
     print(header)
     print("-" * len(header))
     for m in measures:
         base = alone.get(m.what.split(":")[0])
-        ratio = f"{m.seconds / base:.2f}" if base else "-"
+        ratio = f"{m.seconds / base.seconds:.2f}" if base else "-"
+        cpu_ratio = f"{m.cpu_seconds / base.cpu_seconds:.2f}" if base and base.cpu_seconds else "-"
         tokens = f"{m.tokens / m.seconds:,.0f}" if m.tokens else "-"
         print(
-            f"{m.what:48} {m.seconds:9.2f} {m.rows / m.seconds:10,.0f} {tokens:>11} "
-            f"{m.peak_rss_mb:9.0f} {ratio:>8}"
+            f"{m.what:46} {m.seconds:8.2f} {m.rows / m.seconds:9,.0f} {tokens:>10} "
+            f"{m.peak_rss_mb:8.0f} {m.anon_mb:8.0f} {ratio:>8} {m.cpu_seconds:7.1f} {cpu_ratio:>6}"
         )
 
 
@@ -266,7 +401,14 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=None, help="dataset_processes")
     parser.add_argument("--huge-row-mb", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--short", action="store_true", help="texts a tenth as long")
+    parser.add_argument("--skip-alone", action="store_true", help="no tokenizer-alone run")
+    parser.add_argument("--scaling", action="store_true", help="dataset_processes 1 and 2")
+    parser.add_argument("--before", nargs="*", default=[], help="files to time as in git too")
+    parser.add_argument("--before-rev", default="HEAD", help="the git revision of --before")
     args = parser.parse_args()
+    if args.short:
+        SCALE["words"] = 0.1
     measures: list[Measure] = []
     with tempfile.TemporaryDirectory(prefix="weave-bench-preprocess-") as tmp:
         work = Path(tmp)

@@ -53,8 +53,10 @@ from axolotl_weave._rows import (
     RowLocator,
     encode_all,
     map_rows,
+    prefix_chars,
     require_columns,
     rows_table,
+    stable_prefix,
     text_field,
     tokenize_prompt_response,
     tokenize_prompt_responses,
@@ -153,4 +155,6 @@ __all__ = [
     "LoadedRows",
     "RowLocator",
     "rows_table",
+    "prefix_chars",
+    "stable_prefix",
 ]

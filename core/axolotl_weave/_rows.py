@@ -4,8 +4,10 @@ clear errors, and hand loaded rows to the core with a way to name each of them (
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,16 +97,62 @@ def encode(tokenizer: Any, text: str, max_length: int | None = None) -> list[int
 
 def encode_all(tokenizer: Any, texts: list[str], max_length: int | None = None) -> list[list[int]]:
     """`encode` of each text, in one batched tokenizer call (the same ids as one call per text,
-    many times faster)."""
+    many times faster). With `max_length`, a text far longer than that many tokens is
+    tokenized from a prefix only (`encode_truncated`): its cost does not grow with its size."""
     found: list[list[int]] = [[] for _ in texts]
-    todo = [index for index, text in enumerate(texts) if text]
-    if not todo:
-        return found
-    limit = {} if max_length is None else {"truncation": True, "max_length": max_length}
-    encoded = tokenizer([texts[index] for index in todo], **limit)["input_ids"]
-    for index, ids in zip(todo, encoded, strict=True):
-        found[index] = list(ids)
+    budget = None if max_length is None else prefix_chars(max_length)
+    todo, long = [], []
+    for index, text in enumerate(texts):
+        if text:
+            (long if budget is not None and len(text) > budget else todo).append(index)
+    if todo:
+        limit = {} if max_length is None else {"truncation": True, "max_length": max_length}
+        encoded = tokenizer(
+            [texts[index] for index in todo],
+            return_attention_mask=False,  # ids only: the masks' lists cost as much to build
+            return_token_type_ids=False,
+            **limit,
+        )["input_ids"]
+        for index, ids in zip(todo, encoded, strict=True):
+            found[index] = ids if isinstance(ids, list) else list(ids)
+    for index in long:
+        found[index] = encode_truncated(tokenizer, texts[index], max_length or 0)
     return found
+
+
+PREFIX_MARGIN = 64
+"""Tokens past `max_length` that a prefix must reach before its first `max_length` are kept:
+a cut in the text changes only the last few tokens before it."""
+
+
+def prefix_chars(max_length: int) -> int:
+    """Characters of a text tokenized at first for `max_length` tokens (no token is shorter
+    than one character; most are three or more)."""
+    return max(4096, 8 * (max_length + PREFIX_MARGIN))
+
+
+def encode_truncated(tokenizer: Any, text: str, max_length: int) -> list[int]:
+    """`text`'s first `max_length` ids (as `encode(tokenizer, text, max_length)`), tokenizing
+    only a `stable_prefix` of it: a 10 MB text costs what its first few thousand characters
+    cost, not half a minute and gigabytes (the tokenizer keeps a large record per token)."""
+    head = stable_prefix(tokenizer, text, max_length)
+    return list(tokenizer([head], truncation=True, max_length=max_length)["input_ids"][0])
+
+
+def stable_prefix(tokenizer: Any, text: str, max_length: int, **options: Any) -> str:
+    """A prefix of `text` whose tokens (`tokenizer(..., **options)`) begin with the same
+    `max_length` ids as the whole text's, and go on for `PREFIX_MARGIN` more: tokenized at
+    twice its length the first `max_length` ids stay the same (a cut changes only the tokens
+    just before it); else the prefix doubles, up to the whole text."""
+    cut = prefix_chars(max_length)
+    while cut < len(text):
+        head, longer = tokenizer([text[:cut], text[: 2 * cut]], **options)["input_ids"]
+        if len(head) >= max_length + PREFIX_MARGIN and list(head[:max_length]) == list(
+            longer[:max_length]
+        ):
+            return text[:cut]
+        cut *= 2
+    return text
 
 
 def require_columns(dataset: Dataset, entry: DatasetEntry, columns: list[str]) -> None:
@@ -145,7 +193,10 @@ def map_rows(
     format with other columns passes its own, empty sequences and None scalars), which the core
     drops and counts. Runs on `dataset_processes` processes unless `num_proc` is given.
     """
+    from datasets import Dataset
+
     skip_invalid = entry.skip_invalid_rows
+    to_arrow = isinstance(dataset, Dataset)
     empty = empty if empty is not None else {"input_ids": [], "labels": [], "attention_mask": []}
 
     def refused(exc: Exception, index: int) -> dict[str, Any]:
@@ -171,7 +222,11 @@ def map_rows(
                     out.append(refused(exc, index))
             return out
 
-    def wrapped(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+    def wrapped(batch: dict[str, list[Any]], indices: list[int]) -> Any:
+        with gc_paused():  # a batch makes millions of ints and lists, and no cycle
+            return tokenized(batch, indices)
+
+    def tokenized(batch: dict[str, list[Any]], indices: list[int]) -> Any:
         results: dict[int, dict[str, Any]] = {}
         prepared: list[tuple[int, Any]] = []
         for position, index in enumerate(indices):
@@ -180,11 +235,16 @@ def map_rows(
                 prepared.append((index, fn(row)))
             except ROW_ERRORS as exc:
                 results[index] = refused(exc, index)
-        for (index, _), columns in zip(prepared, finished(prepared), strict=True):
-            results[index] = columns
-        rows = [results[index] for index in indices]
+        done = finished(prepared)
+        if not results:  # no bad row: the prepared rows are the batch, in order
+            rows = done
+        else:
+            for (index, _), columns in zip(prepared, done, strict=True):
+                results[index] = columns
+            rows = [results[index] for index in indices]
         keys = list(rows[0]) if rows else []
-        return {key: [row[key] for row in rows] for key in keys}
+        columns = {key: [row[key] for row in rows] for key in keys}
+        return arrow_batch(columns) if to_arrow else columns  # a stream's map takes lists
 
     from datasets.fingerprint import generate_random_fingerprint
     from datasets.utils import logging as datasets_logging
@@ -212,6 +272,57 @@ def map_rows(
             datasets_logging.disable_progress_bar()
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cycle collector inside the block (it would walk every list made)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+TOKEN_COLUMN_SUFFIXES = ("input_ids", "labels", "attention_mask")
+"""Columns of token ids, labels or masks: integers by construction, converted as such."""
+
+
+def arrow_batch(columns: dict[str, list[Any]]) -> Any:
+    """A batch of columns as an Arrow table when every column is token lists or integers,
+    else the columns as they are, for `datasets` to infer as before (text, floats, nested
+    values, all-empty lists). What makes writing the tokenized rows cheap: `datasets` inspects
+    Python lists value by value before converting them; pyarrow converts them in one call."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    int_lists = pa.list_(pa.int64())
+    arrays = {}
+    for key, values in columns.items():
+        try:
+            if key.endswith(TOKEN_COLUMN_SUFFIXES) and holds_ints(values):  # no inference
+                array = pa.array(values, type=int_lists)
+            else:
+                array = pa.array(values)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            return columns
+        if array.type != pa.int64() and array.type != int_lists:
+            return columns
+        if array.type == int_lists and not len(pc.list_flatten(array)):
+            return columns  # only empty lists (a batch of refused rows): inferred as before
+        arrays[key] = array
+    return pa.table(arrays) if arrays else columns
+
+
+def holds_ints(values: list[Any]) -> bool:
+    """Whether the first value of the first non-empty list is an int (not a bool or a float:
+    a typed conversion to integers would truncate a float)."""
+    for value in values:
+        if isinstance(value, list) and value:
+            return type(value[0]) is int
+    return False
+
+
 def text_field(row: dict[str, Any], name: str, *, required: bool = True) -> str:
     """Row field `name` as a string: missing or null is '' unless required; others refused."""
     value = row.get(name)
@@ -228,12 +339,13 @@ def text_field(row: dict[str, Any], name: str, *, required: bool = True) -> str:
 class RowLocator:
     """Names a row of an entry by where it was read: 'file:line' for JSON Lines, else 'row N'."""
 
-    spans: list[tuple[int, str, list[int] | None]] = field(default_factory=list)
-    """(index of the span's first row, file name, line number of each of its rows or None)."""
+    spans: list[tuple[int, str, Sequence[int] | None]] = field(default_factory=list)
+    """(index of the span's first row, file name, line number of each of its rows or None: a
+    list, or a compact `array` or `range` for millions of rows)."""
     offset: int = 0
     """Rows before the first one handed on (taken off by `shards`)."""
 
-    def add(self, first: int, name: str, lines: list[int] | None) -> None:
+    def add(self, first: int, name: str, lines: Sequence[int] | None) -> None:
         """Record that rows from `first` on come from `name` (at `lines`, when known)."""
         self.spans.append((first, name, lines))
 

@@ -26,13 +26,31 @@ def sequence_lengths(dataset: Dataset, columns: list[str]) -> Any:
     return lengths
 
 
+COUNT_BATCH_ROWS = 65_536
+"""Rows whose labels are counted at a time (their flat labels in memory, not the whole set's)."""
+
+
 def trained_counts(dataset: Dataset, labels: str) -> Any:
     """Per row, the labels that train a prediction: not `IGNORE_INDEX`, and not the first (no
-    token predicts it), as the loss counts them; read from Arrow."""
+    token predicts it), as the loss counts them; read from Arrow a batch of rows at a time."""
     import numpy as np
-    import pyarrow.compute as pc
 
     values = dataset.with_format("arrow")[labels]
+    counts = [
+        batch_trained_counts(values.slice(start, COUNT_BATCH_ROWS))
+        for start in range(0, len(values), COUNT_BATCH_ROWS)
+    ]
+    return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
+
+
+def batch_trained_counts(values: Any) -> Any:
+    """`trained_counts` of an Arrow list array (or chunked array) of labels."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
     sizes = pc.list_value_length(values).fill_null(0).to_numpy(zero_copy_only=False)
     flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)
     if not len(flat):

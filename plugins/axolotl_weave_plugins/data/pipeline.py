@@ -71,6 +71,9 @@ def prepare_datasets(cfg: Any, tokenizer: Any, hooks: Any) -> PreparedData:
         return PreparedData(train, eval_set, stats, cache_dir, True, cache_dir.name)
     train, eval_set, stats = build_datasets(cfg, hooks, tokenizer, loaded)
     save_atomically(cache_dir, train, eval_set, stats)
+    # what was just written, mapped from the cache (the shuffle's order applied once, there)
+    train = load_from_disk(str(cache_dir / "train"))
+    eval_set = load_from_disk(str(cache_dir / "eval")) if eval_set is not None else None
     return PreparedData(train, eval_set, stats, cache_dir, False, cache_dir.name)
 
 
@@ -98,7 +101,7 @@ def build_datasets(
         raise DataError(f"no trainable rows left: {drop_summary(stats, cfg.sequence_len)}")
     dataset = concatenate(parts)
     if cfg.shuffle_merged_datasets:
-        dataset = dataset.shuffle(seed=cfg.seed).flatten_indices()
+        dataset = dataset.shuffle(seed=cfg.seed)  # an order; the cache's writing applies it
     if cfg.dataset_exact_deduplication:
         dataset, dropped = deduplicate(dataset)
         stats.dropped_duplicates += dropped
@@ -127,11 +130,21 @@ def build_datasets(
     else:
         train, eval_set = split_eval(dataset, cfg.val_set_size, cfg.seed)
     stats.train_rows, stats.eval_rows = len(train), len(eval_set) if eval_set is not None else 0
-    stats.tokens = int(sum(dataset["length"]))
-    stats.target_tokens = int(sum(dataset["n_targets"]))
+    stats.tokens = column_sum(dataset, "length")
+    stats.target_tokens = column_sum(dataset, "n_targets")
     for reason, count in drop_reasons(stats, cfg.sequence_len):
         log.warning("%s: %d row(s)", reason, count)
     return train, eval_set, stats
+
+
+def column_sum(dataset: Dataset, column: str) -> int:
+    """The sum of a numeric column, read from Arrow a batch of rows at a time (a shuffled or
+    filtered set's whole column would be gathered into memory first, and a Python list of
+    every row's value is worse)."""
+    import pyarrow.compute as pc
+
+    only = dataset.select_columns([column]).with_format("arrow")
+    return sum(int(pc.sum(batch[column]).as_py() or 0) for batch in only.iter(batch_size=65_536))
 
 
 def build_entry(

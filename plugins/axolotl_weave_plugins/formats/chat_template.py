@@ -30,6 +30,7 @@ import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,7 +41,9 @@ from axolotl_weave import (
     PluginConfig,
     hookimpl,
     map_rows,
+    prefix_chars,
     require_columns,
+    stable_prefix,
 )
 from pydantic import Field, field_validator, model_validator
 
@@ -595,8 +598,13 @@ def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     def prepare(row: dict[str, Any]) -> Rendered:
         return render_conversation(tokenizer, plan, row)
 
+    # rows over sequence_len are dropped or cut to their first tokens: a longer text is
+    # tokenized from a prefix that gives those tokens (a 10 MB conversation costs its first KBs)
+    strategy = getattr(cfg, "excess_length_strategy", None) or "drop"
+    limit = getattr(cfg, "sequence_len", None) if strategy in ("drop", "truncate") else None
+
     def finish(rendered: list[Rendered]) -> list[dict[str, Any]]:
-        return label_conversations(tokenizer, rendered)
+        return label_conversations(tokenizer, rendered, limit)
 
     return map_rows(dataset, entry, prepare, finish=finish)
 
@@ -869,23 +877,47 @@ class Rendered:
     """Ranges of the trained details: a token wholly inside one is trained."""
 
 
-def label_conversations(tokenizer: Any, rendered: list[Rendered]) -> list[dict[str, Any]]:
+def label_conversations(
+    tokenizer: Any, rendered: list[Rendered], limit: int | None = None
+) -> list[dict[str, Any]]:
     """Input ids and labels of rendered conversations: tokenized in one batched call, each
-    token trained when it overlaps a trained range or lies inside a trained detail."""
+    token trained when it overlaps a trained range or lies inside a trained detail. With
+    `limit`, only a text's first `limit` tokens matter (and that it has more): a text far
+    longer is tokenized from a `stable_prefix` (the same first tokens, offsets and labels)."""
     import numpy as np
 
     if not rendered:
         return []
+    texts = [one.text for one in rendered]
+    if limit:
+        longest = prefix_chars(limit)
+        texts = [
+            stable_prefix(tokenizer, text, limit, add_special_tokens=False)
+            if len(text) > longest
+            else text
+            for text in texts
+        ]
     encoded = tokenizer(
-        [one.text for one in rendered], add_special_tokens=False, return_offsets_mapping=True
+        texts,
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
     )
+    # the batch's ids and offsets read into numpy at once (a list of tuples per row is slow)
+    all_ids = encoded["input_ids"]
+    sizes = np.fromiter(map(len, all_ids), dtype=np.int64, count=len(all_ids))
+    total = int(sizes.sum())
+    flat_ids = np.fromiter(chain.from_iterable(all_ids), dtype=np.int64, count=total)
+    pairs = chain.from_iterable(chain.from_iterable(encoded["offset_mapping"]))
+    spans = np.fromiter(pairs, dtype=np.int64, count=2 * total).reshape(-1, 2)
+    ends_at = np.cumsum(sizes)
     rows = []
-    for one, ids, offsets in zip(
-        rendered, encoded["input_ids"], encoded["offset_mapping"], strict=True
+    for one, ids, end, size in zip(
+        rendered, all_ids, ends_at.tolist(), sizes.tolist(), strict=True
     ):
-        spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-        starts, ends = spans[:, :1], spans[:, 1:]
-        trained = np.zeros(len(ids), dtype=bool)
+        starts, ends = spans[end - size : end, :1], spans[end - size : end, 1:]
+        trained = np.zeros(size, dtype=bool)
         if one.overlapping:
             ranges = np.asarray(one.overlapping, dtype=np.int64)
             trained |= ((starts < ranges[:, 1]) & (ends > ranges[:, 0])).any(axis=1)
@@ -893,10 +925,10 @@ def label_conversations(tokenizer: Any, rendered: list[Rendered]) -> list[dict[s
             ranges = np.asarray(one.inside, dtype=np.int64)
             trained |= ((ranges[:, 0] <= starts) & (ends <= ranges[:, 1])).any(axis=1)
         trained &= (ends > starts)[:, 0]
-        input_ids = list(ids)
-        labels = np.where(trained, np.asarray(input_ids, dtype=np.int64), IGNORE_INDEX)
+        labels = np.where(trained, flat_ids[end - size : end], IGNORE_INDEX)
+        input_ids = ids if isinstance(ids, list) else list(ids)
         rows.append(
-            {"input_ids": input_ids, "labels": labels.tolist(), "attention_mask": [1] * len(ids)}
+            {"input_ids": input_ids, "labels": labels.tolist(), "attention_mask": [1] * size}
         )
     return rows
 

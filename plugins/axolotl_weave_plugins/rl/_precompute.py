@@ -4,9 +4,10 @@ A run-scoped plugin (registered by `rl.dpo`'s `configure` when the key is on). I
 model and the objective as `build_loss` returns them, then, when the loop is built
 (`transform_train_data`, before the batches are planned), computes every pair's reference
 log-probabilities (the summed log-probabilities of its chosen and rejected responses) with the
-model as it is before the first step: the base with the adapter disabled, or the untrained model itself for a full fine-tune.
-They become the columns `ref_chosen_logps` and `ref_rejected_logps` of the dataset the batches
-are read from, padded or packed alike, and the objective keeps no reference model.
+model as it is before the first step: the base with the adapter disabled, or the untrained
+model itself for a full fine-tune. They become the columns `ref_chosen_logps` and
+`ref_rejected_logps` of the dataset the batches are read from, padded or packed alike, and the
+objective keeps no reference model.
 
 The columns are cached under `dataset_prepared_path/reference_logps/<key>/`, keyed by the
 tokenized pairs (a digest of their tokens and labels, in order), the reference (the base model's

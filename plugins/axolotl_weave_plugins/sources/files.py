@@ -2,7 +2,9 @@
 packages are optional) and folders written by `Dataset.save_to_disk`.
 
 JSON and JSON Lines are parsed here, line by line, so that a broken line or a field whose type
-changes between rows is reported with its file and line; the other file types (CSV, Parquet,
+changes between rows is reported with its file and line; JSON Lines go to Arrow files a chunk
+of rows at a time (memory does not grow with the file: `json_lines_dataset`, in datasets'
+temporary folder, under `$TMPDIR`); the other file types (CSV, Parquet,
 Arrow, text) go through `datasets`. Remote files are downloaded once into a cache
 (`$WEAVE_CACHE/downloads`) and reused while their ETag (or size and date) holds. Each source
 identifies its content by the digests of its files, for the preprocessing cache's fingerprint.
@@ -18,7 +20,9 @@ import json
 import logging
 import os
 import urllib.request
-from collections.abc import Callable
+import uuid
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,8 +209,7 @@ def load_files(entry: Any, files: list[Path], streaming: bool) -> Any:
                 f"{', '.join(sorted(set(EXTENSIONS.values())))}"
             )
         if kind in ("json", "jsonl"):
-            rows, lines = read_json_rows(file)
-            part = rows_to_dataset(entry, file, rows, lines)
+            part, lines = json_dataset(entry, file)
             locate.add(first, file.name, lines)
         else:
             part = _load_with_datasets(entry, file, kind)
@@ -234,11 +237,18 @@ def stream_files(entry: Any, files: list[Path]) -> Any:
     return load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True)
 
 
-def rows_to_dataset(entry: Any, file: Path, rows: list[dict[str, Any]], lines: list[int]) -> Any:
+def rows_to_dataset(
+    entry: Any, file: Path, rows: list[dict[str, Any]], lines: Sequence[int]
+) -> Any:
     """A `Dataset` of parsed JSON rows; a field whose JSON type changes is named with its line."""
     if not rows:
         raise DataError(f"{file}: the file holds no rows")
     check_field_types(file, rows, lines)
+    return checked_rows_table(entry, file, rows)
+
+
+def checked_rows_table(entry: Any, file: Path, rows: list[dict[str, Any]]) -> Any:
+    """`rows_table(rows)`, a clash of types deeper inside nested values named as such."""
     try:
         return rows_table(rows)
     except Exception as exc:  # a clash deeper inside nested values
@@ -261,10 +271,16 @@ def json_kind(value: Any) -> str | None:
     return "array" if isinstance(value, list) else "object"
 
 
-def check_field_types(file: Path, rows: list[dict[str, Any]], lines: list[int]) -> None:
+def check_field_types(
+    file: Path,
+    rows: list[dict[str, Any]],
+    lines: Sequence[int],
+    seen: dict[str, tuple[str, int]] | None = None,
+) -> None:
     """Refuse a field (nested ones too: `messages[].content`) whose JSON type differs from its
-    first non-null occurrence: Arrow columns hold one type, and the message names both lines."""
-    seen: dict[str, tuple[str, int]] = {}
+    first non-null occurrence: Arrow columns hold one type, and the message names both lines.
+    `seen` (each field's first type and line) carries over from earlier rows of the file."""
+    seen = {} if seen is None else seen
     for row, line in zip(rows, lines, strict=True):
         for path, kind in field_kinds(row):
             first = seen.setdefault(path, (kind, line))
@@ -295,6 +311,156 @@ def field_kinds(value: dict[str, Any], prefix: str = "") -> list[tuple[str, str]
                 if element_kind == "object":
                     found += field_kinds(element, f"{path}[].")
     return found
+
+
+JSON_CHUNK_ROWS = 20_000
+"""JSON Lines rows parsed and written to Arrow at a time (memory does not grow with the file)."""
+JSON_CHUNK_BYTES = 64 << 20
+"""...or fewer rows, once they hold this many bytes of JSON."""
+
+
+def json_dataset(entry: Any, file: Path) -> tuple[Any, Sequence[int]]:
+    """The rows of a JSON or JSON Lines file as a `Dataset`, and the line of each row. JSON
+    Lines are streamed to Arrow files a chunk of rows at a time (`json_lines_dataset`); a
+    JSON array is parsed whole."""
+    if is_json_array(file):
+        rows, lines = read_json_rows(file)
+        return rows_to_dataset(entry, file, rows, lines), lines
+    return json_lines_dataset(entry, file)
+
+
+def is_json_array(file: Path) -> bool:
+    """Whether the file's first non-blank character (after a byte-order mark) is `[`."""
+    with file.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            text = block.removeprefix(codecs.BOM_UTF8).lstrip()
+            if text:
+                return text.startswith(b"[")
+    return False
+
+
+def json_lines_dataset(entry: Any, file: Path) -> tuple[Any, Sequence[int]]:
+    """A JSON Lines file as a memory-mapped `Dataset`: parsed and type-checked a chunk of rows
+    at a time, each chunk written to an Arrow file in datasets' temporary folder (removed at
+    exit), so that no Python list of all rows is ever held. Chunks whose inferred columns
+    differ (a field null or absent in one chunk) are unified to one schema. The lines are a
+    `range` when no line is blank, else a compact array."""
+    from datasets import concatenate_datasets
+    from datasets.fingerprint import get_temporary_cache_files_directory
+
+    folder = Path(get_temporary_cache_files_directory())
+    seen: dict[str, tuple[str, int]] = {}
+    lines = array("q")
+    chunks: list[Path] = []
+    rows: list[dict[str, Any]] = []
+    chunk_lines: list[int] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        if not rows:
+            return
+        check_field_types(file, rows, chunk_lines, seen)
+        table = checked_rows_table(entry, file, rows).data.table
+        chunks.append(write_arrow(folder, table))
+        rows.clear()
+        chunk_lines.clear()
+        size = 0
+
+    for lineno, row, nbytes in iter_json_lines(file):
+        rows.append(row)
+        chunk_lines.append(lineno)
+        lines.append(lineno)
+        size += nbytes
+        if len(rows) >= JSON_CHUNK_ROWS or size >= JSON_CHUNK_BYTES:
+            flush()
+    flush()
+    if not chunks:
+        raise DataError(f"{file}: the file is empty")
+    chunks = unify_chunks(entry, file, folder, chunks)
+    from datasets import Dataset
+
+    parts = [Dataset.from_file(str(chunk)) for chunk in chunks]
+    dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    if lines[-1] == len(lines):  # no blank line: row i is on line i + 1
+        return dataset, range(1, len(lines) + 1)
+    return dataset, lines
+
+
+def iter_json_lines(file: Path) -> Iterator[tuple[int, dict[str, Any], int]]:
+    """(line number, parsed object, bytes) of each non-blank line of a JSON Lines file, read
+    line by line; a line that is not UTF-8, not JSON or not an object is a `DataError` naming
+    the file and line."""
+    with file.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            if lineno == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                read_text(file)  # raises with the line and what the encoding may be
+                raise
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                line = line.rstrip("\r\n")
+                raise DataError(
+                    f"{file}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno}): "
+                    f"{line[:80]!r}"
+                ) from None
+            if not isinstance(row, dict):
+                raise DataError(
+                    f"{file}:{lineno}: expected a JSON object, got {type(row).__name__}"
+                )
+            yield lineno, row, len(raw)
+
+
+def write_arrow(folder: Path, table: Any) -> Path:
+    """`table` written as an Arrow stream file (what `Dataset.from_file` maps) in `folder`."""
+    import pyarrow as pa
+
+    path = folder / f"weave-rows-{uuid.uuid4().hex}.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return path
+
+
+def unify_chunks(entry: Any, file: Path, folder: Path, chunks: list[Path]) -> list[Path]:
+    """The chunk files, rewritten to one schema when their inferred schemas differ (a column
+    absent or all null in one chunk, a nested field present in some rows only)."""
+    import pyarrow as pa
+    from datasets import Features
+
+    def schema_of(path: Path) -> Any:
+        with pa.memory_map(str(path)) as source:
+            return pa.ipc.open_stream(source).schema
+
+    schemas = [schema_of(chunk) for chunk in chunks]
+    if all(schema.equals(schemas[0]) for schema in schemas[1:]):
+        return chunks
+    try:
+        unified = pa.unify_schemas(
+            [schema.remove_metadata() for schema in schemas], promote_options="permissive"
+        )
+        unified = Features.from_arrow_schema(unified).arrow_schema
+        rewritten = []
+        for chunk in chunks:
+            with pa.memory_map(str(chunk)) as source:
+                table = pa.ipc.open_stream(source).read_all()
+            for name in unified.names:
+                if name not in table.column_names:
+                    table = table.append_column(name, pa.nulls(len(table)))
+            table = table.select(unified.names).cast(unified)
+            rewritten.append(write_arrow(folder, table))
+            chunk.unlink()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise DataError(
+            f"{entry.label}: {file}: rows disagree on a field's type ({exc}); every row must "
+            "give each field the same type"
+        ) from None
+    return rewritten
 
 
 def read_json_rows(file: Path) -> tuple[list[dict[str, Any]], list[int]]:

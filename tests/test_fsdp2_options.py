@@ -1,6 +1,7 @@
 """FSDP2's `fsdp_config` options (offload_params, cpu_ram_efficient_loading,
 activation_checkpointing, mixed_precision_policy), FSDP1's spelling mapped to FSDP2 with a note,
-and what is refused before any model loads.
+and what is refused before any model loads; QLoRA under FSDP2 (the packed 4-bit weights stored in
+the dtype FSDP2 gathers in, sharded, the adapter trained as on one process).
 
 The options are checked on one process in this one (a gloo process group of one: what each
 changes in the sharded model), then once end to end: `weave train --num-processes 2` with
@@ -139,6 +140,16 @@ def test_what_fsdp2_cannot_do_is_refused_naming_the_key(data: dict[str, Any], me
         FsdpSettings.model_validate(data)
 
 
+QLORA = {
+    "adapter": "qlora",
+    "load_in_4bit": True,
+    "lora_target_linear": True,
+    "lora_r": 4,
+    "lora_alpha": 8,
+}
+"""A QLoRA run's keys (every linear layer of the base in 4 bits, LoRA on each)."""
+
+
 @pytest.fixture(scope="module")
 def common(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The 2-process config: 16 alpaca rows, 2 rows x 2 micro-batches x 2 processes a step."""
@@ -158,6 +169,14 @@ def common(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         (
             {"fsdp_config": {"offload_params": True, "cpu_offload_pin_memory": True}},
             "cpu_offload_pin_memory: true needs an accelerator",
+        ),
+        (
+            {
+                **QLORA,
+                "fsdp_config": {"mixed_precision_policy": "bf16"},
+                "bnb_config_kwargs": {"bnb_4bit_quant_storage": "float32"},
+            },
+            "bnb_4bit_quant_storage: float32 with .*param_dtype: bfloat16: FSDP2 would cast",
         ),
         (
             {
@@ -340,3 +359,124 @@ def test_fsdp1_spelled_options_on_two_processes_train_what_one_process_does(
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize(
+    ("extra", "storage"),
+    [
+        ({}, "float32"),  # the weights' dtype (fp32 run)
+        ({"fsdp_config": {"mixed_precision_policy": "bf16"}}, "bfloat16"),
+        ({"bnb_config_kwargs": {"bnb_4bit_quant_storage": "uint8"}}, "uint8"),  # as given
+    ],
+)
+def test_qlora_quant_storage_is_the_dtype_fsdp2_gathers_in(
+    common: dict[str, Any],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    extra: dict[str, Any],
+    storage: str,
+) -> None:
+    """The quantization plugin's `BitsAndBytesConfig`, then FSDP2's storage dtype, by the real
+    hooks in their order."""
+    from axolotl_weave._run import open_session
+
+    session = open_session(
+        write_config(tmp_path / "q.yml", {**common, **QLORA, "fsdp_version": 2, **extra})
+    )
+    kwargs: dict[str, Any] = {}
+    with caplog.at_level(logging.INFO, logger="axolotl_weave"):
+        session.hooks.pm.hook.model_load_kwargs(cfg=session.cfg, purpose="train", kwargs=kwargs)
+    assert kwargs["quantization_config"].bnb_4bit_quant_storage == getattr(torch, storage)
+    noted = [
+        r.getMessage() for r in caplog.records if "bnb_4bit_quant_storage set" in r.getMessage()
+    ]
+    assert len(noted) == (0 if extra.get("bnb_config_kwargs") else 1), noted
+
+
+@pytest.mark.slow
+def test_qlora_on_two_processes_shards_the_4bit_weights_and_trains_what_one_does(
+    common: dict[str, Any], tmp_path: Path
+) -> None:
+    """QLoRA with `fsdp_version: 2` on 2 CPU processes (gloo, bitsandbytes' CPU backend): the
+    packed 4-bit weights stay packed and are split between the processes, and the adapter trains
+    (losses, weights) and is saved as one plain QLoRA process does with the same global batch."""
+    import re
+
+    one = tmp_path / "one"
+    train_with(
+        {**common, **QLORA, "gradient_accumulation_steps": 4, "output_dir": str(one)},
+        tmp_path / "1.yml",
+    )
+    two = tmp_path / "two"
+    config = {**common, **QLORA, "output_dir": str(two), "fsdp_version": 2}
+    result = run_weave(
+        "train", str(write_config(tmp_path / "2.yml", config)), "--num-processes", "2"
+    )
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    assert "bnb_4bit_quant_storage set to float32" in result.stderr
+    found = re.search(
+        r"fsdp2: 14 4-bit weights \(([\d,]+) parameters, packed in ([\d,]+) bytes of float32 "
+        r"storage\) sharded: the processes hold ([\d,]+) \+ ([\d,]+) bytes",
+        result.stderr,
+    )
+    assert found, result.stderr[-5000:]
+    params, packed, held0, held1 = (int(g.replace(",", "")) for g in found.groups())
+    assert params == 2 * packed  # 4 bits a weight: packed, not dequantized
+    assert held0 + held1 == packed and 0 < held0 < packed  # each process holds a part
+    losses_one, losses_two = step_losses(one), step_losses(two)
+    assert list(losses_one) == list(losses_two) == [1, 2]
+    for step, loss in losses_one.items():
+        assert losses_two[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
+    saved = {p.name for p in one.iterdir()}
+    assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved
+    assert {p.name for p in two.iterdir()} == saved  # saved as the plain QLoRA run saves
+    a = load_file(str(one / "adapter_model.safetensors"))
+    b = load_file(str(two / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and len(a) == 28  # lora_A and lora_B of the 14 layers
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_qlora_model_gathered_after_sharding_is_4bit_again_and_merges(
+    tiny_llama_dir: Path, device: str
+) -> None:
+    """One process: the packed weights are sharded as DTensors, and gathered back into
+    bitsandbytes' `Params4bit` with their quantization state (what a merge reads); the model
+    computes what it did before sharding."""
+    import torch.distributed as dist
+
+    bnb = pytest.importorskip("bitsandbytes")
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+    from torch.distributed.tensor import DTensor
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_compute_dtype="float32", bnb_4bit_quant_storage="float32"
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_llama_dir,
+        quantization_config=quantization,
+        device_map={"": 0 if device == "cuda" else "cpu"},
+    )
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    ids = (torch.arange(32).view(2, 16) % 50).to(model.device)
+    before = model(input_ids=ids).logits.detach()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    strategy = Fsdp2Strategy(Accelerator(cpu=device == "cpu"), FsdpConfig())
+    ours = not dist.is_initialized()
+    try:
+        model, optimizer, scheduler = strategy.prepare(model, optimizer, scheduler)
+        base = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+        assert isinstance(base.weight, DTensor) and base.weight.dtype == torch.float32
+        strategy.gather(model)
+    finally:
+        if ours and dist.is_initialized():
+            dist.destroy_process_group()
+    assert isinstance(base.weight, bnb.nn.Params4bit)
+    assert base.weight.quant_state is base.quant_state
+    torch.testing.assert_close(model(input_ids=ids).logits, before)
+    merged = model.merge_and_unload()  # dequantizes through `weight.quant_state`
+    assert isinstance(merged.model.layers[0].self_attn.q_proj, torch.nn.Linear)

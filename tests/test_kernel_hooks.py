@@ -468,37 +468,3 @@ def test_check_run_problems_are_reported_together_before_any_work(
         "resume_from_checkpoint:" in message and "not a complete checkpoint" in message
     )  # the loop's
     assert not out.exists()  # nothing written
-
-
-class RowNumbers:
-    """`transform_train_data` adding a per-row scalar column (the row's number, eval rows
-    negative), and a `training_step` wrapper recording what the batches carried."""
-
-    def __init__(self) -> None:
-        self.sets: list[bool] = []
-        self.seen: list[float] = []
-
-    @hookimpl
-    def transform_train_data(self, dataset: Any, evaluation: bool, columns: dict) -> Any:
-        self.sets.append(evaluation)
-        columns["row_number"] = None
-        sign = -1.0 if evaluation else 1.0
-        return dataset.add_column("row_number", [sign * i for i in range(len(dataset))])
-
-    @hookimpl(wrapper=True)
-    def training_step(self, window: list[dict[str, Any]]) -> Any:
-        for batch in window:
-            self.seen += batch["row_number"].tolist()
-        return (yield)
-
-
-def test_transform_train_data_adds_a_column_the_batches_carry(
-    base_config: dict, tmp_path: Path
-) -> None:
-    numbers = RowNumbers()
-    config = {**base_config, "max_steps": 3, "val_set_size": 0.25, "micro_batch_size": 2}
-    state = run({**config, "output_dir": str(tmp_path / "out")}, tmp_path / "c.yml", numbers)
-    assert sorted(numbers.sets) == [False, True]  # the training set and the eval set
-    assert len(numbers.seen) == 6 and all(n >= 0 and n == int(n) for n in numbers.seen)
-    assert len(set(numbers.seen)) == 6  # six different training rows
-    assert any("eval_loss" in entry for entry in state.log_history)

@@ -33,7 +33,13 @@ from axolotl_weave import ConfigError, DatasetFormat, PluginConfig, PluginError,
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import Session, open_session, train
 from axolotl_weave_plugins.commands._plugin_table import describe_plugins
-from axolotl_weave_testing import install_offline, run_weave, write_config, write_jsonl
+from axolotl_weave_testing import (
+    install_offline,
+    run_weave,
+    train_with,
+    write_config,
+    write_jsonl,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "core" / "axolotl_weave"
@@ -63,6 +69,8 @@ TEST_ONLY_HOOKS = {
     "lr_multiplier": "test_run_scoped_plugin_hooks_fire_in_order",
     "save_checkpoint_state": "test_run_scoped_plugin_hooks_fire_in_order",
     "load_checkpoint_state": "test_run_scoped_plugin_hooks_fire_in_order",
+    # implemented by precompute_ref_log_probs's run-scoped object
+    "transform_train_data": "test_transform_train_data_adds_a_column_the_batches_carry",
 }
 WIDE = {"COLUMNS": "200"}
 
@@ -890,3 +898,37 @@ def test_plugins_import_only_the_public_facade(path: Path) -> None:
     a third party must; the underscore modules are the core's to change."""
     private = re.findall(r"^\s*(?:from|import) (axolotl_weave\._\w+)", path.read_text(), re.M)
     assert private == [], f"{path.name} imports {private}"
+
+
+class RowNumbers:
+    """`transform_train_data` adding a per-row scalar column (the row's number, eval rows
+    negative), and a `training_step` wrapper recording what the batches carried."""
+
+    def __init__(self) -> None:
+        self.sets: list[bool] = []
+        self.seen: list[float] = []
+
+    @hookimpl
+    def transform_train_data(self, dataset: Any, evaluation: bool, columns: dict) -> Any:
+        self.sets.append(evaluation)
+        columns["row_number"] = None
+        sign = -1.0 if evaluation else 1.0
+        return dataset.add_column("row_number", [sign * i for i in range(len(dataset))])
+
+    @hookimpl(wrapper=True)
+    def training_step(self, window: list[dict[str, Any]]) -> Any:
+        for batch in window:
+            self.seen += batch["row_number"].tolist()
+        return (yield)
+
+
+def test_transform_train_data_adds_a_column_the_batches_carry(
+    base_config: dict, tmp_path: Path
+) -> None:
+    numbers = RowNumbers()
+    config = {**base_config, "max_steps": 3, "val_set_size": 0.25, "micro_batch_size": 2}
+    state = train_with({**config, "output_dir": str(tmp_path / "out")}, tmp_path / "c.yml", numbers)
+    assert sorted(numbers.sets) == [False, True]  # the training set and the eval set
+    assert len(numbers.seen) == 6 and all(n >= 0 and n == int(n) for n in numbers.seen)
+    assert len(set(numbers.seen)) == 6  # six different training rows
+    assert any("eval_loss" in entry for entry in state.log_history)

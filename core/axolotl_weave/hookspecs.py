@@ -415,7 +415,7 @@ def transform_train_data(
 
     Called by the loop once per set, when it is built, after ``wrap_distributed`` and before
     ``plan_batches`` (``precompute_ref_log_probs`` adds the reference's log-probabilities
-    here). Each plugin gets the previous one's result.
+    here). Collects all results, in turn: each plugin gets the previous one's result.
     """
 
 

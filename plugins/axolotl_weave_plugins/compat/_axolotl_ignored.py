@@ -138,7 +138,8 @@ IGNORED_KEYS: dict[str, str] = {
     "pretrain_multipack_attn": "a streamed-packing detail: the rows are the same",
     "pretrain_multipack_buffer_size": "a streamed-packing buffer: the rows are the same",
     "push_dataset_to_hub": "uploading the tokenized dataset, not training",
-    "qlora_sharded_model_loading": "how a QLoRA model is loaded under FSDP: refused with fsdp",
+    "qlora_sharded_model_loading": "how Axolotl's rank 0 loads a QLoRA base under FSDP: here "
+    "every process loads it quantized and FSDP2 shards it (docs/fsdp.md); memory only",
     "relora_prune_method": "ReLoRA's optimizer reset (magnitude, the default here)",
     "remove_unused_columns": "the batch columns are the formats' own here",
     "ring_attn_func": "ring attention: applies only with sequence parallelism, refused",

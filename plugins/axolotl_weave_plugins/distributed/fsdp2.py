@@ -21,6 +21,11 @@ reduce_dtype, output_dtype, cast_forward_inputs). Refused: a `SIZE_BASED_WRAP` p
 `state_dict_type: FULL_STATE_DICT` and a sharded final model, fp16 (its loss scaler: use bf16),
 FSDP1's keys with `fsdp_version: 2` (`sync_module_states`, `use_orig_params`, prefetching...).
 
+QLoRA (`load_in_4bit`) shards too (`_fsdp_qlora.py`, Answer.AI's FSDP-QLoRA recipe): the packed
+4-bit weights are stored in the dtype FSDP2 gathers in (`bnb_4bit_quant_storage`, set here with
+a note unless given), so that `fully_shard` splits them like any frozen weight; the log says
+what each process holds, and the gathered model has bitsandbytes' `Params4bit` weights again.
+
 FSDP1's spelling (the `fsdp:` list, `fsdp_version: 1`, `fsdp_config` without `fsdp_version`) is
 mapped to FSDP2 with one warning saying what was read as what (`_fsdp_options.py`): full_shard ->
 `reshard_after_forward: true`, shard_grad_op -> false, offload -> `offload_params`, auto_wrap ->
@@ -52,6 +57,12 @@ from axolotl_weave_plugins.distributed._fsdp_options import (
     mixed_precision,
     refuse_fsdp1_only,
     unprefixed,
+)
+from axolotl_weave_plugins.distributed._fsdp_qlora import (
+    refuse_cast_storage,
+    report_sharded,
+    restore_packed,
+    set_quant_storage,
 )
 
 PLUGIN_KIND = "distributed"
@@ -325,6 +336,7 @@ class Fsdp2Strategy(AccelerateStrategy):
         fully_shard(model, **options)
         if efficient:
             self.load_from_main(model, full, buffers)
+        report_sharded(model, self.device)
         sharded = {canonical(name): param for name, param in model.named_parameters()}
         for group in optimizer.param_groups:
             group["params"] = [sharded[names[id(param)]] for param in group["params"]]
@@ -488,6 +500,7 @@ class Fsdp2Strategy(AccelerateStrategy):
             owner = model.get_submodule(owner_name) if owner_name else model
             requires_grad = owner._parameters[leaf].requires_grad
             owner._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad)
+        restore_packed(model)
         unwrap_checkpointed(model)
 
 
@@ -676,6 +689,15 @@ def refuse_combinations(cfg: Any, settings: FsdpConfig) -> None:
         )
     if settings.cpu_offload_pin_memory and torch.accelerator.current_accelerator() is None:
         raise ConfigError(PINNED_ON_CPU)
+    refuse_cast_storage(cfg, settings)
+
+
+@hookimpl(trylast=True)
+def model_load_kwargs(cfg: Any, purpose: str, kwargs: dict[str, Any]) -> None:
+    """QLoRA under FSDP2 (after the quantization plugin's): the packed 4-bit weights stored in
+    the dtype FSDP2 gathers in, so that they shard (FSDP-QLoRA), with a note."""
+    if cfg.fsdp_version == 2 and purpose == "train":
+        set_quant_storage(cfg, cfg.fsdp_config or FsdpConfig(), kwargs)
 
 
 def is_rank_zero() -> bool:

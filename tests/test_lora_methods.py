@@ -657,3 +657,16 @@ def test_lora_target_parameters_adapts_fused_moe_experts(
     assert saved["target_parameters"] == ["experts.gate_up_proj"]
     weights = load_file(str(Path(run["output_dir"]) / "adapter_model.safetensors"))
     assert any("experts.lora_A" in name for name in weights), sorted(weights)[:6]
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes (scripts/setup.sh installs it)")
+def test_a_4bit_model_counts_the_weights_its_packed_storage_stands_for(
+    base_config: dict, tmp_path: Path
+) -> None:
+    from axolotl_weave._run import parameter_counts
+
+    plain, _ = load(lora(base_config, lora_target_linear=True), tmp_path)
+    config = lora(base_config, adapter="qlora", load_in_4bit=True, lora_target_linear=True)
+    quantized, _ = load(config, tmp_path)
+    assert any(hasattr(p, "quant_state") for p in quantized.parameters())  # really packed
+    assert parameter_counts(quantized) == parameter_counts(plain)

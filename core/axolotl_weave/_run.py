@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,10 +299,21 @@ def build_trainer(
     )
 
 
+def parameter_counts(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameters; a packed 4-bit weight (bitsandbytes') counts as the
+    weight it stands for, not as its packed storage."""
+
+    def count(param: Any) -> int:
+        shape = getattr(getattr(param, "quant_state", None), "shape", None)
+        return math.prod(shape) if shape is not None else param.numel()
+
+    params = list(model.parameters())
+    return sum(count(p) for p in params if p.requires_grad), sum(count(p) for p in params)
+
+
 def log_parameter_counts(model: Any) -> None:
     """Log trainable and total parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable, total = parameter_counts(model)
     log.info(
         "parameters: %s trainable of %s (%.2f%%)",
         f"{trainable:,}",

@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from axolotl_weave_testing import greedy, train_tiny_lora, write_config, write_jsonl
+from axolotl_weave_testing import (
+    chat_template_config,
+    greedy,
+    train_tiny_lora,
+)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ANSWER_TOKENS = 8
@@ -236,16 +240,7 @@ def test_with_a_chat_template_the_page_takes_a_system_message(
     from axolotl_weave_plugins.inference._model import choose_model, load_for_inference
     from axolotl_weave_plugins.inference._prompting import Message
 
-    rows = write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
-    path = write_config(
-        tmp_path / "c.yml",
-        {
-            "base_model": str(tiny_llama_dir),
-            "chat_template": "chatml",
-            "datasets": [{"path": str(rows), "type": "chat_template"}],
-            "output_dir": str(tmp_path / "out"),
-        },
-    )
+    path = chat_template_config(tmp_path, tiny_llama_dir)
     session = open_session(path)
     chat = load_for_inference(session, choose_model(session.cfg, None, str(tiny_llama_dir)))
     page = page_settings(session.cfg, Sampling(max_new_tokens=ANSWER_TOKENS, temperature=0), "m")

@@ -10,7 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from axolotl_weave_testing import greedy, train_tiny_lora, write_config, write_jsonl
+from axolotl_weave_testing import (
+    chat_template_config,
+    greedy,
+    train_tiny_lora,
+)
 
 
 @pytest.fixture(scope="module")
@@ -175,16 +179,7 @@ def test_chat_template_prompts_match_training(tiny_llama_dir: Path, tmp_path: Pa
     from axolotl_weave.commands import load_tokenizer, open_session
     from axolotl_weave_plugins.inference._prompting import Message, Prompter
 
-    rows = write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
-    path = write_config(
-        tmp_path / "c.yml",
-        {
-            "base_model": str(tiny_llama_dir),
-            "chat_template": "chatml",
-            "datasets": [{"path": str(rows), "type": "chat_template"}],
-            "output_dir": str(tmp_path / "out"),
-        },
-    )
+    path = chat_template_config(tmp_path, tiny_llama_dir)
     session = open_session(path)
     tokenizer = load_tokenizer(session, None)
     prompter = Prompter(session, tokenizer)

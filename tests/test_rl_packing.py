@@ -26,11 +26,11 @@ from axolotl_weave_plugins.rl._objective import PreferenceObjective, preference_
 from axolotl_weave_testing import (
     OneProcessStrategy,
     build_rows,
+    dpo_lora_config,
     pair_rows,
     preference_settings,
     run_weave,
     write_config,
-    write_jsonl,
 )
 
 
@@ -267,21 +267,8 @@ def test_a_packed_window_steps_as_the_padded_one(setup: Any) -> None:
 
 
 def packed_config(tmp_path: Path, base_config: dict, **keys: Any) -> dict:
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8))
-    return {
-        **base_config,
-        "datasets": [{"path": str(pairs), "type": "chatml.intel"}],
-        "rl": "dpo",
-        "adapter": "lora",
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "lora_dropout": 0.0,
-        "sample_packing": True,
-        "sequence_len": 256,  # rows of up to 512 tokens: 2 to 4 of these pairs each
-        "max_steps": 3,
-        "logging_steps": 1,
-        **keys,
-    }
+    # rows of up to 512 tokens: 2 to 4 of these pairs each
+    return dpo_lora_config(tmp_path, base_config, sample_packing=True, sequence_len=256, **keys)
 
 
 def test_kto_cannot_pack_and_says_why(tmp_path: Path, base_config: dict) -> None:

@@ -13,19 +13,11 @@ from typing import Any
 
 import pytest
 from axolotl_weave import ConfigError, hookimpl
-from axolotl_weave_testing import train_with, write_config, write_jsonl
-
-PAIRS = [
-    {"system": "Be brief.", "question": "Add 1 and 2.", "chosen": "3", "rejected": "It is 12"},
-    {"system": "", "question": "Reverse cat.", "chosen": "tac", "rejected": "I cannot"},
-    {"system": "", "question": "Add 4 and 4.", "chosen": "8", "rejected": "Maybe 44, or 9"},
-    {"system": "Be kind.", "question": "Reverse dog.", "chosen": "god", "rejected": "dog"},
-]
+from axolotl_weave_testing import pair_rows, train_with, write_config, write_jsonl
 
 
 def dpo_config(tmp_path: Path, base_config: dict, name: str, **keys: Any) -> dict:
-    rows = [PAIRS[i % 4] | {"question": f"{PAIRS[i % 4]['question']} ({i})"} for i in range(8)]
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8))
     config = {
         **base_config,
         "datasets": [{"path": str(pairs), "type": "chatml.intel"}],

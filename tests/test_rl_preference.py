@@ -25,12 +25,12 @@ from axolotl_weave_plugins.rl._objective import PreferenceObjective
 from axolotl_weave_testing import (
     OneProcessStrategy,
     build_rows,
+    dpo_lora_config,
     pair_rows,
     preference_settings,
     run_weave,
     train_with,
     write_config,
-    write_jsonl,
 )
 
 CHATML_TEMPLATE = (
@@ -447,18 +447,7 @@ def test_a_preference_type_without_rl_is_refused(tmp_path: Path, base_config: di
 
 
 def dpo_config(tmp_path: Path, base_config: dict) -> dict:
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8))
-    return {
-        **base_config,
-        "datasets": [{"path": str(pairs), "type": "chatml.intel"}],
-        "rl": "dpo",
-        "adapter": "lora",
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "lora_dropout": 0.0,
-        "max_steps": 3,
-        "logging_steps": 1,
-    }
+    return dpo_lora_config(tmp_path, base_config)
 
 
 def metrics_of(config: dict) -> list[dict[str, float]]:

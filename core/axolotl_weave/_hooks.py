@@ -230,9 +230,16 @@ class Hooks:
     ) -> Any:
         """`dataset` as every plugin's `transform_train_data` left it, in turn."""
         for impl in reversed(self.pm.hook.transform_train_data.get_hookimpls()):
-            kwargs = {"cfg": cfg, "dataset": dataset, "evaluation": evaluation}
-            kwargs |= {"strategy": strategy, "columns": columns, "pad_token_id": pad_token_id}
-            result = self._call_impl("transform_train_data", impl, **kwargs)
+            result = self._call_impl(
+                "transform_train_data",
+                impl,
+                cfg=cfg,
+                dataset=dataset,
+                evaluation=evaluation,
+                strategy=strategy,
+                columns=columns,
+                pad_token_id=pad_token_id,
+            )
             dataset = dataset if result is None else result
         return dataset
 

@@ -371,6 +371,37 @@ def pair_rows(count: int = 8) -> list[dict[str, str]]:
     return [pairs[i % 4] | {"question": f"{pairs[i % 4]['question']} ({i})"} for i in range(count)]
 
 
+def dpo_lora_config(folder: Path, base_config: dict[str, Any], **keys: Any) -> dict[str, Any]:
+    """`base_config` as a DPO run with a small LoRA on 8 `chatml.intel` pairs written to
+    `folder`: 3 steps, every one logged; `keys` added."""
+    pairs = write_jsonl(folder / "pairs.jsonl", pair_rows(8))
+    return {
+        **base_config,
+        "datasets": [{"path": str(pairs), "type": "chatml.intel"}],
+        "rl": "dpo",
+        "adapter": "lora",
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.0,
+        "max_steps": 3,
+        "logging_steps": 1,
+        **keys,
+    }
+
+
+def chat_template_config(folder: Path, base_model: Path) -> Path:
+    """A `chat_template: chatml` config on one conversation written to `folder`, training
+    into `folder/out`; its path."""
+    rows = write_jsonl(folder / "c.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    config = {
+        "base_model": str(base_model),
+        "chat_template": "chatml",
+        "datasets": [{"path": str(rows), "type": "chat_template"}],
+        "output_dir": str(folder / "out"),
+    }
+    return write_config(folder / "c.yml", config)
+
+
 def preference_settings(**keys: Any) -> Any:
     """A config stand-in with every preference key unset (DPO, beta 0.1), `keys` applied: for
     tests that build a preference objective directly."""

@@ -48,6 +48,7 @@ def adjust_param_groups(cfg: Any, model: Any, groups: list[dict[str, Any]]) -> N
     if not items:
         return
     names = {id(param): name for name, param in model.named_parameters()}
+    rates = {g.name: g.lr for g in items}
     split: list[dict[str, Any]] = []
     for group in groups:
         owners: dict[str, list[Any]] = {}
@@ -55,7 +56,6 @@ def adjust_param_groups(cfg: Any, model: Any, groups: list[dict[str, Any]]) -> N
             name = names.get(id(param), "")
             owner = next((g.name for g in items if any(m in name for m in g.modules)), None)
             owners.setdefault(owner or group["group"], []).append(param)
-        rates = {g.name: g.lr for g in items}
         for owner, params in owners.items():
             lr = rates.get(owner, group["lr"])
             split.append({**group, "params": params, "lr": lr, "group": owner})

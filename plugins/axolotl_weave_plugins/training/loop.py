@@ -112,10 +112,11 @@ def output_dir_problem(cfg: Any) -> str | None:
         return f"output_dir: cannot write in {nearest} (permission denied); choose another folder"
     if cfg.resume_from_checkpoint or cfg.overwrite_output_dir:
         return None
+    found = checkpoints(out)
     if (out / FINISHED_MARKER).exists():
         held = "the model of a finished run"
-    elif checkpoints(out):
-        held = f"the checkpoints of an unfinished run ({checkpoints(out)[-1].name})"
+    elif found:
+        held = f"the checkpoints of an unfinished run ({found[-1].name})"
     else:
         return None
     return (

@@ -217,6 +217,18 @@ def test_trained_counts_a_batch_at_a_time(monkeypatch: pytest.MonkeyPatch) -> No
     assert _fitting.trained_counts(dataset, "labels").tolist() == whole == [2, 0, 1, 0, 0, 1]
 
 
+def test_trained_counts_follow_the_definition_on_random_rows() -> None:
+    rng = random.Random(0)
+    labels = [
+        None if rng.random() < 0.05 else [rng.choice([IGNORE_INDEX, 3, 7]) for _ in range(size)]
+        for size in (rng.choice([0, 0, 1, 2, 5, 40]) for _ in range(500))
+    ]
+    # the loss trains each label but the first (no token predicts it) that is not ignored
+    expected = [sum(x != IGNORE_INDEX for x in (row or [])[1:]) for row in labels]
+    values = pa.array(labels, type=pa.list_(pa.int64()))
+    assert _fitting.batch_trained_counts(values).tolist() == expected
+
+
 def test_stats_sum_a_shuffled_and_filtered_column_by_batches() -> None:
     dataset = Dataset.from_dict({"length": list(range(200_000)), "other": [1] * 200_000})
     picked = dataset.select(range(0, 200_000, 3)).shuffle(seed=0)
@@ -234,6 +246,11 @@ def test_token_columns_become_one_arrow_table() -> None:
     assert arrow_batch(mixed) is mixed  # text: left to datasets, as before
     empty = {"input_ids": [[]], "labels": [[]]}
     assert arrow_batch(empty) is empty
+    large = arrow_batch({"input_ids": [[2**40, -100], [1]], "labels": [[-100, 3], [1]]})
+    assert large.schema.field("input_ids").type == pa.list_(pa.int64())
+    assert large.to_pydict() == {"input_ids": [[2**40, -100], [1]], "labels": [[-100, 3], [1]]}
+    flags = {"input_ids": [[1, True]]}
+    assert arrow_batch(flags) is flags  # a bool is not an id: left to datasets, as before
 
 
 def test_two_processes_give_the_rows_of_one(tmp_path: Path, base_config: dict[str, Any]) -> None:

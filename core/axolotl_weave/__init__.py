@@ -21,7 +21,7 @@ from axolotl_weave._batches import (
     read_rows,
     to_device,
 )
-from axolotl_weave._checkpoint import FINISHED_MARKER, checkpoint_step, checkpoints
+from axolotl_weave._checkpoint import FINISHED_MARKER, STATE_FILE, checkpoint_step, checkpoints
 from axolotl_weave._config import CoreConfig, DatasetEntry, PluginConfig
 from axolotl_weave._errors import (
     CapabilityError,
@@ -90,6 +90,7 @@ __all__ = [
     "IGNORE_INDEX",
     "PAD_TOKEN",
     "SFT_COLUMNS",
+    "STATE_FILE",
     "AccelerateStrategy",
     "BatchPlan",
     "Columns",

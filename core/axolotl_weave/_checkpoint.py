@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import torch
 
 STATE_FILE = "trainer_state.json"
+"""The training state: in every complete checkpoint, and at the top of a finished run's folder."""
 FINISHED_MARKER = STATE_FILE
 """Written at the top of `output_dir` when a run has finished (its last state)."""
 WEIGHTS_FILE = "trainable.safetensors"

@@ -301,7 +301,7 @@ def arrow_batch(columns: dict[str, list[Any]]) -> Any:
     for key, values in columns.items():
         try:
             if key.endswith(TOKEN_COLUMN_SUFFIXES) and holds_ints(values):  # no inference
-                array = pa.array(values, type=int_lists)
+                array = int_lists_array(values)
             else:
                 array = pa.array(values)
         except (pa.ArrowException, TypeError, ValueError, OverflowError):
@@ -312,6 +312,18 @@ def arrow_batch(columns: dict[str, list[Any]]) -> Any:
             return columns  # only empty lists (a batch of refused rows): inferred as before
         arrays[key] = array
     return pa.table(arrays) if arrays else columns
+
+
+def int_lists_array(values: list[Any]) -> Any:
+    """Lists of ints as an Arrow `list<int64>` array: converted to int32 first, then cast, which
+    pyarrow does about four times faster than converting to int64; an id past int32 (or a value
+    that is no int) takes the direct conversion, which raises as before."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values, type=pa.list_(pa.int32())).cast(pa.list_(pa.int64()))
+    except (pa.ArrowException, OverflowError):
+        return pa.array(values, type=pa.list_(pa.int64()))
 
 
 def holds_ints(values: list[Any]) -> bool:

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from axolotl_weave import WeaveError, checkpoints, hookimpl
+from axolotl_weave import STATE_FILE, WeaveError, checkpoints, hookimpl
 
 PLUGIN_KIND = "command"
 
 SHARDED_FOLDER = "sharded"
 """Where the FSDP2 plugin writes a checkpoint's shards (its `SHARDED_FOLDER`)."""
-STATE_FILE = "trainer_state.json"
 """What marks a complete checkpoint."""
 MODEL_PREFIX = "model."
 """The checkpoint's keys of the trainable weights (the optimizer's start with `optimizer.`)."""

@@ -86,7 +86,9 @@ def tokenizer_identity(tokenizer: Any) -> str:
 
 def plugin_versions(hooks: Any) -> list[str]:
     """'name==version' of each distribution providing a plugin (their code shapes the output)."""
-    names = {f"{d.project_name}=={d.version}" for _, d in hooks.pm.list_plugin_distinfo()}
+    # one distribution per entry point: read each one's metadata once (a parse every time)
+    dists = {id(getattr(d, "_dist", d)): d for _, d in hooks.pm.list_plugin_distinfo()}
+    names = {f"{d.project_name}=={d.version}" for d in dists.values()}
     names.add(f"axolotl-weave=={importlib.metadata.version('axolotl-weave')}")
     return sorted(names)
 

@@ -55,12 +55,14 @@ def batch_trained_counts(values: Any) -> Any:
     flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)
     if not len(flat):
         return np.zeros(len(sizes), dtype=np.int64)
-    trained = np.concatenate([[0], np.cumsum(flat != IGNORE_INDEX)])
-    ends = np.cumsum(sizes)
-    starts = ends - sizes
-    counts = trained[ends] - trained[starts]
-    first_trained = (sizes > 0) & (flat[np.minimum(starts, len(flat) - 1)] != IGNORE_INDEX)
-    return counts - first_trained
+    trained = (flat != IGNORE_INDEX).astype(np.int64)
+    starts = np.cumsum(sizes) - sizes
+    filled = sizes > 0
+    counts = np.zeros(len(sizes), dtype=np.int64)
+    # one sum per non-empty row (a running sum over every label is many times slower): the
+    # segments between consecutive non-empty starts are exactly those rows
+    counts[filled] = np.add.reduceat(trained, starts[filled])
+    return counts - (filled & (trained[np.minimum(starts, len(flat) - 1)] == 1))
 
 
 def check_tokenized(dataset: Dataset, where: str, fmt: DatasetFormat | None = None) -> None:

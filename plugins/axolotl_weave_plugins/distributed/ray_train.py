@@ -20,7 +20,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from axolotl_weave import ConfigError, PluginConfig, WeaveError, hookimpl, require
+from axolotl_weave import (
+    FINISHED_MARKER,
+    ConfigError,
+    PluginConfig,
+    WeaveError,
+    hookimpl,
+    require,
+)
 from pydantic import Field, model_validator
 
 PLUGIN_KIND = "distributed"
@@ -185,7 +192,7 @@ def finished_steps(output_dir: Path) -> int | None:
     (the first worker ran on another node, without a shared folder)."""
     import json
 
-    marker = output_dir / "trainer_state.json"
+    marker = output_dir / FINISHED_MARKER
     if not marker.is_file():
         return None
     return int(json.loads(marker.read_text())["global_step"])

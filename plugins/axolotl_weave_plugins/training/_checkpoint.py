@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from axolotl_weave import (
+    STATE_FILE,
     ConfigError,
     TrainState,
     WeaveError,
@@ -24,7 +25,6 @@ from axolotl_weave import (
     write_atomically,
 )
 
-STATE_FILE = "trainer_state.json"
 SETTINGS_FILE = "run_settings.json"
 """The settings a checkpoint's data position depends on, checked when it is resumed."""
 log = logging.getLogger("axolotl_weave")

@@ -200,6 +200,56 @@ def test_chat_template_prompts_match_training(tiny_llama_dir: Path, tmp_path: Pa
     assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
 
 
+def test_every_instruction_format_renders_its_training_prompt(
+    tiny_llama_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each format declaring a prompt row: its prompt ids are the masked prefix of a training row
+    that answers the same prompt (one of the row's empty fields is its response); formats that
+    declare "chat" or "text" render through the template or as text, the rest fall back."""
+    import yaml
+    from axolotl_weave import rows_table
+    from axolotl_weave._hooks import Hooks
+    from axolotl_weave._pluginmanager import make_plugin_manager
+    from axolotl_weave.commands import load_tokenizer, open_session
+    from axolotl_weave_plugins.inference._prompting import Prompter
+
+    formats = Hooks(make_plugin_manager()).dataset_formats()
+    declared = {name for name, fmt in formats.items() if callable(fmt.prompt)}
+    assert {"alpaca", "alpaca_w_system.load_open_orca", "metharme", "user_defined"} <= declared
+    assert formats["chat_template"].prompt == "chat" and formats["completion"].prompt == "text"
+    (tmp_path / "rows.jsonl").write_text("{}\n")
+    for name in [*sorted(declared), "context_qa"]:
+        config = tmp_path / f"{name}.yml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "base_model": str(tiny_llama_dir),
+                    "datasets": [{"path": str(tmp_path / "rows.jsonl"), "type": name}],
+                    "output_dir": str(tmp_path / "out"),
+                }
+            )
+        )
+        session = open_session(config)
+        tokenizer = load_tokenizer(session, None)
+        prompter = Prompter(session, tokenizer)
+        ids = prompter.prompt_ids("Reverse the word.")
+        if name == "context_qa":  # a question about an article: no free prompt, it says so
+            assert formats[name].prompt is None and prompter.mode == "raw"
+            assert "type: context_qa: weave cannot render its prompt" in caplog.text
+            break
+        assert prompter.mode == "format", name
+        assert "Reverse the word." in tokenizer.decode(ids), name
+        entry, fmt = session.cfg.datasets[0], formats[name]
+        row = fmt.prompt(entry, "Reverse the word.")
+        prefixes = []
+        for field in [key for key, value in row.items() if value == ""]:
+            answered = rows_table([{**row, field: "tac"}])
+            (built,) = list(fmt.build(entry, answered, tokenizer, session.cfg))
+            if any(label != -100 for label in built["labels"]):
+                prefixes.append(masked_prefix(built))
+        assert ids in prefixes, name
+
+
 def test_a_full_model_in_output_dir_is_loaded(trained: dict[str, Any]) -> None:
     """A run without an adapter saves the full model: output_dir is then the model."""
     full = trained["base_model"]

@@ -44,6 +44,11 @@ class DatasetFormat:
     user-defined prompt format): the mapping's keys become the entry's options.
     `streams=True` marks a format that can build a streamed `pretraining_dataset:` entry; the
     first such format is the default `type` of those entries.
+    `prompt` says how inference (`weave inference`, `weave serve`) renders a user's prompt as
+    training did: `prompt_row(entry, text)`, a raw row of this format holding the prompt and an
+    empty response (`build` then gives exactly the training prompt); `"chat"`, the tokenizer's
+    chat template; `"text"`, the text as it is; None, it cannot (inference warns, and falls
+    back to the chat template or the text).
     """
 
     name: str
@@ -52,6 +57,7 @@ class DatasetFormat:
     inline: bool = False
     streams: bool = False
     build: Callable[..., Any] | None = field(default=None, compare=False)
+    prompt: Callable[[Any, str], dict[str, Any]] | str | None = field(default=None, compare=False)
     columns: dict[str, int | str | None] = field(
         default_factory=lambda: dict(SFT_COLUMNS), compare=False, hash=False
     )

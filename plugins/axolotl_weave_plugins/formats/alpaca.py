@@ -52,7 +52,13 @@ FORMATS = styled_formats("alpaca", "instruction, optional input, output (Stanfor
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `alpaca` and `alpaca:<style>` for each prompt style."""
     for name, description in FORMATS.items():
-        register(DatasetFormat(name, description, build=build))
+        register(DatasetFormat(name, description, build=build, prompt=prompt_row))
+
+
+def prompt_row(entry: Any, text: str) -> dict[str, str]:
+    """A row whose instruction is `text` (no input) and whose output is empty:
+    the prompt inference renders."""
+    return {"instruction": text, "input": "", "output": ""}
 
 
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:

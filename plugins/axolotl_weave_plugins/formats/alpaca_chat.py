@@ -90,7 +90,14 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `alpaca_chat` and its `load_*` variants."""
     for name, description in DESCRIPTIONS.items():
         options = AlpacaChatOptions if name == "alpaca_chat" else None
-        register(DatasetFormat(name, description, options=options, build=build))
+        register(DatasetFormat(name, description, options=options, build=build, prompt=prompt_row))
+
+
+def prompt_row(entry: Any, text: str) -> dict[str, str]:
+    """A row of the entry's variant whose instruction is `text` (no input) and whose response
+    is empty: the prompt inference renders."""
+    (instruction_field, _, response_field), _ = VARIANTS[entry.type]
+    return {instruction_field: text, response_field: ""}
 
 
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:

@@ -78,7 +78,14 @@ VARIANTS: dict[str, tuple[PromptStyle, tuple[str, str | None, str, str], str]] =
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `alpaca_w_system` and its `load_*` variants."""
     for name, (_, _, description) in VARIANTS.items():
-        register(DatasetFormat(name, description, build=build))
+        register(DatasetFormat(name, description, build=build, prompt=prompt_row))
+
+
+def prompt_row(entry: Any, text: str) -> dict[str, str]:
+    """A row of the entry's variant whose instruction is `text`, with no input, no system text
+    and an empty response: the prompt inference renders."""
+    _, (instruction_field, _, response_field, system_field), _ = VARIANTS[entry.type]
+    return {instruction_field: text, response_field: "", system_field: ""}
 
 
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:

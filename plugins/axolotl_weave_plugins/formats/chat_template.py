@@ -403,6 +403,7 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
             "conversations (messages with role, content) rendered with a chat template",
             options=ChatTemplateOptions,
             build=build,
+            prompt="chat",
         )
     )
     register(
@@ -411,6 +412,7 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
             "deprecated: ShareGPT conversations (from, value), read as chat_template",
             options=SharegptOptions,
             build=build,
+            prompt="chat",
         )
     )
 

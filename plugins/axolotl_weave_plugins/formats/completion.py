@@ -32,7 +32,12 @@ COLUMNS = ("input_ids", "labels", "attention_mask")
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `completion`."""
     register(
-        DatasetFormat("completion", "raw text in one column (field:, default text)", build=build)
+        DatasetFormat(
+            "completion",
+            "raw text in one column (field:, default text)",
+            build=build,
+            prompt="text",
+        )
     )
 
 

@@ -149,7 +149,15 @@ VARIANTS: dict[str, tuple[list[str], Callable[[dict[str, Any]], tuple[str, str]]
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `creative_acr.load_answer`, `.load_critique` and `.load_revise`."""
     for name, (_, _, description) in VARIANTS.items():
-        register(DatasetFormat(name, description, build=build))
+        # only an answer is asked with an instruction alone; a critique or a revision needs one
+        prompt = answer_prompt_row if name == "creative_acr.load_answer" else None
+        register(DatasetFormat(name, description, build=build, prompt=prompt))
+
+
+def answer_prompt_row(entry: Any, text: str) -> dict[str, str]:
+    """A `load_answer` row whose instruction is `text` and whose answer is empty: the prompt
+    inference renders."""
+    return {"instruction": text, "revision": ""}
 
 
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:

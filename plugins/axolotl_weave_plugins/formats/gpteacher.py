@@ -30,7 +30,13 @@ FORMATS = styled_formats("gpteacher", "instruction, optional input, response (GP
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `gpteacher` and `gpteacher:<style>` for each prompt style."""
     for name, description in FORMATS.items():
-        register(DatasetFormat(name, description, build=build))
+        register(DatasetFormat(name, description, build=build, prompt=prompt_row))
+
+
+def prompt_row(entry: Any, text: str) -> dict[str, str]:
+    """A row whose instruction is `text` (no input) and whose response is empty:
+    the prompt inference renders."""
+    return {"instruction": text, "input": "", "response": ""}
 
 
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:

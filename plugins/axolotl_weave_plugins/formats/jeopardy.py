@@ -34,7 +34,13 @@ FORMATS = styled_formats("jeopardy", "question (clue), category, answer (Jeopard
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `jeopardy` and `jeopardy:<style>` for each prompt style."""
     for name, description in FORMATS.items():
-        register(DatasetFormat(name, description, build=build))
+        register(DatasetFormat(name, description, build=build, prompt=prompt_row))
+
+
+def prompt_row(entry: Any, text: str) -> dict[str, str]:
+    """A row whose clue is `text` (no category) and whose answer is empty:
+    the prompt inference renders."""
+    return {"question": text, "category": "", "answer": ""}
 
 
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:

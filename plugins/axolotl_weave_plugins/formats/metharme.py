@@ -35,8 +35,19 @@ NUM_EOS_TOKENS = 3
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `metharme`."""
     register(
-        DatasetFormat("metharme", "prompt, generation (Metharme; three EOS tokens)", build=build)
+        DatasetFormat(
+            "metharme",
+            "prompt, generation (Metharme; three EOS tokens)",
+            build=build,
+            prompt=prompt_row,
+        )
     )
+
+
+def prompt_row(entry: Any, text: str) -> dict[str, str]:
+    """A row whose prompt is `text` and whose generation is empty: the prompt inference
+    renders."""
+    return {"prompt": text, "generation": ""}
 
 
 def metharme_ids(

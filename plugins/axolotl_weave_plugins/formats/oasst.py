@@ -29,7 +29,13 @@ FORMATS = styled_formats("oasst", "INSTRUCTION, RESPONSE (OpenAssistant)")
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `oasst` and `oasst:<style>` for each prompt style."""
     for name, description in FORMATS.items():
-        register(DatasetFormat(name, description, build=build))
+        register(DatasetFormat(name, description, build=build, prompt=prompt_row))
+
+
+def prompt_row(entry: Any, text: str) -> dict[str, str]:
+    """A row whose instruction is `text` and whose response is empty:
+    the prompt inference renders."""
+    return {"INSTRUCTION": text, "RESPONSE": ""}
 
 
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:

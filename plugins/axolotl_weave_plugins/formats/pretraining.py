@@ -60,6 +60,7 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
                 options=PretrainingOptions,
                 streams=True,
                 build=build,
+                prompt="text",
             )
         )
 

@@ -34,7 +34,13 @@ FORMATS = {
 def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
     """Register `summarizetldr` and `summarizetldr:<style>` (the same) for each prompt style."""
     for name, description in FORMATS.items():
-        register(DatasetFormat(name, description, build=build))
+        register(DatasetFormat(name, description, build=build, prompt=prompt_row))
+
+
+def prompt_row(entry: Any, text: str) -> dict[str, str]:
+    """A row whose article is `text` and whose summary is empty:
+    the prompt inference renders."""
+    return {"article": text, "summary": ""}
 
 
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:

@@ -95,8 +95,16 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
             options=UserDefinedOptions,
             inline=True,
             build=build,
+            prompt=prompt_row,
         )
     )
+
+
+def prompt_row(entry: Any, text: str) -> dict[str, str]:
+    """A row whose instruction field (`field_instruction`) is `text`, with no input and an
+    empty output: the prompt inference renders."""
+    instruction = entry.option("field_instruction") or "instruction"
+    return {instruction: text, entry.option("field_output") or "output": ""}
 
 
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:

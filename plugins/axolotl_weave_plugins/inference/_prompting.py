@@ -1,20 +1,22 @@
 """Prompts rendered as in training: the token ids a trained model saw before its answer.
 
-Three ways, picked from the config's first `datasets:` entry:
+The format of the config's first `datasets:` entry says how (its `DatasetFormat.prompt`):
 
-- a chat format (`type: chat_template`, `sharegpt`): the conversation through the tokenizer's
-  chat template with the generation prompt. The tokenizer is loaded through the
-  `load_tokenizer` hook, so the `chat_template` plugin has set the config's top-level
-  `chat_template` (with `default_system_message`) on it, as in training; the text is tokenized
-  without special tokens, as that plugin does.
-- an instruction format (`alpaca`, `alpaca_chat`, `oasst`, `jeopardy`, ...): the format's own
-  `build` (from the registry) on one row holding the prompt and an empty response. An empty
-  response adds no token, so the built row is exactly the training prompt (system text, turn
-  template, BOS).
-- raw text (`completion`, `pretraining`, a format neither of the above reaches, or `--raw`):
-  the text with the tokenizer's special tokens.
+- `"chat"` (`chat_template`, `sharegpt`): the conversation through the tokenizer's chat template
+  with the generation prompt. The tokenizer is loaded through the `load_tokenizer` hook, so the
+  `chat_template` plugin has set the config's top-level `chat_template` (with
+  `default_system_message`) on it, as in training; the text is tokenized without special
+  tokens, as that plugin does.
+- a function (`alpaca`, `alpaca_chat`, `oasst`, `jeopardy`, ...): the format's own `build` on
+  the one row the function gives, holding the prompt and an empty response, with
+  `train_on_inputs: false`. The built row's untrained tokens are exactly the training prompt
+  (system text, turn template, BOS); what a format adds to every response (jeopardy's
+  "what is ", an EOS) is trained, so it is left to the model.
+- `"text"` (`completion`, `pretraining`), no `type:`, or `--raw`: the text with the tokenizer's
+  special tokens.
 
-Not a plugin (no entry point): a helper of `inference_command` and `serve_command`.
+A format that says nothing falls back to the tokenizer's chat template (or the text), with a
+warning. Not a plugin (no entry point): a helper of `inference_command` and `serve_command`.
 """
 
 from __future__ import annotations
@@ -24,25 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from axolotl_weave import WeaveError, rows_table
+from axolotl_weave import IGNORE_INDEX, WeaveError, rows_table
 
 log = logging.getLogger("axolotl_weave")
-
-CHAT_FORMATS = ("chat_template", "sharegpt")
-"""Format names (before any `.variant`) whose rows are conversations in a chat template."""
-
-RAW_FORMATS = ("completion", "pretraining", "pretrain")
-"""Format names whose rows are plain text: a prompt is used as it is."""
-
-INSTRUCTION_ROWS: tuple[Callable[[str], dict[str, str]], ...] = (
-    lambda text: {"instruction": text, "input": "", "output": ""},
-    lambda text: {"INSTRUCTION": text, "RESPONSE": ""},
-    lambda text: {"instruction": text, "input": "", "response": ""},
-    lambda text: {"prompt": text, "generation": ""},
-    lambda text: {"question": text, "category": "", "answer": ""},
-)
-"""One-row probes for instruction formats: the prompt in the format's instruction column, an
-empty response. The first the format builds wins (a format lacking a column refuses the row)."""
 
 
 @dataclass(frozen=True)
@@ -62,18 +48,20 @@ class Prompter:
         entries = list(session.cfg.datasets or [])
         self.entry = entries[0] if entries else None
         type_name = (self.entry.type if self.entry is not None else None) or ""
-        base = type_name.split(":")[0].split(".")[0]
+        fmt = session.formats.get(type_name) if type_name else None
+        way = getattr(fmt, "prompt", None)
         self.build: Callable[..., Any] | None = None
-        self.probe: Callable[[str], dict[str, str]] | None = None
-        if raw:
+        self.prompt_row: Callable[[Any, str], dict[str, Any]] | None = None
+        if raw or not type_name or way == "text":
             self.mode = "raw"
-        elif base in CHAT_FORMATS:
+        elif way == "chat":
             self.mode = "chat"
             self.check_chat_template(type_name)
-        elif base in RAW_FORMATS or not type_name:
-            self.mode = "raw"
+        elif callable(way) and fmt.build is not None:
+            self.mode = "format"
+            self.build, self.prompt_row = fmt.build, way
         else:
-            self.mode = self.find_probe(session, type_name)
+            self.mode = self.fallback(type_name)
         self.describe = {
             "chat": "the tokenizer's chat template",
             "format": f"the prompt format of type: {type_name}",
@@ -98,39 +86,37 @@ class Prompter:
                 own,
             )
 
-    def find_probe(self, session: Any, type_name: str) -> str:
-        """'format' when the format builds one of the probe rows, else 'chat' (the tokenizer
-        has a template) or 'raw', with a warning that the prompt is not the training one."""
-        fmt = session.formats.get(type_name)
-        build = getattr(fmt, "build", None)
-        if build is not None:
-            for probe in INSTRUCTION_ROWS:
-                self.build, self.probe = build, probe
-                try:
-                    self.format_ids("probe")
-                except Exception:  # noqa: BLE001 - a format refusing the probe row: try the next
-                    continue
-                return "format"
+    def fallback(self, type_name: str) -> str:
+        """'chat' (the tokenizer has a template) or 'raw' for a format that does not say how
+        its prompts are rendered, with a warning that the prompt is not the training one."""
         fallback = (
             "chat" if isinstance(getattr(self.tokenizer, "chat_template", None), str) else "raw"
         )
         log.warning(
-            "type: %s: weave cannot render its prompt as in training (the format takes no "
-            "instruction/response row); prompts are used as %s",
+            "type: %s: weave cannot render its prompt as in training (the format does not say "
+            "how: a question about other fields, not a free prompt); prompts are used as %s",
             type_name,
             "chat messages in the tokenizer's template" if fallback == "chat" else "raw text",
         )
         return fallback
 
     def format_ids(self, text: str) -> list[int]:
-        """The instruction format's prompt ids for `text` (its `build` on the probe row, with
+        """The instruction format's prompt ids for `text` (its `build` on its `prompt_row`, with
         `train_on_inputs: false` and no truncation)."""
-        assert self.build is not None and self.probe is not None
+        assert self.build is not None and self.prompt_row is not None
         cfg = self.cfg.model_copy(update={"train_on_inputs": False, "sequence_len": 1 << 30})
-        rows = list(self.build(self.entry, rows_table([self.probe(text)]), self.tokenizer, cfg))
-        if len(rows) != 1 or not rows[0]["input_ids"]:
-            raise ValueError("the format built no prompt")
-        return list(rows[0]["input_ids"])
+        row = self.prompt_row(self.entry, text)
+        try:
+            rows = list(self.build(self.entry, rows_table([row]), self.tokenizer, cfg))
+        except WeaveError as exc:
+            raise WeaveError(f"type: {self.entry.type}: its prompt row {row!r}: {exc}") from None
+        ids, labels = (rows[0]["input_ids"], rows[0]["labels"]) if len(rows) == 1 else ([], [])
+        # the prompt ends where training starts: a fixed response opening ("what is " in
+        # jeopardy) and its EOS are what the model learnt to write, not part of the prompt
+        start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
+        if not ids[:start]:
+            raise WeaveError(f"type: {self.entry.type}: its prompt row {row!r} built no prompt")
+        return list(ids[:start])
 
     def prompt_ids(self, text: str) -> list[int]:
         """The ids of one prompt: a user turn in the chat or instruction format, or raw text."""

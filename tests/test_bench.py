@@ -161,7 +161,7 @@ def test_bad_options_and_lengths_over_sequence_len_are_refused(
     result = run_weave("bench", config, "--steps", "0", "--baseline", "vllm")
     assert result.returncode == 2
     err = " ".join(result.stderr.split())
-    assert "--steps must be at least 1" in err and "'vllm' is not one of: none, hf" in err
+    assert "--steps must be at least 1" in err and "'vllm' is not one of: none, hf, trl" in err
 
     result = run_weave(
         "bench", config, "--shape", "tiny-llama", "--max-length", "2048", env=weave_cache
@@ -169,6 +169,64 @@ def test_bad_options_and_lengths_over_sequence_len_are_refused(
     assert result.returncode == 2
     assert "--max-length 2048 is more than sequence_len 128" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
+
+
+DPO_LORA = {
+    "rl": "dpo",
+    "adapter": "lora",
+    "lora_r": 4,
+    "lora_alpha": 8,
+    "lora_dropout": 0.0,
+    "lora_target_linear": True,
+    "micro_batch_size": 2,
+    "gradient_accumulation_steps": 2,
+}
+
+
+def test_bench_dpo_against_trl_runs_the_same_pairs(
+    base_config: dict[str, Any], tmp_path: Path, weave_cache: dict[str, str]
+) -> None:
+    """`--baseline trl`: weave's DPO and TRL's DPOTrainer on the same synthetic pairs and budget:
+    the same real tokens per step (every pair as long: any order), both losses at ln 2 (the
+    policy starts as its reference), pairs/s for each."""
+    config = bench_config(tmp_path, base_config, **DPO_LORA)
+    out = tmp_path / "bench.json"
+    args = [*TINY, "--length-sigma", "0", "--baseline", "trl", "--json", str(out)]
+    result = run_weave("bench", config, *args, env=weave_cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "weave / trl:" in result.stdout and "pairs/s: weave" in result.stdout
+    results = json.loads(out.read_text())
+    weave, trl = results["runs"]["weave"], results["runs"]["trl"]
+    assert results["preference"] is True and results["ratio"]["tokens_per_second"] > 0
+    for run in (weave, trl):
+        assert run["error"] is None and run["micro_batch"] == "2 pair(s)"
+        assert abs(run["final_loss"] - math.log(2)) < 0.01
+        assert run["extra"]["pairs_per_second"] > 0 and run["mfu"] is None
+    # 2 pairs x 2 micro-batches, each pair a 40-token prompt + chosen and prompt + rejected
+    assert weave["tokens_per_step"] == trl["tokens_per_step"] == 4 * 2 * 40
+
+
+@pytest.mark.parametrize(
+    ("keys", "baseline", "message"),
+    [
+        ({"rl": "kto"}, "none", "rl: kto needs data of its own"),
+        ({"rl": "orpo"}, "trl", "this config has rl: orpo (use --baseline none)"),
+        ({}, "trl", "this config has no rl: (use --baseline hf)"),
+        ({"rl": "dpo"}, "hf", "for rl: dpo use --baseline trl"),
+    ],
+)
+def test_bench_refuses_what_it_cannot_time_or_compare(
+    base_config: dict[str, Any],
+    tmp_path: Path,
+    weave_cache: dict[str, str],
+    keys: dict[str, Any],
+    baseline: str,
+    message: str,
+) -> None:
+    config = bench_config(tmp_path, base_config, **keys)
+    result = run_weave("bench", config, *TINY, "--baseline", baseline, env=weave_cache)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bench_lengths_default_to_the_config(
@@ -282,3 +340,4 @@ def test_shipped_bench_configs_validate(config: Path, base_config: dict[str, Any
     cfg = open_session(str(config), overrides).cfg
     assert cfg.sample_packing and cfg.attn_implementation == "flash_attention_2"
     assert cfg.liger_fused_linear_cross_entropy == "auto"
+    assert cfg.rl in (None, "dpo") and (cfg.rl is None or cfg.adapter == "lora")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from axolotl_weave import WeaveError
+from axolotl_weave import IGNORE_INDEX, WeaveError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,3 +84,51 @@ def data_summary(settings: BenchSettings, lengths: np.ndarray) -> dict[str, Any]
         "tokens": int(lengths.sum()),
         "seed": settings.seed,
     }
+
+
+def synthetic_pairs(
+    lengths: np.ndarray, vocab_size: int, avoid: set[int], seed: int
+) -> tuple[Any, Any]:
+    """Preference pairs for a DPO-family bench, the same token ids in the two layouts the runs
+    read: (weave's rows: `chosen_*` and `rejected_*` input ids, labels and masks, the prompt
+    untrained; TRL's rows: `prompt_ids`, `chosen_ids`, `rejected_ids`). Pair i has a prompt of a
+    third of `lengths[i]`, a chosen completion of the rest, and a rejected one as long as the
+    chosen of another pair (each sequence at most the longest length)."""
+    import numpy as np
+    from datasets import Dataset
+
+    allowed = np.setdiff1d(np.arange(vocab_size, dtype=np.int64), np.fromiter(avoid, np.int64))
+    if len(allowed) == 0:
+        raise WeaveError("the model's vocabulary holds only special tokens")
+    rng = np.random.default_rng(seed + 1)
+    prompts = np.maximum(1, lengths // 3)
+    chosen = np.maximum(1, lengths - prompts)
+    rejected = np.clip(rng.permutation(lengths) - prompts, 1, lengths.max() - prompts)
+
+    def draw(size: int) -> list[int]:
+        return allowed[rng.integers(0, len(allowed), size=int(size))].tolist()
+
+    weave: dict[str, list[list[int]]] = {}
+    trl: dict[str, list[list[int]]] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+    for name in ("chosen", "rejected"):
+        for column in ("input_ids", "labels", "attention_mask"):
+            weave[f"{name}_{column}"] = []
+    for prompt_len, sizes in zip(prompts, zip(chosen, rejected, strict=True), strict=True):
+        prompt = draw(prompt_len)
+        trl["prompt_ids"].append(prompt)
+        for name, size in zip(("chosen", "rejected"), sizes, strict=True):
+            completion = draw(size)
+            trl[f"{name}_ids"].append(completion)
+            weave[f"{name}_input_ids"].append(prompt + completion)
+            weave[f"{name}_labels"].append([IGNORE_INDEX] * len(prompt) + completion)
+            weave[f"{name}_attention_mask"].append([1] * (len(prompt) + len(completion)))
+    return Dataset.from_dict(weave), Dataset.from_dict(trl)
+
+
+def mean_pair_tokens(pairs: Any) -> float:
+    """Real tokens of an average pair as both runs count them: the prompt twice (before the
+    chosen and before the rejected completion) and the two completions."""
+    import numpy as np
+
+    sizes = {name: np.array([len(ids) for ids in pairs[name]]) for name in pairs.column_names}
+    return float((2 * sizes["prompt_ids"] + sizes["chosen_ids"] + sizes["rejected_ids"]).mean())

@@ -89,18 +89,27 @@ def load_hf_model(session: Any, tokenizer: Any, family: Any) -> Any:
 def training_arguments(
     cfg: Any, rows: int, accumulation: int, max_steps: int, output_dir: Path
 ) -> Any:
-    """The `TrainingArguments` of the baseline: the config's optimizer settings, no saving, no
-    evaluation, no reporting; non-padding tokens counted."""
+    """The `TrainingArguments` of the baseline (`argument_values`)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**argument_values(cfg, rows, accumulation, max_steps, output_dir))
+
+
+def argument_values(
+    cfg: Any, rows: int, accumulation: int, max_steps: int, output_dir: Path
+) -> dict[str, Any]:
+    """The `TrainingArguments` values of a baseline (HF's, and TRL's beneath its own): the
+    config's optimizer settings, no saving, no evaluation, no reporting; non-padding tokens
+    counted."""
     import torch
     from axolotl_weave.commands import warmup_steps
-    from transformers import TrainingArguments
 
     precision = resolve_precision(cfg)
     checkpointing = bool(getattr(cfg, "gradient_checkpointing", False))
     checkpointing_kwargs = getattr(cfg, "gradient_checkpointing_kwargs", None) or {
         "use_reentrant": False
     }
-    return TrainingArguments(
+    return dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=rows,
         gradient_accumulation_steps=accumulation,
@@ -132,8 +141,10 @@ def training_arguments(
     )
 
 
-def make_callback(recorder: StepRecorder, losses: list[float], say: Callable[[str], None]) -> Any:
-    """A `TrainerCallback` that records every step and keeps the losses."""
+def make_callback(
+    recorder: StepRecorder, losses: list[float], say: Callable[[str], None], name: str = "hf"
+) -> Any:
+    """A `TrainerCallback` that records every step and keeps the losses (`name` in progress)."""
     from transformers import TrainerCallback
 
     class BenchCallback(TrainerCallback):
@@ -153,7 +164,7 @@ def make_callback(recorder: StepRecorder, losses: list[float], say: Callable[[st
             """Keep the loss, and show progress as weave's loop does."""
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
-                say(f"hf step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4g}")
+                say(f"{name} step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4g}")
 
     return BenchCallback()
 
@@ -173,42 +184,30 @@ def run_hf(
     """Train with plain `transformers.Trainer` for the bench's steps and measure it. Running
     out of GPU memory is a result (the row says so), not a crash."""
     import torch
-    from accelerate import PartialState
-    from accelerate.state import AcceleratorState
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, ProgressCallback, Trainer
+    from transformers import DataCollatorForSeq2Seq, Trainer
 
     cfg = session.cfg
     micro = f"{rows} row(s)"
-    if PartialState().num_processes == 1:
-        AcceleratorState._reset_state()  # weave's run set its own precision; start afresh
+    fresh_accelerator_state()
     recorder, losses = StepRecorder("hf", settings), []
     collator = CountingCollator(
         DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX)
     )
-    trainer = None
-    try:
-        model = load_hf_model(session, tokenizer, family)
-        args = training_arguments(cfg, rows, accumulation, settings.total_steps, output_dir)
-        optimizers: tuple[Any, Any] = (None, None)
-        if cfg.optimizer not in HF_OPTIMIZERS:
-            from axolotl_weave.commands import build_optimizer
 
-            optimizers = (build_optimizer(cfg, model, session.hooks), None)
-        trainer = Trainer(
+    def build() -> Any:
+        model = load_hf_model(session, tokenizer, family)
+        return Trainer(
             model=model,
-            args=args,
+            args=training_arguments(cfg, rows, accumulation, settings.total_steps, output_dir),
             train_dataset=train_set,
             data_collator=collator,
             processing_class=tokenizer,
             callbacks=[make_callback(recorder, losses, say)],
-            optimizers=optimizers,
+            optimizers=baseline_optimizers(cfg, model, session.hooks),
         )
-        for noisy in (PrinterCallback, ProgressCallback):
-            trainer.remove_callback(noisy)
-        del model
-        meter.reset()
-        trainer.train()
-        peak = meter.peak_gib()
+
+    try:
+        peak = train_and_measure(build, meter)
     except torch.OutOfMemoryError:
         return RunResult(
             name="hf",
@@ -216,11 +215,6 @@ def run_hf(
             gradient_accumulation_steps=accumulation,
             error=f"out of memory at {rows} rows per micro-batch (try --hf-micro-batch)",
         )
-    finally:
-        if trainer is not None:
-            trainer.accelerator.free_memory()
-            trainer.model = trainer.model_wrapped = trainer.optimizer = None
-        del trainer
     return recorder.result(
         peak_memory_gib=peak,
         packing_efficiency=collator.efficiency,
@@ -229,3 +223,46 @@ def run_hf(
         final_loss=losses[-1] if losses else None,
         extra={"peak_reserved_gib": meter.reserved_gib()},
     )
+
+
+def fresh_accelerator_state() -> None:
+    """Forget the accelerator state weave's run set (its precision), in a single process."""
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+
+    if PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+
+
+def baseline_optimizers(cfg: Any, model: Any, hooks: Any) -> tuple[Any, Any]:
+    """The `optimizers=` of a baseline's Trainer: (None, None), the Trainer building the
+    optimizer by name, unless the Trainer does not know the config's (a plugin's optimizer,
+    bitsandbytes' 8-bit ones): then weave's own builder makes it, so both runs use the same."""
+    if cfg.optimizer in HF_OPTIMIZERS:
+        return None, None
+    from axolotl_weave.commands import build_optimizer
+
+    return build_optimizer(cfg, model, hooks), None
+
+
+def train_and_measure(build: Callable[[], Any], meter: MemoryMeter) -> float:
+    """Build a baseline's Trainer, train it quietly (its console callbacks removed) with memory
+    measured from its start, and return the peak; the trainer's model, optimizer and
+    accelerator memory are released whatever happens (a `torch.OutOfMemoryError` passes)."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer = None
+    try:
+        trainer = build()
+        for noisy in (PrinterCallback, ProgressCallback):
+            trainer.remove_callback(noisy)
+        meter.reset()
+        trainer.train()
+        return meter.peak_gib()
+    finally:
+        if trainer is not None:
+            trainer.accelerator.free_memory()
+            trainer.model = trainer.model_wrapped = trainer.optimizer = None
+            if hasattr(trainer, "ref_model"):  # TRL's preference trainers
+                trainer.ref_model = None
+        del trainer

@@ -36,7 +36,7 @@ def command_line() -> str | None:
 
 
 def ratios(runs: list[RunResult]) -> dict[str, float | None] | None:
-    """weave / hf for tokens/s and peak memory, when both ran."""
+    """weave / the baseline (hf or trl) for tokens/s and peak memory, when both ran."""
     if len(runs) < 2:
         return None
     weave, hf = runs[0], runs[1]
@@ -89,14 +89,23 @@ def results_table(results: dict[str, Any]) -> Any:
 def notes(results: dict[str, Any]) -> list[str]:
     """The lines under the table: the ratio, and what MFU and memory mean here."""
     lines = []
-    ratio = results["ratio"]
+    ratio, names = results["ratio"], list(results["runs"])
     if ratio is not None:
         speed = fmt(ratio["tokens_per_second"], ".2f", "x")
         memory = fmt(ratio["peak_memory"], ".2f", "x")
-        lines.append(f"[bold]weave / hf[/]: {speed} real tokens/s, {memory} peak memory")
+        lines.append(f"[bold]weave / {names[1]}[/]: {speed} real tokens/s, {memory} peak memory")
+    pairs = {name: run["extra"].get("pairs_per_second") for name, run in results["runs"].items()}
+    if results.get("preference"):
+        lines.append(
+            "pairs/s: "
+            + ", ".join(f"{name} {fmt(value, ',.2f')}" for name, value in pairs.items())
+            + " (a pair: a prompt with its chosen and its rejected completion)"
+        )
     params, factor = results["parameters"], results["flops_factor"]
     counted = f"{factor}·N FLOPs per real token, N = {params:,} parameters" if params else ""
-    if results["peak_tflops"] and params:
+    if results.get("preference"):
+        lines.append("MFU: n/a (a preference step also runs the reference model)")
+    elif results["peak_tflops"] and params:
         lines.append(f"MFU: {counted}, of a {results['peak_tflops']:g} TFLOP/s bf16 dense peak")
     else:
         lines.append(

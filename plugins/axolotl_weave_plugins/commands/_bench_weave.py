@@ -64,13 +64,14 @@ def run_weave(
     family: Any,
     tokenizer: Any,
     train_set: Any,
-    lengths: np.ndarray,
+    lengths: np.ndarray | None,
     settings: BenchSettings,
     meter: MemoryMeter,
 ) -> tuple[RunResult, Any]:
     """Build the config's trainer on the synthetic rows, run it, and measure it; returns the
     result and a weak reference to the trained model (to check that it was freed). Running out
-    of GPU memory is an error saying what to lower."""
+    of GPU memory is an error saying what to lower. `lengths` (None for preference pairs) gives
+    the padding efficiency."""
     import torch
     from axolotl_weave.commands import build_trainer, run_scoped_plugins
 
@@ -82,7 +83,9 @@ def run_weave(
     try:
         with run_scoped_plugins(session):  # the config's run-scoped plugins, as `weave train`
             trainer = build_trainer(session, family, tokenizer, train_set)
-            efficiency, unpacked = weave_efficiency(trainer, lengths)
+            efficiency, unpacked = (
+                weave_efficiency(trainer, lengths) if lengths is not None else (None, None)
+            )
             meter.reset()
             state = trainer.run()
         peak = meter.peak_gib()
@@ -101,6 +104,8 @@ def run_weave(
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     if packed:
         micro = f"{cfg.micro_batch_size} bin(s) of {cfg.sequence_len}"
+    elif lengths is None:
+        micro = f"{cfg.micro_batch_size} pair(s)"
     else:
         micro = f"{cfg.micro_batch_size} row(s)"
     result = probe.recorder.result(

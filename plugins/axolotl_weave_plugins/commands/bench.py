@@ -89,8 +89,8 @@ class BenchSettings:
             problems.append(
                 f"--max-length {self.max_length} is less than --min-length {self.min_length}"
             )
-        if self.baseline not in ("none", "hf"):
-            problems.append(f"--baseline: '{self.baseline}' is not one of: none, hf")
+        if self.baseline not in ("none", "hf", "trl"):
+            problems.append(f"--baseline: '{self.baseline}' is not one of: none, hf, trl")
         for name in ("peak_tflops", "hf_micro_batch", "hf_grad_accum"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -105,6 +105,29 @@ class BenchSettings:
 
 
 # --- the runs ----------------------------------------------------------------------------------
+
+PAIR_METHODS = ("dpo", "ipo", "orpo", "simpo")
+"""`rl:` methods trained on preference pairs: timed on synthetic pairs (`synthetic_pairs`)."""
+
+
+def check_method(cfg: Any, settings: BenchSettings) -> bool:
+    """Whether the config trains on preference pairs; refuses what bench cannot time or
+    compare (another `rl:`, a baseline of another kind of training)."""
+    if cfg.rl is not None and cfg.rl not in PAIR_METHODS:
+        raise ConfigError(
+            f"weave bench times supervised fine-tuning and rl: {', '.join(PAIR_METHODS)} on "
+            f"synthetic data; rl: {cfg.rl} needs data of its own (time it with weave train)"
+        )
+    if settings.baseline == "hf" and cfg.rl is not None:
+        raise ConfigError(
+            "--baseline hf compares supervised fine-tuning with transformers.Trainer; for "
+            f"rl: {cfg.rl} use --baseline trl (dpo, ipo) or none"
+        )
+    if settings.baseline == "trl":
+        from axolotl_weave_plugins.commands._bench_trl import check_trl_baseline
+
+        check_trl_baseline(cfg)
+    return cfg.rl is not None
 
 
 def bench_overrides(
@@ -193,6 +216,7 @@ def _run_bench(
             f"--max-length {settings.max_length} is more than sequence_len {cfg.sequence_len}: "
             "every sample must fit a sequence; lower --max-length or raise sequence_len"
         )
+    pairs = check_method(cfg, settings)
     if shape is not None:
         _bench_shapes.ensure_model(shape, root, say)
 
@@ -208,24 +232,31 @@ def _run_bench(
     text_config = model_config.get_text_config()
     lengths = _bench_data.sample_lengths(settings)
     avoid = _bench_data.special_ids(tokenizer, text_config)
-    train_set = _bench_data.synthetic_dataset(
-        lengths, int(text_config.vocab_size), avoid, settings.seed
-    )
+    vocab = int(text_config.vocab_size)
+    trl_set = None
+    if pairs:
+        train_set, trl_set = _bench_data.synthetic_pairs(lengths, vocab, avoid, settings.seed)
+    else:
+        train_set = _bench_data.synthetic_dataset(lengths, vocab, avoid, settings.seed)
     params = measure.architecture_parameters(
         model_config, trust_remote_code=cfg.trust_remote_code, name=cfg.base_model
     )
     flops_factor = measure.flops_factor(cfg)
-    flops_per_token = flops_factor * params if params else None
+    # a preference step also runs the reference: MFU is not counted for it
+    flops_per_token = flops_factor * params if params and not pairs else None
     device = measure.device_name()
     peak = measure.peak_tflops(device, settings.peak_tflops)
     meter = measure.MemoryMeter()
+    what = "pairs, prompt + chosen" if pairs else "samples"
     say(
-        f"bench: {_bench_data.describe_samples(lengths)}; {settings.warmup} warm-up step(s), "
-        f"{settings.steps} timed; device {device}"
+        f"bench: {_bench_data.describe_samples(lengths).replace('samples', what, 1)}; "
+        f"{settings.warmup} warm-up step(s), {settings.steps} timed; device {device}"
     )
 
     say("bench: [bold]weave[/] run")
-    weave, model_ref = run_weave(session, family, tokenizer, train_set, lengths, settings, meter)
+    weave, model_ref = run_weave(
+        session, family, tokenizer, train_set, None if pairs else lengths, settings, meter
+    )
     measure.free_memory(model_ref)
     runs = [weave]
     hf_budget = None
@@ -253,8 +284,29 @@ def _run_bench(
         )
         measure.free_memory()
         runs.append(hf)
+    pair_tokens = _bench_data.mean_pair_tokens(trl_set) if pairs else None
+    if settings.baseline == "trl":
+        from axolotl_weave_plugins.commands._bench_trl import run_trl
+
+        accumulation = cfg.gradient_accumulation_steps
+        # the same real tokens per optimizer step as weave's (whose micro-batches may be packed)
+        rows = settings.hf_micro_batch or max(
+            1, round((weave.tokens_per_step or 0) / (accumulation * pair_tokens))
+        )
+        hf_budget = {"micro_batch_rows": rows, "gradient_accumulation_steps": accumulation}
+        say(
+            f"bench: [bold]trl[/] run (TRL's DPOTrainer on the same pairs): {rows} pair(s) per "
+            f"micro-batch x {accumulation}"
+        )
+        set_seed(cfg.seed)
+        runs.append(
+            run_trl(session, family, tokenizer, trl_set, rows, settings, meter, workdir, say)
+        )
+        measure.free_memory()
     for run in runs:
         run.mfu = measure.mfu(run.tokens_per_second, flops_per_token, peak)
+        if pair_tokens and run.tokens_per_second:
+            run.extra["pairs_per_second"] = run.tokens_per_second / pair_tokens
     return {
         "command": _bench_report.command_line(),
         "config": config,
@@ -267,6 +319,7 @@ def _run_bench(
         "flops_per_token": flops_per_token,
         "flops_factor": flops_factor,
         "memory_kind": meter.kind,
+        "preference": pairs,
         "precision": precision.mixed_precision,
         "data": _bench_data.data_summary(settings, lengths),
         "timing": {"warmup_steps": settings.warmup, "timed_steps": settings.steps},
@@ -297,7 +350,10 @@ def bench_command(
         None, "--max-length", help="Longest sample (clipped; default: the config's sequence_len)."
     ),
     baseline: str = typer.Option(
-        "none", "--baseline", help="hf: also run plain Hugging Face Trainer and compare."
+        "none",
+        "--baseline",
+        help="hf: also run plain Hugging Face Trainer and compare; trl: TRL's DPOTrainer "
+        "(rl: dpo or ipo).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the samples and of the config."),
     peak: float | None = typer.Option(

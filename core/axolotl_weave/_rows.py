@@ -186,7 +186,9 @@ def map_rows(
 
     With `finish`, `fn(row)` only prepares each row (renders its texts) and
     `finish(prepared_rows)` turns a batch of them into columns at once, so that the tokenizer
-    runs once per batch, not once per row (`tokenize_prompt_responses`, `encode_all`).
+    runs once per batch, not once per row (`tokenize_prompt_responses`, `encode_all`): a list
+    of row mappings, or a `pyarrow.Table` with one row per prepared row, in order (built from
+    numpy, it skips making a Python list per row and column).
 
     The row is named by its file and line for JSON Lines (`entry.where`). With
     `skip_invalid_rows: true` a bad row becomes `empty` (default: empty supervised columns; a
@@ -217,7 +219,7 @@ def map_rows(
             out = []
             for index, value in prepared:
                 try:
-                    out += finish([value])
+                    out += as_rows(finish([value]))
                 except ROW_ERRORS as exc:
                     out.append(refused(exc, index))
             return out
@@ -236,10 +238,12 @@ def map_rows(
             except ROW_ERRORS as exc:
                 results[index] = refused(exc, index)
         done = finished(prepared)
+        if not results and hasattr(done, "to_pydict"):  # a table from `finish`: as it is
+            return done if to_arrow else done.to_pydict()
         if not results:  # no bad row: the prepared rows are the batch, in order
-            rows = done
+            rows = as_rows(done)
         else:
-            for (index, _), columns in zip(prepared, done, strict=True):
+            for (index, _), columns in zip(prepared, as_rows(done), strict=True):
                 results[index] = columns
             rows = [results[index] for index in indices]
         keys = list(rows[0]) if rows else []
@@ -270,6 +274,11 @@ def map_rows(
     finally:
         if bars_were_off:
             datasets_logging.disable_progress_bar()
+
+
+def as_rows(done: Any) -> list[dict[str, Any]]:
+    """A `finish` result as row mappings (a `pyarrow.Table` read row by row)."""
+    return done.to_pylist() if hasattr(done, "to_pylist") else done
 
 
 @contextlib.contextmanager

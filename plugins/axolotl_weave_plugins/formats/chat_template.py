@@ -879,14 +879,14 @@ class Rendered:
     """Ranges of the trained details: a token wholly inside one is trained."""
 
 
-def label_conversations(
-    tokenizer: Any, rendered: list[Rendered], limit: int | None = None
-) -> list[dict[str, Any]]:
-    """Input ids and labels of rendered conversations: tokenized in one batched call, each
-    token trained when it overlaps a trained range or lies inside a trained detail. With
-    `limit`, only a text's first `limit` tokens matter (and that it has more): a text far
-    longer is tokenized from a `stable_prefix` (the same first tokens, offsets and labels)."""
+def label_conversations(tokenizer: Any, rendered: list[Rendered], limit: int | None = None) -> Any:
+    """Input ids and labels of rendered conversations, a `pyarrow.Table` with a row each:
+    tokenized in one batched call, each token trained when it overlaps a trained range or lies
+    inside a trained detail. With `limit`, only a text's first `limit` tokens matter (and that
+    it has more): a text far longer is tokenized from a `stable_prefix` (the same first
+    tokens, offsets and labels)."""
     import numpy as np
+    import pyarrow as pa
 
     if not rendered:
         return []
@@ -913,26 +913,31 @@ def label_conversations(
     flat_ids = np.fromiter(chain.from_iterable(all_ids), dtype=np.int64, count=total)
     pairs = chain.from_iterable(chain.from_iterable(encoded["offset_mapping"]))
     spans = np.fromiter(pairs, dtype=np.int64, count=2 * total).reshape(-1, 2)
-    ends_at = np.cumsum(sizes)
-    rows = []
-    for one, ids, end, size in zip(
-        rendered, all_ids, ends_at.tolist(), sizes.tolist(), strict=True
-    ):
-        starts, ends = spans[end - size : end, :1], spans[end - size : end, 1:]
-        trained = np.zeros(size, dtype=bool)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    trained = np.zeros(total, dtype=bool)
+    for one, start, end in zip(rendered, offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+        begins, ends = spans[start:end, :1], spans[start:end, 1:]
+        row = trained[start:end]  # a view: set in place
         if one.overlapping:
             ranges = np.asarray(one.overlapping, dtype=np.int64)
-            trained |= ((starts < ranges[:, 1]) & (ends > ranges[:, 0])).any(axis=1)
+            row |= ((begins < ranges[:, 1]) & (ends > ranges[:, 0])).any(axis=1)
         if one.inside:
             ranges = np.asarray(one.inside, dtype=np.int64)
-            trained |= ((ranges[:, 0] <= starts) & (ends <= ranges[:, 1])).any(axis=1)
-        trained &= (ends > starts)[:, 0]
-        labels = np.where(trained, flat_ids[end - size : end], IGNORE_INDEX)
-        input_ids = ids if isinstance(ids, list) else list(ids)
-        rows.append(
-            {"input_ids": input_ids, "labels": labels.tolist(), "attention_mask": [1] * size}
-        )
-    return rows
+            row |= ((ranges[:, 0] <= begins) & (ends <= ranges[:, 1])).any(axis=1)
+        row &= (ends > begins)[:, 0]
+    # the batch's columns built from the flat arrays (no Python list per row and column)
+    rows_at = pa.array(offsets.astype(np.int32))
+
+    def lists(values: Any) -> Any:
+        return pa.ListArray.from_arrays(rows_at, pa.array(values, type=pa.int64()))
+
+    return pa.table(
+        {
+            "input_ids": lists(flat_ids),
+            "labels": lists(np.where(trained, flat_ids, IGNORE_INDEX)),
+            "attention_mask": lists(np.ones(total, dtype=np.int64)),
+        }
+    )
 
 
 def render_conversation(tokenizer: Any, plan: Plan, row: dict[str, Any]) -> Rendered:

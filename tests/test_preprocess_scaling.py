@@ -253,6 +253,27 @@ def test_token_columns_become_one_arrow_table() -> None:
     assert arrow_batch(flags) is flags  # a bool is not an id: left to datasets, as before
 
 
+def test_a_finish_may_return_an_arrow_table_and_a_bad_row_is_still_found() -> None:
+    """`map_rows` takes a `pyarrow.Table` from a format's `finish` as the batch's columns; when
+    the batch raises, it finds the bad row one at a time (with `skip_invalid_rows`: emptied)."""
+    from axolotl_weave import map_rows
+
+    def finish(texts: list[str]) -> Any:
+        if "bad" in texts:
+            raise ValueError("a bad row")
+        ids = [[len(text)] * len(text) for text in texts]
+        return pa.table({"input_ids": ids, "labels": ids, "attention_mask": ids})
+
+    entry = SimpleNamespace(skip_invalid_rows=True, num_proc=None, label="rows", path="rows")
+    entry.type = "test"
+    entry.where = lambda index: f"row {index + 1}"
+    rows = Dataset.from_dict({"text": ["ab", "bad", "c"]})
+    built = map_rows(rows, entry, lambda row: row["text"], finish=finish)
+    assert built["input_ids"] == [[2, 2], [], [1]]
+    good = map_rows(rows.select([0, 2]), entry, lambda row: row["text"], finish=finish)
+    assert good["labels"] == [[2, 2], [1]]
+
+
 def test_two_processes_give_the_rows_of_one(tmp_path: Path, base_config: dict[str, Any]) -> None:
     path = write_jsonl(tmp_path / "rows.jsonl", alpaca_rows(64))
     results = []

@@ -161,6 +161,30 @@ def test_the_flags_reach_the_harness_and_nothing_uses_the_network(
     assert saved["n-samples"][TASK] == {"original": len(ROWS), "effective": 3}
     assert saved["config"]["batch_size"] == 2 and saved["config"]["limit"] == 3
 
+    # auto: the harness finds the largest batch that fits; the same scores
+    result = weave("lm-eval", str(trained["_path"]), *args, "--batch-size", "auto:2")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((Path(trained["output_dir"]) / "lm_eval.json").read_text())
+    assert saved["config"]["batch_size"] == "auto:2"
+    assert saved["results"][TASK]["acc,none"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["--batch-size", "0"], "--batch-size"),
+        (["--lm_eval_batch_size", "big"], "lm_eval_batch_size"),
+    ],
+)
+def test_a_bad_batch_size_names_what_is_valid(
+    trained: dict[str, Any], args: list[str], where: str
+) -> None:
+    result = weave("lm-eval", str(trained["_path"]), *args)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert where in text and "auto (the largest that fits)" in text
+    assert "Traceback" not in result.output
+
 
 # --- bad input ----------------------------------------------------------------------------------
 

@@ -75,6 +75,22 @@ def parse_tasks(specs: Sequence[str], where: str) -> list[TaskRequest]:
     return requests
 
 
+def batch_size_of(value: int | str, where: str) -> int | str:
+    """A harness batch size: a positive int, `auto` (the largest that fits, found by the
+    harness once) or `auto:N` (found again N times as inputs get shorter); else a `ConfigError`
+    naming `where`."""
+    text = str(value).strip()
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    head, _, times = text.partition(":")
+    if head == "auto" and (not times or (times.isdigit() and int(times) >= 1)):
+        return text
+    raise ConfigError(
+        f"{where}: '{value}' is not a batch size: give a whole number of 1 or more, auto (the "
+        "largest that fits), or auto:N (found again N times)"
+    )
+
+
 def check_include_path(include_path: str | None) -> Path | None:
     """The `--include-path` folder (of task YAML files), refused when it does not exist."""
     if include_path is None:
@@ -194,7 +210,7 @@ def run_harness(
     manager: Any,
     by_shots: dict[int | None, list[str]],
     num_fewshot: int | None,
-    batch_size: int,
+    batch_size: int | str,
     limit: float | None,
 ) -> dict[str, Any]:
     """`simple_evaluate` once per few-shot count on `HFLM(pretrained=model, tokenizer=...)`,

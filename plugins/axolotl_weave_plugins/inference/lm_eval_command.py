@@ -26,7 +26,7 @@ from typing import Any
 
 import typer
 from axolotl_weave import PluginConfig, hookimpl
-from pydantic import Field
+from pydantic import Field, field_validator
 
 PLUGIN_KIND = "command"
 AXOLOTL_ALIASES = ("axolotl.integrations.lm_eval.LMEvalPlugin",)
@@ -42,8 +42,10 @@ class LmEvalSettings(PluginConfig):
         description="lm-evaluation-harness tasks for `weave lm-eval` (`name`, or `name:N` for "
         "N few-shot examples); --tasks overrides.",
     )
-    lm_eval_batch_size: int | None = Field(
-        8, ge=1, description="Batch size of `weave lm-eval` (null: 8); --batch-size overrides."
+    lm_eval_batch_size: int | str | None = Field(
+        8,
+        description="Batch size of `weave lm-eval` (null: 8): a number, auto (the largest that "
+        "fits) or auto:N; --batch-size overrides.",
     )
     lm_eval_post_train: bool = Field(
         True,
@@ -56,6 +58,14 @@ class LmEvalSettings(PluginConfig):
         description="The model `weave lm-eval` evaluates (a saved model folder or hub id) "
         "instead of what training left in output_dir; --base-model overrides.",
     )
+
+    @field_validator("lm_eval_batch_size")
+    @classmethod
+    def _batch_size(cls, value: int | str | None) -> int | str | None:
+        """A number of 1 or more, auto or auto:N (what the harness takes)."""
+        from axolotl_weave_plugins.inference._lm_eval import batch_size_of
+
+        return None if value is None else batch_size_of(value, "lm_eval_batch_size")
 
 
 @hookimpl
@@ -142,8 +152,10 @@ def lm_eval_command(
         min=0,
         help="At most N examples per task (below 1: that fraction); for quick checks only.",
     ),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", min=1, help="Batch size (default: lm_eval_batch_size, 8)."
+    batch_size: str | None = typer.Option(
+        None,
+        "--batch-size",
+        help="A number, auto (the largest that fits) or auto:N (default: lm_eval_batch_size, 8).",
     ),
     include_path: str | None = typer.Option(
         None, "--include-path", help="A folder of task YAML files of your own."
@@ -162,6 +174,7 @@ def lm_eval_command(
     harness.require_lm_eval()
     session = open_session(config, ctx.args, ctx.obj.pm)
     cfg = session.cfg
+    batch = harness.batch_size_of(batch_size, "--batch-size") if batch_size is not None else None
     where = "--tasks" if tasks is not None else "lm_eval_tasks"
     requests = harness.parse_tasks([tasks] if tasks is not None else cfg.lm_eval_tasks, where)
     folder = harness.check_include_path(include_path)
@@ -176,7 +189,7 @@ def lm_eval_command(
         "tasks": [name for names in by_shots.values() for name in names],
     }
     score(
-        Scoring(manager, by_shots, num_fewshot, batch_size or cfg.lm_eval_batch_size or 8, limit),
+        Scoring(manager, by_shots, num_fewshot, batch or cfg.lm_eval_batch_size or 8, limit),
         loaded.model,
         loaded.tokenizer,
         about,
@@ -193,7 +206,7 @@ class Scoring:
     manager: Any
     by_shots: dict[int | None, list[str]]
     num_fewshot: int | None
-    batch_size: int
+    batch_size: int | str
     limit: float | None
 
 

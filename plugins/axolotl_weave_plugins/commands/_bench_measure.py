@@ -123,8 +123,12 @@ def architecture_parameters(
 
 def flops_factor(cfg: Any) -> int:
     """Training FLOPs per parameter and real token: 6 (forward 2, backward 4), or 4 when the
-    base is frozen (`adapter:` set: no weight gradients)."""
-    return 4 if getattr(cfg, "adapter", None) else 6
+    base is frozen (`adapter:` set: no weight gradients); 2 more for DPO and IPO, whose step
+    also runs the reference model forward (unless `precompute_ref_log_probs`)."""
+    reference = getattr(cfg, "rl", None) in ("dpo", "ipo") and not getattr(
+        cfg, "precompute_ref_log_probs", None
+    )
+    return (4 if getattr(cfg, "adapter", None) else 6) + (2 if reference else 0)
 
 
 def mfu(

@@ -103,9 +103,7 @@ def notes(results: dict[str, Any]) -> list[str]:
         )
     params, factor = results["parameters"], results["flops_factor"]
     counted = f"{factor}·N FLOPs per real token, N = {params:,} parameters" if params else ""
-    if results.get("preference"):
-        lines.append("MFU: n/a (a preference step also runs the reference model)")
-    elif results["peak_tflops"] and params:
+    if results["peak_tflops"] and params:
         lines.append(f"MFU: {counted}, of a {results['peak_tflops']:g} TFLOP/s bf16 dense peak")
     else:
         lines.append(

@@ -242,8 +242,7 @@ def _run_bench(
         model_config, trust_remote_code=cfg.trust_remote_code, name=cfg.base_model
     )
     flops_factor = measure.flops_factor(cfg)
-    # a preference step also runs the reference: MFU is not counted for it
-    flops_per_token = flops_factor * params if params and not pairs else None
+    flops_per_token = flops_factor * params if params else None
     device = measure.device_name()
     peak = measure.peak_tflops(device, settings.peak_tflops)
     meter = measure.MemoryMeter()

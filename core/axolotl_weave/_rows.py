@@ -180,7 +180,7 @@ def map_rows(
     *,
     num_proc: int | None = None,
     empty: dict[str, Any] | None = None,
-    finish: Callable[[list[Any]], list[dict[str, Any]]] | None = None,
+    finish: Callable[[list[Any]], Any] | None = None,
 ) -> Dataset:
     """`dataset.map(fn)` replacing the raw columns; an error in a row names the entry and row.
 
@@ -238,14 +238,14 @@ def map_rows(
             except ROW_ERRORS as exc:
                 results[index] = refused(exc, index)
         done = finished(prepared)
-        if not results and hasattr(done, "to_pydict"):  # a table from `finish`: as it is
-            return done if to_arrow else done.to_pydict()
-        if not results:  # no bad row: the prepared rows are the batch, in order
-            rows = as_rows(done)
-        else:
+        if results:  # a bad row: the batch's rows in order, the refused ones among them
             for (index, _), columns in zip(prepared, as_rows(done), strict=True):
                 results[index] = columns
             rows = [results[index] for index in indices]
+        elif not isinstance(done, list):  # a table from `finish`: the batch as it is
+            return done if to_arrow else done.to_pydict()
+        else:  # the prepared rows are the batch, in order
+            rows = done
         keys = list(rows[0]) if rows else []
         columns = {key: [row[key] for row in rows] for key in keys}
         return arrow_batch(columns) if to_arrow else columns  # a stream's map takes lists
@@ -278,7 +278,7 @@ def map_rows(
 
 def as_rows(done: Any) -> list[dict[str, Any]]:
     """A `finish` result as row mappings (a `pyarrow.Table` read row by row)."""
-    return done.to_pylist() if hasattr(done, "to_pylist") else done
+    return done if isinstance(done, list) else done.to_pylist()
 
 
 @contextlib.contextmanager

@@ -39,6 +39,16 @@ def special_ids(tokenizer: Any, model_config: Any) -> set[int]:
     return ids
 
 
+def allowed_ids(vocab_size: int, avoid: set[int]) -> np.ndarray:
+    """The ids samples are drawn from: the vocabulary minus `avoid` (refused when empty)."""
+    import numpy as np
+
+    allowed = np.setdiff1d(np.arange(vocab_size, dtype=np.int64), np.fromiter(avoid, np.int64))
+    if len(allowed) == 0:
+        raise WeaveError("the model's vocabulary holds only special tokens")
+    return allowed
+
+
 def synthetic_dataset(lengths: np.ndarray, vocab_size: int, avoid: set[int], seed: int) -> Any:
     """A `datasets.Dataset` of rows of the given lengths: `input_ids` drawn uniformly from the
     vocabulary minus `avoid`, `labels` equal to them (every token trained), `attention_mask`
@@ -48,9 +58,7 @@ def synthetic_dataset(lengths: np.ndarray, vocab_size: int, avoid: set[int], see
     from datasets import Dataset
     from datasets.table import InMemoryTable
 
-    allowed = np.setdiff1d(np.arange(vocab_size, dtype=np.int64), np.fromiter(avoid, np.int64))
-    if len(allowed) == 0:
-        raise WeaveError("the model's vocabulary holds only special tokens")
+    allowed = allowed_ids(vocab_size, avoid)
     rng = np.random.default_rng(seed + 1)
     total = int(lengths.sum())
     ids = allowed[rng.integers(0, len(allowed), size=total)]
@@ -97,9 +105,7 @@ def synthetic_pairs(
     import numpy as np
     from datasets import Dataset
 
-    allowed = np.setdiff1d(np.arange(vocab_size, dtype=np.int64), np.fromiter(avoid, np.int64))
-    if len(allowed) == 0:
-        raise WeaveError("the model's vocabulary holds only special tokens")
+    allowed = allowed_ids(vocab_size, avoid)
     rng = np.random.default_rng(seed + 1)
     prompts = np.maximum(1, lengths // 3)
     chosen = np.maximum(1, lengths - prompts)
@@ -128,7 +134,9 @@ def synthetic_pairs(
 def mean_pair_tokens(pairs: Any) -> float:
     """Real tokens of an average pair as both runs count them: the prompt twice (before the
     chosen and before the rejected completion) and the two completions."""
-    import numpy as np
+    import pyarrow.compute as pc
 
-    sizes = {name: np.array([len(ids) for ids in pairs[name]]) for name in pairs.column_names}
-    return float((2 * sizes["prompt_ids"] + sizes["chosen_ids"] + sizes["rejected_ids"]).mean())
+    def size(name: str) -> Any:  # each row's list length, read from Arrow (no Python lists)
+        return pc.list_value_length(pairs.data.column(name)).to_numpy()
+
+    return float((2 * size("prompt_ids") + size("chosen_ids") + size("rejected_ids")).mean())

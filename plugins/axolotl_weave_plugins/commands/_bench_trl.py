@@ -53,6 +53,14 @@ def check_trl_baseline(cfg: Any) -> None:
         )
 
 
+def plan_trl_rows(
+    weave_tokens_per_step: float | None, accumulation: int, pair_tokens: float, fixed: int | None
+) -> int:
+    """TRL's pairs per micro-batch for the same real tokens per optimizer step as weave's (whose
+    micro-batches may be packed bins), unless `--hf-micro-batch` fixed them."""
+    return fixed or max(1, round((weave_tokens_per_step or 0) / (accumulation * pair_tokens)))
+
+
 def dpo_arguments(cfg: Any, rows: int, max_steps: int, output_dir: Path) -> Any:
     """`DPOConfig`: the HF baseline's arguments with `rows` pairs per micro-batch and the
     config's accumulation, and the config's DPO keys (`rl_beta`, `dpo_loss_type`, ...)."""

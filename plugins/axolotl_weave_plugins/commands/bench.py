@@ -285,12 +285,11 @@ def _run_bench(
         runs.append(hf)
     pair_tokens = _bench_data.mean_pair_tokens(trl_set) if pairs else None
     if settings.baseline == "trl":
-        from axolotl_weave_plugins.commands._bench_trl import run_trl
+        from axolotl_weave_plugins.commands._bench_trl import plan_trl_rows, run_trl
 
         accumulation = cfg.gradient_accumulation_steps
-        # the same real tokens per optimizer step as weave's (whose micro-batches may be packed)
-        rows = settings.hf_micro_batch or max(
-            1, round((weave.tokens_per_step or 0) / (accumulation * pair_tokens))
+        rows = plan_trl_rows(
+            weave.tokens_per_step, accumulation, pair_tokens, settings.hf_micro_batch
         )
         hf_budget = {"micro_batch_rows": rows, "gradient_accumulation_steps": accumulation}
         say(

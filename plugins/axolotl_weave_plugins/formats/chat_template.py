@@ -605,7 +605,7 @@ def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     strategy = getattr(cfg, "excess_length_strategy", None) or "drop"
     limit = getattr(cfg, "sequence_len", None) if strategy in ("drop", "truncate") else None
 
-    def finish(rendered: list[Rendered]) -> list[dict[str, Any]]:
+    def finish(rendered: list[Rendered]) -> Any:  # a pyarrow.Table (an empty batch: [])
         return label_conversations(tokenizer, rendered, limit)
 
     return map_rows(dataset, entry, prepare, finish=finish)

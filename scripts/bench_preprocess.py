@@ -13,7 +13,8 @@ For each format it writes the rows to a JSON Lines file, then runs, each in its 
 - `weave preprocess` again (a cache hit);
 - the tokenizer alone: one batched call on the same texts (the prompt and response texts the
   format tokenizes; for chat rows, each conversation rendered by the same chat template), the
-  limit preprocessing can approach;
+  limit preprocessing can approach; and that script's whole process (importing transformers,
+  loading the tokenizer, reading and rendering the rows), what a minimal script pays end to end;
 - `axolotl preprocess` on the same file and tokenizer, when Axolotl is installed.
 
 It prints one table: seconds, rows/s, tokens/s, peak resident memory of the largest process,
@@ -237,13 +238,20 @@ print(json.dumps({"seconds": seconds, "cpu": cpu, "tokens": sum(len(x) for x in 
 """
 
 
-def tokenizer_alone(kind: str, data: Path) -> tuple[float, float, float, float, int]:
-    """(seconds of the batched call, peak RSS, anonymous memory, CPU seconds of the call,
-    tokens) of the tokenizer on the format's texts."""
+def tokenizer_alone(kind: str, data: Path, rows: int) -> list[Measure]:
+    """The tokenizer on the format's texts: its batched call (the limit), and the whole
+    process around it (importing transformers, loading the tokenizer, reading the rows and,
+    for chat, rendering them: what a minimal script pays end to end)."""
     command = [sys.executable, "-c", TOKENIZE_ALONE, str(TOKENIZER), kind, str(data)]
-    _, peak, anon, _, out = timed(command)
+    seconds, peak, anon, cpu, out = timed(command)
     result = json.loads(out.strip().splitlines()[-1])
-    return result["seconds"], peak, anon, result["cpu"], result["tokens"]
+    tokens = result["tokens"]
+    return [
+        Measure(
+            f"{kind}: tokenizer alone", result["seconds"], peak, rows, tokens, anon, result["cpu"]
+        ),
+        Measure(f"{kind}: tokenizer alone, whole process", seconds, peak, rows, tokens, anon, cpu),
+    ]
 
 
 def cached_tokens(folder: Path) -> int | None:
@@ -286,10 +294,7 @@ def measure_format(kind: str, rows: int, args: argparse.Namespace, work: Path) -
     write_rows(data, make, rows, args.seed)
     measures = []
     if not args.skip_alone:
-        alone, peak, anon, cpu, alone_tokens = tokenizer_alone(kind, data)
-        measures.append(
-            Measure(f"{kind}: tokenizer alone", alone, peak, rows, alone_tokens, anon, cpu)
-        )
+        measures += tokenizer_alone(kind, data, rows)
     if args.before:
         config = write_config(folder / "before", data, entry, args.sequence_len, args.processes)
         seconds, peak, anon, cpu, _ = timed(weave(config), before_tree(args, work))

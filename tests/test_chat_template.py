@@ -230,6 +230,31 @@ def test_template_that_trims_contents(weave_hooks, tok) -> None:
     assert trained(tok, row) == "Paris.<|eot_id|>"
 
 
+def test_one_marked_rendering_per_conversation_shape(weave_hooks, fresh_tok, monkeypatch) -> None:
+    """Conversations that differ only in their contents share the rendering that locates the
+    contents, with the same rows as rendering it for each one; a new shape renders its own."""
+    rows = [
+        {"messages": [{**m, "content": f"{m['content']} {n}"} for m in CONVERSATION]}
+        for n in range(6)
+    ] + [{"messages": CONVERSATION[1:3]}]
+    renders = []
+    real = fresh_tok.apply_chat_template
+    monkeypatch.setattr(
+        fresh_tok, "apply_chat_template", lambda *a, **k: renders.append(1) or real(*a, **k)
+    )
+    monkeypatch.setattr(ct, "MARKED_SHAPES", 0)  # none kept: two renderings a row
+    expected = build(weave_hooks, fresh_tok, rows, chat_template="chatml")
+    assert len(renders) == 2 * len(rows)
+    monkeypatch.undo()
+    monkeypatch.setattr(
+        fresh_tok, "apply_chat_template", lambda *a, **k: renders.append(1) or real(*a, **k)
+    )
+    renders.clear()
+    assert build(weave_hooks, fresh_tok, rows, chat_template="chatml") == expected
+    assert len(renders) == len(rows) + 2  # each row once, and each of the two shapes once
+    assert trained(fresh_tok, expected[0]) == "Paris. 0<|im_end|>Five. 0<|im_end|>"
+
+
 def test_qwen3_reasoning_is_trained_with_the_last_answer(weave_hooks, tok) -> None:
     messages = [
         {"role": "user", "content": "Two plus three?"},

@@ -7,13 +7,14 @@ tokenizer does), or a custom one (`chat_template_jinja`). Option names and defau
 Axolotl's, so an Axolotl `datasets:` entry works unchanged.
 
 Labels come from the rendered text itself: the conversation is rendered once, each message's
-content is located in it (by rendering again with that content replaced by a sentinel and
-comparing), the text is tokenized once with character offsets, and each token is labelled by
-where it lies. So role headers are masked, a trained turn's content is trained (a token that
-merges header and content characters is trained), and the end-of-turn marker after it
-(`<|im_end|>`, `<|eot_id|>`, `</s>`...) follows `train_on_eos`. Tokens merge exactly as they do at
-inference, and templates that trim or move contents (a system prompt folded into the first user
-turn) are handled. A slow tokenizer (no offsets) is refused with a clear error.
+content is located in it (by a rendering with the contents replaced by markers, made once per
+conversation shape, else by rendering again with one content replaced and comparing), the text
+is tokenized once with character offsets, and each token is labelled by where it lies. So role
+headers are masked, a trained turn's content is trained (a token that merges header and content
+characters is trained), and the end-of-turn marker after it (`<|im_end|>`, `<|eot_id|>`,
+`</s>`...) follows `train_on_eos`. Tokens merge exactly as they do at inference, and templates
+that trim or move contents (a system prompt folded into the first user turn) are handled. A slow
+tokenizer (no offsets) is refused with a clear error.
 
 `type: sharegpt` (deprecated in Axolotl) is read as `chat_template` with ShareGPT's defaults.
 
@@ -28,7 +29,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
@@ -457,6 +458,8 @@ class Plan:
     markers: tuple[str, ...]
     train_on_inputs: bool
     template_kwargs: dict[str, Any]
+    marked: dict[Any, str] = field(default_factory=dict, compare=False, repr=False)
+    """`marked_rendering`'s renderings by conversation shape (filled while rows are read)."""
 
 
 def role_map_of(roles: dict[str, list[str]] | None) -> dict[str, str]:
@@ -805,13 +808,7 @@ def spans_in_one_rendering(
     contents = [message.get("content") for message in messages]
     if not all(isinstance(content, str) for content in contents):
         return None
-    marks = [f"{SENTINEL}{index}{SENTINEL}" for index in range(len(messages))]
-    marked = render(
-        tokenizer,
-        plan,
-        [{**message, "content": mark} for message, mark in zip(messages, marks, strict=True)],
-        tools,
-    )
+    marked = marked_rendering(tokenizer, plan, messages, tools)
     pattern = re.compile(f"{SENTINEL}(\\d+){SENTINEL}")
     pieces, spans, position, rebuilt = [], [[] for _ in messages], 0, 0
     for match in pattern.finditer(marked):
@@ -828,6 +825,37 @@ def spans_in_one_rendering(
     if "".join(pieces) != text:
         return None
     return [(found[0][0], found[-1][1]) if found else None for found in spans]
+
+
+MARKED_SHAPES = 1024
+"""Conversation shapes whose marked rendering a `Plan` keeps (one per role sequence, typically)."""
+
+
+def marked_rendering(tokenizer: Any, plan: Plan, messages: list[dict[str, Any]], tools: Any) -> str:
+    """The conversation rendered with message `i`'s content replaced by its marker
+    (`SENTINEL i SENTINEL`). It depends on the conversation's shape only (each message
+    without its content, and the tools), so conversations of one shape render it once; the
+    caller checks the result against the real rendering, so a template that does not render
+    alike for one shape (a date it prints) only costs the slower search."""
+    try:
+        shape: Any = (
+            tuple(tuple(sorted((k, v) for k, v in m.items() if k != "content")) for m in messages),
+            json.dumps(tools, sort_keys=True, default=repr),
+        )
+        hash(shape)
+    except TypeError:  # a value that is not hashable (a list, a mapping): by its JSON
+        shape = json.dumps(
+            [[{k: v for k, v in m.items() if k != "content"} for m in messages], tools],
+            sort_keys=True,
+            default=repr,
+        )
+    found = plan.marked.get(shape)
+    if found is None:
+        marked = [{**m, "content": f"{SENTINEL}{i}{SENTINEL}"} for i, m in enumerate(messages)]
+        found = render(tokenizer, plan, marked, tools)
+        if len(plan.marked) < MARKED_SHAPES:
+            plan.marked[shape] = found
+    return found
 
 
 def detail_ranges(

@@ -14,7 +14,13 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from axolotl_weave import IGNORE_INDEX, DataError, PreparedData, encode_all
+from axolotl_weave import (
+    IGNORE_INDEX,
+    DataError,
+    PreparedData,
+    encode_all,
+    tokenize_prompt_responses,
+)
 from axolotl_weave._rows import arrow_batch, encode_truncated, stable_prefix
 from axolotl_weave._run import open_session, preprocess
 from axolotl_weave_plugins.data import _fitting
@@ -251,6 +257,31 @@ def test_token_columns_become_one_arrow_table() -> None:
     assert large.to_pydict() == {"input_ids": [[2**40, -100], [1]], "labels": [[-100, 3], [1]]}
     flags = {"input_ids": [[1, True]]}
     assert arrow_batch(flags) is flags  # a bool is not an id: left to datasets, as before
+
+
+@pytest.mark.parametrize("train_on_inputs", [False, True])
+@pytest.mark.parametrize("keeps_bos", [True, False])
+def test_prompt_response_table_holds_the_rows_of_the_list(
+    tiny_tokenizer: Any, train_on_inputs: bool, keeps_bos: bool
+) -> None:
+    """The columnar rows of `tokenize_prompt_responses(table=True)` are its row mappings, for
+    empty prompts and responses, truncated parts and texts that end with EOS."""
+    rng = random.Random(5)
+    eos = tiny_tokenizer.eos_token
+    texts = ["", "", eos, "the end" + eos] + [text_of(rng, rng.randint(1, 200)) for _ in range(40)]
+    pairs = [(rng.choice(texts), rng.choice(texts)) for _ in range(200)] + [("", ""), ("a", "")]
+    options = {
+        "train_on_inputs": train_on_inputs,
+        "max_length": 30,
+        "empty_prompt_keeps_bos": keeps_bos,
+    }
+    rows = tokenize_prompt_responses(tiny_tokenizer, pairs, **options)
+    table = tokenize_prompt_responses(tiny_tokenizer, pairs, table=True, **options)
+    assert table.schema == arrow_batch({k: [r[k] for r in rows] for k in rows[0]}).schema
+    assert table.to_pylist() == rows
+    assert any(row["labels"][0] == IGNORE_INDEX for row in rows if row["labels"]) != train_on_inputs
+    assert any(not row["input_ids"] for row in rows)  # ("", ""): an empty row
+    assert not tokenize_prompt_responses(tiny_tokenizer, [], table=True, **options).num_rows
 
 
 def test_a_finish_may_return_an_arrow_table_and_a_bad_row_is_still_found() -> None:

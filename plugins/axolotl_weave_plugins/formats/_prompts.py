@@ -89,7 +89,7 @@ def build_prompt_response_rows(
     train_on_inputs = bool(cfg.train_on_inputs)
     max_length = cfg.sequence_len
 
-    def finish(pairs: list[tuple[str, str]]) -> list[dict[str, list[int]]]:
+    def finish(pairs: list[tuple[str, str]]) -> Any:  # a pyarrow.Table
         return axolotl_prompt_responses(
             tokenizer, pairs, train_on_inputs=train_on_inputs, max_length=max_length
         )
@@ -103,24 +103,24 @@ def axolotl_prompt_responses(
     *,
     train_on_inputs: bool,
     max_length: int,
-) -> list[dict[str, list[int]]]:
-    """Axolotl's `tokenize_prompt` of each (prompt, response) pair: the prompt (BOS, masked
-    unless `train_on_inputs`) and the response (its own tokens, BOS dropped, EOS appended,
-    trained) tokenized apart, each truncated to `max_length` (`sequence_len`); an empty response
-    adds nothing, not even EOS.
+) -> Any:
+    """Axolotl's `tokenize_prompt` of each (prompt, response) pair, as a `pyarrow.Table`: the
+    prompt (BOS, masked unless `train_on_inputs`) and the response (its own tokens, BOS
+    dropped, EOS appended, trained) tokenized apart, each truncated to `max_length`
+    (`sequence_len`); an empty response adds nothing, not even EOS.
 
-    `tokenize_prompt_responses` does this, except that an empty prompt leaves the response its
-    BOS there (a raw text); Axolotl tokenizes an empty prompt to nothing and still drops the
-    response's BOS, so that is done here too (a user-defined turn can render empty).
+    `tokenize_prompt_responses` does this, except that by default an empty prompt leaves the
+    response its BOS there (a raw text); Axolotl tokenizes an empty prompt to nothing and still
+    drops the response's BOS, so that is asked for here (a user-defined turn can render empty).
     """
-    rows = tokenize_prompt_responses(
-        tokenizer, pairs, train_on_inputs=train_on_inputs, max_length=max_length
+    return tokenize_prompt_responses(
+        tokenizer,
+        pairs,
+        train_on_inputs=train_on_inputs,
+        max_length=max_length,
+        empty_prompt_keeps_bos=False,
+        table=True,
     )
-    bos = tokenizer.bos_token_id
-    for position, ((prompt, _), out) in enumerate(zip(pairs, rows, strict=True)):
-        if not prompt and out["input_ids"] and bos is not None and out["input_ids"][0] == bos:
-            rows[position] = {key: values[1:] for key, values in out.items()}
-    return rows
 
 
 def styled_formats(base: str, description: str) -> dict[str, str]:

@@ -109,7 +109,6 @@ def prompt_response_table(
     from itertools import chain
 
     import numpy as np
-    import pyarrow as pa
 
     def flat(lists: list[list[int]]) -> tuple[Any, Any]:
         sizes = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
@@ -130,7 +129,16 @@ def prompt_response_table(
     labels = ids.copy()
     if not train_on_inputs:
         labels[prompt_at] = IGNORE_INDEX
-    rows_at = pa.array(starts.astype(np.int32))
+    return supervised_table(starts, ids, labels)
+
+
+def supervised_table(starts: Any, ids: Any, labels: Any) -> Any:
+    """`input_ids`, `labels` and `attention_mask` (all ones) as a `pyarrow.Table` of
+    `list<int64>` columns, row `i` holding the flat arrays' `starts[i]:starts[i + 1]`."""
+    import numpy as np
+    import pyarrow as pa
+
+    rows_at = pa.array(np.asarray(starts).astype(np.int32))
 
     def lists(values: Any) -> Any:
         return pa.ListArray.from_arrays(rows_at, pa.array(values, type=pa.int64()))
@@ -139,7 +147,7 @@ def prompt_response_table(
         {
             "input_ids": lists(ids),
             "labels": lists(labels),
-            "attention_mask": lists(np.ones(ids.size, dtype=np.int64)),
+            "attention_mask": lists(np.ones(len(ids), dtype=np.int64)),
         }
     )
 

@@ -45,6 +45,7 @@ from axolotl_weave import (
     prefix_chars,
     require_columns,
     stable_prefix,
+    supervised_table,
 )
 from pydantic import Field, field_validator, model_validator
 
@@ -914,7 +915,6 @@ def label_conversations(tokenizer: Any, rendered: list[Rendered], limit: int | N
     it has more): a text far longer is tokenized from a `stable_prefix` (the same first
     tokens, offsets and labels)."""
     import numpy as np
-    import pyarrow as pa
 
     if not rendered:
         return []
@@ -954,18 +954,7 @@ def label_conversations(tokenizer: Any, rendered: list[Rendered], limit: int | N
             row |= ((ranges[:, 0] <= begins) & (ends <= ranges[:, 1])).any(axis=1)
         row &= (ends > begins)[:, 0]
     # the batch's columns built from the flat arrays (no Python list per row and column)
-    rows_at = pa.array(offsets.astype(np.int32))
-
-    def lists(values: Any) -> Any:
-        return pa.ListArray.from_arrays(rows_at, pa.array(values, type=pa.int64()))
-
-    return pa.table(
-        {
-            "input_ids": lists(flat_ids),
-            "labels": lists(np.where(trained, flat_ids, IGNORE_INDEX)),
-            "attention_mask": lists(np.ones(total, dtype=np.int64)),
-        }
-    )
+    return supervised_table(offsets, flat_ids, np.where(trained, flat_ids, IGNORE_INDEX))
 
 
 def render_conversation(tokenizer: Any, plan: Plan, row: dict[str, Any]) -> Rendered:

@@ -6,8 +6,10 @@ the same exit code and piped stdout/stderr, without a fresh interpreter's second
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import json
+import os
 import re
 import subprocess
 import sys
@@ -93,45 +95,68 @@ def test_plugin_list_json(tmp_path: Path) -> None:
     assert "load_model" in rows["hf_causal_lm"]["hooks"]
 
 
-def test_plugin_list_does_not_import_heavy_libraries(tmp_path: Path) -> None:
+HEAVY = ("torch", "transformers", "datasets", "peft", "accelerate", "trl")
+"""Libraries that take seconds to import: what a command that needs no model must not import."""
+
+
+def run_counting_imports(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`weave ARGS` in a fresh interpreter, and which of `HEAVY` it imported."""
     code = (
         "import sys\n"
         "from axolotl_weave._cli import main\n"
         "try:\n"
-        "    main(['plugin', 'list', '--json'])\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "heavy = ('torch', 'transformers', 'datasets', 'peft', 'accelerate')\n"
-        "print('HEAVY', sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+        f"    main({list(args)!r})\n"
+        "    code = 0\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "print('EXIT', code, file=sys.stderr)\n"
+        f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
     )
-    assert result.returncode == 0, result.stderr
+    return result, ast.literal_eval(result.stderr.rpartition("HEAVY ")[2].strip())
+
+
+def test_plugin_list_does_not_import_heavy_libraries(tmp_path: Path) -> None:
+    result, heavy = run_counting_imports(tmp_path, "plugin", "list", "--json")
+    assert "EXIT 0" in result.stderr or "EXIT None" in result.stderr, result.stderr
     assert '"name": "lora"' in result.stdout  # the listing really ran
-    assert "HEAVY []" in result.stderr, result.stderr
+    assert heavy == [], result.stderr
 
 
 def test_validate_does_not_import_heavy_libraries(tmp_path: Path, base_config: dict) -> None:
     """`weave validate` checks a whole config (keys, registries, the output folder, the data
     files) without torch, transformers or datasets."""
     path = write_config(tmp_path / "c.yml", base_config)
-    code = (
-        "import sys\n"
-        "from axolotl_weave._cli import main\n"
-        "try:\n"
-        f"    main(['validate', {str(path)!r}])\n"
-        "except SystemExit as exc:\n"
-        "    print('EXIT', exc.code, file=sys.stderr)\n"
-        "heavy = ('torch', 'transformers', 'datasets', 'peft', 'accelerate')\n"
-        "print('HEAVY', sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
-    )
+    result, heavy = run_counting_imports(tmp_path, "validate", str(path))
     assert "EXIT 0" in result.stderr or "EXIT None" in result.stderr, result.stderr
     assert result.stdout.startswith("valid: ")  # the validation really ran
-    assert "HEAVY []" in result.stderr, result.stderr
+    assert heavy == [], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("keys", "args", "message"),
+    [
+        ({"rl": "orpo"}, ["bench", "--baseline", "trl"], "this config has rl: orpo"),
+        ({"adapter": "lora"}, ["merge-lora", "--lora-model-dir", "nowhere"], "does not exist"),
+    ],
+)
+def test_a_refusal_comes_before_the_libraries_load(
+    tmp_path: Path, base_config: dict, keys: dict, args: list[str], message: str
+) -> None:
+    """What a command refuses for its options or config is refused in a second, not after
+    importing torch, transformers and the rest."""
+    path = write_config(tmp_path / "c.yml", {**base_config, **keys})
+    result, heavy = run_counting_imports(tmp_path, args[0], str(path), *args[1:])
+    assert message in " ".join(result.stderr.split()), result.stderr[-2000:]
+    assert "EXIT 0" not in result.stderr and "EXIT None" not in result.stderr
+    assert heavy == [], result.stderr[-2000:]
 
 
 def test_blocking_a_plugin(tmp_path: Path) -> None:

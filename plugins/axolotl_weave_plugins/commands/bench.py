@@ -198,11 +198,8 @@ def _run_bench(
     """`run_bench` inside its temporary folder."""
     from axolotl_weave import resolve_precision
     from axolotl_weave.commands import family_of, load_tokenizer, open_session
-    from transformers import AutoConfig, set_seed
 
-    from axolotl_weave_plugins.commands import _bench_data, _bench_hf, _bench_report, _bench_shapes
-    from axolotl_weave_plugins.commands import _bench_measure as measure
-    from axolotl_weave_plugins.commands._bench_weave import run_weave
+    from axolotl_weave_plugins.commands import _bench_shapes
 
     model_path = _bench_shapes.model_dir(shape, root) if shape else None
     extra = bench_overrides(raw, settings, workdir / "weave", model_path)
@@ -217,6 +214,13 @@ def _run_bench(
             "every sample must fit a sequence; lower --max-length or raise sequence_len"
         )
     pairs = check_method(cfg, settings)
+    # what would be refused is refused above, before the libraries' seconds of imports
+    from transformers import AutoConfig, set_seed
+
+    from axolotl_weave_plugins.commands import _bench_data, _bench_hf, _bench_report
+    from axolotl_weave_plugins.commands import _bench_measure as measure
+    from axolotl_weave_plugins.commands._bench_weave import run_weave
+
     if shape is not None:
         _bench_shapes.ensure_model(shape, root, say)
 

@@ -329,10 +329,10 @@ def merge_lora(cfg: Any, session: Any, adapter_dir: Path, key: str) -> Path:
     loads models: unquantized, a GPTQ base dequantized, placed as `placement` says), apply the
     adapter in `adapter_dir`, merge it into the weights and save the whole model with its
     tokenizer to `adapter_dir/merged`. `key` names where the folder came from, for errors."""
+    check_adapter_dir(adapter_dir, key)  # before the libraries' seconds of imports
     from axolotl_weave.commands import family_of, load_tokenizer
     from peft import PeftModel
 
-    check_adapter_dir(adapter_dir, key)
     family = family_of(session)
     tokenizer = load_tokenizer(session, family)
     base = session.hooks.load_model(cfg, tokenizer, family, purpose="merge")

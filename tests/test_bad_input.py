@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from axolotl_weave_testing import (
     alpaca_rows,
     run_weave,
@@ -62,6 +63,28 @@ def test_a_utf16_data_file_is_refused_naming_the_file_line_and_fix(
     message = error_of(result)
     assert str(data) in message and "UTF-16" in message and "iconv" in message, message
     assert len(message.splitlines()) <= 2, message
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_validate_and_train_refuse_a_utf16_file_before_any_work(
+    tmp_path: Path, base_config: dict[str, Any], encoding: str, command: str
+) -> None:
+    """The byte-order mark is read with the config's other problems: `weave validate` reports
+    it, and a run stops before loading anything (no output folder, no cache)."""
+    data = tmp_path / "wide.json"
+    data.write_bytes(json.dumps(alpaca_rows(4)).encode(encoding))
+    config = write_config(
+        tmp_path / "c.yml",
+        {**base_config, "datasets": [{"path": str(data), "type": "alpaca"}]},
+    )
+    result = weave(tmp_path, command, str(config))
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = " ".join(error_of(result).split())
+    name = encoding.upper()
+    assert f"datasets.0.path: {data}: it is {name} text" in message, message
+    assert f"iconv -f {name} -t UTF-8 wide.json" in message
+    assert not Path(base_config["output_dir"]).exists()
 
 
 def test_a_utf8_file_with_a_byte_order_mark_is_simply_read(

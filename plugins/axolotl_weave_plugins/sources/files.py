@@ -90,7 +90,7 @@ def register_data_sources(register: Callable[[DataSource], None]) -> None:
             load_local,
             local_identity,
             "local files, folders",
-            problem=missing_local_path,
+            problem=local_path_problem,
         )
     )
     register(DataSource("url", is_url, load_remote, remote_identity, "an http(s) URL"))
@@ -104,6 +104,27 @@ def missing_local_path(entry: Any) -> str | None:
         return None
     where = Path(entry.path).expanduser().absolute()
     return f"no such file or folder: looked for {where} (relative to {Path.cwd()})"
+
+
+def local_path_problem(entry: Any) -> str | None:
+    """`missing_local_path`, or a text data file whose byte-order mark says it is UTF-16 or
+    UTF-32, not UTF-8 (found from its first bytes, so `weave validate` and the start of a run
+    say so before any work)."""
+    missing = missing_local_path(entry)
+    path = Path(entry.path).expanduser()
+    if missing or not is_local(entry) or not path.is_file():
+        return missing
+    if EXTENSIONS.get(path.suffix.lower()) not in ("json", "jsonl", "csv", "text"):
+        return None
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    found = next((name for bom, name in BYTE_ORDER_MARKS.items() if head.startswith(bom)), None)
+    if found is None:
+        return None
+    return (
+        f"it is {found} text (its byte-order mark says so), not UTF-8; convert it, e.g. "
+        f"iconv -f {found} -t UTF-8 {path.name} > utf8-{path.name}"
+    )
 
 
 def local_files(entry: Any) -> list[Path]:

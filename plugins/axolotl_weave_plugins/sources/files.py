@@ -118,7 +118,7 @@ def local_path_problem(entry: Any) -> str | None:
         return None
     with path.open("rb") as handle:
         head = handle.read(4)
-    found = next((name for bom, name in BYTE_ORDER_MARKS.items() if head.startswith(bom)), None)
+    found = marked_encoding(head)
     if found is None:
         return None
     return (
@@ -524,6 +524,11 @@ BYTE_ORDER_MARKS = {
 }
 
 
+def marked_encoding(data: bytes) -> str | None:
+    """UTF-16 or UTF-32 when `data` begins with that byte-order mark, else None."""
+    return next((name for bom, name in BYTE_ORDER_MARKS.items() if data.startswith(bom)), None)
+
+
 def read_text(file: Path) -> str:
     """A data file's text, which must be UTF-8 (a leading byte-order mark is dropped); other
     encodings are a `DataError` naming the file, the line and how to convert it."""
@@ -532,7 +537,7 @@ def read_text(file: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        found = next((name for bom, name in BYTE_ORDER_MARKS.items() if data.startswith(bom)), None)
+        found = marked_encoding(data)
         guess = f"it is {found} (its byte-order mark says so)" if found else "it is not UTF-8"
         source = found or "LATIN1"
         raise DataError(

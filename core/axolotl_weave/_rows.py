@@ -106,16 +106,10 @@ def prompt_response_table(
     """Rows of each prompt's ids then its response's, as a `pyarrow.Table` of `input_ids`,
     `labels` (the prompt's masked unless `train_on_inputs`) and `attention_mask`, placed from
     the flat arrays of all prompts and all responses at once."""
-    from itertools import chain
-
     import numpy as np
 
-    def flat(lists: list[list[int]]) -> tuple[Any, Any]:
-        sizes = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
-        values = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(sizes.sum()))
-        return sizes, values
-
-    (prompt_sizes, prompt_ids), (response_sizes, response_ids) = flat(prompts), flat(responses)
+    prompt_sizes, prompt_ids = flat_int_lists(prompts)
+    response_sizes, response_ids = flat_int_lists(responses)
     starts = np.concatenate([[0], np.cumsum(prompt_sizes + response_sizes)])
 
     def places(first: Any, sizes: Any) -> Any:  # where each part's tokens go in the rows
@@ -130,6 +124,18 @@ def prompt_response_table(
     if not train_on_inputs:
         labels[prompt_at] = IGNORE_INDEX
     return supervised_table(starts, ids, labels)
+
+
+def flat_int_lists(lists: Sequence[Sequence[int]]) -> tuple[Any, Any]:
+    """(each list's length, all values in order) of lists of ints, as int64 numpy arrays: read
+    at once, without a numpy array per list."""
+    from itertools import chain
+
+    import numpy as np
+
+    sizes = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    values = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(sizes.sum()))
+    return sizes, values
 
 
 def supervised_table(starts: Any, ids: Any, labels: Any) -> Any:

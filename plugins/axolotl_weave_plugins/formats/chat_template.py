@@ -40,6 +40,7 @@ from axolotl_weave import (
     ConfigError,
     DatasetFormat,
     PluginConfig,
+    flat_int_lists,
     hookimpl,
     map_rows,
     prefix_chars,
@@ -935,10 +936,8 @@ def label_conversations(tokenizer: Any, rendered: list[Rendered], limit: int | N
         return_token_type_ids=False,
     )
     # the batch's ids and offsets read into numpy at once (a list of tuples per row is slow)
-    all_ids = encoded["input_ids"]
-    sizes = np.fromiter(map(len, all_ids), dtype=np.int64, count=len(all_ids))
-    total = int(sizes.sum())
-    flat_ids = np.fromiter(chain.from_iterable(all_ids), dtype=np.int64, count=total)
+    sizes, flat_ids = flat_int_lists(encoded["input_ids"])
+    total = flat_ids.size
     pairs = chain.from_iterable(chain.from_iterable(encoded["offset_mapping"]))
     spans = np.fromiter(pairs, dtype=np.int64, count=2 * total).reshape(-1, 2)
     offsets = np.concatenate([[0], np.cumsum(sizes)])

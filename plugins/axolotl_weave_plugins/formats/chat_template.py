@@ -9,7 +9,8 @@ Axolotl's, so an Axolotl `datasets:` entry works unchanged.
 Labels come from the rendered text itself: the conversation is rendered once, each message's
 content is located in it (by a rendering with the contents replaced by markers, made once per
 conversation shape, else by rendering again with one content replaced and comparing), the text
-is tokenized once with character offsets, and each token is labelled by where it lies. So role
+is tokenized once, and each token is labelled by where it lies (its character offsets, read by
+bisection for a range's first and last tokens: `_token_labels`). So role
 headers are masked, a trained turn's content is trained (a token that merges header and content
 characters is trained), and the end-of-turn marker after it (`<|im_end|>`, `<|eot_id|>`,
 `</s>`...) follows `train_on_eos`. Tokens merge exactly as they do at inference, and templates
@@ -31,24 +32,20 @@ import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
 from axolotl_weave import (
-    IGNORE_INDEX,
     ConfigError,
     DatasetFormat,
     PluginConfig,
-    flat_int_lists,
     hookimpl,
     map_rows,
-    prefix_chars,
     require_columns,
-    stable_prefix,
-    supervised_table,
 )
 from pydantic import Field, field_validator, model_validator
+
+from ._token_labels import OffsetsCheck, Rendered, label_conversations
 
 PLUGIN_KIND = "format"
 
@@ -462,6 +459,8 @@ class Plan:
     template_kwargs: dict[str, Any]
     marked: dict[Any, str] = field(default_factory=dict, compare=False, repr=False)
     """`marked_rendering`'s renderings by conversation shape (filled while rows are read)."""
+    offsets: OffsetsCheck = field(default_factory=OffsetsCheck, compare=False, repr=False)
+    """Whether tokens are still labelled by bisection (`_token_labels`; checked on the rows)."""
 
 
 def role_map_of(roles: dict[str, list[str]] | None) -> dict[str, str]:
@@ -611,7 +610,7 @@ def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     limit = getattr(cfg, "sequence_len", None) if strategy in ("drop", "truncate") else None
 
     def finish(rendered: list[Rendered]) -> Any:  # a pyarrow.Table (an empty batch: [])
-        return label_conversations(tokenizer, rendered, limit)
+        return label_conversations(tokenizer, rendered, limit, plan.offsets)
 
     return map_rows(dataset, entry, prepare, finish=finish)
 
@@ -896,64 +895,6 @@ def should_train(plan: Plan, turn: Turn, index: int, last: int) -> bool:
     if plan.roles_to_train is None:  # Axolotl: roles_to_train: null trains the last message
         return index == last
     return turn.message["role"] in plan.roles_to_train
-
-
-@dataclass
-class Rendered:
-    """A conversation as text, with the character ranges whose tokens are trained."""
-
-    text: str
-    overlapping: list[tuple[int, int]]
-    """Ranges of the trained contents and markers: a token overlapping one is trained."""
-    inside: list[tuple[int, int]]
-    """Ranges of the trained details: a token wholly inside one is trained."""
-
-
-def label_conversations(tokenizer: Any, rendered: list[Rendered], limit: int | None = None) -> Any:
-    """Input ids and labels of rendered conversations, a `pyarrow.Table` with a row each:
-    tokenized in one batched call, each token trained when it overlaps a trained range or lies
-    inside a trained detail. With `limit`, only a text's first `limit` tokens matter (and that
-    it has more): a text far longer is tokenized from a `stable_prefix` (the same first
-    tokens, offsets and labels)."""
-    import numpy as np
-
-    if not rendered:
-        return []
-    texts = [one.text for one in rendered]
-    if limit:
-        longest = prefix_chars(limit)
-        texts = [
-            stable_prefix(tokenizer, text, limit, add_special_tokens=False)
-            if len(text) > longest
-            else text
-            for text in texts
-        ]
-    encoded = tokenizer(
-        texts,
-        add_special_tokens=False,
-        return_offsets_mapping=True,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-    )
-    # the batch's ids and offsets read into numpy at once (a list of tuples per row is slow)
-    sizes, flat_ids = flat_int_lists(encoded["input_ids"])
-    total = flat_ids.size
-    pairs = chain.from_iterable(chain.from_iterable(encoded["offset_mapping"]))
-    spans = np.fromiter(pairs, dtype=np.int64, count=2 * total).reshape(-1, 2)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    trained = np.zeros(total, dtype=bool)
-    for one, start, end in zip(rendered, offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
-        begins, ends = spans[start:end, :1], spans[start:end, 1:]
-        row = trained[start:end]  # a view: set in place
-        if one.overlapping:
-            ranges = np.asarray(one.overlapping, dtype=np.int64)
-            row |= ((begins < ranges[:, 1]) & (ends > ranges[:, 0])).any(axis=1)
-        if one.inside:
-            ranges = np.asarray(one.inside, dtype=np.int64)
-            row |= ((ranges[:, 0] <= begins) & (ends <= ranges[:, 1])).any(axis=1)
-        row &= (ends > begins)[:, 0]
-    # the batch's columns built from the flat arrays (no Python list per row and column)
-    return supervised_table(offsets, flat_ids, np.where(trained, flat_ids, IGNORE_INDEX))
 
 
 def render_conversation(tokenizer: Any, plan: Plan, row: dict[str, Any]) -> Rendered:

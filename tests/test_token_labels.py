@@ -169,3 +169,16 @@ def test_rows_after_the_first_are_checked_one_in_every_few(monkeypatch) -> None:
     assert labelled(tokenizer, rendered, check) == labelled(tokenizer, rendered, None)
     assert not check.bisect
     assert check.checked == 2  # rows 0 and CHECK_EVERY of the batch
+
+
+def test_a_tokenizer_without_backend_encodings_is_labelled_from_its_offsets() -> None:
+    """A fast tokenizer whose call returns a plain mapping (no `encodings` to bisect)."""
+    tokenizer = byte_level_bpe()
+
+    def as_mapping(texts: list[str], **options: Any) -> dict[str, Any]:
+        return dict(tokenizer(texts, **options))
+
+    rendered = random_conversations(50)
+    check = tl.OffsetsCheck()
+    assert labelled(as_mapping, rendered, check) == labelled(tokenizer, rendered, None)
+    assert not check.bisect

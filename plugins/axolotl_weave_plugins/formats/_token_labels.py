@@ -87,13 +87,10 @@ def label_conversations(
             else text
             for text in texts
         ]
-    encoded = tokenizer(
-        texts,
-        add_special_tokens=False,
-        return_offsets_mapping=not check.bisect,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-    )
+    encoded = encode(tokenizer, texts, offsets=not check.bisect)
+    if check.bisect and getattr(encoded, "encodings", None) is None:
+        check.bisect = False  # no backend encodings to ask (not a `tokenizers` tokenizer)
+        encoded = encode(tokenizer, texts, offsets=True)
     sizes, flat_ids = flat_int_lists(encoded["input_ids"])
     starts = np.concatenate([[0], np.cumsum(sizes)])
     if check.bisect:
@@ -102,6 +99,18 @@ def label_conversations(
         trained = trained_by_offsets(encoded["offset_mapping"], rendered, starts)
     # the batch's columns built from the flat arrays (no Python list per row and column)
     return supervised_table(starts, flat_ids, np.where(trained, flat_ids, IGNORE_INDEX))
+
+
+def encode(tokenizer: Any, texts: list[str], offsets: bool) -> Any:
+    """The texts' ids in one batched call (no special tokens added), with every token's
+    offsets if asked."""
+    return tokenizer(
+        texts,
+        add_special_tokens=False,
+        return_offsets_mapping=offsets,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
 
 
 def trained_by_offsets(offsets: list[Any], rendered: list[Rendered], starts: Any) -> Any:

@@ -53,6 +53,7 @@ def lora_run(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "lora_target_linear": True,
         "fsdp_version": 2,
         "output_dir": str(folder / "out"),
+        "dataset_prepared_path": str(folder / "prepared"),  # not the checkout's folder
     }
     result = run_weave(
         "train", str(write_config(folder / "fsdp.yml", config)), "--num-processes", "2"

@@ -19,7 +19,9 @@ For each format it writes the rows to a JSON Lines file, then runs, each in its 
 
 It prints one table: seconds, rows/s, tokens/s, peak resident memory of the largest process,
 peak anonymous memory of the process and its workers, CPU seconds, and the wall and CPU ratios
-to the tokenizer alone (docs/benchmarks.md explains the columns). Text lengths are drawn
+to the tokenizer alone (docs/benchmarks.md explains the columns); then, per format, the run's
+ratio to the call alone end to end and beyond start-up (the run minus the cache hit), and to
+the tokenizer script's whole process. Text lengths are drawn
 log-normal around typical instruction data (prompts ~60 words, responses ~120), from a fixed
 seed; `--short` makes them a tenth of that (a million rows in minutes: memory against rows).
 
@@ -397,6 +399,25 @@ def print_table(measures: list[Measure]) -> None:
         )
 
 
+def print_ratios(measures: list[Measure]) -> None:
+    """Per format, the ratios the goal is read by: end to end over the batched call alone;
+    beyond start-up (the run minus the cache hit, which is all start-up) over the call alone,
+    what a large dataset tends to; and end to end over the tokenizer script's whole process."""
+    by_name = {m.what: m for m in measures}
+    for kind in FORMATS:
+        alone = by_name.get(f"{kind}: tokenizer alone")
+        run = by_name.get(f"{kind}: weave preprocess")
+        hit = by_name.get(f"{kind}: weave preprocess (cache hit)")
+        whole = by_name.get(f"{kind}: tokenizer alone, whole process")
+        if not (alone and run and hit and whole):
+            continue
+        print(
+            f"{kind}: {run.seconds / alone.seconds:.2f}x the call alone end to end, "
+            f"{(run.seconds - hit.seconds) / alone.seconds:.2f}x beyond start-up "
+            f"({hit.seconds:.2f} s), {run.seconds / whole.seconds:.2f}x the whole process"
+        )
+
+
 def main() -> None:
     """Parse the options, run every measurement, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -424,6 +445,7 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M")
     print(f"\nweave preprocess vs the tokenizer alone ({args.rows:,} rows, {started})")
     print_table(measures)
+    print_ratios(measures)
 
 
 if __name__ == "__main__":

@@ -119,14 +119,21 @@ def trained_by_offsets(offsets: list[Any], rendered: list[Rendered], starts: Any
     import numpy as np
 
     total = int(starts[-1])
-    # the batch's offsets read into numpy at once (a list of tuples per row is slow)
-    pairs = chain.from_iterable(chain.from_iterable(offsets))
-    spans = np.fromiter(pairs, dtype=np.int64, count=2 * total).reshape(-1, 2)
+    spans = spans_array(offsets, total)
     trained = np.zeros(total, dtype=bool)
     bounds = starts.tolist()
     for one, start, end in zip(rendered, bounds[:-1], bounds[1:], strict=True):
         mark_by_offsets(trained[start:end], spans[start:end], one)  # views: set in place
     return trained
+
+
+def spans_array(offsets: list[Any], total: int) -> Any:
+    """Rows' offsets (a list of `(start, end)` tuples per row, `total` in all) as one
+    `(total, 2)` numpy array, read at once (a numpy array per row is slow)."""
+    import numpy as np
+
+    pairs = chain.from_iterable(chain.from_iterable(offsets))
+    return np.fromiter(pairs, dtype=np.int64, count=2 * total).reshape(-1, 2)
 
 
 def mark_by_offsets(row: Any, spans: Any, one: Rendered) -> None:
@@ -159,10 +166,8 @@ def trained_by_bisection(
         mark_by_bisection(row, encoding, one)
         if check.checked < FULLY_CHECKED_ROWS or index % CHECK_EVERY == 0:
             check.checked += 1
-            pairs = chain.from_iterable(encoding.offsets)
-            spans = np.fromiter(pairs, dtype=np.int64, count=2 * len(row)).reshape(-1, 2)
             exact = np.zeros(len(row), dtype=bool)
-            mark_by_offsets(exact, spans, one)
+            mark_by_offsets(exact, spans_array([encoding.offsets], len(row)), one)
             if not np.array_equal(exact, row):
                 log.debug(
                     "this tokenizer's offsets are not plain (a token empty or out of order): "

@@ -10,12 +10,12 @@ Labels come from the rendered text itself: the conversation is rendered once, ea
 content is located in it (by a rendering with the contents replaced by markers, made once per
 conversation shape, else by rendering again with one content replaced and comparing), the text
 is tokenized once, and each token is labelled by where it lies (its character offsets, read by
-bisection for a range's first and last tokens: `_token_labels`). So role
-headers are masked, a trained turn's content is trained (a token that merges header and content
-characters is trained), and the end-of-turn marker after it (`<|im_end|>`, `<|eot_id|>`,
-`</s>`...) follows `train_on_eos`. Tokens merge exactly as they do at inference, and templates
-that trim or move contents (a system prompt folded into the first user turn) are handled. A slow
-tokenizer (no offsets) is refused with a clear error.
+bisection for a range's first and last tokens: `_token_labels`). So role headers are masked, a
+trained turn's content is trained (a token that merges header and content characters is
+trained), and the end-of-turn marker after it (`<|im_end|>`, `<|eot_id|>`, `</s>`...) follows
+`train_on_eos`. Tokens merge exactly as they do at inference, and templates that trim or move
+contents (a system prompt folded into the first user turn) are handled. A slow tokenizer (no
+offsets) is refused with a clear error.
 
 `type: sharegpt` (deprecated in Axolotl) is read as `chat_template` with ShareGPT's defaults.
 

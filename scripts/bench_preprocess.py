@@ -13,8 +13,10 @@ For each format it writes the rows to a JSON Lines file, then runs, each in its 
 - `weave preprocess` again (a cache hit);
 - the tokenizer alone: one batched call on the same texts (the prompt and response texts the
   format tokenizes; for chat rows, each conversation rendered by the same chat template), the
-  limit preprocessing can approach; and that script's whole process (importing transformers,
-  loading the tokenizer, reading and rendering the rows), what a minimal script pays end to end;
+  limit preprocessing can approach; the same texts in calls of 1,000 (one huge call slows
+  down on many rows, holding every encoding at once); and that script's whole process
+  (importing transformers, loading the tokenizer, reading and rendering the rows), what a
+  minimal script pays end to end;
 - `axolotl preprocess` on the same file and tokenizer, when Axolotl is installed.
 
 It prints one table: seconds, rows/s, tokens/s, peak resident memory of the largest process,
@@ -28,7 +30,8 @@ seed; `--short` makes them a tenth of that (a million rows in minutes: memory ag
 `--before FILE...` times `weave preprocess` a second time with those files as they are in
 `--before-rev` (default HEAD): a copy of today's `core/` and `plugins/` with them taken from
 git goes first on `PYTHONPATH`, so that before and after are measured side by side in one run.
-`--scaling` times `weave preprocess` with `dataset_processes: 1` and `2`.
+`--scaling` times `weave preprocess` with `dataset_processes: 1` and `2`, with the tokenizer's
+own threads on (the default) and off, and prints how much faster two processes are.
 """
 
 from __future__ import annotations
@@ -189,7 +192,9 @@ print(out, end="")
 """
 
 
-def timed(command: list[str], code: Path | None = None) -> tuple[float, float, float, float, str]:
+def timed(
+    command: list[str], code: Path | None = None, extra_env: dict[str, str] | None = None
+) -> tuple[float, float, float, float, str]:
     """(seconds, peak RSS in MB, peak anonymous memory in MB, CPU seconds, stdout) of
     `command`, run in a fresh child of a fresh process. The CPU seconds (user and system, its
     workers' included) are steadier than the wall time on a shared machine. The peak RSS is
@@ -197,8 +202,8 @@ def timed(command: list[str], code: Path | None = None) -> tuple[float, float, f
     pages of memory-mapped Arrow files it read; the anonymous memory, sampled every 0.2 s,
     is the sum over the process and its workers of what they allocated (what grows when rows
     are kept in Python). With `code`, that copy's `core` and `plugins` go first on
-    `PYTHONPATH`."""
-    env = dict(os.environ)
+    `PYTHONPATH`; `extra_env` is set in its environment."""
+    env = {**os.environ, **(extra_env or {})}
     if code is not None:
         paths = [str(code / "core"), str(code / "plugins"), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
@@ -234,16 +239,29 @@ else:
     )
     texts = [tok.apply_chat_template(row["messages"], tokenize=False) for row in rows]
 start, cpu = time.perf_counter(), time.process_time()
+for first in range(0, len(texts), 1000):
+    tok(texts[first : first + 1000])
+batched, batched_cpu = time.perf_counter() - start, time.process_time() - cpu
+start, cpu = time.perf_counter(), time.process_time()
 ids = tok(texts)["input_ids"]
 seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-print(json.dumps({"seconds": seconds, "cpu": cpu, "tokens": sum(len(x) for x in ids)}))
+tokens = sum(len(x) for x in ids)
+print(json.dumps({"seconds": seconds, "cpu": cpu, "tokens": tokens, "batched": batched,
+                  "batched_cpu": batched_cpu}))
 """
 
 
+NO_TOKENIZER_THREADS = {"TOKENIZERS_PARALLELISM": "false"}
+"""The tokenizer's own threads off: each process then uses one core, so `dataset_processes`
+alone decides how many cores tokenize (with them on, one process already keeps both cores of
+a 2-core machine busy during the tokenizer's calls)."""
+
+
 def tokenizer_alone(kind: str, data: Path, rows: int) -> list[Measure]:
-    """The tokenizer on the format's texts: its batched call (the limit), and the whole
-    process around it (importing transformers, loading the tokenizer, reading the rows and,
-    for chat, rendering them: what a minimal script pays end to end)."""
+    """The tokenizer on the format's texts: its batched call (the limit), the same texts in
+    calls of 1,000, and the whole process around the one call (importing transformers, loading
+    the tokenizer, reading the rows and, for chat, rendering them: what a minimal script pays
+    end to end; the calls of 1,000, made first in the same process, are taken out)."""
     command = [sys.executable, "-c", TOKENIZE_ALONE, str(TOKENIZER), kind, str(data)]
     seconds, peak, anon, cpu, out = timed(command)
     result = json.loads(out.strip().splitlines()[-1])
@@ -252,7 +270,24 @@ def tokenizer_alone(kind: str, data: Path, rows: int) -> list[Measure]:
         Measure(
             f"{kind}: tokenizer alone", result["seconds"], peak, rows, tokens, anon, result["cpu"]
         ),
-        Measure(f"{kind}: tokenizer alone, whole process", seconds, peak, rows, tokens, anon, cpu),
+        Measure(
+            f"{kind}: tokenizer alone, calls of 1,000 texts",
+            result["batched"],
+            peak,
+            rows,
+            tokens,
+            anon,
+            result["batched_cpu"],
+        ),
+        Measure(
+            f"{kind}: tokenizer alone, whole process",
+            seconds - result["batched"],  # as if it made only the one call
+            peak,
+            rows,
+            tokens,
+            anon,
+            cpu - result["batched_cpu"],
+        ),
     ]
 
 
@@ -313,22 +348,18 @@ def measure_format(kind: str, rows: int, args: argparse.Namespace, work: Path) -
         Measure(f"{kind}: weave preprocess (cache hit)", seconds, peak, rows, None, anon, cpu)
     )
     if args.scaling:
-        for processes in (1, 2):
-            config = write_config(
-                folder / f"p{processes}", data, entry, args.sequence_len, processes
-            )
-            seconds, peak, anon, cpu, _ = timed(weave(config))
-            measures.append(
-                Measure(
-                    f"{kind}: dataset_processes: {processes}",
-                    seconds,
-                    peak,
-                    rows,
-                    tokens,
-                    anon,
-                    cpu,
+        for threads, env in (("", None), (", tokenizer threads off", NO_TOKENIZER_THREADS)):
+            for processes in (1, 2):
+                config = write_config(
+                    folder / f"p{processes}{threads and '-single'}",
+                    data,
+                    entry,
+                    args.sequence_len,
+                    processes,
                 )
-            )
+                seconds, peak, anon, cpu, _ = timed(weave(config), extra_env=env)
+                what = f"{kind}: dataset_processes: {processes}{threads}"
+                measures.append(Measure(what, seconds, peak, rows, tokens, anon, cpu))
     if shutil.which("axolotl") and kind == "alpaca":
         axolotl_config = folder / "axolotl.yml"
         shutil.copy(config, axolotl_config)
@@ -383,7 +414,7 @@ def print_table(measures: list[Measure]) -> None:
     """The table, each time (wall and CPU) beside its format's tokenizer-alone time."""
     alone = {m.what.split(":")[0]: m for m in measures if m.what.endswith("alone")}
     header = (
-        f"{'run':46} {'seconds':>8} {'rows/s':>9} {'tokens/s':>10} {'peak MB':>8} "
+        f"{'run':52} {'seconds':>8} {'rows/s':>9} {'tokens/s':>10} {'peak MB':>8} "
         f"{'anon MB':>8} {'x alone':>8} {'cpu s':>7} {'cpu x':>6}"
     )
     print(header)
@@ -394,28 +425,45 @@ def print_table(measures: list[Measure]) -> None:
         cpu_ratio = f"{m.cpu_seconds / base.cpu_seconds:.2f}" if base and base.cpu_seconds else "-"
         tokens = f"{m.tokens / m.seconds:,.0f}" if m.tokens else "-"
         print(
-            f"{m.what:46} {m.seconds:8.2f} {m.rows / m.seconds:9,.0f} {tokens:>10} "
+            f"{m.what:52} {m.seconds:8.2f} {m.rows / m.seconds:9,.0f} {tokens:>10} "
             f"{m.peak_rss_mb:8.0f} {m.anon_mb:8.0f} {ratio:>8} {m.cpu_seconds:7.1f} {cpu_ratio:>6}"
         )
 
 
 def print_ratios(measures: list[Measure]) -> None:
-    """Per format, the ratios the goal is read by: end to end over the batched call alone;
-    beyond start-up (the run minus the cache hit, which is all start-up) over the call alone,
-    what a large dataset tends to; and end to end over the tokenizer script's whole process."""
+    """Per format, the ratios the goals are read by: end to end over the tokenizer alone (its
+    one batched call, and its calls of 1,000 texts, which do not slow down as one huge call
+    does on many rows); beyond start-up (the run minus the cache hit, which is all start-up)
+    over the same, what a large dataset tends to; end to end over the tokenizer script's whole
+    process; and, with `--scaling`, two processes against one."""
     by_name = {m.what: m for m in measures}
     for kind in FORMATS:
-        alone = by_name.get(f"{kind}: tokenizer alone")
-        run = by_name.get(f"{kind}: weave preprocess")
         hit = by_name.get(f"{kind}: weave preprocess (cache hit)")
-        whole = by_name.get(f"{kind}: tokenizer alone, whole process")
-        if not (alone and run and hit and whole):
+        if hit is None:
             continue
-        print(
-            f"{kind}: {run.seconds / alone.seconds:.2f}x the call alone end to end, "
-            f"{(run.seconds - hit.seconds) / alone.seconds:.2f}x beyond start-up "
-            f"({hit.seconds:.2f} s), {run.seconds / whole.seconds:.2f}x the whole process"
-        )
+        alone = by_name.get(f"{kind}: tokenizer alone")
+        calls = by_name.get(f"{kind}: tokenizer alone, calls of 1,000 texts")
+        whole = by_name.get(f"{kind}: tokenizer alone, whole process")
+        run = by_name[f"{kind}: weave preprocess"]
+        beyond = run.seconds - hit.seconds
+        if alone and calls and whole:
+            print(
+                f"{kind}: end to end {run.seconds / alone.seconds:.2f}x the one call, "
+                f"{run.seconds / calls.seconds:.2f}x the calls of 1,000; beyond start-up "
+                f"({hit.seconds:.2f} s) {beyond / alone.seconds:.2f}x and "
+                f"{beyond / calls.seconds:.2f}x; {run.seconds / whole.seconds:.2f}x the whole "
+                "process"
+            )
+        for threads in ("", ", tokenizer threads off"):
+            one = by_name.get(f"{kind}: dataset_processes: 1{threads}")
+            two = by_name.get(f"{kind}: dataset_processes: 2{threads}")
+            if one and two:
+                print(
+                    f"{kind}: dataset_processes 2 against 1{threads}: "
+                    f"{one.seconds / two.seconds:.2f}x end to end, "
+                    f"{(one.seconds - hit.seconds) / (two.seconds - hit.seconds):.2f}x beyond "
+                    "start-up"
+                )
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ class Hooks:
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
+        self._dist_names: dict[int, str] = {}  # "name==version" per distribution, read once
 
     # -- start-up --------------------------------------------------------------------------
     def config_fields(self) -> list[tuple[str, type[BaseModel]]]:
@@ -171,7 +172,10 @@ class Hooks:
         name = self.pm.get_name(plugin)
         for dist_plugin, dist in self.pm.list_plugin_distinfo():
             if dist_plugin is plugin:
-                return f"plugin '{name}' ({dist.project_name}=={dist.version})"
+                raw = getattr(dist, "_dist", dist)  # the pm holds it: its id stays its own
+                if id(raw) not in self._dist_names:  # reading metadata costs milliseconds
+                    self._dist_names[id(raw)] = f"{dist.project_name}=={dist.version}"
+                return f"plugin '{name}' ({self._dist_names[id(raw)]})"
         return f"plugin '{name}'"
 
     # -- data ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
     python scripts/bench_preprocess.py --rows 1000000 --short --formats alpaca --skip-alone
     python scripts/bench_preprocess.py --scaling            # dataset_processes 1 against 2
     python scripts/bench_preprocess.py --before core/axolotl_weave/_rows.py  # and as in HEAD
+    python scripts/bench_preprocess.py --repeat 3           # medians of 3 runs in turn
 
 For each format it writes the rows to a JSON Lines file, then runs, each in its own process:
 
@@ -32,6 +33,10 @@ seed; `--short` makes them a tenth of that (a million rows in minutes: memory ag
 git goes first on `PYTHONPATH`, so that before and after are measured side by side in one run.
 `--scaling` times `weave preprocess` with `dataset_processes: 1` and `2`, with the tokenizer's
 own threads on (the default) and off, and prints how much faster two processes are.
+
+`--repeat N` makes every run N times, the rounds one after the other (each round times every
+run once, on a fresh cache), and reports each run's median seconds and median CPU seconds
+(its largest memory): on a shared machine a single run can be a third slower or faster.
 """
 
 from __future__ import annotations
@@ -322,13 +327,18 @@ def before_tree(args: argparse.Namespace, work: Path) -> Path | None:
     return tree
 
 
-def measure_format(kind: str, rows: int, args: argparse.Namespace, work: Path) -> list[Measure]:
-    """Every run for one format."""
+def measure_format(
+    kind: str, rows: int, args: argparse.Namespace, work: Path, round_: int = 0
+) -> list[Measure]:
+    """Every run for one format (round `round_` of `--repeat`: its own folders and caches,
+    the rows written once)."""
     make, entry = FORMATS[kind]
-    folder = work / kind
+    data = work / kind / "rows.jsonl"
+    if not data.exists():
+        data.parent.mkdir(parents=True, exist_ok=True)
+        write_rows(data, make, rows, args.seed)
+    folder = work / kind / f"round-{round_}"
     folder.mkdir()
-    data = folder / "rows.jsonl"
-    write_rows(data, make, rows, args.seed)
     measures = []
     if not args.skip_alone:
         measures += tokenizer_alone(kind, data, rows)
@@ -370,12 +380,12 @@ def measure_format(kind: str, rows: int, args: argparse.Namespace, work: Path) -
     return measures
 
 
-def huge_row(args: argparse.Namespace, work: Path) -> list[Measure]:
+def huge_row(args: argparse.Namespace, work: Path, round_: int = 0) -> list[Measure]:
     """One row of `--huge-row-mb` MB against the same megabytes of ordinary rows (alpaca,
     `excess_length_strategy: truncate`, so that the huge row is kept: its first
     `sequence_len` tokens)."""
-    folder = work / "huge"
-    folder.mkdir()
+    folder = work / "huge" / f"round-{round_}"
+    folder.mkdir(parents=True)
     rng = random.Random(args.seed)
     size = int(args.huge_row_mb * 1_000_000)
     big = {"instruction": "Summarise.", "input": "", "output": ""}
@@ -408,6 +418,29 @@ def huge_row(args: argparse.Namespace, work: Path) -> list[Measure]:
             what = f"huge: {name} ({args.huge_row_mb:g} MB){label}"
             measures.append(Measure(what, seconds, peak, len(lines), None, anon, cpu))
     return measures
+
+
+def medians(rounds: list[list[Measure]]) -> list[Measure]:
+    """One measure per run, in the first round's order: the median of its seconds and, apart,
+    of its CPU seconds over the rounds; its largest peak and anonymous memory."""
+    import statistics
+
+    by_run: dict[str, list[Measure]] = {}
+    for measures in rounds:
+        for m in measures:
+            by_run.setdefault(m.what, []).append(m)
+    return [
+        Measure(
+            what,
+            statistics.median(m.seconds for m in runs),
+            max(m.peak_rss_mb for m in runs),
+            runs[0].rows,
+            runs[0].tokens,
+            max(m.anon_mb for m in runs),
+            statistics.median(m.cpu_seconds for m in runs),
+        )
+        for what, runs in by_run.items()
+    ]
 
 
 def print_table(measures: list[Measure]) -> None:
@@ -480,18 +513,26 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="dataset_processes 1 and 2")
     parser.add_argument("--before", nargs="*", default=[], help="files to time as in git too")
     parser.add_argument("--before-rev", default="HEAD", help="the git revision of --before")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; medians are reported")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.short:
         SCALE["words"] = 0.1
-    measures: list[Measure] = []
+    started = time.strftime("%Y-%m-%d %H:%M")
+    rounds: list[list[Measure]] = []
     with tempfile.TemporaryDirectory(prefix="weave-bench-preprocess-") as tmp:
         work = Path(tmp)
-        for kind in args.formats:
-            measures += measure_format(kind, args.rows, args, work)
-        if args.huge_row_mb:
-            measures += huge_row(args, work)
-    started = time.strftime("%Y-%m-%d %H:%M")
-    print(f"\nweave preprocess vs the tokenizer alone ({args.rows:,} rows, {started})")
+        for round_ in range(args.repeat):
+            measures: list[Measure] = []
+            for kind in args.formats:
+                measures += measure_format(kind, args.rows, args, work, round_)
+            if args.huge_row_mb:
+                measures += huge_row(args, work, round_)
+            rounds.append(measures)
+    measures = medians(rounds)
+    runs = f", medians of {args.repeat} rounds" if args.repeat > 1 else ""
+    print(f"\nweave preprocess vs the tokenizer alone ({args.rows:,} rows{runs}, {started})")
     print_table(measures)
     print_ratios(measures)
 

@@ -66,3 +66,19 @@ def test_print_ratios_divides_by_each_limit_and_start_up(
         "alpaca: dataset_processes 2 against 1, tokenizer threads off: 1.71x end to end, "
         "2.00x beyond start-up",
     ]
+
+
+def test_medians_take_each_runs_middle_time_and_largest_memory(bench: ModuleType) -> None:
+    def measure(what: str, seconds: float, cpu: float, peak: float) -> object:
+        return bench.Measure(what, seconds, peak, 1_000, 5_000, peak / 2, cpu)
+
+    rounds = [
+        [measure("alpaca: weave preprocess", 9.0, 12.0, 900.0), measure("alpaca: hit", 4.0, 4, 1)],
+        [measure("alpaca: weave preprocess", 7.0, 14.0, 950.0), measure("alpaca: hit", 3.0, 3, 1)],
+        [measure("alpaca: weave preprocess", 8.0, 11.0, 920.0), measure("alpaca: hit", 5.0, 5, 1)],
+    ]
+    run, hit = bench.medians(rounds)
+    assert (run.what, run.seconds, run.cpu_seconds) == ("alpaca: weave preprocess", 8.0, 12.0)
+    assert (run.peak_rss_mb, run.anon_mb, run.rows, run.tokens) == (950.0, 475.0, 1_000, 5_000)
+    assert (hit.what, hit.seconds, hit.cpu_seconds) == ("alpaca: hit", 4.0, 4)
+    assert bench.medians(rounds[:1]) == rounds[0]  # one round: the runs as they were

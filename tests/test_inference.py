@@ -214,7 +214,9 @@ def test_every_instruction_format_renders_its_training_prompt(
     from axolotl_weave_plugins.inference._prompting import Prompter
 
     formats = Hooks(make_plugin_manager()).dataset_formats()
-    declared = {name for name, fmt in formats.items() if callable(fmt.prompt)}
+    declared = {  # the preference types (rl:) have their own test below
+        name for name, fmt in formats.items() if callable(fmt.prompt) and "labels" in fmt.columns
+    }
     assert {"alpaca", "alpaca_w_system.load_open_orca", "metharme", "user_defined"} <= declared
     assert formats["chat_template"].prompt == "chat" and formats["completion"].prompt == "text"
     (tmp_path / "rows.jsonl").write_text("{}\n")
@@ -248,6 +250,86 @@ def test_every_instruction_format_renders_its_training_prompt(
             if any(label != -100 for label in built["labels"]):
                 prefixes.append(masked_prefix(built))
         assert ids in prefixes, name
+
+
+def answered(value: Any) -> Any:
+    """A prompt row with every empty or placeholder answer replaced by a real one."""
+    from axolotl_weave_plugins.rl._prompt_rows import ANSWER
+
+    if isinstance(value, dict):
+        return {key: answered(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [answered(item) for item in value]
+    return "tac" if value in ("", ANSWER) else value
+
+
+def test_every_preference_format_renders_its_training_prompt(
+    tiny_llama_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each preference type (under rl: dpo, and KTO's under rl: kto): inference renders it by
+    its own format, and its prompt ids are the masked start of the answer a training row with
+    the same question builds (chosen_input_ids; completion_input_ids under KTO). The chatml and
+    llama3 types' prompts are their template's text around the question."""
+    import yaml
+    from axolotl_weave import IGNORE_INDEX, rows_table
+    from axolotl_weave._hooks import Hooks
+    from axolotl_weave._pluginmanager import make_plugin_manager
+    from axolotl_weave.commands import load_tokenizer, open_session
+    from axolotl_weave_plugins.inference._prompting import Prompter
+    from axolotl_weave_plugins.rl._kto_formats import KTO_TYPES, use_kto_columns
+
+    formats = Hooks(make_plugin_manager()).dataset_formats()
+    pairs = sorted(  # a reward model's pairs (bradley_terry) generate nothing
+        name
+        for name, fmt in formats.items()
+        if "chosen_input_ids" in fmt.columns and not name.startswith("bradley_terry")
+    )
+    assert {"chatml.intel", "llama3.argilla_chat", "chat_template.default", "zephyr.nectar"} <= {
+        *pairs
+    }
+    templates = {
+        "chatml": "<|im_start|>user\nReverse the word.<|im_end|>\n<|im_start|>assistant\n",
+        "llama3": "<|start_header_id|>user<|end_header_id|>\n\nReverse the word.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    }
+    (tmp_path / "rows.jsonl").write_text("{}\n")
+    runs = [("dpo", name) for name in pairs] + [("kto", name) for name in sorted(KTO_TYPES)]
+    try:
+        for rl, name in runs:
+            config = tmp_path / f"{rl}-{name}.yml"
+            config.write_text(
+                yaml.safe_dump(
+                    {
+                        "base_model": str(tiny_llama_dir),
+                        "rl": rl,
+                        "micro_batch_size": 2,  # KTO's least
+                        "chat_template": "chatml",
+                        "datasets": [{"path": str(tmp_path / "rows.jsonl"), "type": name}],
+                        "output_dir": str(tmp_path / "out"),
+                    }
+                )
+            )
+            session = open_session(config)
+            tokenizer = load_tokenizer(session, None)
+            prompter = Prompter(session, tokenizer)
+            assert prompter.mode == "format", (rl, name)
+            assert prompter.describe == f"the prompt format of type: {name}"
+            ids = prompter.prompt_ids("Reverse the word.")
+            entry, fmt = session.cfg.datasets[0], formats[name]
+            row = answered(fmt.prompt(entry, "Reverse the word."))
+            (built,) = list(fmt.build(entry, rows_table([row]), tokenizer, session.cfg))
+            sequence = "completion" if rl == "kto" else "chosen"
+            labels = built[f"{sequence}_labels"]
+            start = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+            assert ids == list(built[f"{sequence}_input_ids"][:start]), (rl, name)
+            assert "Reverse the word." in tokenizer.decode(ids), (rl, name)
+            family = name.split(".")[0]
+            if family in templates and not name.endswith("argilla_chat"):
+                whole = tokenizer(templates[family])["input_ids"]  # at most its last token
+                assert whole[: len(ids)] == ids and len(ids) >= len(whole) - 1, (rl, name)
+    finally:
+        use_kto_columns(False)
+    assert "weave cannot render its prompt" not in caplog.text
 
 
 def test_a_full_model_in_output_dir_is_loaded(trained: dict[str, Any]) -> None:

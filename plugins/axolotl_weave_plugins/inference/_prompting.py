@@ -11,7 +11,9 @@ The format of the config's first `datasets:` entry says how (its `DatasetFormat.
   the one row the function gives, holding the prompt and an empty response, with
   `train_on_inputs: false`. The built row's untrained tokens are exactly the training prompt
   (system text, turn template, BOS); what a format adds to every response (jeopardy's
-  "what is ", an EOS) is trained, so it is left to the model.
+  "what is ", an EOS) is trained, so it is left to the model. The preference types (`rl:`)
+  work the same way: their rows build pairs, and the masked start of `chosen_input_ids` is
+  the training prompt.
 - `"text"` (`completion`, `pretraining`), no `type:`, or `--raw`: the text with the tokenizer's
   special tokens.
 
@@ -110,7 +112,7 @@ class Prompter:
             rows = list(self.build(self.entry, rows_table([row]), self.tokenizer, cfg))
         except WeaveError as exc:
             raise WeaveError(f"type: {self.entry.type}: its prompt row {row!r}: {exc}") from None
-        ids, labels = (rows[0]["input_ids"], rows[0]["labels"]) if len(rows) == 1 else ([], [])
+        ids, labels = first_sequence(rows[0]) if len(rows) == 1 else ([], [])
         # the prompt ends where training starts: a fixed response opening ("what is " in
         # jeopardy) and its EOS are what the model learnt to write, not part of the prompt
         start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
@@ -151,3 +153,13 @@ class Prompter:
                 ids += self.tokenizer(message.content, add_special_tokens=False)["input_ids"]
                 ids.append(self.tokenizer.eos_token_id)
         return ids
+
+
+def first_sequence(row: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """The ids and labels of a built row's first labelled sequence: `input_ids` and `labels`,
+    or a preference pair's `chosen_input_ids` and `chosen_labels` (any `X_input_ids` beside an
+    `X_labels`); none, two empty lists."""
+    for column in row:
+        if column.endswith("input_ids") and column.removesuffix("input_ids") + "labels" in row:
+            return list(row[column]), list(row[column.removesuffix("input_ids") + "labels"])
+    return [], []

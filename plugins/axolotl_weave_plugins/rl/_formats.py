@@ -175,22 +175,32 @@ class ChatTemplatePairOptions(PluginConfig):
     )
 
 
-def chat_template_texts(entry: Any, tokenizer: Any, argilla: bool) -> Callable:
-    """Axolotl's `chat_template.default` (or `argilla_chat`): the prompt rendered with the
-    tokenizer's chat template (the config's `chat_template`) and a generation prompt; each
-    response rendered after a dummy user turn, from where its content starts, stripped."""
+DEFAULT_ROLES = {
+    "user": ["user"],
+    "assistant": ["assistant"],
+    "system": ["system"],
+    "tool": ["tool"],
+}
+"""A chat_template entry's `roles` when it gives none: each template role under its own name."""
+
+
+def message_keys(entry: Any) -> dict[str, str]:
+    """The names of a message's role and content keys in a chat_template entry's data."""
     mapping = {"role": "role", "content": "content"}
     mapping.update(entry.option("message_property_mappings") or {})
     if entry.option("message_field_role"):
         mapping["role"] = entry.option("message_field_role")
     if entry.option("message_field_content"):
         mapping["content"] = entry.option("message_field_content")
-    roles = entry.option("roles") or {
-        "user": ["user"],
-        "assistant": ["assistant"],
-        "system": ["system"],
-        "tool": ["tool"],
-    }
+    return mapping
+
+
+def chat_template_texts(entry: Any, tokenizer: Any, argilla: bool) -> Callable:
+    """Axolotl's `chat_template.default` (or `argilla_chat`): the prompt rendered with the
+    tokenizer's chat template (the config's `chat_template`) and a generation prompt; each
+    response rendered after a dummy user turn, from where its content starts, stripped."""
+    mapping = message_keys(entry)
+    roles = entry.option("roles") or DEFAULT_ROLES
     role_of = {source: target for target, sources in roles.items() for source in sources}
     field_messages = entry.option("field_messages", "messages")
     field_chosen = entry.option("field_chosen", "chosen")
@@ -345,6 +355,7 @@ def builder(make_texts: Callable[[Any, Any], Callable[[dict[str, Any]], Texts]])
 def preference_formats() -> list[DatasetFormat]:
     """Every preference `type:` this plugin builds (the KTO names build unpaired rows under
     `rl: kto`, see `_kto_formats`)."""
+    from axolotl_weave_plugins.rl import _prompt_rows as rows
     from axolotl_weave_plugins.rl._kto_formats import SHARED_COLUMNS, kto_builder, kto_texts
 
     formats = []
@@ -361,6 +372,7 @@ def preference_formats() -> list[DatasetFormat]:
                     f"{family}.{name}",
                     f"preference pairs ({name}) in {family} text (rl:)",
                     build=build,
+                    prompt=rows.templated_prompt_row(name),
                     columns=columns,
                 )
             )
@@ -369,10 +381,14 @@ def preference_formats() -> list[DatasetFormat]:
                 family,
                 f"preference pairs in {family} text (rl:), as {family}.default",
                 build=builder(lambda entry, tok, t=templated(template, read_default): t),
+                prompt=rows.templated_prompt_row("default"),
                 columns=dict(PAIR_COLUMNS),
             )
         )
-    for name, argilla in (("default", False), ("argilla_chat", True)):
+    for name, argilla, prompt in (
+        ("default", False, rows.chat_template_prompt_row),
+        ("argilla_chat", True, rows.argilla_chat_prompt_row),
+    ):
         formats.append(
             DatasetFormat(
                 f"chat_template.{name}",
@@ -381,6 +397,7 @@ def preference_formats() -> list[DatasetFormat]:
                 build=builder(
                     lambda entry, tok, argilla=argilla: chat_template_texts(entry, tok, argilla)
                 ),
+                prompt=prompt,
                 columns=dict(PAIR_COLUMNS),
             )
         )
@@ -389,6 +406,7 @@ def preference_formats() -> list[DatasetFormat]:
             "chat_template.argilla",
             "preference pairs (ORPO's argilla) rendered with the chat template (rl:)",
             build=builder(orpo_argilla_texts),
+            prompt=rows.orpo_argilla_prompt_row,
             columns=dict(PAIR_COLUMNS),
         )
     )
@@ -397,6 +415,7 @@ def preference_formats() -> list[DatasetFormat]:
             "zephyr.nectar",
             "preference pairs (Nectar's ranked answers) in zephyr text (rl:)",
             build=builder(lambda entry, tok: zephyr_nectar),
+            prompt=rows.zephyr_prompt_row,
             columns=dict(PAIR_COLUMNS),
         )
     )
@@ -410,6 +429,7 @@ def preference_formats() -> list[DatasetFormat]:
             build=kto_builder(
                 builder(lambda entry, tok: user_defined_texts(entry)), user_defined_kto
             ),
+            prompt=rows.user_defined_prompt_row,
             columns=SHARED_COLUMNS,
         )
     )

@@ -410,3 +410,9 @@ def test_a_lora_reward_model_trains_its_head_and_loads_on_its_base(
     with torch.no_grad():
         reward = model(**ids).logits
     assert reward.shape == (1, 1) and torch.isfinite(reward).all()
+    # it writes no text: `weave inference` says so, naming the class, before reading a prompt
+    path = write_config(tmp_path / "rm.yml", config)
+    refused = run_weave("inference", str(path), stdin="Add 1 and 2.\n")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "(LlamaForSequenceClassification) scores text but does not write it" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -53,14 +53,16 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 
 
 def run_weave(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, stdin: str = ""
 ) -> subprocess.CompletedProcess:
-    """Run the `weave` CLI in a subprocess (a fresh plugin manager and accelerate state)."""
+    """Run the `weave` CLI in a subprocess (a fresh plugin manager and accelerate state), with
+    `stdin` as its input."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "axolotl_weave._cli", *args],
         capture_output=True,
         text=True,
+        input=stdin,
         cwd=cwd,
         env=full_env,
         timeout=600,

@@ -215,6 +215,20 @@ def load_chosen_model(session: Any, tokenizer: Any, family: Any) -> Any:
     return model
 
 
+def check_generates(model: Any) -> None:
+    """Refuse a model that cannot write text (a reward model's classification head), naming
+    its class, before any prompt is read."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    can_generate = getattr(inner, "can_generate", None)
+    if callable(can_generate) and not can_generate():
+        raise WeaveError(
+            f"the model this config loads ({type(inner).__name__}) scores text but does not "
+            "write it: a reward model (reward_model: true, process_reward_model: true) has no "
+            "language-model head, so weave inference, weave serve and weave lm-eval cannot use "
+            "it; weave evaluate reports its loss on the config's datasets"
+        )
+
+
 def load_for_inference(session: Any, choice: ModelChoice, raw: bool = False) -> LoadedModel:
     """Load the tokenizer and the model of `choice` through the hooks (purpose "infer"), in
     evaluation mode on the GPU when there is one."""
@@ -227,6 +241,7 @@ def load_for_inference(session: Any, choice: ModelChoice, raw: bool = False) -> 
     tokenizer = load_tokenizer(session, family)
     prompter = Prompter(session, tokenizer, raw=raw)
     model = load_chosen_model(session, tokenizer, family)
+    check_generates(model)
     placed = getattr(model, "hf_device_map", None) or getattr(model, "is_quantized", False)
     if not placed and torch.cuda.is_available():
         model = model.to("cuda")

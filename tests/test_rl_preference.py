@@ -12,6 +12,7 @@ import copy
 import functools
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -433,6 +434,42 @@ def test_preference_types_mask_the_prompt_exactly(
         assert tokenizer.decode(ids[cut:]) == text + tokenizer.eos_token
         prompts.append(ids[:cut])
     assert prompts[0] == prompts[1]
+
+
+@pytest.mark.parametrize(
+    ("kind", "bad", "named"),
+    [
+        ("chatml.intel", {"question": "Q", "chosen": "A", "rejected": None}, "'rejected'"),
+        ("chatml.default", {"input": "Q", "chosen": "A"}, "'rejected' (or 'rejected_response')"),
+        ("chatml.argilla", {"chosen": "A", "rejected": "B"}, "'prompt' (or 'input' or"),
+        ("llama3.icr", {"input": None, "chosen": "A", "rejected": "B"}, "'input'"),
+        (
+            "chatml.ultra",
+            {"prompt": "Q", "chosen": [{"content": "Q"}, {"content": None}], "rejected": []},
+            "'chosen[1].content'",
+        ),
+        (
+            "zephyr.nectar",
+            {"prompt": "Q", "answers": [{"answer": "A", "rank": 1}, {"answer": None, "rank": 2}]},
+            "'answer'",
+        ),
+    ],
+)
+def test_a_missing_or_null_field_names_it_and_the_row(
+    weave_hooks: Any, tiny_tokenizer: Any, kind: str, bad: dict, named: str
+):
+    """A row without a field its type reads (absent, or null as Arrow fills it when other rows
+    have it) is one message naming the field and the row, not a TypeError from inside."""
+    from axolotl_weave import DataError
+
+    good = {"question": "Q", "input": "Q", "prompt": "Q", "chosen": "A", "rejected": "B"}
+    if kind == "chatml.ultra":
+        good |= {"chosen": [{"content": "Q"}, {"content": "A"}]}
+        good["rejected"] = [{"content": "Q"}, {"content": "B"}]
+    if kind == "zephyr.nectar":
+        good = {"prompt": "Q", "answers": [{"answer": "A", "rank": 1}, {"answer": "B", "rank": 2}]}
+    with pytest.raises(DataError, match=rf"row 2.*field {re.escape(named)}.* is missing or null"):
+        build_rows(weave_hooks, tiny_tokenizer, [good, bad], type=kind)
 
 
 def test_a_preference_type_without_rl_is_refused(tmp_path: Path, base_config: dict):

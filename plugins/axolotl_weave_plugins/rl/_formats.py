@@ -13,7 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import IGNORE_INDEX, PAD_TOKEN, DatasetFormat, PluginConfig, map_rows
+from axolotl_weave import (
+    IGNORE_INDEX,
+    PAD_TOKEN,
+    DatasetFormat,
+    PluginConfig,
+    map_rows,
+    text_field,
+)
 from pydantic import Field
 
 PAIR_COLUMNS: dict[str, int | str | None] = {
@@ -84,15 +91,20 @@ LLAMA3 = {
 
 
 def first_key(row: dict[str, Any], names: tuple[str, ...]) -> str:
-    """The first of `names` the row has (the last one when none: its KeyError names it)."""
-    return next((name for name in names if name in row), names[-1])
+    """The first of `names` the row gives a value (a key Arrow filled with null is absent)."""
+    found = next((name for name in names if row.get(name) is not None), None)
+    if found is None:
+        others = " or ".join(f"'{name}'" for name in names[1:])
+        raise ValueError(f"field '{names[0]}' (or {others}) is missing or null")
+    return found
 
 
 def turn_content(value: Any, index: int, field: str) -> str:
     """`value[index]['content']` of a conversation field, with a clear error."""
     if not isinstance(value, list) or len(value) <= index or "content" not in value[index]:
         raise ValueError(f"field '{field}' must be a conversation of at least {index + 1} turns")
-    return value[index]["content"]
+    where = f"{field}[{index}].content"
+    return text_field({where: value[index]["content"]}, where)
 
 
 def templated(template: dict[str, str], read: Callable[[dict[str, Any]], Texts]) -> Callable:
@@ -113,14 +125,24 @@ def read_default(row: dict[str, Any]) -> tuple[str, str, str, str]:
     prompt = first_key(row, ("prompt", "input", "question", "instruction"))
     chosen = first_key(row, ("chosen", "chosen_response"))
     rejected = first_key(row, ("rejected", "rejected_response"))
-    return row.get("system") or "", row[prompt], row[chosen], row[rejected]
+    return (
+        text_field(row, "system", required=False),
+        text_field(row, prompt),
+        text_field(row, chosen),
+        text_field(row, rejected),
+    )
 
 
 def read_fields(question: str) -> Callable[[dict[str, Any]], tuple[str, str, str, str]]:
     """`intel` (question), `icr` (input), `prompt_pairs` (prompt): plain chosen and rejected."""
 
     def read(row: dict[str, Any]) -> tuple[str, str, str, str]:
-        return row.get("system") or "", row[question], row["chosen"], row["rejected"]
+        return (
+            text_field(row, "system", required=False),
+            text_field(row, question),
+            text_field(row, "chosen"),
+            text_field(row, "rejected"),
+        )
 
     return read
 
@@ -128,8 +150,8 @@ def read_fields(question: str) -> Callable[[dict[str, Any]], tuple[str, str, str
 def read_ultra(row: dict[str, Any]) -> tuple[str, str, str, str]:
     """`ultra`: the prompt, and the second turn of the chosen and rejected conversations."""
     return (
-        row.get("system") or "",
-        row["prompt"],
+        text_field(row, "system", required=False),
+        text_field(row, "prompt"),
         turn_content(row["chosen"], 1, "chosen"),
         turn_content(row["rejected"], 1, "rejected"),
     )
@@ -252,7 +274,11 @@ def zephyr_nectar(row: dict[str, Any]) -> Texts:
     if not isinstance(answers, list) or len(answers) < 2:
         raise ValueError("field 'answers' must hold at least 2 ranked answers")
     ranked = sorted(answers, key=lambda answer: answer["rank"])
-    return ZEPHYR_PROMPT.format(row["prompt"]), ranked[-1]["answer"], ranked[-2]["answer"]
+    return (
+        ZEPHYR_PROMPT.format(text_field(row, "prompt")),
+        text_field(ranked[-1], "answer"),
+        text_field(ranked[-2], "answer"),
+    )
 
 
 def orpo_argilla_texts(entry: Any, tokenizer: Any) -> Callable:

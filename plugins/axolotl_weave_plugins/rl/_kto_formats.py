@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from axolotl_weave import IGNORE_INDEX, PAD_TOKEN, map_rows
+from axolotl_weave import IGNORE_INDEX, PAD_TOKEN, map_rows, text_field
 from pydantic import Field
 
 from axolotl_weave_plugins.rl._formats import (
@@ -95,10 +95,10 @@ def templated(template: dict[str, str], question: str) -> Callable[[dict[str, An
     system (if any) and user turns around the question, the completion ended."""
 
     def texts(row: dict[str, Any]) -> Unpaired:
-        prompt = template["user"].format(row[question])
+        prompt = template["user"].format(text_field(row, question))
         if row.get("system"):
-            prompt = template["system"].format(row["system"]) + prompt
-        return prompt, row["completion"] + template["end"], as_label(row["label"])
+            prompt = template["system"].format(text_field(row, "system")) + prompt
+        return prompt, text_field(row, "completion") + template["end"], as_label(row["label"])
 
     return texts
 

@@ -631,3 +631,37 @@ def test_full_fine_tune_with_a_reference_logs_kl_and_completions(
     first = json.loads(logged[0])
     assert set(first) == {"step", "prompt", "completion", "rewards", "advantage"}
     assert set(first["rewards"]) == {"single_bytes", "answer_seen"}
+
+
+def test_a_reward_function_that_fails_is_named_with_where_it_raised():
+    """What a reward function raises, a wrong count or a value that is not a number: one
+    PluginError naming the function (and the line of its code that raised), not a traceback
+    from inside the step. None is "not scored" (NaN)."""
+    import math
+
+    from axolotl_weave import PluginError
+    from axolotl_weave_plugins.rl._grpo_rewards import scored
+
+    def divides(prompts, completions, **kwargs):
+        return [1 / 0 for _ in completions]
+
+    def short(prompts, completions, **kwargs):
+        return [1.0]
+
+    def wordy(prompts, completions, **kwargs):
+        return [0.5, "good"]
+
+    def partial(prompts, completions, **kwargs):
+        return [None, 2]
+
+    args = {"prompts": ["p", "p"], "completions": ["a", "b"]}
+    with pytest.raises(PluginError, match=r"'divides' raised ZeroDivisionError at .*test_rl_grpo"):
+        scored(divides, "divides", 2, **args)
+    with pytest.raises(PluginError, match="'short' returned 1 rewards for 2 completions"):
+        scored(short, "short", 2, **args)
+    with pytest.raises(PluginError, match="'wordy' returned 'good' for completion 1"):
+        scored(wordy, "wordy", 2, **args)
+    with pytest.raises(PluginError, match=r"'len' raised TypeError: .*it is called as"):
+        scored(len, "len", 2, **args)  # a builtin that cannot take these arguments
+    first, second = scored(partial, "partial", 2, **args)
+    assert math.isnan(first) and second == 2.0

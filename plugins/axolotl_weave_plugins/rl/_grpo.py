@@ -34,7 +34,7 @@ import torch
 from axolotl_weave import DataError, PluginError, collate, epoch_order, hookimpl, read_rows
 
 from axolotl_weave_plugins.rl._grpo_formats import PROMPT_COLUMNS, is_conversation
-from axolotl_weave_plugins.rl._grpo_rewards import load_reward_function, reward_name
+from axolotl_weave_plugins.rl._grpo_rewards import load_reward_function, reward_name, scored
 from axolotl_weave_plugins.rl._objective import AgainstReference
 
 log = logging.getLogger("axolotl_weave")
@@ -472,18 +472,16 @@ class GRPORun:
         kwargs = {k: v for k, v in kwargs.items() if k not in ("prompts", "completions")}
         out = torch.zeros(len(prompts), len(self.functions), dtype=torch.float32)
         for i, (function, name) in enumerate(zip(self.functions, self.names, strict=True)):
-            values = function(
-                prompts=prompts, completions=completions, completion_ids=ids, **kwargs
+            values = scored(
+                function,
+                name,
+                len(prompts),
+                prompts=prompts,
+                completions=completions,
+                completion_ids=ids,
+                **kwargs,
             )
-            values = list(values)
-            if len(values) != len(prompts):
-                raise PluginError(
-                    f"trl.reward_funcs: '{name}' returned {len(values)} rewards for "
-                    f"{len(prompts)} completions: return one per completion"
-                )
-            out[:, i] = torch.tensor(
-                [torch.nan if v is None else float(v) for v in values], dtype=torch.float32
-            )
+            out[:, i] = torch.tensor(values, dtype=torch.float32)
         return out
 
     def generate_and_score(

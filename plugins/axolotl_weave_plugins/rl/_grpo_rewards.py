@@ -75,3 +75,38 @@ def check_signature(path: str, function: Callable[..., Any]) -> None:
 def reward_name(function: Callable[..., Any]) -> str:
     """The name TRL logs a reward function under (`rewards/<name>/mean`)."""
     return getattr(function, "__name__", type(function).__name__)
+
+
+def scored(function: Callable[..., Any], name: str, count: int, **kwargs: Any) -> list[float]:
+    """`function(**kwargs)`'s rewards for `count` completions as floats (None: NaN, not scored).
+    What the function raises, or a wrong count or value, is one `PluginError` naming it (and
+    where in its code it raised)."""
+    import math
+    import traceback
+
+    from axolotl_weave import PluginError
+
+    try:
+        values = list(function(**kwargs))
+    except Exception as exc:
+        frames = traceback.extract_tb(exc.__traceback__)[1:]  # the first is this call
+        where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        raise PluginError(
+            f"trl.reward_funcs: '{name}' raised {type(exc).__name__}{where}: {exc}; it is "
+            f"called as {CALLED_AS}"
+        ) from exc
+    if len(values) != count:
+        raise PluginError(
+            f"trl.reward_funcs: '{name}' returned {len(values)} rewards for {count} "
+            "completions: return one per completion"
+        )
+    rewards = []
+    for index, value in enumerate(values):
+        try:
+            rewards.append(math.nan if value is None else float(value))
+        except (TypeError, ValueError):
+            raise PluginError(
+                f"trl.reward_funcs: '{name}' returned {value!r} for completion {index}: "
+                "return a number (or None: not scored) per completion"
+            ) from None
+    return rewards

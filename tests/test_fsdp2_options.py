@@ -480,3 +480,37 @@ def test_qlora_model_gathered_after_sharding_is_4bit_again_and_merges(
     torch.testing.assert_close(model(input_ids=ids).logits, before)
     merged = model.merge_and_unload()  # dequantizes through `weight.quant_state`
     assert isinstance(merged.model.layers[0].self_attn.q_proj, torch.nn.Linear)
+
+
+def test_a_4bit_weight_in_bitsandbytes_cpu_layout_is_sharded_in_its_storage(
+    tiny_llama_dir: Path,
+) -> None:
+    """On a CPU with AVX512-BF16, a 4-bit layer run in evaluation mode repacks its weight into
+    a CPU kernel's layout (uint8). Before sharding, the weight goes back to the usual packed
+    storage exactly, and the repacking stays off until the final gather gives it back. (The
+    layout is made here by bitsandbytes' own function, so that any CPU runs the test.)"""
+    bnb = pytest.importorskip("bitsandbytes")
+    from axolotl_weave_plugins.distributed._fsdp_qlora import keep_storage_layout, restore_packed
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_compute_dtype="float32", bnb_4bit_quant_storage="float32"
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_llama_dir, quantization_config=quantization, device_map={"": "cpu"}
+    )
+    layer = model.model.layers[0].self_attn.q_proj
+    assert isinstance(layer, bnb.nn.Linear4bit)
+    stored = layer.weight.data.clone()
+    layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu(
+        layer.weight.data, layer.weight.quant_state
+    )
+    layer.support_avx512bf16_for_cpu = True  # as on such a CPU
+    assert layer.weight.dtype == torch.uint8
+    keep_storage_layout(model)
+    assert layer.weight.dtype == torch.float32 and torch.equal(layer.weight.data, stored)
+    assert not layer.weight.quant_state.packing_format_for_cpu
+    assert layer.support_avx512bf16_for_cpu is False  # no repacking of what FSDP2 shards
+    restore_packed(model)
+    assert layer.support_avx512bf16_for_cpu is True

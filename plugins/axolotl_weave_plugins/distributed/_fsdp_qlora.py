@@ -86,6 +86,27 @@ def packed_weights(model: Any) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
 
 
+def keep_storage_layout(model: Any) -> None:
+    """Before sharding: each 4-bit weight in bitsandbytes' usual packed storage, and kept so.
+
+    On a CPU with AVX512-BF16, a `Linear4bit` run in evaluation mode without gradients repacks
+    its weight once, in place, into a layout for its CPU kernel (uint8, the absmax transposed).
+    FSDP2 must shard the usual packed storage in the storage dtype it gathers in, so a weight
+    already repacked is restored (as bitsandbytes restores it before saving), and the repacking
+    is turned off while FSDP2 shards them (`restore_packed` turns it back on)."""
+    for layer in packed_weights(model):
+        state = getattr(layer.weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                layer.weight.data, state
+            )
+        if getattr(layer, "support_avx512bf16_for_cpu", False):
+            layer.support_avx512bf16_for_cpu = False
+            layer.weave_repacks_on_cpu = True
+
+
 def local_bytes(weight: Any) -> int:
     """The bytes of `weight` this process holds (its shard when it is a DTensor)."""
     local = weight.to_local() if hasattr(weight, "to_local") else weight
@@ -132,3 +153,6 @@ def restore_packed(model: Any) -> None:
 
     for layer in layers:
         fix_4bit_weight_quant_state_from_module(layer)
+        if getattr(layer, "weave_repacks_on_cpu", False):  # whole again: as bitsandbytes made it
+            layer.support_avx512bf16_for_cpu = True
+            del layer.weave_repacks_on_cpu

@@ -59,6 +59,7 @@ from axolotl_weave_plugins.distributed._fsdp_options import (
     unprefixed,
 )
 from axolotl_weave_plugins.distributed._fsdp_qlora import (
+    keep_storage_layout,
     refuse_cast_storage,
     report_sharded,
     restore_packed,
@@ -326,6 +327,7 @@ class Fsdp2Strategy(AccelerateStrategy):
         classes = self.layer_classes(model)
         options = self.shard_options()
         layers = self.checkpointed(model, classes)
+        keep_storage_layout(model)
         efficient = self.settings.cpu_ram_efficient_loading
         if efficient:
             full, buffers = self.to_meta(model)

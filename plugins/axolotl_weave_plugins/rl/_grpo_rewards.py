@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
+
+from axolotl_weave import PluginError
 
 CALLED_AS = "f(prompts=..., completions=..., completion_ids=..., **columns) -> list[float | None]"
 
@@ -81,11 +85,6 @@ def scored(function: Callable[..., Any], name: str, count: int, **kwargs: Any) -
     """`function(**kwargs)`'s rewards for `count` completions as floats (None: NaN, not scored).
     What the function raises, or a wrong count or value, is one `PluginError` naming it (and
     where in its code it raised)."""
-    import math
-    import traceback
-
-    from axolotl_weave import PluginError
-
     try:
         values = list(function(**kwargs))
     except Exception as exc:

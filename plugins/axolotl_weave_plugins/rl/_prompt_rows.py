@@ -60,11 +60,17 @@ def templated_prompt_row(name: str) -> PromptRow:
     return lambda entry, text: {**unanswered(), QUESTION_FIELD[name]: text}
 
 
+def data_role(entry: Any, role: str) -> str:
+    """The name a chat_template entry's data gives template role `role` (the first of its
+    `roles` names)."""
+    return ((entry.option("roles") or DEFAULT_ROLES).get(role) or [role])[0]
+
+
 def chat_template_prompt_row(entry: Any, text: str) -> dict[str, Any]:
     """The prompt row of `chat_template.default`: one user message in the entry's keys and role
     name, the placeholder answers."""
     keys = message_keys(entry)
-    user = ((entry.option("roles") or DEFAULT_ROLES).get("user") or ["user"])[0]
+    user = data_role(entry, "user")
     return {
         entry.option("field_messages", "messages"): [{keys["role"]: user, keys["content"]: text}],
         entry.option("field_chosen", "chosen"): ANSWER,
@@ -76,12 +82,9 @@ def argilla_chat_prompt_row(entry: Any, text: str) -> dict[str, Any]:
     """The prompt row of `chat_template.argilla_chat`: each answer a conversation of the user's
     message and the placeholder, in the entry's keys and role names."""
     keys = message_keys(entry)
-    roles = entry.option("roles") or DEFAULT_ROLES
-    user = (roles.get("user") or ["user"])[0]
-    assistant = (roles.get("assistant") or ["assistant"])[0]
     turns = [
-        {keys["role"]: user, keys["content"]: text},
-        {keys["role"]: assistant, keys["content"]: ANSWER},
+        {keys["role"]: data_role(entry, "user"), keys["content"]: text},
+        {keys["role"]: data_role(entry, "assistant"), keys["content"]: ANSWER},
     ]
     return {
         entry.option("field_chosen", "chosen"): turns,

@@ -119,7 +119,7 @@ def test_the_loss_of_the_eval_split_equals_a_hand_computation(
     rows = prepared_rows(path, "eval")
     assert saved["split"] == "eval" and saved["rows"] == len(rows) == 6
     expected, tokens = hand_loss(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), rows)
-    assert saved["tokens"] == tokens
+    assert saved["unit"] == "token" and saved["units"] == tokens
     assert saved["eval_loss"] == pytest.approx(expected, rel=1e-4)
     assert saved["perplexity"] == pytest.approx(math.exp(expected), rel=1e-4)
     assert f"{expected:.4f}" in result.output  # the table
@@ -142,7 +142,7 @@ def test_without_an_eval_split_every_row_counts_and_an_adapter_applies(
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     without, _ = hand_loss(base, rows)
     expected, tokens = hand_loss(PeftModel.from_pretrained(base, adapter_dir), rows)
-    assert saved["tokens"] == tokens
+    assert saved["unit"] == "token" and saved["units"] == tokens
     assert saved["eval_loss"] == pytest.approx(expected, rel=1e-4)
     assert abs(expected - without) > 1e-3  # the adapter was applied, not the bare base
 

@@ -40,6 +40,7 @@ from axolotl_weave._head_loss import (
     logits_cross_entropy,
     next_token_targets,
 )
+from axolotl_weave._measure import Measurement, measure_objective
 from axolotl_weave._precision import Precision, resolve_precision
 from axolotl_weave._prepared import (
     DROP_COUNTERS,
@@ -108,6 +109,7 @@ __all__ = [
     "HiddenStatesLoss",
     "Interrupted",
     "LossFunction",
+    "Measurement",
     "MissingDependencyError",
     "ModelFamily",
     "PluginConfig",
@@ -138,6 +140,7 @@ __all__ = [
     "write_atomically",
     "logits_cross_entropy",
     "map_rows",
+    "measure_objective",
     "micro_batches_per_epoch",
     "process_share",
     "model_inputs",

@@ -140,6 +140,14 @@ class LossFunction(Protocol):
     An objective computed from the final hidden states and the output layer may also implement
     `HiddenStatesLoss` (`hidden_states_loss(model, batch, head)`), so that kernel plugins (liger,
     cut_cross_entropy) can compute its cross-entropy without materialising the logits.
+
+    Optional, read where an objective is measured on held-out rows (the loop's evaluation,
+    `weave evaluate`): `unit`, the singular name of what `count` counts ("token" when absent;
+    only a loss per token has a perplexity); `measures(model, batch)`, the summed loss and a
+    dict of metrics each summed over the same units (reported as means per unit); and
+    `built_on_start`, True when the objective keeps the model it was built with as its
+    reference, so that measuring another model against that reference builds it on the model
+    training starts from.
     """
 
     def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...

@@ -535,7 +535,8 @@ def on_step_end(cfg: Any, state: TrainState, model: Any, optimizer: Any) -> None
 @hookspec
 def on_log(cfg: Any, state: TrainState, metrics: dict[str, float]) -> None:
     """New metrics at ``state.global_step``: ``loss``, ``learning_rate``, ``grad_norm``,
-    ``tokens_per_second``, ``epoch``, or ``eval_loss`` after an evaluation.
+    ``tokens_per_second``, ``epoch`` and the step's own (``rewards/margins``...), or after an
+    evaluation ``eval_loss`` and the objective's measures as ``eval_<name>``.
 
     Called every ``logging_steps`` optimizer steps and after each evaluation, on the main process
     only. Collects all results.

@@ -254,6 +254,7 @@ class FusedLinearCrossEntropy:
         self.fused = fused
         self.name = name
         self.base: HiddenStatesLoss = base
+        self.unit = getattr(base, "unit", "token")  # what the wrapped objective counts
         self.transform = logit_transform(unwrap(model).config)
         self.targets: Any = None
         self.result: Any = None

@@ -287,6 +287,7 @@ class LigerCrossEntropy:
     def __init__(self, cross_entropy: Callable[..., Any], base: HiddenStatesLoss) -> None:
         self.cross_entropy = cross_entropy
         self.base = base
+        self.unit = getattr(base, "unit", "token")  # what the wrapped objective counts
 
     def count(self, batch: dict[str, Any]) -> Any:
         """The wrapped objective's count (target tokens for SFT)."""

@@ -22,6 +22,8 @@ class CrossEntropy:
     cross-entropy step, e.g. without materialising the logits.
     """
 
+    unit = "token"
+
     def count(self, batch: dict[str, Any]) -> Any:
         """Target tokens in the batch (labels shifted by one, masked ones excluded)."""
         return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()

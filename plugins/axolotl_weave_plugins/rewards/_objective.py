@@ -29,6 +29,8 @@ def pad_to(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
 class BradleyTerry:
     """The pairwise reward loss; `pad_token_id` pads the concatenated chosen/rejected rows."""
 
+    unit = "pair"
+
     def __init__(self, center_rewards_coefficient: float | None, pad_token_id: int) -> None:
         self.center = center_rewards_coefficient
         self.pad_token_id = pad_token_id
@@ -65,6 +67,17 @@ class BradleyTerry:
     def __call__(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
         """The loss summed over the micro-batch's pairs."""
         return self.compute(model, batch)[0]
+
+    def measures(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The summed loss of a held-out micro-batch and TRL's `accuracy`, `margin` and
+        `mean_reward`, each summed over its pairs."""
+        loss, rewards = self.compute(model, batch)
+        chosen, rejected = rewards["chosen"], rewards["rejected"]
+        return loss, {
+            "accuracy": (chosen > rejected).float().sum(),
+            "margin": (chosen - rejected).sum(),
+            "mean_reward": ((chosen + rejected) / 2).sum(),
+        }
 
 
 def bradley_terry_step(
@@ -110,12 +123,17 @@ def bradley_terry_step(
 
 
 class TokenClassification:
-    """Cross-entropy of per-token logits against the labels (no shift); unit: a labelled token."""
+    """Cross-entropy of per-token logits against the labels (no shift); unit: a labelled token
+    (a step's label, not a next-token prediction: it has no perplexity)."""
+
+    unit = "labelled token"
 
     def count(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The labelled tokens of a micro-batch."""
         return (batch["labels"] != IGNORE_INDEX).sum()
 
     def __call__(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """The cross-entropy summed over the labelled tokens."""
         logits = model(
             input_ids=batch["input_ids"],
             attention_mask=batch.get("attention_mask"),

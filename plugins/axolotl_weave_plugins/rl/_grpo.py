@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from axolotl_weave import DataError, PluginError, collate, epoch_order, hookimpl, read_rows
+from axolotl_weave import (
+    ConfigError,
+    DataError,
+    PluginError,
+    collate,
+    epoch_order,
+    hookimpl,
+    read_rows,
+)
 
 from axolotl_weave_plugins.rl._grpo_formats import PROMPT_COLUMNS, is_conversation
 from axolotl_weave_plugins.rl._grpo_rewards import load_reward_function, reward_name, scored
@@ -298,6 +306,7 @@ class GRPOObjective(AgainstReference):
     is a completion; it cannot be evaluated on held-out rows (that would need generation)."""
 
     ROWS = "prompt_input_ids"
+    unit = "completion"
 
     def __init__(self, cfg: Any, model: Any) -> None:
         trl = cfg.trl
@@ -314,9 +323,10 @@ class GRPOObjective(AgainstReference):
         super().__init__(model, cfg.adapter, trl.beta > 0)
 
     def compute(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        raise PluginError(
+        raise ConfigError(
             "rl: grpo has no held-out loss: its loss needs completions generated during the "
-            "step; remove val_set_size / test_datasets"
+            "step, so neither an eval split (val_set_size, test_datasets) nor weave evaluate "
+            "can measure it; the rewards of the training steps are logged"
         )
 
 

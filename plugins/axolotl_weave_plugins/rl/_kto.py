@@ -68,6 +68,7 @@ class KTOObjective(AgainstReference):
     """KTO against a reference model (the adapter disabled, or a frozen copy)."""
 
     ROWS = "completion_input_ids"
+    unit = "row"
 
     def __init__(self, cfg: Any, model: Any) -> None:
         self.method = "kto"

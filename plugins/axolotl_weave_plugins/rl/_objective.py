@@ -176,9 +176,11 @@ class AgainstReference:
     the micro-batch (counted by the column `ROWS`)."""
 
     ROWS = "chosen_input_ids"
+    unit = "pair"
 
     def __init__(self, model: Any, adapter: Any, needs_reference: bool) -> None:
         self.uses_adapter = hasattr(model, "disable_adapter") and bool(adapter)
+        self.built_on_start = needs_reference and not self.uses_adapter
         self.reference: Any = None
         self.strategy: Any = None
         self.placed = False
@@ -246,6 +248,8 @@ class PreferenceObjective(AgainstReference):
         )
         needs_copy = self.method in REFERENCE_METHODS and not self.precomputed
         super().__init__(model, cfg.adapter, needs_copy)
+        # precomputed or not, the reference is the model training starts from
+        self.built_on_start = self.method in REFERENCE_METHODS and not self.uses_adapter
 
     def forward(self, model: Any, batch: dict[str, Any]) -> Forward:
         """The policy's (or the reference's) log-probabilities over the micro-batch's pairs."""
@@ -350,6 +354,11 @@ class PreferenceObjective(AgainstReference):
             **extra,
         }
         return loss, metrics
+
+    def measures(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The summed loss and metrics of a held-out micro-batch (every metric is a sum over
+        its pairs)."""
+        return self.compute(model, batch)
 
 
 def preference_step(

@@ -32,6 +32,7 @@ from axolotl_weave import (
     Strategy,
     TrainState,
     batch_tokens,
+    measure_objective,
     to_device,
 )
 from axolotl_weave.commands import build_optimizer, build_scheduler, console
@@ -209,7 +210,7 @@ class Trainer:
                     (self.schedule.eval_every and step % self.schedule.eval_every == 0)
                     or step == self.schedule.max_steps
                 ):
-                    self.log({"eval_loss": self.evaluate(), "epoch": self.fractional_epoch()})
+                    self.log({**self.evaluate(), "epoch": self.fractional_epoch()})
                 if self.schedule.save_every and step % self.schedule.save_every == 0:
                     self.save()
                 self.watchdog.check(step, loss, self.last_checkpoint)
@@ -283,22 +284,20 @@ class Trainer:
         return round(self.state.epoch + self.state.batches_into_epoch / per_epoch, 4)
 
     # -- eval, logging, checkpoints ------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        """Token-weighted mean loss over the eval set."""
+    def evaluate(self) -> dict[str, float]:
+        """The objective over the eval set: `eval_loss` per unit (a target token for SFT), and
+        the objective's own metrics as `eval_<name>` (`measures`, e.g. DPO's
+        `eval_rewards/accuracies`)."""
         assert self.eval_plan is not None
-        strategy = self.strategy
         self.model.eval()
-        total_loss = torch.zeros((), device=strategy.device)
-        total_units = torch.zeros((), device=strategy.device)
-        for batch in self.eval_plan.micro_batches(0):
-            batch = to_device(batch, strategy.device)
-            with strategy.autocast():
-                total_loss += self.loss_fn(self.model, batch).float()
-            total_units += self.loss_fn.count(batch)
-        self.model.train()
-        loss = strategy.reduce(total_loss, "sum") / strategy.reduce(total_units, "sum").clamp(min=1)
-        return float(loss)
+        try:
+            measured = measure_objective(
+                self.loss_fn, self.model, self.eval_plan.micro_batches(0), self.strategy
+            )
+        finally:
+            self.model.train()
+        metrics = {f"eval_{name}": value for name, value in measured.metrics.items()}
+        return {"eval_loss": measured.loss, **metrics}
 
     def log(self, metrics: dict[str, float]) -> None:
         """Record metrics in the state, print them, and hand them to logger plugins."""

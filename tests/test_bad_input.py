@@ -274,3 +274,14 @@ def test_a_relative_folder_that_is_not_there_is_not_sent_to_the_hub(
     message = error_of(result)
     assert f"looked for {elsewhere / 'data' / 'alpaca' / 'train'}" in message, message
     assert "not a hub dataset name" in message
+
+
+def test_a_base_model_that_is_no_folder_here_says_where_it_looked(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    config = write_config(tmp_path / "c.yml", {**base_config, "base_model": "models/tiny"})
+    result = weave(tmp_path, "preprocess", str(config))
+    assert result.returncode == 1
+    message = error_of(result)
+    assert "cannot read the model config of base_model 'models/tiny'" in message, message
+    assert f"(no folder models/tiny in {tmp_path}: a hub id?)" in message

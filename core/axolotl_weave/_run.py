@@ -87,7 +87,10 @@ def model_type_of(cfg: CoreConfig) -> str | None:
             where, revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code
         )
     except Exception as exc:
-        raise WeaveError(f"cannot read the model config of base_model '{where}': {exc}") from None
+        looked = "" if local.parent.exists() else f" (no folder {where} in {Path.cwd()}: a hub id?)"
+        raise WeaveError(
+            f"cannot read the model config of base_model '{where}'{looked}: {exc}"
+        ) from None
     return getattr(config, "model_type", None)
 
 

@@ -332,6 +332,48 @@ def test_every_preference_format_renders_its_training_prompt(
     assert "weave cannot render its prompt" not in caplog.text
 
 
+@pytest.mark.parametrize("template", ["chatml", None], ids=["chat-template", "no-template"])
+def test_grpo_prompts_render_as_its_training_prompts_were(
+    tiny_llama_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    template: str | None,
+) -> None:
+    """`type: grpo` (prompts that are conversations or strings): with a chat template, a user's
+    prompt is the ids a conversation prompt of one user message builds in training; without
+    one, the ids a string prompt builds; no warning either way."""
+    import yaml
+    from axolotl_weave import rows_table
+    from axolotl_weave.commands import load_tokenizer, open_session
+    from axolotl_weave_plugins.inference._prompting import Prompter
+
+    (tmp_path / "toy.py").write_text("def zero(completions, **kw):\n    return [0.0]\n")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    config = {
+        "base_model": str(tiny_llama_dir),
+        "rl": "grpo",
+        "trl": {"num_generations": 2, "reward_funcs": ["toy.zero"]},
+        "micro_batch_size": 2,
+        "datasets": [{"path": str(tmp_path / "p.jsonl"), "type": "grpo"}],
+        "output_dir": str(tmp_path / "out"),
+        **({"chat_template": template} if template else {}),
+    }
+    path = tmp_path / "grpo.yml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)  # the reward function is imported from the working directory
+    session = open_session(path)
+    tokenizer = load_tokenizer(session, None)
+    prompter = Prompter(session, tokenizer)
+    assert prompter.mode == ("chat" if template else "raw")
+    text = "Add 2 and 3."
+    prompt = [{"role": "user", "content": text}] if template else text
+    entry, fmt = session.cfg.datasets[0], session.formats["grpo"]
+    (built,) = list(fmt.build(entry, rows_table([{"prompt": prompt}]), tokenizer, session.cfg))
+    assert prompter.prompt_ids(text) == list(built["prompt_input_ids"])
+    assert "weave cannot render its prompt" not in caplog.text
+
+
 def test_a_full_model_in_output_dir_is_loaded(trained: dict[str, Any]) -> None:
     """A run without an adapter saves the full model: output_dir is then the model."""
     full = trained["base_model"]

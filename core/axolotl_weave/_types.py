@@ -47,8 +47,9 @@ class DatasetFormat:
     `prompt` says how inference (`weave inference`, `weave serve`) renders a user's prompt as
     training did: `prompt_row(entry, text)`, a raw row of this format holding the prompt and an
     empty response (`build` then gives exactly the training prompt); `"chat"`, the tokenizer's
-    chat template; `"text"`, the text as it is; None, it cannot (inference warns, and falls
-    back to the chat template or the text).
+    chat template; `"text"`, the text as it is; `"auto"`, the chat template when the tokenizer
+    has one, else the text (prompts that are conversations or strings, as GRPO's); None, it
+    cannot (inference warns, and falls back as `"auto"` does).
     """
 
     name: str

@@ -16,6 +16,8 @@ The format of the config's first `datasets:` entry says how (its `DatasetFormat.
   the training prompt.
 - `"text"` (`completion`, `pretraining`), no `type:`, or `--raw`: the text with the tokenizer's
   special tokens.
+- `"auto"` (`grpo`, whose prompts are conversations or strings): `"chat"` when the tokenizer has
+  a chat template, else `"text"` (`--raw` for string prompts under a template).
 
 A format that says nothing falls back to the tokenizer's chat template (or the text), with a
 warning. Not a plugin (no entry point): a helper of `inference_command` and `serve_command`.
@@ -62,6 +64,8 @@ class Prompter:
         elif callable(way) and fmt.build is not None:
             self.mode = "format"
             self.build, self.prompt_row = fmt.build, way
+        elif way == "auto":
+            self.mode = "chat" if self.has_chat_template() else "raw"
         else:
             self.mode = self.fallback(type_name)
         self.describe = {
@@ -70,10 +74,14 @@ class Prompter:
             "raw": "raw text (no template)",
         }[self.mode]
 
+    def has_chat_template(self) -> bool:
+        """Whether the tokenizer carries a chat template."""
+        return isinstance(getattr(self.tokenizer, "chat_template", None), str)
+
     def check_chat_template(self, type_name: str) -> None:
         """Refuse a chat format whose tokenizer has no template; warn when the entry names a
         template of its own (inference renders with the tokenizer's, the top-level one)."""
-        if not isinstance(getattr(self.tokenizer, "chat_template", None), str):
+        if not self.has_chat_template():
             raise WeaveError(
                 f"type: {type_name}: the tokenizer has no chat template to render prompts with; "
                 "set chat_template: at the top level of the config (e.g. chatml)"
@@ -91,9 +99,7 @@ class Prompter:
     def fallback(self, type_name: str) -> str:
         """'chat' (the tokenizer has a template) or 'raw' for a format that does not say how
         its prompts are rendered, with a warning that the prompt is not the training one."""
-        fallback = (
-            "chat" if isinstance(getattr(self.tokenizer, "chat_template", None), str) else "raw"
-        )
+        fallback = "chat" if self.has_chat_template() else "raw"
         log.warning(
             "type: %s: weave cannot render its prompt as in training (the format does not say "
             "how: a question about other fields, not a free prompt); prompts are used as %s",

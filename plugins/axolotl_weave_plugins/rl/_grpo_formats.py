@@ -134,5 +134,6 @@ def grpo_format() -> DatasetFormat:
         "to the reward functions",
         options=PromptOptions,
         build=build,
+        prompt="auto",  # a conversation with the chat template, a string without one
         columns=dict(PROMPT_COLUMNS),
     )

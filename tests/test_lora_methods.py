@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -186,13 +187,16 @@ def test_added_tokens_make_the_embeddings_trainable_and_saved(
     assert any("lm_head.modules_to_save" in n for n in trainable)
 
     probe = LogitsProbe()
-    run(config, tmp_path / "c.yml", probe)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(config, tmp_path / "c.yml", probe)
+    assert not [w for w in caught if "save_embedding_layers" in str(w.message)]
     weights = load_file(out / "adapter_model.safetensors")
     rows = len(tokenizer)
     embed = [w for k, w in weights.items() if "embed_tokens" in k]
     head = [w for k, w in weights.items() if "lm_head" in k]
-    assert embed and embed[0].shape[0] == rows
-    assert head and head[0].shape[0] == rows
+    assert len(embed) == len(head) == 1  # once each: not beside the base's resized copies
+    assert embed[0].shape[0] == rows and head[0].shape[0] == rows
 
     saved_tokenizer = AutoTokenizer.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(base_config["base_model"], dtype=torch.float32)

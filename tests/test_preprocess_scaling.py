@@ -233,6 +233,10 @@ def test_trained_counts_follow_the_definition_on_random_rows() -> None:
     expected = [sum(x != IGNORE_INDEX for x in (row or [])[1:]) for row in labels]
     values = pa.array(labels, type=pa.list_(pa.int64()))
     assert _fitting.batch_trained_counts(values).tolist() == expected
+    # as a chunked array (the cache's files): chunk by chunk, an empty chunk among them
+    pieces = [values.slice(0, 7), values.slice(7, 0), values.slice(7, 250), values.slice(257)]
+    chunked = pa.chunked_array(pieces)
+    assert _fitting.batch_trained_counts(chunked).tolist() == expected
 
 
 def test_stats_sum_a_shuffled_and_filtered_column_by_batches() -> None:

@@ -44,25 +44,34 @@ def trained_counts(dataset: Dataset, labels: str) -> Any:
 
 
 def batch_trained_counts(values: Any) -> Any:
-    """`trained_counts` of an Arrow list array (or chunked array) of labels."""
+    """`trained_counts` of an Arrow list array (or chunked array) of labels, one chunk at a time:
+    combining a chunked array's chunks first copied every label, and a first touch of that
+    memory cost more than the counting (0.4 s against 0.03 s on 20,000 rows)."""
     import numpy as np
     import pyarrow as pa
+
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    counts = [chunk_trained_counts(chunk) for chunk in chunks]
+    return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
+
+
+def chunk_trained_counts(values: Any) -> Any:
+    """`trained_counts` of one Arrow list array of labels."""
+    import numpy as np
     import pyarrow.compute as pc
 
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
     sizes = pc.list_value_length(values).fill_null(0).to_numpy(zero_copy_only=False)
     flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)
+    counts = np.zeros(len(sizes), dtype=np.int64)
     if not len(flat):
-        return np.zeros(len(sizes), dtype=np.int64)
-    trained = (flat != IGNORE_INDEX).astype(np.int64)
+        return counts
+    trained = flat != IGNORE_INDEX
     starts = np.cumsum(sizes) - sizes
     filled = sizes > 0
-    counts = np.zeros(len(sizes), dtype=np.int64)
     # one sum per non-empty row (a running sum over every label is many times slower): the
     # segments between consecutive non-empty starts are exactly those rows
-    counts[filled] = np.add.reduceat(trained, starts[filled])
-    return counts - (filled & (trained[np.minimum(starts, len(flat) - 1)] == 1))
+    counts[filled] = np.add.reduceat(trained, starts[filled], dtype=np.int64)
+    return counts - (filled & trained[np.minimum(starts, len(flat) - 1)])
 
 
 def check_tokenized(dataset: Dataset, where: str, fmt: DatasetFormat | None = None) -> None:

@@ -3,7 +3,8 @@ the loss per the objective's unit (a pair, a row), no perplexity where the unit 
 the objective's metrics (DPO's rewards, a reward model's accuracy) logged as `eval_<name>` while
 training and reported by `weave evaluate`, and a trained full fine-tune measured against the
 model training started from (not against itself, which would give DPO's log 2 whatever it
-learnt)."""
+learnt). GRPO's held-out measure (completions sampled and scored) is tested with GRPO, in
+test_rl_grpo.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from axolotl_weave import IGNORE_INDEX
 from axolotl_weave_testing import (
     dpo_lora_config,
     pair_rows,
-    run_weave,
     train_with,
     write_config,
     write_jsonl,
@@ -172,22 +172,3 @@ def test_kto_is_measured_per_row_without_a_perplexity(base_config: dict, tmp_pat
     assert saved["unit"] == "row" and saved["units"] == saved["rows"] == 8
     assert saved["perplexity"] is None and "perplexity" not in result.output
     assert saved["eval_loss"] == pytest.approx(0.5, abs=1e-6)  # KTO's loss at the reference
-
-
-def test_grpo_has_no_held_out_loss_and_says_so(
-    base_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "toy_rewards.py").write_text("def length(completions, **kw):\n    return [0.0]\n")
-    monkeypatch.chdir(tmp_path)
-    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Add 1 and 2."}] * 4)
-    config = {
-        **base_config,
-        "rl": "grpo",
-        "datasets": [{"path": str(data), "type": "grpo"}],
-        "trl": {"num_generations": 2, "reward_funcs": ["toy_rewards.length"]},
-    }
-    result = run_weave("evaluate", str(write_config(tmp_path / "grpo.yml", config)), cwd=tmp_path)
-    assert result.returncode == 2  # what the config asks cannot be done
-    assert "rl: grpo has no held-out loss" in result.stderr
-    assert "nor weave evaluate can measure it" in result.stderr
-    assert "Traceback" not in result.stderr

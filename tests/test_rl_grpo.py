@@ -32,7 +32,14 @@ from axolotl_weave_plugins.rl._grpo import (
     score,
     surrogate_loss,
 )
-from axolotl_weave_testing import build_rows, run_weave, train_with, write_config, write_jsonl
+from axolotl_weave_testing import (
+    build_rows,
+    run_weave,
+    run_weave_in_process,
+    train_with,
+    write_config,
+    write_jsonl,
+)
 
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -415,6 +422,14 @@ def single_bytes(completions, completion_ids, **kwargs):
 
 def answer_seen(completions, answer, **kwargs):
     return [float(a in c) for c, a in zip(completions, answer)]
+
+
+def tokens(completion_ids, **kwargs):
+    return [float(len(ids)) for ids in completion_ids]
+
+
+def half(completions, **kwargs):
+    return [0.5] * len(completions)
 '''
 
 
@@ -481,6 +496,38 @@ class CrashAt:
     def on_log(self, state: Any) -> None:
         if state.global_step == self.step:
             raise KeyboardInterrupt(f"simulated crash at step {self.step}")
+
+
+def test_held_out_prompts_are_sampled_and_scored_as_in_a_step(tmp_path: Path, grpo_config: dict):
+    """val_set_size: each eval prompt's completions are sampled and scored by the reward
+    functions, the metrics means per completion: a reward counting a completion's tokens
+    equals the mean completion length, measured apart; a constant reward is that constant.
+    `weave evaluate` measures the same way, seeded (the same figures twice)."""
+    config = with_trl(
+        grpo_config,
+        reward_funcs=["toy_rewards.tokens", "toy_rewards.half"],
+        reward_weights=[1.0, 0.0],
+    )
+    config.update(val_set_size=0.25, max_steps=2, eval_steps=2)
+    state = train_with(config, tmp_path / "grpo.yml")
+    (held_out,) = [r for r in state.log_history if "eval_loss" in r]
+    assert held_out["eval_reward"] == pytest.approx(held_out["eval_completions/mean_length"])
+    assert held_out["eval_rewards/tokens/mean"] == pytest.approx(held_out["eval_reward"])
+    assert held_out["eval_rewards/half/mean"] == pytest.approx(0.5)
+    assert 0 < held_out["eval_completions/mean_length"] <= 8  # max_completion_length
+    assert 0 <= held_out["eval_completions/clipped_ratio"] <= 1
+
+    path = write_config(tmp_path / "evaluate.yml", config)
+    runs = []
+    for _ in range(2):
+        result = run_weave_in_process("evaluate", str(path), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append(json.loads((Path(config["output_dir"]) / "eval_results.json").read_text()))
+    saved = runs[0]
+    assert saved["unit"] == "completion" and saved["perplexity"] is None
+    assert saved["units"] == saved["rows"] * 4  # num_generations per eval prompt
+    assert saved["metrics"]["reward"] == pytest.approx(saved["metrics"]["completions/mean_length"])
+    assert runs[1] == runs[0]  # seeded
 
 
 def test_resume_equals_the_uninterrupted_run(tmp_path: Path, grpo_config: dict):
@@ -559,7 +606,6 @@ BAD = [
     ({"use_vllm": True}, {}, "trl.use_vllm: .*not supported by rl: grpo here yet"),
     ({"betaa": 0.1}, {}, "betaa"),
     ({}, {"sample_packing": True}, "sample_packing: true cannot be used with rl: grpo"),
-    ({}, {"val_set_size": 0.25}, "rl: grpo has no held-out loss"),
     ({}, {"rl": None}, "type: grpo holds prompts to generate from: set rl: grpo"),
     ({}, {"transform": "toy_rewards.nope"}, "datasets: transform: module 'toy_rewards' has no"),
 ]

@@ -31,7 +31,8 @@ def measure_objective(
     loss_fn: LossFunction, model: Any, batches: Iterable[dict[str, Any]], strategy: Any
 ) -> Measurement:
     """`loss_fn` over `batches` without gradients: the summed loss (and the summed metrics of
-    its optional `measures(model, batch)`) divided by the units of every process together."""
+    its optional `measures(model, batch, strategy)`) divided by the units of every process
+    together."""
     import torch
 
     device = strategy.device
@@ -42,7 +43,10 @@ def measure_objective(
         for batch in batches:
             batch = to_device(batch, device)
             with strategy.autocast():
-                loss, metrics = measures(model, batch) if measures else (loss_fn(model, batch), {})
+                if measures is not None:
+                    loss, metrics = measures(model, batch, strategy)
+                else:
+                    loss, metrics = loss_fn(model, batch), {}
             for name, value in {"": loss, **metrics}.items():
                 sums[name] = sums.get(name, 0) + value.detach().double()
             units += loss_fn.count(batch)

@@ -10,8 +10,9 @@ objective's (`build_loss`) over the evaluation batches of `plan_batches`, as the
 loop's own evaluation computes it (`measure_objective`). Its unit is the objective's: a target
 token for supervised training (then the perplexity is its exp), a pair for DPO-style methods
 and reward models (with their metrics, e.g. `rewards/accuracies`, as means per pair), a row for
-KTO. A preference run's reference is the one training used: the base with the adapter
-disabled, or, for a full fine-tune, the config's own model. `rl: grpo` has no held-out loss.
+KTO, a completion for GRPO (whose completions are sampled for the eval prompts, seeded by
+`seed`, and scored: `reward`...). A preference run's reference is the one training used: the
+base with the adapter disabled, or, for a full fine-tune, the config's own model.
 
 Which model: the rule of `weave inference` (`_model.choose_model`): `--base-model D` a full
 model folder (or hub id), `--lora-model-dir D` an adapter over the config's base model (or over
@@ -133,14 +134,8 @@ def measure(
     return measure_objective(loss_fn, model, plan.micro_batches(0), strategy)
 
 
-def evaluate(
-    session: Any, model_name: str, adapter: str | None, start: Any | None = None
-) -> EvalResult:
-    """Prepare the config's rows, load the model and measure its loss on them. `start`: the
-    session of the model training starts from, when the evaluated model is another."""
-    from axolotl_weave.commands import preprocess, run_scoped_plugins
-
-    data, tokenizer = preprocess(session)
+def held_out_rows(data: Any) -> tuple[Any, str]:
+    """(the rows to evaluate on, "eval" or "train"): the eval split, else every row."""
     if data.streaming:
         raise WeaveError(
             "weave evaluate needs rows it can count: pretraining_dataset is streamed; name the "
@@ -149,7 +144,21 @@ def evaluate(
     dataset, split = (data.eval, "eval") if data.eval is not None else (data.train, "train")
     if len(dataset) == 0:
         raise WeaveError(f"no {split} rows to evaluate on (every row was filtered out)")
-    with run_scoped_plugins(session):
+    return dataset, split
+
+
+def evaluate(
+    session: Any, model_name: str, adapter: str | None, start: Any | None = None
+) -> EvalResult:
+    """Prepare the config's rows, load the model and measure its loss on them. `start`: the
+    session of the model training starts from, when the evaluated model is another."""
+    from accelerate.utils import set_seed
+    from axolotl_weave.commands import preprocess, run_scoped_plugins
+
+    with run_scoped_plugins(session):  # from the tokenizer on, as in training
+        data, tokenizer = preprocess(session)
+        dataset, split = held_out_rows(data)
+        set_seed(session.cfg.seed)  # what samples (GRPO's completions) samples alike each time
         model = load_for_eval(session, tokenizer)
         loss_fn = objective_for(session, model, start, tokenizer)
         measured = measure(session, model, loss_fn, dataset, split, tokenizer.pad_token_id)

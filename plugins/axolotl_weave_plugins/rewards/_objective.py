@@ -68,7 +68,9 @@ class BradleyTerry:
         """The loss summed over the micro-batch's pairs."""
         return self.compute(model, batch)[0]
 
-    def measures(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def measures(
+        self, model: Any, batch: dict[str, Any], strategy: Any
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The summed loss of a held-out micro-batch and TRL's `accuracy`, `margin` and
         `mean_reward`, each summed over its pairs."""
         loss, rewards = self.compute(model, batch)

@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 from axolotl_weave import (
-    ConfigError,
     DataError,
     PluginError,
     collate,
     epoch_order,
     hookimpl,
+    process_share,
     read_rows,
 )
 
@@ -298,17 +298,69 @@ class PromptGroups:
                     number += 1
 
 
+@dataclass
+class HeldOutGroups:
+    """A `BatchPlan` of GRPO's eval rows: this process's share of the prompts in order, each
+    repeated `num_generations` times in a row, in micro-batches of `prompts_per_batch` whole
+    groups (a group's advantages are its own), the same number on every process."""
+
+    dataset: Any
+    prompts_per_batch: int
+    num_generations: int
+    pad_token_id: int
+    columns: dict[str, Any]
+    rank: int
+    world_size: int
+
+    def prompts(self) -> list[int]:
+        """This process's prompts (every process gets as many; the remainder is left out)."""
+        everyone = list(range(len(self.dataset)))
+        return process_share(everyone, self.prompts_per_batch, self.rank, self.world_size)
+
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        return -(-len(self.prompts()) // self.prompts_per_batch)
+
+    def micro_batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, Any]]:
+        prompts = self.prompts()
+        for number, first in enumerate(range(0, len(prompts), self.prompts_per_batch)):
+            if number >= start:
+                chosen = prompts[first : first + self.prompts_per_batch]
+                rows = [index for index in chosen for _ in range(self.num_generations)]
+                batch = read_rows(self.dataset, rows, self.columns)
+                yield collate(batch, self.pad_token_id, columns=self.columns)
+
+
+@dataclass
+class Sampled:
+    """The completions generated for a batch of prompts: left-padded prompt ids and mask, the
+    completions right-padded (mask: up to the first EOS, and none for a truncated completion
+    under `mask_truncated_completions`), their ids as lists, as the reward functions get them
+    (text, or an assistant message for conversational prompts), and which were truncated."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    id_lists: list[list[int]]
+    completions: list[Any]
+    truncated: torch.Tensor
+    lengths: torch.Tensor
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
 class GRPOObjective(AgainstReference):
     """The reference (when `beta` > 0) and the loss settings; the step does the work. Its unit
-    is a completion; it cannot be evaluated on held-out rows (that would need generation)."""
+    is a completion; held out, it is measured on completions generated for the eval prompts
+    (`measures`, by `run`)."""
 
     ROWS = "prompt_input_ids"
     unit = "completion"
 
-    def __init__(self, cfg: Any, model: Any) -> None:
+    def __init__(self, cfg: Any, model: Any, run: GRPORun | None = None) -> None:
+        self.run = run
         trl = cfg.trl
         high = trl.epsilon_high if trl.epsilon_high is not None else trl.epsilon
         self.settings = LossSettings(
@@ -322,12 +374,24 @@ class GRPOObjective(AgainstReference):
         )
         super().__init__(model, cfg.adapter, trl.beta > 0)
 
+    def count(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The completions of a micro-batch (one per row)."""
+        return torch.as_tensor(batch[self.ROWS].shape[0])
+
     def compute(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        raise ConfigError(
-            "rl: grpo has no held-out loss: its loss needs completions generated during the "
-            "step, so neither an eval split (val_set_size, test_datasets) nor weave evaluate "
-            "can measure it; the rewards of the training steps are logged"
+        raise PluginError(
+            "rl: grpo: its loss needs completions generated for the batch: the training step "
+            "and measures() generate them; a plain call of the objective cannot"
         )
+
+    def measures(
+        self, model: Any, batch: dict[str, Any], strategy: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A held-out micro-batch of whole prompt groups: completions generated and scored as
+        in a step (`GRPORun.held_out`)."""
+        if self.run is None:
+            raise PluginError("rl: grpo: the objective was built without its run")
+        return self.run.held_out(strategy, model, self, batch)
 
 
 class GRPORun:
@@ -358,7 +422,7 @@ class GRPORun:
     @hookimpl
     def build_loss(self, cfg: Any, model: Any) -> Any:
         """GRPO's objective (the reference, when `beta` > 0)."""
-        return GRPOObjective(cfg, model)
+        return GRPOObjective(cfg, model, run=self)
 
     @hookimpl(tryfirst=True)
     def plan_batches(
@@ -370,9 +434,20 @@ class GRPORun:
         columns: dict[str, Any],
         pad_token_id: int,
     ) -> PromptGroups | None:
-        """Prompt groups (see `PromptGroups`) for the training set."""
+        """Prompt groups (see `PromptGroups`) for the training set; whole groups of the eval
+        prompts, in order (`HeldOutGroups`), for the eval set."""
         if evaluation:
-            return None
+            wanted = {name: pad for name, pad in columns.items() if name in PROMPT_COLUMNS}
+            size = cfg.eval_batch_size or cfg.micro_batch_size
+            return HeldOutGroups(
+                dataset,
+                max(1, size // self.trl.num_generations),
+                self.trl.num_generations,
+                pad_token_id,
+                wanted,
+                strategy.process_index,
+                strategy.num_processes,
+            )
         if not hasattr(dataset, "__len__"):
             raise DataError("rl: grpo cannot read a streamed dataset: give datasets: files")
         wanted = {name: pad for name, pad in columns.items() if name in PROMPT_COLUMNS}
@@ -494,12 +569,9 @@ class GRPORun:
             out[:, i] = torch.tensor(values, dtype=torch.float32)
         return out
 
-    def generate_and_score(
-        self, strategy: Any, model: Any, objective: GRPOObjective, window: list, state: Any
-    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-        """The window's completions with their advantages (and the old and reference
-        log-probabilities when needed), split into its micro-batches; the metrics."""
-        trl, tokenizer = self.trl, self.tokenizer
+    def sample(self, strategy: Any, model: Any, window: list[dict[str, Any]]) -> tuple:
+        """(the window's completions (`Sampled`), its prompts as written, their other columns,
+        the rows of each micro-batch)."""
         prompts_ids: list[torch.Tensor] = []
         prompts: list[Any] = []
         columns: list[dict[str, Any]] = []
@@ -517,18 +589,80 @@ class GRPORun:
         id_lists = [
             row[m.bool()].tolist() for row, m in zip(completion_ids, completion_mask, strict=True)
         ]
-        texts = tokenizer.batch_decode(id_lists, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(id_lists, skip_special_tokens=True)
         if is_conversation(prompts[0]):
             completions: list[Any] = [[{"role": "assistant", "content": t}] for t in texts]
         else:
             completions = list(texts)
-        truncated = torch.tensor(
-            [not ids or ids[-1] not in self.eos_ids(strategy.unwrap(model)) for ids in id_lists]
-        )
-        if trl.mask_truncated_completions:
+        eos = self.eos_ids(strategy.unwrap(model))
+        truncated = torch.tensor([not ids or ids[-1] not in eos for ids in id_lists])
+        if self.trl.mask_truncated_completions:
             completion_mask = completion_mask * (~truncated).long().unsqueeze(1).to(
                 completion_mask.device
             )
+        sampled = Sampled(
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            id_lists,
+            completions,
+            truncated,
+            lengths,
+        )
+        return sampled, prompts, columns, sizes
+
+    @torch.no_grad()
+    def held_out(
+        self, strategy: Any, model: Any, objective: GRPOObjective, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One held-out micro-batch (whole prompt groups): completions sampled as in a step,
+        scored, and the step's loss on them with the generating policy as the old one (ratio
+        1), summed over the completions (the mean loss times their count), with TRL's metrics
+        summed over the completions: `reward`, `rewards/<function>/mean`,
+        `completions/mean_length`, `completions/clipped_ratio` (and `kl` when `beta` > 0). A
+        reward no function gave (None) counts as 0 in the sums."""
+        trl, device = self.trl, strategy.device
+        sampled, prompts, columns, _ = self.sample(strategy, model, [batch])
+        rewards = self.rewards(prompts, sampled.completions, sampled.id_lists, columns)
+        rewards = rewards.to(device)
+        weights = self.weights.to(device)
+        scored = score(rewards, weights, self.names, trl.num_generations, trl.scale_rewards)
+        args = (sampled.prompt_ids, sampled.prompt_mask, sampled.completion_ids)
+        mask = sampled.completion_mask
+        with strategy.autocast():
+            logps, _ = completion_logps(model, *args, mask, trl.temperature)
+            ref_logps = None
+            if trl.beta != 0.0:
+                reference, context = objective.reference_model(model)
+                with context:
+                    ref_logps, _ = completion_logps(reference, *args, mask, trl.temperature)
+        loss, step_metrics = surrogate_loss(
+            logps, None, ref_logps, scored.advantages, mask, objective.settings, 1
+        )
+        n = len(prompts)
+        sums = {
+            "reward": (rewards * weights).nansum(),
+            "completions/mean_length": sampled.lengths.float().sum(),
+            "completions/clipped_ratio": sampled.truncated.float().sum(),
+        }
+        for i, name in enumerate(self.names):
+            sums[f"rewards/{name}/mean"] = rewards[:, i].nansum()
+        if "kl" in step_metrics:
+            sums["kl"] = step_metrics["kl"] * n
+        return loss * n, {name: value.to(device) for name, value in sums.items()}
+
+    def generate_and_score(
+        self, strategy: Any, model: Any, objective: GRPOObjective, window: list, state: Any
+    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """The window's completions with their advantages (and the old and reference
+        log-probabilities when needed), split into its micro-batches; the metrics."""
+        trl = self.trl
+        sampled, prompts, columns, sizes = self.sample(strategy, model, window)
+        prompt_ids, prompt_mask = sampled.prompt_ids, sampled.prompt_mask
+        completion_ids, completion_mask = sampled.completion_ids, sampled.completion_mask
+        completions, id_lists = sampled.completions, sampled.id_lists
+        lengths, truncated = sampled.lengths, sampled.truncated
 
         old_logps = ref_logps = None
         with torch.no_grad():

@@ -355,7 +355,9 @@ class PreferenceObjective(AgainstReference):
         }
         return loss, metrics
 
-    def measures(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def measures(
+        self, model: Any, batch: dict[str, Any], strategy: Any
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The summed loss and metrics of a held-out micro-batch (every metric is a sum over
         its pairs)."""
         return self.compute(model, batch)

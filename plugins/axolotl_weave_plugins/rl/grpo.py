@@ -27,10 +27,17 @@ min, max, `clipped_ratio`, `mean_terminated_length`), `kl` (when `beta` > 0), `e
 `clip_ratio/low_mean`, `clip_ratio/high_mean`, `clip_ratio/region_mean`; with
 `log_completions: true` every generation is appended to `output_dir/completions.jsonl`.
 
+Held out (`val_set_size`, `test_datasets`, and `weave evaluate`), each eval prompt gets
+`num_generations` completions sampled as in a step (micro-batches of whole groups:
+`eval_batch_size`, else `micro_batch_size`, divided by `num_generations`), scored by the same
+functions; it logs `eval_reward`, `eval_rewards/<function>/mean`, `eval_completions/mean_length`,
+`eval_completions/clipped_ratio` (and `eval_kl`) as means per completion, and `eval_loss`, the
+step's loss on them with the sampling policy as the old one, as TRL's evaluation does.
+
 Not supported (each refused with a message): vLLM generation (`use_vllm`), sample packing,
-held-out evaluation (`val_set_size`, `test_datasets`), streamed datasets, TRL's other loss
-types. Unlike TRL, a prompt group never spans processes (each process needs whole groups), and
-the completions of a step are not shuffled between its micro-batches.
+streamed datasets, TRL's other loss types. Unlike TRL, a prompt group never spans processes
+(each process needs whole groups), and the completions of a step are not shuffled between its
+micro-batches.
 """
 
 from __future__ import annotations
@@ -189,11 +196,6 @@ def check_grpo(cfg: Any, trl: GRPOArgs) -> None:
         raise ValueError(
             "sample_packing: true cannot be used with rl: grpo: its rows are prompts to "
             "generate from, never packed; set sample_packing: false"
-        )
-    if getattr(cfg, "val_set_size", 0) or getattr(cfg, "test_datasets", None):
-        raise ValueError(
-            "val_set_size / test_datasets: rl: grpo has no held-out loss (it would need "
-            "generation); remove them"
         )
     for entry in getattr(cfg, "datasets", None) or []:
         kind = getattr(entry, "type", None)

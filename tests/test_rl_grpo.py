@@ -33,6 +33,7 @@ from axolotl_weave_plugins.rl._grpo import (
     surrogate_loss,
 )
 from axolotl_weave_testing import (
+    OneProcessStrategy,
     build_rows,
     run_weave,
     run_weave_in_process,
@@ -711,3 +712,110 @@ def test_a_reward_function_that_fails_is_named_with_where_it_raised():
         scored(len, "len", 2, **args)  # a builtin that cannot take these arguments
     first, second = scored(partial, "partial", 2, **args)
     assert math.isnan(first) and second == 2.0
+
+
+# --- reward models as reward functions --------------------------------------------------------
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny sequence classifier (one label, random weights) saved with a tokenizer that has
+    a chat template and no pad token: a reward model as a reward_model: true run leaves one."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("reward-model") / "tiny-rm"
+    config = AutoConfig.from_pretrained(tiny_llama_dir, num_labels=1)
+    torch.manual_seed(7)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def trl_model_rewards(folder: Path, prompts: list[Any], completions: list[Any]) -> torch.Tensor:
+    """TRL's rewards from the reward model in `folder`: the model and tokenizer prepared as
+    `GRPOTrainer.__init__` prepares them, scored by its own `_calculate_rewards`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+    fake = object.__new__(GRPOTrainer)  # its methods, without a training set-up
+    vars(fake).update(
+        accelerator=FakeAccelerator(),
+        reward_funcs=[model.eval()],
+        reward_processing_classes=[tokenizer],
+        reward_func_names=[folder.name],
+        state=SimpleNamespace(global_step=0),
+        environments=None,
+        chat_template_kwargs={},
+        args=SimpleNamespace(report_to=[], device=torch.device("cpu"), past_index=-1),
+        is_deepspeed_enabled=False,
+        _log_completion_extra=lambda *a: None,
+        _log_metric=lambda *a: None,
+    )
+    inputs = [{"prompt": p} for p in prompts]
+    return GRPOTrainer._calculate_rewards(fake, inputs, prompts, completions, [[1]] * len(prompts))
+
+
+@pytest.mark.parametrize("conversational", [False, True], ids=["strings", "conversations"])
+def test_a_reward_model_scores_completions_as_trl_does(
+    reward_model_dir: Path, conversational: bool
+) -> None:
+    from axolotl_weave_plugins.rl._grpo_rewards import load_reward_function, reward_name
+    from axolotl_weave_plugins.rl._reward_models import RewardModelScorer
+
+    questions = ["Add 2 and 3.", "Reverse cat, please.", "Add 2 and 3."]
+    answers = ["5", "tac tac tac tac", "It is six"]
+    if conversational:
+        prompts: list[Any] = [[{"role": "user", "content": q}] for q in questions]
+        completions: list[Any] = [[{"role": "assistant", "content": a}] for a in answers]
+    else:
+        prompts, completions = [q + " " for q in questions], answers
+    settings = SimpleNamespace(bf16=False, fp16=False, tf32=False)
+    scorer = load_reward_function(str(reward_model_dir), settings)
+    assert isinstance(scorer, RewardModelScorer) and reward_name(scorer) == "tiny-rm"
+    scorer.place(OneProcessStrategy())
+    ours = torch.tensor(scorer(prompts=prompts, completions=completions, completion_ids=[]))
+    expected = trl_model_rewards(reward_model_dir, prompts, completions)[:, 0]
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+    assert len(set(ours.tolist())) == 3  # different texts, different scores
+
+
+def test_weave_train_grpo_with_a_reward_model_logs_its_reward(
+    tmp_path: Path, grpo_config: dict, reward_model_dir: Path
+) -> None:
+    config = with_trl(
+        grpo_config,
+        reward_funcs=[str(reward_model_dir), "toy_rewards.single_bytes"],
+        reward_weights=[1.0, 0.5],
+    )
+    config.update(max_steps=2)
+    state = train_with(config, tmp_path / "grpo-rm.yml")
+    records = [r for r in state.log_history if "loss" in r]
+    assert len(records) == 2
+    for record in records:
+        assert math.isfinite(record["rewards/tiny-rm/mean"])
+        weighted = record["rewards/tiny-rm/mean"] + 0.5 * record["rewards/single_bytes/mean"]
+        assert record["reward"] == pytest.approx(weighted, rel=1e-5, abs=1e-6)
+
+
+def test_a_reward_model_folder_without_a_model_is_refused(tmp_path: Path, grpo_config: dict):
+    from axolotl_weave import ConfigError
+    from axolotl_weave._pluginmanager import make_plugin_manager
+    from axolotl_weave._run import open_session
+
+    (tmp_path / "empty-rm").mkdir()
+    config = with_trl(grpo_config, **funcs(str(tmp_path / "empty-rm")))
+    with pytest.raises(ConfigError, match="is a folder without config.json, so not a saved reward"):
+        open_session(write_config(tmp_path / "bad.yml", config), [], make_plugin_manager())

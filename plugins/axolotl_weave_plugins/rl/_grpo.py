@@ -44,6 +44,7 @@ from axolotl_weave import (
 from axolotl_weave_plugins.rl._grpo_formats import PROMPT_COLUMNS, is_conversation
 from axolotl_weave_plugins.rl._grpo_rewards import load_reward_function, reward_name, scored
 from axolotl_weave_plugins.rl._objective import AgainstReference
+from axolotl_weave_plugins.rl._reward_models import RewardModelScorer
 
 log = logging.getLogger("axolotl_weave")
 
@@ -403,7 +404,7 @@ class GRPORun:
         self.trl = cfg.trl
         self.tokenizer: Any = None
         self.functions: list[Callable[..., Any]] = [
-            load_reward_function(path) for path in self.trl.reward_funcs
+            load_reward_function(path, cfg) for path in self.trl.reward_funcs
         ]
         self.names = [reward_name(f) for f in self.functions]
         weights = self.trl.reward_weights or [1.0] * len(self.functions)
@@ -549,14 +550,22 @@ class GRPORun:
         return ids, mask, completions, completion_mask
 
     def rewards(
-        self, prompts: list[Any], completions: list[Any], ids: list[list[int]], columns: list
+        self,
+        strategy: Any,
+        prompts: list[Any],
+        completions: list[Any],
+        ids: list[list[int]],
+        columns: list,
     ) -> torch.Tensor:
-        """`(B, functions)` rewards; None becomes NaN (not scored)."""
+        """`(B, functions)` rewards; None becomes NaN (not scored). A reward model is placed by
+        the strategy the first time."""
         keys = sorted({key for row in columns for key in row})
         kwargs = {key: [row.get(key) for row in columns] for key in keys}
         kwargs = {k: v for k, v in kwargs.items() if k not in ("prompts", "completions")}
         out = torch.zeros(len(prompts), len(self.functions), dtype=torch.float32)
         for i, (function, name) in enumerate(zip(self.functions, self.names, strict=True)):
+            if isinstance(function, RewardModelScorer):
+                function.place(strategy)
             values = scored(
                 function,
                 name,
@@ -624,7 +633,7 @@ class GRPORun:
         reward no function gave (None) counts as 0 in the sums."""
         trl, device = self.trl, strategy.device
         sampled, prompts, columns, _ = self.sample(strategy, model, [batch])
-        rewards = self.rewards(prompts, sampled.completions, sampled.id_lists, columns)
+        rewards = self.rewards(strategy, prompts, sampled.completions, sampled.id_lists, columns)
         rewards = rewards.to(device)
         weights = self.weights.to(device)
         scored = score(rewards, weights, self.names, trl.num_generations, trl.scale_rewards)
@@ -677,7 +686,8 @@ class GRPORun:
                         reference, prompt_ids, prompt_mask, completion_ids, completion_mask, sizes
                     )
 
-        local = self.rewards(prompts, completions, id_lists, columns).to(strategy.device)
+        local = self.rewards(strategy, prompts, completions, id_lists, columns)
+        local = local.to(strategy.device)
         everyone = gather_rows(strategy, local)
         scored = score(
             everyone,

@@ -1,5 +1,6 @@
 """GRPO's reward functions: `module.function` paths (Axolotl's `trl.reward_funcs`), imported and
-checked when the config is validated, before any model loads.
+checked when the config is validated, before any model loads; or reward models (a folder or a hub
+id, `_reward_models`), loaded when first called.
 
 A reward function is called as TRL calls one: ``f(prompts=[...], completions=[...],
 completion_ids=[...], **columns)``, one list entry per completion, where ``columns`` are the
@@ -56,8 +57,18 @@ def import_object(path: str, key: str) -> Any:
     return found
 
 
-def load_reward_function(path: str) -> Callable[..., Any]:
-    """The reward function at `path`, or ValueError saying what is wrong with it."""
+def load_reward_function(path: str, cfg: Any = None) -> Callable[..., Any]:
+    """The reward function at `path` (a reward model where `path` names one: a folder or a hub
+    id), or ValueError saying what is wrong with it."""
+    from axolotl_weave_plugins.rl._reward_models import (
+        RewardModelScorer,
+        check_model_entry,
+        names_a_model,
+    )
+
+    if names_a_model(path):
+        check_model_entry(path)
+        return RewardModelScorer(path, cfg)
     function = import_object(path, "trl.reward_funcs")
     check_signature(path, function)
     return function

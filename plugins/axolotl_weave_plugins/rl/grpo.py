@@ -4,7 +4,9 @@ Each step samples `trl.num_generations` completions per prompt with the model be
 (`model.generate`, `temperature`, `top_p`, at most `max_completion_length` tokens, cut after the
 first EOS), scores each with the `trl.reward_funcs` (importable `module.function` paths, called
 as ``f(prompts=..., completions=..., completion_ids=..., **columns)``, the row's other columns as
-keyword arguments; weighted by `reward_weights`), and turns the rewards into advantages
+keyword arguments; or reward models, a folder or a hub id `owner/name` of a sequence classifier
+that scores prompt + completion as TRL's does, `_reward_models`; weighted by `reward_weights`),
+and turns the rewards into advantages
 normalised within each prompt's group (`scale_rewards`). The loss is TRL's clipped surrogate
 (`epsilon`, `epsilon_high`; token or sequence importance ratios, `importance_sampling_level`)
 plus `beta` times the per-token KL (k3 estimator) to a reference, normalised as `loss_type`
@@ -86,7 +88,9 @@ class GRPOArgs(BaseModel):
     top_k: int = Field(0, ge=0, description="Sample from the k likeliest tokens (0: all).")
     repetition_penalty: float = Field(1.0, gt=0, description="Generation repetition penalty.")
     reward_funcs: list[str] = Field(
-        default_factory=list, description="Reward functions: importable module.function paths."
+        default_factory=list,
+        description="Reward functions: importable module.function paths, or reward models (a "
+        "folder or a hub id owner/name: a sequence classifier scoring prompt + completion).",
     )
     reward_weights: list[float] | None = Field(
         None, description="Weight of each reward function (default 1 each)."
@@ -185,7 +189,7 @@ def check_grpo(cfg: Any, trl: GRPOArgs) -> None:
     if not trl.reward_funcs:
         raise ValueError(
             "trl.reward_funcs: rl: grpo needs at least one reward function (a module.function "
-            "path, e.g. rewards.correctness)"
+            "path, e.g. rewards.correctness, or a reward model's folder or hub id)"
         )
     if trl.reward_weights is not None and len(trl.reward_weights) != len(trl.reward_funcs):
         raise ValueError(

@@ -819,3 +819,11 @@ def test_a_reward_model_folder_without_a_model_is_refused(tmp_path: Path, grpo_c
     config = with_trl(grpo_config, **funcs(str(tmp_path / "empty-rm")))
     with pytest.raises(ConfigError, match="is a folder without config.json, so not a saved reward"):
         open_session(write_config(tmp_path / "bad.yml", config), [], make_plugin_manager())
+
+
+def test_a_reward_model_that_cannot_load_is_one_message(tmp_path: Path, grpo_config: dict):
+    config = with_trl(grpo_config, **funcs("nobody/no-such-reward-model"))
+    result = run_weave("train", str(write_config(tmp_path / "rm.yml", config)), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "cannot load the reward model 'nobody/no-such-reward-model'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from axolotl_weave import resolve_precision
+from axolotl_weave import WeaveError, resolve_precision
 
 
 def names_a_model(path: str) -> bool:
@@ -57,10 +57,16 @@ class RewardModelScorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         dtype = resolve_precision(self.cfg).weight_dtype
-        model = AutoModelForSequenceClassification.from_pretrained(
-            self.path, num_labels=1, dtype=getattr(torch, dtype)
-        )
-        tokenizer = AutoTokenizer.from_pretrained(self.path)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.path, num_labels=1, dtype=getattr(torch, dtype)
+            )
+            tokenizer = AutoTokenizer.from_pretrained(self.path)
+        except (OSError, ValueError) as exc:
+            raise WeaveError(
+                f"trl.reward_funcs: cannot load the reward model '{self.path}' (a folder or hub "
+                f"id of a sequence classifier): {exc}"
+            ) from None
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         model.config.get_text_config().pad_token_id = tokenizer.pad_token_id

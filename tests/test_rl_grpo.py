@@ -431,6 +431,10 @@ def tokens(completion_ids, **kwargs):
 
 def half(completions, **kwargs):
     return [0.5] * len(completions)
+
+
+def stage(completions, trainer_state, **kwargs):
+    return [float(trainer_state.global_step)] * len(completions)
 '''
 
 
@@ -529,6 +533,14 @@ def test_held_out_prompts_are_sampled_and_scored_as_in_a_step(tmp_path: Path, gr
     assert saved["units"] == saved["rows"] * 4  # num_generations per eval prompt
     assert saved["metrics"]["reward"] == pytest.approx(saved["metrics"]["completions/mean_length"])
     assert runs[1] == runs[0]  # seeded
+
+
+def test_reward_functions_get_the_trainer_state_as_trl_gives_it(tmp_path: Path, grpo_config: dict):
+    config = with_trl(grpo_config, **funcs("toy_rewards.stage", "toy_rewards.single_bytes"))
+    config.update(max_steps=3)
+    state = train_with(config, tmp_path / "grpo.yml")
+    staged = [r["rewards/stage/mean"] for r in state.log_history if "loss" in r]
+    assert staged == [0.0, 1.0, 2.0]  # the steps finished when each generation was scored
 
 
 def test_resume_equals_the_uninterrupted_run(tmp_path: Path, grpo_config: dict):

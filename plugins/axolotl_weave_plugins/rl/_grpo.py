@@ -411,6 +411,7 @@ class GRPORun:
         self.weights = torch.tensor(weights, dtype=torch.float32)
         self.buffer: list[dict[str, Any]] | None = None
         self.buffer_metrics: dict[str, float] = {}
+        self.state: Any = None  # the training state, given to reward functions as TRL gives it
 
     # -- hooks ------------------------------------------------------------------------------------
     @hookimpl(wrapper=True)
@@ -483,6 +484,7 @@ class GRPORun:
                 f"({type(objective).__name__}); remove the loss/kernel option that wraps it"
             )
         objective.place(strategy)
+        self.state = state
         if self.buffer is None or state.global_step % self.trl.num_iterations == 0:
             self.buffer, self.buffer_metrics = self.generate_and_score(
                 strategy, model, objective, window, state
@@ -558,10 +560,13 @@ class GRPORun:
         columns: list,
     ) -> torch.Tensor:
         """`(B, functions)` rewards; None becomes NaN (not scored). A reward model is placed by
-        the strategy the first time."""
+        the strategy the first time. Besides the row's columns, the functions get
+        `trainer_state` as TRL gives it (`global_step`, `max_steps`, `epoch`; None outside
+        training, in `weave evaluate`)."""
         keys = sorted({key for row in columns for key in row})
         kwargs = {key: [row.get(key) for row in columns] for key in keys}
         kwargs = {k: v for k, v in kwargs.items() if k not in ("prompts", "completions")}
+        kwargs["trainer_state"] = self.state
         out = torch.zeros(len(prompts), len(self.functions), dtype=torch.float32)
         for i, (function, name) in enumerate(zip(self.functions, self.names, strict=True)):
             if isinstance(function, RewardModelScorer):

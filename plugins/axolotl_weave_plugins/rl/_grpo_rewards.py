@@ -3,8 +3,9 @@ checked when the config is validated, before any model loads; or reward models (
 id, `_reward_models`), loaded when first called.
 
 A reward function is called as TRL calls one: ``f(prompts=[...], completions=[...],
-completion_ids=[...], **columns)``, one list entry per completion, where ``columns`` are the
-dataset row's other columns (``answer=[...]``); it returns one float (or None: not scored) per
+completion_ids=[...], trainer_state=..., **columns)``, one list entry per completion, where
+``columns`` are the dataset row's other columns (``answer=[...]``) and ``trainer_state`` the run's
+state (``global_step``...); it returns one float (or None: not scored) per
 completion. The module is imported with the working directory on the import path (as Axolotl
 does), so ``rewards.my_reward`` finds ``./rewards.py``.
 """
@@ -22,7 +23,10 @@ from typing import Any
 
 from axolotl_weave import PluginError
 
-CALLED_AS = "f(prompts=..., completions=..., completion_ids=..., **columns) -> list[float | None]"
+CALLED_AS = (
+    "f(prompts=..., completions=..., completion_ids=..., trainer_state=..., **columns) "
+    "-> list[float | None]"
+)
 
 
 def import_object(path: str, key: str) -> Any:

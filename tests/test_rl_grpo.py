@@ -106,7 +106,11 @@ ANSWERS = ["4"] * 4 + ["tac"] * 4 + ["y"] * 4
 
 
 def trl_scores(
-    completions: list[str], answers: list[str], weights: list[float], scale: str
+    completions: list[str],
+    answers: list[str],
+    weights: list[float],
+    scale: str,
+    aggregation: str = "sum_then_normalize",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """TRL's advantages and metrics for these completions (its generation replaced)."""
     from trl.trainer.grpo_trainer import GRPOTrainer
@@ -139,7 +143,7 @@ def trl_scores(
         reward_func_names=["reward_a", "reward_b"],
         state=SimpleNamespace(global_step=0, num_input_tokens_seen=0),
         num_generations=4,
-        multi_objective_aggregation="sum_then_normalize",
+        multi_objective_aggregation=aggregation,
         scale_rewards=scale,
         reward_weights=torch.tensor(weights),
         _metrics={"train": defaultdict(list)},
@@ -172,17 +176,20 @@ def trl_scores(
     return out["advantages"], {k: v[-1] for k, v in fake._metrics["train"].items()}
 
 
+@pytest.mark.parametrize("aggregation", ["sum_then_normalize", "normalize_then_sum"])
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 @pytest.mark.parametrize("weights", [[1.0, 1.0], [0.5, 2.0]], ids=["equal", "weighted"])
-def test_advantages_and_reward_metrics_equal_trl(scale: str, weights: list[float]):
-    expected, trl_metrics = trl_scores(COMPLETIONS, ANSWERS, weights, scale)
+def test_advantages_and_reward_metrics_equal_trl(
+    scale: str, weights: list[float], aggregation: str
+):
+    expected, trl_metrics = trl_scores(COMPLETIONS, ANSWERS, weights, scale, aggregation)
     rewards = torch.tensor(
         [
             [math.nan if v is None else v for v in reward_a(COMPLETIONS)],
             reward_b(COMPLETIONS, ANSWERS),
         ]
     ).T
-    ours = score(rewards, torch.tensor(weights), ["reward_a", "reward_b"], 4, scale)
+    ours = score(rewards, torch.tensor(weights), ["reward_a", "reward_b"], 4, scale, aggregation)
     torch.testing.assert_close(ours.advantages, expected, rtol=1e-6, atol=1e-6)
     for name, value in ours.metrics.items():
         assert value == pytest.approx(trl_metrics[name], rel=1e-6, abs=1e-7, nan_ok=True), name
@@ -403,6 +410,30 @@ def test_axolotl_dataset_transforms_make_the_prompts(
     )
     assert json.loads(built["grpo_prompt"]) == [{"role": "user", "content": "What is 2+2?"}]
     assert json.loads(built["grpo_columns"]) == {"answer": "4"}
+
+
+def test_an_axolotl_grpo_config_names_its_transform_as_the_type(tmp_path: Path, grpo_config: dict):
+    """Axolotl's own GRPO YAML (`type: rewards.prompt_transform`) runs unchanged: under rl: grpo
+    an importable module.function type is `type: grpo` with that transform; a dotted name whose
+    module does not import stays a type (and is refused as before)."""
+    from axolotl_weave import ConfigError
+    from axolotl_weave._pluginmanager import make_plugin_manager
+    from axolotl_weave._run import open_session
+
+    (tmp_path / "gsm_rewards.py").write_text(AXOLOTL_TRANSFORM)
+    rows = [{"question": "What is 2+2?", "answer": "Two and two... #### 4"}] * 8
+    data = write_jsonl(tmp_path / "gsm.jsonl", rows)
+    entry = {"path": str(data), "type": "gsm_rewards.oai_gsm8k_transform"}
+    config = {**grpo_config, "datasets": [entry], "chat_template": "chatml", "max_steps": 1}
+    session = open_session(write_config(tmp_path / "ax.yml", config), [], make_plugin_manager())
+    (read,) = session.cfg.datasets
+    assert read.type == "grpo" and read.option("transform") == entry["type"]
+    state = train_with(config, tmp_path / "ax-train.yml")
+    assert [r["step"] for r in state.log_history if "loss" in r] == [1]
+
+    other = {**config, "datasets": [{"path": str(data), "type": "chatml.intel"}]}
+    with pytest.raises(ConfigError, match="type: chatml.intel is not a prompt dataset"):
+        open_session(write_config(tmp_path / "other.yml", other), [], make_plugin_manager())
 
 
 def test_chat_prompts_need_a_chat_template(weave_hooks: Any, tiny_tokenizer: Any):

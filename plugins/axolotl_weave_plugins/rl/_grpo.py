@@ -80,31 +80,44 @@ def score(
     names: list[str],
     num_generations: int,
     scale_rewards: str,
+    aggregation: str = "sum_then_normalize",
 ) -> Scored:
     """Group-normalised advantages of rewards `(B, functions)` (NaN: not scored), the rows in
-    groups of `num_generations` consecutive completions of one prompt; TRL's
-    `sum_then_normalize`."""
+    groups of `num_generations` consecutive completions of one prompt, as TRL aggregates
+    several functions: `sum_then_normalize` (weighted sum, then each group's mean taken away
+    and divided by the std `scale_rewards` names), or `normalize_then_sum` (GDPO: each
+    function normalised within its groups, their weighted sum normalised over the batch)."""
     unscorable = torch.isnan(rewards_per_func).all(dim=1)
     rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
     rewards[unscorable] = torch.nan
-    grouped = rewards.view(-1, num_generations)
-    mean = torch.nanmean(grouped, dim=1).repeat_interleave(num_generations, dim=0)
-    if scale_rewards == "batch":
-        std = nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else rewards * 0
+    if aggregation == "normalize_then_sum":
+        functions = rewards_per_func.shape[1]
+        grouped = rewards_per_func.view(-1, num_generations, functions)
+        mean_k = torch.nanmean(grouped, dim=1, keepdim=True)
+        std_k = nanstd(grouped, dim=1).unsqueeze(1)
+        normalised = ((grouped - mean_k) / (std_k + 1e-4)).view(-1, functions)
+        combined = (normalised * weights.unsqueeze(0)).nansum(dim=1)
+        combined[unscorable] = torch.nan
+        std = nanstd(combined).expand_as(combined) if combined.numel() > 1 else combined * 0
+        advantages = (combined - torch.nanmean(combined)) / (std + 1e-4)
     else:
-        std = nanstd(grouped, dim=1).repeat_interleave(num_generations, dim=0)
-    advantages = rewards - mean
-    if scale_rewards != "none":
-        advantages = advantages / (std + 1e-4)
+        grouped = rewards.view(-1, num_generations)
+        mean = torch.nanmean(grouped, dim=1).repeat_interleave(num_generations, dim=0)
+        if scale_rewards == "batch":
+            std = nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else rewards * 0
+        else:
+            std = nanstd(grouped, dim=1).repeat_interleave(num_generations, dim=0)
+        advantages = rewards - mean
+        if scale_rewards != "none":
+            advantages = advantages / (std + 1e-4)
     is_std_zero = torch.isclose(std, torch.zeros_like(std))
     advantages = torch.nan_to_num(advantages, nan=0.0)
     metrics: dict[str, float] = {}
     for i, name in enumerate(names):
         metrics[f"rewards/{name}/mean"] = torch.nanmean(rewards_per_func[:, i]).item()
         metrics[f"rewards/{name}/std"] = nanstd(rewards_per_func[:, i]).item()
-    logged = rewards.clone()
-    metrics["reward"] = torch.nanmean(logged).item()
-    metrics["reward_std"] = nanstd(logged).item()
+    metrics["reward"] = torch.nanmean(rewards).item()
+    metrics["reward_std"] = nanstd(rewards).item()
     metrics["frac_reward_zero_std"] = is_std_zero.float().mean().item()
     return Scored(advantages, metrics)
 
@@ -641,7 +654,14 @@ class GRPORun:
         rewards = self.rewards(strategy, prompts, sampled.completions, sampled.id_lists, columns)
         rewards = rewards.to(device)
         weights = self.weights.to(device)
-        scored = score(rewards, weights, self.names, trl.num_generations, trl.scale_rewards)
+        scored = score(
+            rewards,
+            weights,
+            self.names,
+            trl.num_generations,
+            trl.scale_rewards,
+            trl.multi_objective_aggregation,
+        )
         args = (sampled.prompt_ids, sampled.prompt_mask, sampled.completion_ids)
         mask = sampled.completion_mask
         with strategy.autocast():
@@ -700,6 +720,7 @@ class GRPORun:
             self.names,
             trl.num_generations,
             trl.scale_rewards,
+            trl.multi_objective_aggregation,
         )
         start = strategy.process_index * len(prompts)
         advantages = scored.advantages[start : start + len(prompts)]

@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import sys
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -95,6 +97,11 @@ class GRPOArgs(BaseModel):
     reward_weights: list[float] | None = Field(
         None, description="Weight of each reward function (default 1 each)."
     )
+    multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = Field(
+        "sum_then_normalize",
+        description="How several reward functions combine: weighted sum then group "
+        "normalisation, or each normalised in its groups then summed (GDPO).",
+    )
     importance_sampling_level: Literal["token", "sequence"] = Field(
         "token", description="Importance ratios per token, or per sequence (GSPO)."
     )
@@ -138,6 +145,7 @@ class GRPOSettings(PluginConfig):
         description="rl: grpo options (TRL's GRPOConfig names): beta, num_generations, "
         "max_completion_length, epsilon, epsilon_high, loss_type, scale_rewards, temperature, "
         "top_p, top_k, repetition_penalty, reward_funcs, reward_weights, "
+        "multi_objective_aggregation, "
         "importance_sampling_level, num_iterations, mask_truncated_completions, "
         "log_completions, use_vllm.",
     )
@@ -227,6 +235,40 @@ def register_rl_methods(register: Callable[[str], None]) -> None:
 def add_config_fields() -> type[PluginConfig]:
     """The `trl:` block."""
     return GRPOSettings
+
+
+@hookimpl
+def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[str] | None:
+    """Axolotl names a GRPO dataset's transform as its type (`type: rewards.prompt_transform`):
+    under `rl: grpo`, an entry whose type is a `module.function` path whose module imports from
+    the working directory becomes `type: grpo` with that `transform:`."""
+    if data.get("rl") != METHOD:
+        return None
+    for key in ("datasets", "test_datasets"):
+        for entry in data.get(key) or []:
+            kind = entry.get("type") if isinstance(entry, dict) else None
+            if isinstance(kind, str) and "transform" not in entry and is_importable_path(kind):
+                entry["type"], entry["transform"] = METHOD, kind
+    return None
+
+
+def is_importable_path(path: str) -> bool:
+    """Whether `path` is `module.name` with a module that imports from the working directory
+    or the installed packages (looked up without importing it)."""
+    module, _, name = path.rpartition(".")
+    if not module or not name:
+        return False
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        return False
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 @hookimpl

@@ -650,6 +650,11 @@ BAD = [
     ({"use_vllm": True}, {}, "trl.use_vllm: .*not supported by rl: grpo here yet"),
     ({"betaa": 0.1}, {}, "betaa"),
     ({}, {"sample_packing": True}, "sample_packing: true cannot be used with rl: grpo"),
+    ({"async_prefetch": True}, {}, "trl.async_prefetch: True is not supported .*set it to False"),
+    ({"replay_buffer_size": 8}, {}, "trl.replay_buffer_size: 8 is not supported"),
+    ({"generation_batch_size": 16}, {}, "trl.generation_batch_size: 16 is not supported"),
+    ({"sync_ref_model": True}, {}, "with beta 0 no reference is kept"),
+    ({"sync_ref_model": True, "beta": 0.1}, {"adapter": "lora"}, "with an adapter the refer"),
     ({}, {"rl": None}, "type: grpo holds prompts to generate from: set rl: grpo"),
     ({}, {"transform": "toy_rewards.nope"}, "datasets: transform: module 'toy_rewards' has no"),
 ]
@@ -870,3 +875,93 @@ def test_a_reward_model_that_cannot_load_is_one_message(tmp_path: Path, grpo_con
     assert result.returncode == 1, result.stderr[-2000:]
     assert "cannot load the reward model 'nobody/no-such-reward-model'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_axolotls_other_trl_keys_run_when_they_change_nothing(
+    tmp_path: Path, grpo_config: dict, caplog: pytest.LogCaptureFixture
+):
+    """Axolotl's async-pipeline and speed keys at values that leave their feature off are
+    dropped with a warning each, so the YAML runs."""
+    import logging
+
+    from axolotl_weave._pluginmanager import make_plugin_manager
+    from axolotl_weave._run import open_session
+
+    axolotl = {
+        "use_data_producer": False,
+        "async_prefetch": False,
+        "replay_buffer_size": 0,
+        "reroll_start_fraction": 1.0,
+        "skip_zero_advantage_batches": True,
+        "use_liger_loss": True,
+        "reward_num_workers": 4,
+        "vllm_server_port": 8000,
+    }
+    config = with_trl(grpo_config, **axolotl)
+    with caplog.at_level(logging.WARNING, logger="axolotl_weave"):
+        open_session(write_config(tmp_path / "ax.yml", config), [], make_plugin_manager())
+    for key in axolotl:
+        assert f"config key 'trl.{key}' does nothing here" in caplog.text, key
+
+
+def test_generation_settings_reach_the_sampling(tmp_path: Path, grpo_config: dict):
+    """min_p and generation_kwargs are the GenerationConfig's: max_new_tokens from
+    generation_kwargs cuts every completion to 3 tokens (max_completion_length is 8)."""
+    config = with_trl(grpo_config, min_p=0.05, generation_kwargs={"max_new_tokens": 3})
+    config.update(max_steps=1)
+    state = train_with(config, tmp_path / "gen.yml")
+    (record,) = [r for r in state.log_history if "loss" in r]
+    assert record["completions/max_length"] <= 3
+
+
+def test_chat_template_kwargs_render_the_prompts(weave_hooks: Any, tiny_tokenizer: Any):
+    """trl.chat_template_kwargs (over the top-level ones) are the prompt template's
+    variables, as TRL passes them."""
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<think>' if thinking else '' }}A:{% endif %}"
+    )
+    rows = [{"prompt": [{"role": "user", "content": "Hi"}]}]
+    settings = SimpleNamespace(chat_template_kwargs={"thinking": False})
+    trl_on = SimpleNamespace(
+        chat_template_kwargs={"thinking": False},
+        trl=SimpleNamespace(chat_template_kwargs={"thinking": True}),
+    )
+    (plain,) = build_rows(weave_hooks, tokenizer, rows, type="grpo", cfg=settings)
+    (thinking,) = build_rows(weave_hooks, tokenizer, rows, type="grpo", cfg=trl_on)
+    assert tokenizer.decode(plain["prompt_input_ids"]).endswith("HiA:")
+    assert tokenizer.decode(thinking["prompt_input_ids"]).endswith("Hi<think>A:")
+
+
+def test_sync_ref_model_mixes_the_policy_into_the_reference():
+    """TR-DPO's mixup, as TRL's SyncRefModelCallback computes it."""
+    from axolotl_weave_plugins.rl._grpo import sync_reference
+    from trl.trainer.callbacks import SyncRefModelCallback
+
+    torch.manual_seed(0)
+    policy, reference = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    expected = copy.deepcopy(reference)
+    SyncRefModelCallback._sync_target_model(policy, expected, 0.25)
+    sync_reference(policy, reference, 0.25)
+    for ours, theirs in zip(reference.parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_weave_train_syncs_the_reference_every_n_steps(tmp_path: Path, grpo_config: dict):
+    """Full fine-tune, beta > 0, alpha 1: after each sync the reference is the policy, so the
+    step that follows measures no KL between them."""
+    config = with_trl(
+        grpo_config,
+        beta=0.1,
+        sync_ref_model=True,
+        ref_model_mixup_alpha=1.0,
+        ref_model_sync_steps=2,
+    )
+    config.update(max_steps=4, learning_rate=0.05)
+    state = train_with(config, tmp_path / "sync.yml")
+    kl = [r["kl"] for r in state.log_history if "loss" in r]
+    assert kl[0] == pytest.approx(0.0, abs=1e-7)  # before any step: the same weights
+    assert kl[1] > 1e-6  # one step later, the policy moved away
+    assert kl[2] == pytest.approx(0.0, abs=1e-7)  # synced after step 2
+    assert kl[3] > 1e-6

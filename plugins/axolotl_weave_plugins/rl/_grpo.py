@@ -227,6 +227,28 @@ def surrogate_loss(
     return loss, metrics
 
 
+# --- the reference -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sync_reference(model: Any, reference: Any, alpha: float) -> None:
+    """Move the reference toward the policy: each weight becomes `alpha` times the policy's
+    plus `1 - alpha` times its own (TR-DPO's mixup, TRL's `SyncRefModelCallback`). Under
+    DeepSpeed ZeRO-3 the partitioned weights are gathered first, as TRL does."""
+    pairs = list(zip(reference.parameters(), model.parameters(), strict=True))
+    if any(hasattr(p, "ds_id") for pair in pairs for p in pair):
+        import deepspeed
+
+        every = [p for pair in pairs for p in pair]
+        with deepspeed.zero.GatheredParameters(every, modifier_rank=0):
+            if deepspeed.comm.get_rank() == 0:
+                for target, source in pairs:
+                    target.mul_(1.0 - alpha).add_(source, alpha=alpha)
+        return
+    for target, source in pairs:
+        target.mul_(1.0 - alpha).add_(source.to(target.dtype), alpha=alpha)
+
+
 # --- generation ----------------------------------------------------------------------------------
 
 
@@ -498,6 +520,11 @@ class GRPORun:
             )
         objective.place(strategy)
         self.state = state
+        steps = self.trl.ref_model_sync_steps
+        if self.trl.sync_ref_model and state.global_step and state.global_step % steps == 0:
+            sync_reference(
+                strategy.unwrap(model), objective.reference, self.trl.ref_model_mixup_alpha
+            )
         if self.buffer is None or state.global_step % self.trl.num_iterations == 0:
             self.buffer, self.buffer_metrics = self.generate_and_score(
                 strategy, model, objective, window, state
@@ -541,17 +568,19 @@ class GRPORun:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         unwrapped = strategy.unwrap(model)
         eos = self.eos_ids(unwrapped)
-        config = GenerationConfig(
-            max_new_tokens=trl.max_completion_length,
-            do_sample=True,
-            pad_token_id=pad,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=eos,
-            temperature=trl.temperature,
-            top_p=trl.top_p,
-            top_k=trl.top_k or None,
-            repetition_penalty=trl.repetition_penalty,
-        )
+        settings = {
+            "max_new_tokens": trl.max_completion_length,
+            "do_sample": True,
+            "pad_token_id": pad,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": eos,
+            "temperature": trl.temperature,
+            "top_p": trl.top_p,
+            "top_k": trl.top_k or None,
+            "min_p": trl.min_p,
+            "repetition_penalty": trl.repetition_penalty,
+        }
+        config = GenerationConfig(**{**settings, **(trl.generation_kwargs or {})})
         ids, mask = left_pad(prompts, pad)
         ids, mask = ids.to(strategy.device), mask.to(strategy.device)
         with strategy.autocast():

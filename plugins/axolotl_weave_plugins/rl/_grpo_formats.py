@@ -68,15 +68,20 @@ def is_conversation(prompt: Any) -> bool:
     )
 
 
-def prompt_ids(tokenizer: Any, prompt: Any) -> list[int]:
-    """The prompt's token ids, as TRL's `GRPOTrainer._tokenize_prompts` makes them."""
+def prompt_ids(
+    tokenizer: Any, prompt: Any, template_kwargs: dict[str, Any] | None = None
+) -> list[int]:
+    """The prompt's token ids, as TRL's `GRPOTrainer._tokenize_prompts` makes them
+    (`template_kwargs`: more arguments of the chat template, e.g. `enable_thinking`)."""
     if is_conversation(prompt):
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 "the prompt is a conversation but the tokenizer has no chat template: set "
                 "chat_template: (e.g. chatml) or give prompts as strings"
             )
-        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, tokenize=False, **(template_kwargs or {})
+        )
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if isinstance(prompt, str):
         return list(tokenizer(prompt)["input_ids"])
@@ -84,6 +89,16 @@ def prompt_ids(tokenizer: Any, prompt: Any) -> list[int]:
         "the prompt must be a list of chat messages ({role, content}) or a string, got "
         f"{type(prompt).__name__}"
     )
+
+
+def chat_template_kwargs(cfg: Any) -> dict[str, Any]:
+    """The chat template's extra arguments for GRPO prompts: the top-level
+    `chat_template_kwargs`, updated by `trl.chat_template_kwargs`."""
+    trl = getattr(cfg, "trl", None)
+    return {
+        **(getattr(cfg, "chat_template_kwargs", None) or {}),
+        **(getattr(trl, "chat_template_kwargs", None) or {}),
+    }
 
 
 def row_transform(path: str | None, cfg: Any) -> tuple[Any, set[str]]:
@@ -103,6 +118,7 @@ def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """`type: grpo`: each row's prompt tokenized, its other columns kept for the rewards."""
     field = entry.option("field_prompt", "prompt")
     transform, removed = row_transform(entry.option("transform"), cfg)
+    template_kwargs = chat_template_kwargs(cfg)
 
     def row_columns(row: dict[str, Any]) -> dict[str, Any]:
         if transform is not None:
@@ -111,7 +127,7 @@ def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
         if field not in row:
             raise KeyError(f"no prompt column '{field}' (set field_prompt:)")
         prompt = row[field]
-        ids = prompt_ids(tokenizer, prompt)
+        ids = prompt_ids(tokenizer, prompt, template_kwargs)
         if not ids:
             raise ValueError("the prompt is empty once tokenized")
         others = {key: value for key, value in row.items() if key != field}

@@ -60,8 +60,33 @@ PLUGIN_KIND = "method"
 
 log = logging.getLogger("axolotl_weave")
 
-UNUSED_KEYS = frozenset({"num_completions_to_print"})
-"""`trl:` keys of Axolotl that change nothing trained here (besides `vllm_*` without vLLM)."""
+UNUSED_KEYS = frozenset(
+    {"num_completions_to_print", "use_liger_loss", "reward_num_workers", "replay_recompute_logps"}
+    | {"reroll_max_groups", "skip_zero_advantage_batches", "prefetch_depth"}
+    | {"streaming_min_groups"}
+)
+"""`trl:` keys of Axolotl that change nothing trained here, whatever their value (besides
+`vllm_*` without vLLM): how fast a loss or the rewards are computed, or options of features
+that are off."""
+
+UNSUPPORTED_UNLESS = {
+    "generation_batch_size": (
+        None,
+        "completions are generated once per optimizer step, "
+        "micro_batch_size x gradient_accumulation_steps of them",
+    ),
+    "rollout_func": (None, "generation is the model's own generate"),
+    "use_data_producer": (False, "Axolotl's asynchronous data producer needs vLLM"),
+    "async_prefetch": (False, "rollouts are generated on-policy, in the step"),
+    "streaming_partial_batch": (None, "a step's rewards are scored at once"),
+    "off_policy_mask_threshold": (None, "off-policy sequence masking is not implemented"),
+    "use_bias_correction_kl": (None, "the KL has no importance-sampling correction here"),
+    "replay_buffer_size": (0, "no replay buffer is kept"),
+    "reroll_start_fraction": (1.0, "zero-signal prompts are not re-rolled"),
+}
+"""Axolotl `trl:` keys for features not implemented here: (the value that leaves the feature
+off, what happens instead). At that value (or None) the key is dropped with a warning; any
+other value is refused."""
 
 METHOD = "grpo"
 """The `rl:` value this plugin trains."""
@@ -89,6 +114,26 @@ class GRPOArgs(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling probability mass.")
     top_k: int = Field(0, ge=0, description="Sample from the k likeliest tokens (0: all).")
     repetition_penalty: float = Field(1.0, gt=0, description="Generation repetition penalty.")
+    min_p: float | None = Field(
+        None, ge=0, le=1, description="Least probability, relative to the likeliest token's."
+    )
+    generation_kwargs: dict[str, Any] | None = Field(
+        None, description="More transformers GenerationConfig settings for the sampling."
+    )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None,
+        description="Chat template arguments for the prompts (e.g. enable_thinking: false), "
+        "over the top-level chat_template_kwargs.",
+    )
+    sync_ref_model: bool = Field(
+        False,
+        description="Move the reference toward the policy every ref_model_sync_steps steps "
+        "(TR-DPO's mixup; a full fine-tune with beta > 0).",
+    )
+    ref_model_mixup_alpha: float = Field(
+        0.9, ge=0, le=1, description="The policy's share in each reference sync."
+    )
+    ref_model_sync_steps: int = Field(64, ge=1, description="Steps between reference syncs.")
     reward_funcs: list[str] = Field(
         default_factory=list,
         description="Reward functions: importable module.function paths, or reward models (a "
@@ -119,11 +164,20 @@ class GRPOArgs(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _unused_keys(cls, data: Any) -> Any:
-        """Axolotl's vLLM server keys (`vllm_*`) and `num_completions_to_print` change nothing
-        trained when vLLM is off: dropped with a warning, so an Axolotl config still runs."""
+        """Axolotl's vLLM server keys (`vllm_*`), `UNUSED_KEYS` and the `UNSUPPORTED_UNLESS`
+        keys left off change nothing trained when vLLM is off: dropped with a warning, so an
+        Axolotl config still runs; an `UNSUPPORTED_UNLESS` feature turned on is refused."""
         if not isinstance(data, dict) or data.get("use_vllm"):
             return data
-        unused = sorted(k for k in data if k.startswith("vllm_") or k in UNUSED_KEYS)
+        for key, (off, instead) in UNSUPPORTED_UNLESS.items():
+            if data.get(key) not in (None, off):
+                raise ValueError(
+                    f"trl.{key}: {data[key]!r} is not supported by rl: grpo here ({instead}); "
+                    f"remove it or set it to {off}"
+                )
+        unused = sorted(
+            k for k in data if k.startswith("vllm_") or k in UNUSED_KEYS or k in UNSUPPORTED_UNLESS
+        )
         for key in unused:
             log.warning("config key 'trl.%s' does nothing here: it is IGNORED", key)
         return {k: v for k, v in data.items() if k not in unused}
@@ -144,10 +198,12 @@ class GRPOSettings(PluginConfig):
         None,
         description="rl: grpo options (TRL's GRPOConfig names): beta, num_generations, "
         "max_completion_length, epsilon, epsilon_high, loss_type, scale_rewards, temperature, "
-        "top_p, top_k, repetition_penalty, reward_funcs, reward_weights, "
-        "multi_objective_aggregation, "
+        "top_p, top_k, min_p, repetition_penalty, generation_kwargs, chat_template_kwargs, "
+        "reward_funcs, reward_weights, multi_objective_aggregation, sync_ref_model, "
+        "ref_model_mixup_alpha, ref_model_sync_steps, "
         "importance_sampling_level, num_iterations, mask_truncated_completions, "
         "log_completions, use_vllm.",
+        json_schema_extra={"affects_data": True},  # chat_template_kwargs renders the prompts
     )
 
     @model_validator(mode="after")
@@ -180,6 +236,17 @@ def check_grpo(cfg: Any, trl: GRPOArgs) -> None:
         raise ValueError(
             "trl.use_vllm: vLLM generation is not supported by rl: grpo here yet: set "
             "use_vllm: false (generation uses the model's own generate)"
+        )
+    if trl.sync_ref_model and trl.beta == 0:
+        raise ValueError(
+            "trl.sync_ref_model: with beta 0 no reference is kept, so there is nothing to sync; "
+            "set beta above 0 or sync_ref_model: false"
+        )
+    if trl.sync_ref_model and getattr(cfg, "adapter", None):
+        raise ValueError(
+            "trl.sync_ref_model: with an adapter the reference is the base with the adapter "
+            "disabled, not a copy to sync (as in TRL); use a full fine-tune or sync_ref_model: "
+            "false"
         )
     if trl.num_generations < 2:
         raise ValueError(

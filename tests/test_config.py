@@ -99,6 +99,16 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path, base_config: dict[st
     assert str(tmp_path / "config.yml") in message  # the file is named
 
 
+def test_an_unknown_key_in_a_section_is_matched_against_that_sections_keys(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    """A misspelt key inside a block (`trl:`, a model of its own) is compared with that
+    block's keys, not the top-level ones."""
+    grpo = {"rl": "grpo", "trl": {"num_generation": 4, "reward_funcs": ["x.y"]}}
+    message = config_error(tmp_path, {**base_config, **grpo})
+    assert "trl.num_generation: unknown key (did you mean num_generations?)" in message
+
+
 def test_unknown_key_on_the_cli_is_one_message_and_exit_2(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:

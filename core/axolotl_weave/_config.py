@@ -43,6 +43,28 @@ log = logging.getLogger("axolotl_weave")
 AutoBool = bool | Literal["auto"]
 
 
+def fields_at(model: type[BaseModel], path: list[Any]) -> set[str]:
+    """The keys the mapping at `path` (`["trl"]`, `["datasets", 0]`) accepts: the fields of
+    the model found by following the annotations (through optional values and lists); none
+    where the path leads elsewhere."""
+    import typing
+
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue  # a list item: the item model is found with the list's field
+        fields = getattr(current, "model_fields", None)
+        if not fields or str(part) not in fields:
+            return set()
+        current = fields[str(part)].annotation
+        while not (isinstance(current, type) and issubclass(current, BaseModel)):
+            args = [a for a in typing.get_args(current) if a is not type(None)]
+            if not args:
+                return set()
+            current = args[0]
+    return set(getattr(current, "model_fields", {}))
+
+
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
     """' (did you mean X?)' for the closest choice, or '' when none is close."""
     close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
@@ -444,7 +466,8 @@ def format_validation_error(
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             reason = explain(str(keys[0])) if explain and len(keys) == 1 else None
-            msg = reason or f"unknown key{did_you_mean(str(keys[-1]), set(model.model_fields))}"
+            known = fields_at(model, keys[:-1])
+            msg = reason or f"unknown key{did_you_mean(str(keys[-1]), known)}"
         elif err["type"] == "missing":
             field = model.model_fields.get(str(keys[0])) if len(keys) == 1 else None
             desc = f" ({field.description})" if field and field.description else ""

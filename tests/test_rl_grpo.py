@@ -648,6 +648,7 @@ BAD = [
     ({"num_generations": 1}, {}, "at least 2 completions per prompt"),
     ({"num_generations": 3}, {}, "3 must divide .* = 8 x 1 = 8"),
     ({"use_vllm": True}, {}, "trl.use_vllm: .*not supported by rl: grpo here yet"),
+    ({"use_vllm": True, "vllm_server_host": "0.0.0.0"}, {}, "1 problem.*\n.*trl.use_vllm: "),
     ({"betaa": 0.1}, {}, "betaa"),
     ({}, {"sample_packing": True}, "sample_packing: true cannot be used with rl: grpo"),
     ({"async_prefetch": True}, {}, "trl.async_prefetch: True is not supported .*set it to False"),

@@ -167,8 +167,10 @@ class GRPOArgs(BaseModel):
         """Axolotl's vLLM server keys (`vllm_*`), `UNUSED_KEYS` and the `UNSUPPORTED_UNLESS`
         keys left off change nothing trained when vLLM is off: dropped with a warning, so an
         Axolotl config still runs; an `UNSUPPORTED_UNLESS` feature turned on is refused."""
-        if not isinstance(data, dict) or data.get("use_vllm"):
+        if not isinstance(data, dict):
             return data
+        if data.get("use_vllm"):  # before its vllm_* keys could be called unknown
+            raise ValueError(vllm_refusal())
         for key, (off, instead) in UNSUPPORTED_UNLESS.items():
             if data.get(key) not in (None, off):
                 raise ValueError(
@@ -224,19 +226,24 @@ class GRPOSettings(PluginConfig):
         return self
 
 
+def vllm_refusal() -> str:
+    """Why `trl.use_vllm: true` is refused."""
+    if importlib.util.find_spec("vllm") is None:
+        return (
+            "trl.use_vllm: true needs vLLM, which is not installed; and vLLM generation is "
+            "not supported by rl: grpo here yet: set use_vllm: false (generation uses the "
+            "model's own generate)"
+        )
+    return (
+        "trl.use_vllm: vLLM generation is not supported by rl: grpo here yet: set "
+        "use_vllm: false (generation uses the model's own generate)"
+    )
+
+
 def check_grpo(cfg: Any, trl: GRPOArgs) -> None:
     """Every refusal of `rl: grpo`, before anything loads (ValueError, shown as a config error)."""
     if trl.use_vllm:
-        if importlib.util.find_spec("vllm") is None:
-            raise ValueError(
-                "trl.use_vllm: true needs vLLM, which is not installed; and vLLM generation is "
-                "not supported by rl: grpo here yet: set use_vllm: false (generation uses the "
-                "model's own generate)"
-            )
-        raise ValueError(
-            "trl.use_vllm: vLLM generation is not supported by rl: grpo here yet: set "
-            "use_vllm: false (generation uses the model's own generate)"
-        )
+        raise ValueError(vllm_refusal())
     if trl.sync_ref_model and trl.beta == 0:
         raise ValueError(
             "trl.sync_ref_model: with beta 0 no reference is kept, so there is nothing to sync; "

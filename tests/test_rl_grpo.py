@@ -966,3 +966,23 @@ def test_weave_train_syncs_the_reference_every_n_steps(tmp_path: Path, grpo_conf
     assert kl[1] > 1e-6  # one step later, the policy moved away
     assert kl[2] == pytest.approx(0.0, abs=1e-7)  # synced after step 2
     assert kl[3] > 1e-6
+
+
+def test_rl_gdpo_is_grpo_normalising_each_reward_then_summing(tmp_path: Path, grpo_config: dict):
+    """Axolotl's `rl: gdpo`: GRPO with multi_objective_aggregation normalize_then_sum, unless
+    the config names another."""
+    from axolotl_weave._pluginmanager import make_plugin_manager
+    from axolotl_weave._run import open_session
+
+    def aggregation(config: dict) -> str:
+        path = write_config(tmp_path / "gdpo.yml", config)
+        return open_session(path, [], make_plugin_manager()).cfg.trl.multi_objective_aggregation
+
+    gdpo = {**grpo_config, "rl": "gdpo"}
+    assert aggregation(gdpo) == "normalize_then_sum"
+    assert aggregation(with_trl(gdpo, multi_objective_aggregation="sum_then_normalize")) == (
+        "sum_then_normalize"
+    )
+    assert aggregation(grpo_config) == "sum_then_normalize"
+    state = train_with({**gdpo, "max_steps": 1}, tmp_path / "gdpo-train.yml")
+    assert [r["step"] for r in state.log_history if "reward" in r] == [1]

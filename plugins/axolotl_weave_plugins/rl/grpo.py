@@ -89,7 +89,11 @@ off, what happens instead). At that value (or None) the key is dropped with a wa
 other value is refused."""
 
 METHOD = "grpo"
-"""The `rl:` value this plugin trains."""
+"""The `rl:` value this plugin trains, and the `type:` of its prompt datasets."""
+
+METHODS = (METHOD, "gdpo")
+"""The `rl:` values it trains: `gdpo` (Axolotl's name) is GRPO whose reward functions combine
+by `normalize_then_sum` unless `trl.multi_objective_aggregation` says otherwise."""
 
 
 class GRPOArgs(BaseModel):
@@ -211,7 +215,7 @@ class GRPOSettings(PluginConfig):
     @model_validator(mode="after")
     def _grpo_keys(self) -> GRPOSettings:
         rl = getattr(self, "rl", None)
-        if rl != METHOD:
+        if rl not in METHODS:
             if self.trl is not None and self.trl.model_fields_set:
                 raise ValueError(f"trl: holds rl: grpo options; it does not apply to rl: {rl}")
             for entry in getattr(self, "datasets", None) or []:
@@ -222,6 +226,8 @@ class GRPOSettings(PluginConfig):
             return self
         if self.trl is None:
             self.trl = GRPOArgs()
+        if rl == "gdpo" and "multi_objective_aggregation" not in self.trl.model_fields_set:
+            self.trl.multi_objective_aggregation = "normalize_then_sum"
         check_grpo(self, self.trl)
         return self
 
@@ -301,8 +307,9 @@ def check_grpo(cfg: Any, trl: GRPOArgs) -> None:
 
 @hookimpl
 def register_rl_methods(register: Callable[[str], None]) -> None:
-    """`rl: grpo`."""
-    register(METHOD)
+    """`rl: grpo` and `rl: gdpo`."""
+    for name in METHODS:
+        register(name)
 
 
 @hookimpl
@@ -316,7 +323,7 @@ def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[
     """Axolotl names a GRPO dataset's transform as its type (`type: rewards.prompt_transform`):
     under `rl: grpo`, an entry whose type is a `module.function` path whose module imports from
     the working directory becomes `type: grpo` with that `transform:`."""
-    if data.get("rl") != METHOD:
+    if data.get("rl") not in METHODS:
         return None
     for key in ("datasets", "test_datasets"):
         for entry in data.get(key) or []:
@@ -353,8 +360,9 @@ def register_dataset_formats(register: Callable[[Any], None]) -> None:
 
 @hookimpl
 def configure(cfg: Any, register: Callable[[object, str], None]) -> None:
-    """Under `rl: grpo`, the run's GRPO plugin: objective, batches, step, checkpoint state."""
-    if getattr(cfg, "rl", None) != METHOD:
+    """Under `rl: grpo` (or `gdpo`), the run's GRPO plugin: objective, batches, step,
+    checkpoint state."""
+    if getattr(cfg, "rl", None) not in METHODS:
         return
     from axolotl_weave_plugins.rl._grpo import GRPORun
 

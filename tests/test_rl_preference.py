@@ -645,3 +645,31 @@ def test_accumulated_micro_batches_equal_one_batch(
     assert m1["rewards/margins"] == pytest.approx(m2["rewards/margins"], rel=1e-5, abs=1e-7)
     for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_axolotls_old_rpo_alpha_is_the_sft_loss_with_that_weight(
+    tmp_path: Path, base_config: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`rpo_alpha: a` (TRL's old RPO term) is what TRL replaced it with: the `sft` loss type
+    added with weight `a`; where the config already weights an `sft` loss, it is dropped with a
+    warning."""
+    import logging
+
+    from axolotl_weave._pluginmanager import make_plugin_manager
+    from axolotl_weave._run import open_session
+
+    def read(**keys: Any) -> Any:
+        config = dpo_lora_config(tmp_path, base_config, **keys)
+        return open_session(write_config(tmp_path / "c.yml", config), [], make_plugin_manager())
+
+    with caplog.at_level(logging.WARNING, logger="axolotl_weave"):
+        cfg = read(rpo_alpha=0.5).cfg
+    assert cfg.dpo_loss_type == ["sigmoid", "sft"] and cfg.dpo_loss_weights == [1.0, 0.5]
+    assert "rpo_alpha: 0.5 is read as TRL's replacement" in caplog.text
+    cfg = read(rpo_alpha=0.5, dpo_loss_type=["hinge"], dpo_loss_weights=[2.0]).cfg
+    assert cfg.dpo_loss_type == ["hinge", "sft"] and cfg.dpo_loss_weights == [2.0, 0.5]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="axolotl_weave"):
+        cfg = read(rpo_alpha=0.5, dpo_loss_type=["sigmoid", "sft"]).cfg
+    assert cfg.dpo_loss_type == ["sigmoid", "sft"] and cfg.dpo_loss_weights is None
+    assert "config key 'rpo_alpha'" in caplog.text and "IGNORED" in caplog.text

@@ -116,7 +116,7 @@ IGNORED_KEYS: dict[str, str] = {
     "lr_div_factor": "unused by Axolotl's own trainer",
     "max_memory": "placement limits: memory",
     "max_packed_sequence_len": "an old packing setting: sequence_len sets the packed length",
-    "max_prompt_len": "a preference-method setting: applies only with rl:, refused",
+    "max_prompt_len": "Axolotl no longer passes it to TRL's trainers: it changes nothing there",
     "merge_lora": "merging after training: use weave merge-lora",
     "merge_method": "how weave merge-lora merges: applies to merging, not training",
     "metric_for_best_model": "best-checkpoint selection, which is not implemented",
@@ -143,7 +143,7 @@ IGNORED_KEYS: dict[str, str] = {
     "relora_prune_method": "ReLoRA's optimizer reset (magnitude, the default here)",
     "remove_unused_columns": "the batch columns are the formats' own here",
     "ring_attn_func": "ring attention: applies only with sequence parallelism, refused",
-    "rpo_alpha": "a DPO setting: applies only with rl:, refused",
+    "rpo_alpha": "a DPO setting (rl: dpo reads it as dpo_loss_type sft with that weight)",
     "sage_attention": "an attention kernel choice: speed",
     "save_first_step": "an extra checkpoint at step 1: checkpoints only",
     "save_safetensors": "safetensors is always the saved format here",
@@ -174,7 +174,7 @@ IGNORED_KEYS: dict[str, str] = {
     "use_swanlab": "a tracker switch (SwanLab): what is trained is the same",
     "use_trackio": "a tracker switch (Trackio): what is trained is the same",
     "use_wandb": "a tracker switch: Weights & Biases is on here when wandb_project is set",
-    "vllm": "a vLLM server for RL generation: applies only with rl:, refused",
+    "vllm": "a vLLM server for GRPO's generation: applies only with trl.use_vllm, refused",
     "world_size": "set by the launcher",
 }
 """Key -> why it is ignored, for keys no prefix covers."""

@@ -92,6 +92,25 @@ class DPOSettings(PluginConfig):
         return self
 
 
+@hookimpl(tryfirst=True)  # before the Axolotl compatibility plugin drops rpo_alpha
+def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[str] | None:
+    """Axolotl's (and TRL's) old `rpo_alpha: a` under `rl: dpo` is what TRL replaced it with:
+    the `sft` loss (the chosen answers' NLL) added to the DPO losses with weight `a`."""
+    alpha = data.get("rpo_alpha")
+    if data.get("rl") != "dpo" or alpha is None or "rpo_alpha" in known_keys:
+        return None
+    types = list(data.get("dpo_loss_type") or ["sigmoid"])
+    if "sft" in types:
+        return None  # the NLL has a weight already: rpo_alpha is dropped, with a warning
+    weights = list(data.get("dpo_loss_weights") or [1.0] * len(types))
+    data["dpo_loss_type"], data["dpo_loss_weights"] = [*types, "sft"], [*weights, alpha]
+    del data["rpo_alpha"]
+    return [
+        f"rpo_alpha: {alpha} is read as TRL's replacement for it: dpo_loss_type "
+        f"{data['dpo_loss_type']} with dpo_loss_weights {data['dpo_loss_weights']}"
+    ]
+
+
 @hookimpl
 def register_rl_methods(register: Callable[[str], None]) -> None:
     """`rl: dpo | ipo`."""

@@ -155,20 +155,48 @@ def test_a_reward_model_reports_the_accuracy_training_logged(
         assert saved["metrics"][name] == pytest.approx(logged[f"eval_{name}"], rel=1e-4, abs=1e-6)
 
 
-def test_kto_is_measured_per_row_without_a_perplexity(base_config: dict, tmp_path: Path) -> None:
+def kto_config(base_config: dict, tmp_path: Path, **keys: Any) -> dict:
+    """KTO (full fine-tune) on 8 prompt/completion rows, desirable two times in three."""
     rows = [
         {"prompt": f"Add {i} and 1.", "completion": str(i + 1), "label": i % 3 != 0}
         for i in range(8)
     ]
     data = write_jsonl(tmp_path / "kto.jsonl", rows)
-    config = {
+    return {
         **base_config,
         "rl": "kto",
         "datasets": [{"path": str(data), "type": "user_defined.default"}],
+        **keys,
     }
+
+
+def test_kto_is_measured_per_row_without_a_perplexity(base_config: dict, tmp_path: Path) -> None:
+    config = kto_config(base_config, tmp_path)
     result = weave("evaluate", str(write_config(tmp_path / "kto.yml", config)))
     assert result.exit_code == 0, result.output
     saved = json.loads((Path(config["output_dir"]) / "eval_results.json").read_text())
     assert saved["unit"] == "row" and saved["units"] == saved["rows"] == 8
     assert saved["perplexity"] is None and "perplexity" not in result.output
     assert saved["eval_loss"] == pytest.approx(0.5, abs=1e-6)  # KTO's loss at the reference
+    assert saved["metrics"]["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_trained_kto_run_reports_its_metrics_over_their_own_rows(
+    base_config: dict, tmp_path: Path
+) -> None:
+    """KTO's desirable and undesirable rows' rewards are means over those rows (not over all),
+    as TRL reports them; a trained full fine-tune measured against its starting model gives
+    what its training's last evaluation logged."""
+    config = kto_config(
+        base_config, tmp_path, val_set_size=0.5, max_steps=2, eval_steps=2, learning_rate=1e-2
+    )
+    train_with(config, tmp_path / "train.yml")
+    logged = last_eval(Path(config["output_dir"]))
+    saved = evaluated(write_config(tmp_path / "kto.yml", config))
+    assert saved["eval_loss"] == pytest.approx(logged["eval_loss"], rel=1e-4)
+    for name in ("rewards/chosen", "rewards/rejected", "logps/chosen", "kl"):
+        if f"eval_{name}" in logged:
+            assert saved["metrics"][name] == pytest.approx(
+                logged[f"eval_{name}"], rel=1e-4, abs=1e-6
+            ), name
+    assert logged["eval_rewards/chosen"] != 0  # trained away from the reference

@@ -30,14 +30,17 @@ def unit_of(loss_fn: LossFunction) -> str:
 def measure_objective(
     loss_fn: LossFunction, model: Any, batches: Iterable[dict[str, Any]], strategy: Any
 ) -> Measurement:
-    """`loss_fn` over `batches` without gradients: the summed loss (and the summed metrics of
-    its optional `measures(model, batch, strategy)`) divided by the units of every process
-    together."""
+    """`loss_fn` over `batches` without gradients: the summed loss divided by the units of every
+    process together, and the metrics of its optional `measures(model, batch, strategy)`: a
+    tensor summed over the units is reported per unit; a pair `(sum, count)` as its sum over
+    its own count (a mean over some of the rows, e.g. KTO's desirable ones), left out where
+    that count is 0."""
     import torch
 
     device = strategy.device
     measures = getattr(loss_fn, "measures", None)
-    sums: dict[str, torch.Tensor] = {}
+    sums: dict[str, Any] = {}
+    counts: dict[str, Any] = {}
     units = torch.zeros((), dtype=torch.float64, device=device)
     with torch.no_grad():
         for batch in batches:
@@ -48,13 +51,22 @@ def measure_objective(
                 else:
                     loss, metrics = loss_fn(model, batch), {}
             for name, value in {"": loss, **metrics}.items():
-                sums[name] = sums.get(name, 0) + value.detach().double()
+                total, count = value if isinstance(value, tuple) else (value, None)
+                sums[name] = sums.get(name, 0) + total.detach().double()
+                if count is not None:
+                    counts[name] = counts.get(name, 0) + torch.as_tensor(count).double()
             units += loss_fn.count(batch)
-    names = sorted(sums) or [""]
-    stacked = torch.stack([torch.as_tensor(sums.get(n, 0.0), device=device) for n in names])
-    stacked = torch.cat([stacked.double(), units[None]])
-    reduced = strategy.reduce(stacked, "sum")
-    total_units = reduced[-1].clamp(min=1)
-    means = {name: float(value / total_units) for name, value in zip(names, reduced, strict=False)}
-    loss = means.pop("")
-    return Measurement(loss, int(reduced[-1]), unit_of(loss_fn), means)
+    names, counted = sorted(sums) or [""], sorted(counts)
+    values = [sums.get(n, 0.0) for n in names] + [counts[n] for n in counted] + [units]
+    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
+    reduced = strategy.reduce(stacked, "sum").tolist()
+    total_sums = dict(zip(names, reduced, strict=False))
+    divisors = dict(zip(counted, reduced[len(names) :], strict=False))
+    total_units = reduced[-1]
+    means = {
+        name: total / max(divisors.get(name, total_units), 1)
+        for name, total in total_sums.items()
+        if divisors.get(name, 1) > 0
+    }
+    loss = means.pop("", 0.0)
+    return Measurement(loss, int(total_units), unit_of(loss_fn), means)

@@ -145,7 +145,8 @@ class LossFunction(Protocol):
     Optional, read where an objective is measured on held-out rows (the loop's evaluation,
     `weave evaluate`): `unit`, the singular name of what `count` counts ("token" when absent;
     only a loss per token has a perplexity); `measures(model, batch, strategy)`, the summed
-    loss and a dict of metrics each summed over the same units (reported as means per unit;
+    loss and a dict of metrics, each summed over the same units (reported as means per unit)
+    or a pair `(sum, count)` (reported as sum over count: KTO's desirable rows' mean reward;
     GRPO's generates completions for the batch's prompts there); and
     `built_on_start`, True when the objective keeps the model it was built with as its
     reference, so that measuring another model against that reference builds it on the model

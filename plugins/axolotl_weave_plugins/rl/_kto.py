@@ -136,6 +136,23 @@ class KTOObjective(AgainstReference):
         }
         return losses.sum(), metrics
 
+    def measures(
+        self, model: Any, batch: dict[str, Any], strategy: Any
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """A held-out micro-batch's summed loss and TRL's KTO metrics: the desirable rows'
+        and the undesirable rows' mean reward and log-probability, each over its own rows
+        (`(sum, count)`), and the KL estimate."""
+        loss, sums = self.compute(model, batch)
+        chosen, rejected = sums["count/chosen"], sums["count/rejected"]
+        rows = self.count(batch)
+        return loss, {
+            "rewards/chosen": (sums["rewards/chosen"], chosen),
+            "rewards/rejected": (sums["rewards/rejected"], rejected),
+            "logps/chosen": (sums["logps/chosen"], chosen),
+            "logps/rejected": (sums["logps/rejected"], rejected),
+            "kl": (sums["kl"] * rows, rows),
+        }
+
 
 def kto_step(
     strategy: Any, model: Any, objective: KTOObjective, window: list[dict[str, Any]]

@@ -466,6 +466,13 @@ def half(completions, **kwargs):
 
 def stage(completions, trainer_state, **kwargs):
     return [float(trainer_state.global_step)] * len(completions)
+
+
+def chatty(completions, log_metric, log_extra, **kwargs):
+    log_metric("chatty/calls", 1.0)
+    log_metric("chatty/calls", 3.0)
+    log_extra("chars", [len(c) for c in completions])
+    return [0.0] * len(completions)
 '''
 
 
@@ -572,6 +579,25 @@ def test_reward_functions_get_the_trainer_state_as_trl_gives_it(tmp_path: Path, 
     state = train_with(config, tmp_path / "grpo.yml")
     staged = [r["rewards/stage/mean"] for r in state.log_history if "loss" in r]
     assert staged == [0.0, 1.0, 2.0]  # the steps finished when each generation was scored
+
+
+def test_reward_functions_log_metrics_and_columns_as_trl_lets_them(
+    tmp_path: Path, grpo_config: dict
+):
+    """`log_metric` values are averaged into the step's metrics (and the held-out ones);
+    `log_extra` columns join the completions table."""
+    config = with_trl(
+        grpo_config, log_completions=True, **funcs("toy_rewards.chatty", "toy_rewards.tokens")
+    )
+    config.update(max_steps=2, val_set_size=0.25, eval_steps=2)
+    state = train_with(config, tmp_path / "chatty.yml")
+    steps = [r for r in state.log_history if "loss" in r]
+    assert [r["chatty/calls"] for r in steps] == [2.0, 2.0]
+    (held_out,) = [r for r in state.log_history if "eval_loss" in r]
+    assert held_out["eval_chatty/calls"] == pytest.approx(2.0)
+    lines = (Path(config["output_dir"]) / "completions.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records and all(r["extra"]["chars"] == len(r["completion"]) for r in records)
 
 
 def test_resume_equals_the_uninterrupted_run(tmp_path: Path, grpo_config: dict):

@@ -447,6 +447,8 @@ class GRPORun:
         self.buffer: list[dict[str, Any]] | None = None
         self.buffer_metrics: dict[str, float] = {}
         self.state: Any = None  # the training state, given to reward functions as TRL gives it
+        self.logged: dict[str, list[float]] = {}  # log_metric's values since the last flush
+        self.extra: dict[str, list[Any]] = {}  # log_extra's columns of the current generation
 
     # -- hooks ------------------------------------------------------------------------------------
     @hookimpl(wrapper=True)
@@ -602,13 +604,17 @@ class GRPORun:
         columns: list,
     ) -> torch.Tensor:
         """`(B, functions)` rewards; None becomes NaN (not scored). A reward model is placed by
-        the strategy the first time. Besides the row's columns, the functions get
-        `trainer_state` as TRL gives it (`global_step`, `max_steps`, `epoch`; None outside
-        training, in `weave evaluate`)."""
+        the strategy the first time. Besides the row's columns, the functions get what TRL
+        gives them: `trainer_state` (`global_step`, `max_steps`, `epoch`; None outside training,
+        in `weave evaluate`), `log_metric(name, value)` (a scalar logged with the step's
+        metrics, averaged over the calls) and `log_extra(column, values)` (a column of
+        `completions.jsonl`, one value per completion)."""
         keys = sorted({key for row in columns for key in row})
         kwargs = {key: [row.get(key) for row in columns] for key in keys}
         kwargs = {k: v for k, v in kwargs.items() if k not in ("prompts", "completions")}
         kwargs["trainer_state"] = self.state
+        kwargs["log_metric"] = self.log_metric
+        kwargs["log_extra"] = self.log_extra
         out = torch.zeros(len(prompts), len(self.functions), dtype=torch.float32)
         for i, (function, name) in enumerate(zip(self.functions, self.names, strict=True)):
             if isinstance(function, RewardModelScorer):
@@ -624,6 +630,21 @@ class GRPORun:
             )
             out[:, i] = torch.tensor(values, dtype=torch.float32)
         return out
+
+    def log_metric(self, name: str, value: float) -> None:
+        """TRL's `log_metric` for reward functions: a scalar for this step's metrics."""
+        self.logged.setdefault(name, []).append(float(value))
+
+    def log_extra(self, column: str, values: list[Any]) -> None:
+        """TRL's `log_extra` for reward functions: a column of the completions table."""
+        self.extra.setdefault(column, []).extend(values)
+
+    def flush_logged(self) -> dict[str, float]:
+        """The means of what the reward functions logged since the last flush (this
+        process's calls)."""
+        means = {name: sum(values) / len(values) for name, values in self.logged.items()}
+        self.logged = {}
+        return means
 
     def sample(self, strategy: Any, model: Any, window: list[dict[str, Any]]) -> tuple:
         """(the window's completions (`Sampled`), its prompts as written, their other columns,
@@ -713,7 +734,11 @@ class GRPORun:
             sums[f"rewards/{name}/mean"] = rewards[:, i].nansum()
         if "kl" in step_metrics:
             sums["kl"] = step_metrics["kl"] * n
-        return loss * n, {name: value.to(device) for name, value in sums.items()}
+        metrics: dict[str, Any] = {name: value.to(device) for name, value in sums.items()}
+        for name, values in self.logged.items():  # a mean over the calls, not the completions
+            metrics[name] = (torch.tensor(sum(values)), torch.tensor(len(values)))
+        self.logged, self.extra = {}, {}
+        return loss * n, metrics
 
     def generate_and_score(
         self, strategy: Any, model: Any, objective: GRPOObjective, window: list, state: Any
@@ -761,6 +786,7 @@ class GRPORun:
             terminated = torch.zeros(1, device=all_lengths.device)
         metrics = {
             **scored.metrics,
+            **self.flush_logged(),
             "completions/mean_length": all_lengths.mean().item(),
             "completions/min_length": all_lengths.min().item(),
             "completions/max_length": all_lengths.max().item(),
@@ -770,6 +796,7 @@ class GRPORun:
         window_tokens = gather_rows(strategy, completion_mask.sum().reshape(1).float()).sum()
         if trl.log_completions and strategy.is_main_process:
             self.log_completions(state, prompts, completions, local, advantages)
+        self.extra = {}
 
         micro_batches = []
         first = 0
@@ -839,7 +866,10 @@ class GRPORun:
                     },
                     "advantage": float(advantages[i]),
                 }
-                out.write(json.dumps(record) + "\n")
+                extra = {k: v[i] for k, v in self.extra.items() if i < len(v)}
+                if extra:  # the reward functions' log_extra columns
+                    record["extra"] = extra
+                out.write(json.dumps(record, default=str) + "\n")
 
     # -- the optimisation ------------------------------------------------------------------------
     def optimize(

@@ -3,9 +3,10 @@ checked when the config is validated, before any model loads; or reward models (
 id, `_reward_models`), loaded when first called.
 
 A reward function is called as TRL calls one: ``f(prompts=[...], completions=[...],
-completion_ids=[...], trainer_state=..., **columns)``, one list entry per completion, where
-``columns`` are the dataset row's other columns (``answer=[...]``) and ``trainer_state`` the run's
-state (``global_step``...); it returns one float (or None: not scored) per
+completion_ids=[...], trainer_state=..., log_metric=..., log_extra=..., **columns)``, one list
+entry per completion, where ``columns`` are the dataset row's other columns (``answer=[...]``),
+``trainer_state`` the run's state (``global_step``...) and ``log_metric`` / ``log_extra`` TRL's
+logging callbacks; it returns one float (or None: not scored) per
 completion. The module is imported with the working directory on the import path (as Axolotl
 does), so ``rewards.my_reward`` finds ``./rewards.py``.
 """

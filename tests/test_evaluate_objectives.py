@@ -200,3 +200,6 @@ def test_a_trained_kto_run_reports_its_metrics_over_their_own_rows(
                 logged[f"eval_{name}"], rel=1e-4, abs=1e-6
             ), name
     assert logged["eval_rewards/chosen"] != 0  # trained away from the reference
+    margin = saved["metrics"]["rewards/chosen"] - saved["metrics"]["rewards/rejected"]
+    assert saved["metrics"]["rewards/margins"] == pytest.approx(margin)
+    assert logged["eval_rewards/margins"] == pytest.approx(margin, rel=1e-4, abs=1e-6)

@@ -69,3 +69,28 @@ def test_an_objective_without_measures_or_unit_is_a_token_loss() -> None:
     )
     assert measured.unit == "token" and measured.loss == pytest.approx(3.0)
     assert measured.metrics == {}
+
+
+def test_summarize_derives_what_is_not_a_mean() -> None:
+    """An objective's `summarize` gets the means and the units: KTO's margin is the difference
+    of its two means, GRPO's reward std comes from the means of the reward and its square."""
+    from axolotl_weave_plugins.rl._grpo import GRPOObjective
+    from axolotl_weave_plugins.rl._kto import KTOObjective
+
+    class Summarized(Rows):
+        @staticmethod
+        def summarize(metrics: dict[str, float], units: int) -> dict[str, float]:
+            return {**metrics, "units_seen": float(units)}
+
+    measured = measure_objective(
+        Summarized(), None, [batch([1.0, 3.0], [2.0, 4.0], [True, True])], OneProcessStrategy()
+    )
+    assert measured.metrics["units_seen"] == 2.0
+
+    kto = KTOObjective.summarize({"rewards/chosen": 0.5, "rewards/rejected": -0.25}, 4)
+    assert kto["rewards/margins"] == pytest.approx(0.75)
+    rewards = torch.tensor([1.0, 1.0, 3.0, 3.0])
+    means = {"reward": float(rewards.mean()), "reward_squared": float((rewards**2).mean())}
+    grpo = GRPOObjective.summarize(means, len(rewards))
+    assert "reward_squared" not in grpo
+    assert grpo["reward_std"] == pytest.approx(float(rewards.std()))  # Bessel-corrected

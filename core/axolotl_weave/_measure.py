@@ -34,7 +34,8 @@ def measure_objective(
     process together, and the metrics of its optional `measures(model, batch, strategy)`: a
     tensor summed over the units is reported per unit; a pair `(sum, count)` as its sum over
     its own count (a mean over some of the rows, e.g. KTO's desirable ones), left out where
-    that count is 0."""
+    that count is 0. The objective's optional `summarize(metrics, units)` then derives what
+    is not a mean (a difference of two means, a standard deviation) from them."""
     import torch
 
     device = strategy.device
@@ -69,4 +70,7 @@ def measure_objective(
         if divisors.get(name, 1) > 0
     }
     loss = means.pop("", 0.0)
+    summarize = getattr(loss_fn, "summarize", None)
+    if summarize is not None:
+        means = summarize(means, int(total_units))
     return Measurement(loss, int(total_units), unit_of(loss_fn), means)

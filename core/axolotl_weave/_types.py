@@ -147,7 +147,8 @@ class LossFunction(Protocol):
     only a loss per token has a perplexity); `measures(model, batch, strategy)`, the summed
     loss and a dict of metrics, each summed over the same units (reported as means per unit)
     or a pair `(sum, count)` (reported as sum over count: KTO's desirable rows' mean reward;
-    GRPO's generates completions for the batch's prompts there); and
+    GRPO's generates completions for the batch's prompts there); `summarize(metrics, units)`,
+    the reported metrics derived from those means (KTO's margin, GRPO's reward std); and
     `built_on_start`, True when the objective keeps the model it was built with as its
     reference, so that measuring another model against that reference builds it on the model
     training starts from.

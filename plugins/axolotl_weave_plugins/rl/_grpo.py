@@ -429,6 +429,17 @@ class GRPOObjective(AgainstReference):
             raise PluginError("rl: grpo: the objective was built without its run")
         return self.run.held_out(strategy, model, self, batch)
 
+    @staticmethod
+    def summarize(metrics: dict[str, float], units: int) -> dict[str, float]:
+        """TRL's `reward_std` over every held-out completion (Bessel-corrected), from the
+        means of the reward and of its square."""
+        metrics = dict(metrics)
+        squared = metrics.pop("reward_squared", None)
+        if squared is not None and "reward" in metrics and units > 1:
+            variance = max(squared - metrics["reward"] ** 2, 0.0) * units / (units - 1)
+            metrics["reward_std"] = variance**0.5
+        return metrics
+
 
 class GRPORun:
     """The per-run plugin of `rl: grpo` (registered by `configure`): it keeps the tokenizer (to
@@ -725,8 +736,10 @@ class GRPORun:
             logps, None, ref_logps, scored.advantages, mask, objective.settings, 1
         )
         n = len(prompts)
+        combined = (rewards * weights).nansum(dim=1)
         sums = {
-            "reward": (rewards * weights).nansum(),
+            "reward": combined.sum(),
+            "reward_squared": (combined**2).sum(),  # for summarize's reward_std
             "completions/mean_length": sampled.lengths.float().sum(),
             "completions/clipped_ratio": sampled.truncated.float().sum(),
         }

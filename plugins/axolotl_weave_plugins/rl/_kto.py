@@ -153,6 +153,14 @@ class KTOObjective(AgainstReference):
             "kl": (sums["kl"] * rows, rows),
         }
 
+    @staticmethod
+    def summarize(metrics: dict[str, float], units: int) -> dict[str, float]:
+        """TRL's `rewards/margins`: the desirable rows' mean reward minus the others'."""
+        if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
+            margin = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+            metrics = {**metrics, "rewards/margins": margin}
+        return metrics
+
 
 def kto_step(
     strategy: Any, model: Any, objective: KTOObjective, window: list[dict[str, Any]]

@@ -33,8 +33,9 @@ Held out (`val_set_size`, `test_datasets`, and `weave evaluate`), each eval prom
 `num_generations` completions sampled as in a step (micro-batches of whole groups:
 `eval_batch_size`, else `micro_batch_size`, divided by `num_generations`), scored by the same
 functions; it logs `eval_reward`, `eval_rewards/<function>/mean`, `eval_completions/mean_length`,
-`eval_completions/clipped_ratio` (and `eval_kl`) as means per completion, and `eval_loss`, the
-step's loss on them with the sampling policy as the old one, as TRL's evaluation does.
+`eval_completions/clipped_ratio` (and `eval_kl`) as means per completion, `eval_reward_std`
+over every completion, and `eval_loss`, the step's loss on them with the sampling policy as the
+old one, as TRL's evaluation does.
 
 Not supported (each refused with a message): vLLM generation (`use_vllm`), sample packing,
 streamed datasets, TRL's other loss types. Unlike TRL, a prompt group never spans processes

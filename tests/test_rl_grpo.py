@@ -558,6 +558,7 @@ def test_held_out_prompts_are_sampled_and_scored_as_in_a_step(tmp_path: Path, gr
     assert held_out["eval_rewards/tokens/mean"] == pytest.approx(held_out["eval_reward"])
     assert held_out["eval_rewards/half/mean"] == pytest.approx(0.5)
     assert held_out["eval_reward_std"] >= 0 and "eval_reward_squared" not in held_out
+    assert 0 <= held_out["eval_frac_reward_zero_std"] <= 1
     assert 0 < held_out["eval_completions/mean_length"] <= 8  # max_completion_length
     assert 0 <= held_out["eval_completions/clipped_ratio"] <= 1
 

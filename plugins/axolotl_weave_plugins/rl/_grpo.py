@@ -707,9 +707,10 @@ class GRPORun:
         """One held-out micro-batch (whole prompt groups): completions sampled as in a step,
         scored, and the step's loss on them with the generating policy as the old one (ratio
         1), summed over the completions (the mean loss times their count), with TRL's metrics
-        summed over the completions: `reward`, `rewards/<function>/mean`,
-        `completions/mean_length`, `completions/clipped_ratio` (and `kl` when `beta` > 0). A
-        reward no function gave (None) counts as 0 in the sums."""
+        summed over the completions: `reward` (and its square, for `reward_std`),
+        `rewards/<function>/mean`, `completions/mean_length`, `completions/clipped_ratio`,
+        `frac_reward_zero_std` (and `kl` when `beta` > 0). A reward no function gave (None)
+        counts as 0 in the sums."""
         trl, device = self.trl, strategy.device
         sampled, prompts, columns, _ = self.sample(strategy, model, [batch])
         rewards = self.rewards(strategy, prompts, sampled.completions, sampled.id_lists, columns)
@@ -742,6 +743,7 @@ class GRPORun:
             "reward_squared": (combined**2).sum(),  # for summarize's reward_std
             "completions/mean_length": sampled.lengths.float().sum(),
             "completions/clipped_ratio": sampled.truncated.float().sum(),
+            "frac_reward_zero_std": torch.tensor(scored.metrics["frac_reward_zero_std"] * n),
         }
         for i, name in enumerate(self.names):
             sums[f"rewards/{name}/mean"] = rewards[:, i].nansum()

@@ -211,7 +211,8 @@ def evaluate_command(
 
 def result_tables(config: str, result: EvalResult) -> list[Any]:
     """The tables `weave evaluate` prints: the model, the set and the loss (with the
-    perplexity where the unit is a token); then the objective's metrics, as means per unit."""
+    perplexity where the unit is a token); then the objective's metrics (means per unit, means
+    over their own rows, or derived from those, as the objective reports them)."""
     from rich.table import Table
 
     table = Table(title=f"weave evaluate {config}")
@@ -228,7 +229,7 @@ def result_tables(config: str, result: EvalResult) -> list[Any]:
         return [table]
     metrics = Table()
     metrics.add_column("metric")
-    metrics.add_column(f"mean per {result.unit}", justify="right")
+    metrics.add_column("value", justify="right")  # a mean per unit, or over its own rows
     for name, value in result.metrics.items():
         metrics.add_row(name, f"{value:.4f}")
     return [table, metrics]

@@ -410,10 +410,6 @@ class GRPOObjective(AgainstReference):
         )
         super().__init__(model, cfg.adapter, trl.beta > 0)
 
-    def count(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The completions of a micro-batch (one per row)."""
-        return torch.as_tensor(batch[self.ROWS].shape[0])
-
     def compute(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         raise PluginError(
             "rl: grpo: its loss needs completions generated for the batch: the training step "

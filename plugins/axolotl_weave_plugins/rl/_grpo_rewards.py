@@ -13,13 +13,15 @@ does), so ``rewards.my_reward`` finds ``./rewards.py``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import inspect
 import math
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from axolotl_weave import PluginError
@@ -30,30 +32,52 @@ CALLED_AS = (
 )
 
 
-def import_object(path: str, key: str) -> Any:
-    """The object at `path` (`package.module.name`), or ValueError naming the config `key`."""
-    module_name, _, name = path.rpartition(".")
-    if not module_name or not name:
-        raise ValueError(f"{key}: '{path}' is not a module.function path (e.g. rewards.correct)")
+@contextlib.contextmanager
+def working_directory_importable() -> Iterator[None]:
+    """The working directory first on the import path while inside (as Axolotl imports a
+    user's `rewards.py`)."""
     cwd = os.getcwd()
     added = cwd not in sys.path
     if added:
         sys.path.insert(0, cwd)
     try:
-        module = importlib.import_module(module_name)
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def is_importable_path(path: str) -> bool:
+    """Whether `path` is `module.name` with a module that imports from the working directory
+    or the installed packages (looked up without importing it)."""
+    module, _, name = path.rpartition(".")
+    if not module or not name:
+        return False
+    try:
+        with working_directory_importable():
+            return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        return False
+
+
+def import_object(path: str, key: str) -> Any:
+    """The object at `path` (`package.module.name`), or ValueError naming the config `key`."""
+    module_name, _, name = path.rpartition(".")
+    if not module_name or not name:
+        raise ValueError(f"{key}: '{path}' is not a module.function path (e.g. rewards.correct)")
+    try:
+        with working_directory_importable():
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(
             f"{key}: cannot import module '{module_name}' of '{path}' "
-            f"({type(exc).__name__}: {exc}); it is looked up from the working directory {cwd} "
-            "and the installed packages"
+            f"({type(exc).__name__}: {exc}); it is looked up from the working directory "
+            f"{os.getcwd()} and the installed packages"
         ) from None
     except Exception as exc:  # the user's module failed while importing
         raise ValueError(
             f"{key}: importing '{module_name}' of '{path}' failed: {type(exc).__name__}: {exc}"
         ) from None
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
     if not hasattr(module, name):
         raise ValueError(f"{key}: module '{module_name}' has no '{name}' ('{path}')")
     found = getattr(module, name)

@@ -19,6 +19,8 @@ from typing import Any
 
 from axolotl_weave import WeaveError, resolve_precision
 
+from axolotl_weave_plugins.rl._grpo_formats import is_conversation
+
 
 def names_a_model(path: str) -> bool:
     """Whether a `trl.reward_funcs` entry names a reward model rather than a `module.function`
@@ -77,7 +79,7 @@ class RewardModelScorer:
 
     def texts(self, prompts: list[Any], completions: list[Any]) -> list[str]:
         """Each prompt and completion as the text the reward model reads."""
-        if prompts and isinstance(prompts[0], list):  # conversations
+        if prompts and is_conversation(prompts[0]):
             return [
                 self.tokenizer.apply_chat_template(p + c, tokenize=False)
                 for p, c in zip(prompts, completions, strict=True)

@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import sys
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -248,9 +246,8 @@ def vllm_refusal() -> str:
 
 
 def check_grpo(cfg: Any, trl: GRPOArgs) -> None:
-    """Every refusal of `rl: grpo`, before anything loads (ValueError, shown as a config error)."""
-    if trl.use_vllm:
-        raise ValueError(vllm_refusal())
+    """Every refusal of `rl: grpo`, before anything loads (ValueError, shown as a config error);
+    `trl.use_vllm` is refused by the `trl:` block's own validation, before its `vllm_*` keys."""
     if trl.sync_ref_model and trl.beta == 0:
         raise ValueError(
             "trl.sync_ref_model: with beta 0 no reference is kept, so there is nothing to sync; "
@@ -326,31 +323,14 @@ def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[
     the working directory becomes `type: grpo` with that `transform:`."""
     if data.get("rl") not in METHODS:
         return None
+    from axolotl_weave_plugins.rl._grpo_rewards import is_importable_path
+
     for key in ("datasets", "test_datasets"):
         for entry in data.get(key) or []:
             kind = entry.get("type") if isinstance(entry, dict) else None
             if isinstance(kind, str) and "transform" not in entry and is_importable_path(kind):
                 entry["type"], entry["transform"] = METHOD, kind
     return None
-
-
-def is_importable_path(path: str) -> bool:
-    """Whether `path` is `module.name` with a module that imports from the working directory
-    or the installed packages (looked up without importing it)."""
-    module, _, name = path.rpartition(".")
-    if not module or not name:
-        return False
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package that is missing or broken
-        return False
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
 
 
 @hookimpl

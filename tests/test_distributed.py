@@ -1,7 +1,8 @@
 """Data parallelism (DDP) and FSDP2 on the CPU with gloo: 2 processes equal 1 process with the
 same global batch (micro_batch_size x gradient_accumulation_steps x processes), step for step and
 in the final weights, for a full fine-tune and for LoRA with sample packing; a checkpoint of a
-2-process run resumes under a two-"node" torchrun launch, an FSDP2 sharded one under 2 processes;
+2-process run resumes under a two-"node" torchrun launch, FSDP2 sharded and whole
+(`FULL_STATE_DICT`) ones under 2 processes;
 how rows are dealt out to the processes; FSDP settings refused before any model loads.
 
 Each 2-process run costs about half a minute on two cores, so the runs are shared between
@@ -207,6 +208,44 @@ def test_fsdp2_on_two_processes_equals_one_and_its_sharded_checkpoint_resumes(
     }
     path = write_config(folder / "fsdp-resumed.yml", config)
     check(run_weave("train", str(path), "--num-processes", "2"))
+    assert_same_run(out, resumed, "model.safetensors")
+
+
+def test_fsdp2_full_state_dict_checkpoints_are_whole_and_resume(
+    common: dict[str, Any], full_runs: tuple[Path, Path], folder: Path
+) -> None:
+    """`state_dict_type: FULL_STATE_DICT`, as Axolotl's FSDP2 examples spell it (with FSDP1's
+    `sharding_strategy` beside `reshard_after_forward`): a checkpoint holds the weights gathered
+    whole, in a one-process checkpoint's files, equal to the DDP run's at the same step, and the
+    optimizer state by parameter name; it resumes step for step."""
+    one, ddp = full_runs
+    fsdp = {
+        **common,
+        "fsdp_version": 2,
+        "fsdp_config": {
+            "state_dict_type": "FULL_STATE_DICT",
+            "sharding_strategy": "FULL_SHARD",
+            "reshard_after_forward": True,
+        },
+    }
+    out = folder / "fsdp-full"
+    path = write_config(folder / "fsdp-full.yml", {**fsdp, "output_dir": str(out), "save_steps": 2})
+    check(run_weave("train", str(path), "--num-processes", "2"))
+    assert_same_run(one, out, "model.safetensors")
+    checkpoint = out / "checkpoint-2"
+    assert not (checkpoint / "sharded").exists()
+    whole = load_file(str(checkpoint / "trainable.safetensors"))
+    reference = load_file(str(ddp / "checkpoint-2" / "trainable.safetensors"))
+    assert whole.keys() == reference.keys()
+    for key in whole:
+        torch.testing.assert_close(whole[key], reference[key], rtol=1e-4, atol=1e-5, msg=key)
+    optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+    assert set(optimizer["state"]) >= set(whole)
+    resumed = folder / "fsdp-full-resumed"
+    config = {**fsdp, "output_dir": str(resumed), "resume_from_checkpoint": str(checkpoint)}
+    path = write_config(folder / "fsdp-full-resumed.yml", config)
+    result = check(run_weave("train", str(path), "--num-processes", "2"))
+    assert "resumed from" in result.stdout
     assert_same_run(out, resumed, "model.safetensors")
 
 

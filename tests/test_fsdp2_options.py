@@ -45,7 +45,11 @@ def settings(data: dict[str, Any]) -> dict[str, Any]:
                     "fsdp_state_dict_type": "FULL_STATE_DICT",
                 },
             },
-            {"transformer_layer_cls_to_wrap": "LlamaDecoderLayer", "offload_params": True},
+            {
+                "transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+                "offload_params": True,
+                "state_dict_type": "FULL_STATE_DICT",
+            },
         ),
         (
             {"fsdp": "shard_grad_op offload"},
@@ -82,6 +86,50 @@ def test_fsdp1_spelling_maps_to_the_same_settings_as_fsdp2(
     assert "FSDP1's spelling" in notes[0]
 
 
+AXOLOTL_FSDP2 = {
+    "offload_params": False,
+    "cpu_ram_efficient_loading": True,
+    "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    "transformer_layer_cls_to_wrap": "Qwen3DecoderLayer",
+    "state_dict_type": "FULL_STATE_DICT",
+    "reshard_after_forward": True,
+}
+"""The FSDP2 `fsdp_config` of Axolotl's migration guide (docs/multi-gpu.qmd)."""
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"fsdp_config": {**AXOLOTL_FSDP2, "sharding_strategy": "FULL_SHARD"}},
+        {"fsdp": ["full_shard", "auto_wrap"]},
+        {
+            "fsdp": ["auto_wrap", "full_shard"],
+            "fsdp_config": {f"fsdp_{k}": v for k, v in AXOLOTL_FSDP2.items()},
+        },
+    ],
+)
+def test_axolotl_fsdp2_examples_with_fsdp1_words_read_as_fsdp2(
+    extra: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Axolotl's own FSDP2 examples keep FSDP1's `sharding_strategy` or `fsdp:` list beside
+    `reshard_after_forward`: read as the FSDP2 setting they agree with, with one note."""
+    with caplog.at_level(logging.WARNING, logger="axolotl_weave"):
+        read = settings({"fsdp_version": 2, "fsdp_config": AXOLOTL_FSDP2, **extra})
+    assert read == settings({"fsdp_version": 2, "fsdp_config": AXOLOTL_FSDP2})
+    assert read["fsdp_config"]["state_dict_type"] == "FULL_STATE_DICT"
+    notes = [r.getMessage() for r in caplog.records if "mapped to FSDP2" in r.getMessage()]
+    assert len(notes) == 1 and "reshard_after_forward: true" in notes[0], notes
+
+
+def test_fsdp1_use_orig_params_is_dropped_with_a_note(caplog: pytest.LogCaptureFixture) -> None:
+    """`use_orig_params: false` (Axolotl's FSDP1 QLoRA examples) only chose FSDP1's flat
+    parameters: FSDP2 trains the same with the original ones, and says so."""
+    with caplog.at_level(logging.WARNING, logger="axolotl_weave"):
+        read = settings({"fsdp": ["full_shard"], "fsdp_config": {"fsdp_use_orig_params": False}})
+    assert read == settings({"fsdp_version": 2, "fsdp_config": {}})
+    assert "use_orig_params: False dropped" in caplog.text
+
+
 def test_fsdp2_keys_prefixed_or_not_and_a_dtype_name_policy() -> None:
     prefixed = settings(
         {
@@ -107,8 +155,32 @@ def test_fsdp2_keys_prefixed_or_not_and_a_dtype_name_policy() -> None:
         ({"fsdp": ["full_shard", "shard_grad_op"]}, "contradict"),
         ({"fsdp": ["full_shard", "zero3"]}, "unknown option"),
         ({"fsdp_config": {"sync_module_states": False}}, "sync_module_states: False"),
-        ({"fsdp_config": {"fsdp_use_orig_params": False}}, "use_orig_params: False"),
-        ({"fsdp_version": 2, "fsdp": ["full_shard"]}, "with fsdp_version: 2"),
+        (
+            {
+                "fsdp_version": 2,
+                "fsdp": ["shard_grad_op"],
+                "fsdp_config": {"reshard_after_forward": True},
+            },
+            "fsdp: shard_grad_op and fsdp_config.reshard_after_forward: true contradict",
+        ),
+        (
+            {
+                "fsdp_version": 2,
+                "fsdp_config": {
+                    "sharding_strategy": "SHARD_GRAD_OP",
+                    "reshard_after_forward": True,
+                },
+            },
+            "sharding_strategy: SHARD_GRAD_OP and fsdp_config.reshard_after_forward: true",
+        ),
+        (
+            {"fsdp_version": 2, "fsdp_config": {"fsdp_sharding_strategy": "HYBRID_SHARD"}},
+            "sharding_strategy: HYBRID_SHARD has no FSDP2 equivalent",
+        ),
+        (
+            {"fsdp_version": 2, "fsdp_config": {"state_dict_type": "LOCAL_STATE_DICT"}},
+            "state_dict_type",
+        ),
         *[
             ({"fsdp_version": 2, "fsdp_config": {key: value}}, f"FSDP1-only key.*{key}")
             for key, value in [

@@ -21,7 +21,13 @@ from axolotl_weave._batches import (
     read_rows,
     to_device,
 )
-from axolotl_weave._checkpoint import FINISHED_MARKER, STATE_FILE, checkpoint_step, checkpoints
+from axolotl_weave._checkpoint import (
+    FINISHED_MARKER,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    checkpoint_step,
+    checkpoints,
+)
 from axolotl_weave._config import CoreConfig, DatasetEntry, PluginConfig
 from axolotl_weave._errors import (
     CapabilityError,
@@ -94,6 +100,7 @@ __all__ = [
     "PAD_TOKEN",
     "SFT_COLUMNS",
     "STATE_FILE",
+    "WEIGHTS_FILE",
     "AccelerateStrategy",
     "BatchPlan",
     "Columns",

@@ -44,13 +44,14 @@ def find_checkpoint(folder: Path) -> Path:
     if not (checkpoint / SHARDED_FOLDER / ".metadata").is_file():
         whole = (checkpoint / "trainable.safetensors").is_file()
         what = (
-            "its weights are whole already (trainable.safetensors, a single-device or DDP run)"
+            "its weights are whole already (trainable.safetensors: a single-device or DDP "
+            "run, or FSDP2 with state_dict_type: FULL_STATE_DICT)"
             if whole
             else f"it has no {SHARDED_FOLDER}/.metadata"
         )
         raise WeaveError(
             f"CHECKPOINT_DIR: '{checkpoint}' is not a sharded FSDP2 checkpoint: {what}; only "
-            "checkpoints of fsdp_version: 2 runs are merged"
+            "sharded checkpoints of fsdp_version: 2 runs are merged"
         )
     return checkpoint
 

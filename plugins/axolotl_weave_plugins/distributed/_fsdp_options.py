@@ -140,40 +140,25 @@ def sharding(value: Any, key: str) -> bool:
     return SHARDING[name]
 
 
-def from_fsdp1(fsdp: Any, config: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
-    """FSDP1's spelling (the `fsdp:` list, an `fsdp_config` without `fsdp_version: 2`) as an
-    FSDP2 `fsdp_config`, and what was mapped (in words). What FSDP2 cannot do is refused."""
-    settings = unprefixed(dict(config or {}))
-    settings.pop("fsdp_version", None)
-    settings.pop("version", None)
-    notes: list[str] = []
+def read_fsdp1_sharding(
+    fsdp: Any, settings: dict[str, Any], strategies: list[tuple[str, Any]]
+) -> list[str]:
+    """FSDP1's `fsdp:` list words and sharding strategies (`(key, value)` pairs of
+    `fsdp_config`) applied to the FSDP2 `settings` in place, as `reshard_after_forward` and
+    `offload_params`; returns what was read as what. Spellings that contradict each other (or an
+    FSDP2 key already set) are refused, as is a strategy FSDP2 lacks."""
     words = list_words(fsdp)
-    shard_words = [word for word in words if word in SHARDING or word in UNMAPPED_SHARDING]
-    reshard: bool | None = None
-    for word in shard_words:
-        mapped = sharding(word, "fsdp")
-        if reshard is not None and reshard != mapped:
-            raise ValueError(f"fsdp: {' and '.join(shard_words)} contradict each other: keep one")
-        reshard = mapped
-        notes.append(f"fsdp: {word} -> reshard_after_forward: {str(mapped).lower()}")
-    given = settings.pop("sharding_strategy", None)
-    if isinstance(settings.get("reshard_after_forward"), bool):
-        raise ValueError(
-            "fsdp_config.reshard_after_forward: true/false is FSDP2's spelling, and fsdp_config "
-            "is set without fsdp_version: 2 (FSDP1's, mapped to FSDP2): add fsdp_version: 2"
-        )
-    given = settings.pop("reshard_after_forward", given)  # FSDP1 takes a strategy here too
-    if given is not None:
-        mapped = sharding(given, "fsdp_config.sharding_strategy")
-        if reshard is not None and reshard != mapped:
-            raise ValueError(
-                f"fsdp: {', '.join(shard_words)} and fsdp_config.sharding_strategy: {given} "
-                "contradict each other: keep one"
-            )
-        reshard = mapped
-        notes.append(f"sharding_strategy: {given} -> reshard_after_forward: {str(mapped).lower()}")
-    if reshard is not None:
-        settings["reshard_after_forward"] = reshard
+    said = [("fsdp", word) for word in words if word in SHARDING or word in UNMAPPED_SHARDING]
+    said += [(f"fsdp_config.{key}", value) for key, value in strategies if value is not None]
+    given = settings.get("reshard_after_forward")
+    source = "fsdp_config.reshard_after_forward: " + str(given).lower() if given is not None else ""
+    notes = []
+    for key, value in said:
+        mapped = sharding(value, key)
+        if source and settings["reshard_after_forward"] != mapped:
+            raise ValueError(f"{key}: {value} and {source} contradict each other: keep one")
+        settings["reshard_after_forward"], source = mapped, f"{key}: {value}"
+        notes.append(f"{key}: {value} -> reshard_after_forward: {str(mapped).lower()}")
     if "offload" in words:
         if settings.get("offload_params") is False:
             raise ValueError("fsdp: offload and fsdp_config.offload_params: false contradict")
@@ -183,22 +168,53 @@ def from_fsdp1(fsdp: Any, config: dict[str, Any] | None) -> tuple[dict[str, Any]
         notes.append("fsdp: auto_wrap -> auto_wrap_policy: TRANSFORMER_BASED_WRAP")
     elif words:
         notes.append("without auto_wrap, the decoder layers are still sharded one by one")
-    notes += fsdp1_only_settings(settings)
-    if settings.get("state_dict_type") == "FULL_STATE_DICT":
-        settings["state_dict_type"] = "SHARDED_STATE_DICT"
-        notes.append(
-            "state_dict_type: FULL_STATE_DICT -> checkpoints sharded (the final model is whole; "
-            "weave merge-sharded-fsdp-weights joins a checkpoint)"
+    return notes
+
+
+def from_fsdp1(fsdp: Any, config: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """FSDP1's spelling (the `fsdp:` list, an `fsdp_config` without `fsdp_version: 2`) as an
+    FSDP2 `fsdp_config`, and what was mapped (in words). What FSDP2 cannot do is refused."""
+    settings = unprefixed(dict(config or {}))
+    settings.pop("fsdp_version", None)
+    settings.pop("version", None)
+    if isinstance(settings.get("reshard_after_forward"), bool):
+        raise ValueError(
+            "fsdp_config.reshard_after_forward: true/false is FSDP2's spelling, and fsdp_config "
+            "is set without fsdp_version: 2 (FSDP1's, mapped to FSDP2): add fsdp_version: 2"
         )
+    strategies = [  # FSDP1 takes a strategy as reshard_after_forward too
+        (key, settings.pop(key, None)) for key in ("sharding_strategy", "reshard_after_forward")
+    ]
+    notes = read_fsdp1_sharding(fsdp, settings, strategies)
+    notes += fsdp1_only_settings(settings)
     return settings, notes
+
+
+def fsdp1_beside_fsdp2(
+    fsdp: Any, config: dict[str, Any] | None
+) -> tuple[dict[str, Any], list[str]]:
+    """With `fsdp_version: 2`, FSDP1's `fsdp:` list and `sharding_strategy`, which Axolotl's own
+    FSDP2 examples still set beside `reshard_after_forward`, read as FSDP2's settings (refused
+    where they contradict them); FSDP1's other keys stay refused (`refuse_fsdp1_only`)."""
+    given = dict(config or {})
+    settings = unprefixed(given)
+    strategies = [("sharding_strategy", settings.pop("sharding_strategy", None))]
+    notes = read_fsdp1_sharding(fsdp, settings, strategies)
+    kept = {k: v for k, v in given.items() if k.removeprefix("fsdp_") != "sharding_strategy"}
+    kept.update(
+        {k: settings[k] for k in ("reshard_after_forward", "offload_params") if k in settings}
+    )
+    return kept, notes
 
 
 def fsdp1_only_settings(settings: dict[str, Any]) -> list[str]:
     """Remove FSDP1's keys whose value FSDP2 does anyway (noted); refuse the others."""
     notes = []
+    if "use_orig_params" in settings:  # FSDP1's flat-parameter layout: not what is trained
+        given = settings.pop("use_orig_params")
+        notes.append(f"use_orig_params: {given} dropped (FSDP2 keeps the original parameters)")
     dropped_when = {
         "sync_module_states": (True, "true"),
-        "use_orig_params": (True, "true"),
         "forward_prefetch": (False, "false"),
         "backward_prefetch": ("BACKWARD_PRE", "BACKWARD_PRE"),
         "limit_all_gathers": (True, "true"),
@@ -217,8 +233,8 @@ def fsdp1_only_settings(settings: dict[str, Any]) -> list[str]:
 
 
 def refuse_fsdp1_only(settings: dict[str, Any]) -> None:
-    """With `fsdp_version: 2`, FSDP1's keys are refused, naming each."""
-    found = [key for key in settings if key in FSDP1_ONLY]
+    """With `fsdp_version: 2`, FSDP1's keys are refused, naming each as it was spelt."""
+    found = [key for key in settings if key.removeprefix("fsdp_") in FSDP1_ONLY]
     if found:
-        reasons = "; ".join(f"{key} ({FSDP1_ONLY[key]})" for key in found)
+        reasons = "; ".join(f"{key} ({FSDP1_ONLY[key.removeprefix('fsdp_')]})" for key in found)
         raise ValueError(f"FSDP1-only key(s) with fsdp_version: 2: {reasons}; remove them")

@@ -6,8 +6,10 @@ at a time (`transformer_layer_cls_to_wrap`, by default every class the model lis
 `_no_split_modules`: its family's decoder layer), then as a whole. Gradients are averaged by the
 reduce-scatter as DDP averages them, so the supervised step's normalisation (every target token of
 the global window) holds unchanged, and FSDP2 on N processes trains what one process does with the
-same global batch. Checkpoints are sharded (`torch.distributed.checkpoint`: every process writes
-its shard and reads it back, the trainable weights only); the final model is gathered into one
+same global batch. Checkpoints hold the trainable weights and the optimizer state sharded
+(`torch.distributed.checkpoint`: every process writes its shard and reads it back) or, with
+`state_dict_type: FULL_STATE_DICT`, gathered whole into a one-process checkpoint's files by rank
+0 (read back by rank 0 and broadcast into the shards); the final model is gathered into one
 Hugging Face model before `post_train` saves it.
 
 Axolotl's `fsdp_config` keys (`fsdp_`-prefixed or not) are validated here, and implemented:
@@ -18,8 +20,10 @@ accelerate's `fsdp2_load_full_state_dict`), `activation_checkpointing` (each sha
 torch's `checkpoint_wrapper`, as accelerate's `fsdp2_apply_ac`; unwrapped again before saving)
 and `mixed_precision_policy` (torch's `MixedPrecisionPolicy`: a dtype name, or param_dtype,
 reduce_dtype, output_dtype, cast_forward_inputs). Refused: a `SIZE_BASED_WRAP` policy,
-`state_dict_type: FULL_STATE_DICT` and a sharded final model, fp16 (its loss scaler: use bf16),
-FSDP1's keys with `fsdp_version: 2` (`sync_module_states`, `use_orig_params`, prefetching...).
+a sharded final model, fp16 (its loss scaler: use bf16), FSDP1's keys with `fsdp_version: 2`
+(`sync_module_states`, `use_orig_params`, prefetching...) except the `fsdp:` list and
+`sharding_strategy`, which Axolotl's FSDP2 examples keep beside `reshard_after_forward`: those
+are read as the FSDP2 setting they name, and refused where they contradict it.
 
 QLoRA (`load_in_4bit`) shards too (`_fsdp_qlora.py`, Answer.AI's FSDP-QLoRA recipe): the packed
 4-bit weights are stored in the dtype FSDP2 gathers in (`bnb_4bit_quant_storage`, set here with
@@ -29,8 +33,9 @@ what each process holds, and the gathered model has bitsandbytes' `Params4bit` w
 FSDP1's spelling (the `fsdp:` list, `fsdp_version: 1`, `fsdp_config` without `fsdp_version`) is
 mapped to FSDP2 with one warning saying what was read as what (`_fsdp_options.py`): full_shard ->
 `reshard_after_forward: true`, shard_grad_op -> false, offload -> `offload_params`, auto_wrap ->
-the transformer-based wrap; hybrid and no sharding, and FSDP1 settings FSDP2 does differently
-(`sync_module_states: false`, `use_orig_params: false`...) are refused naming the key.
+the transformer-based wrap, `use_orig_params` dropped (it chose FSDP1's flat parameters, not
+what is trained); hybrid and no sharding, and FSDP1 settings FSDP2 does differently
+(`sync_module_states: false`, `forward_prefetch: true`...) are refused naming the key.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from axolotl_weave import (
+    WEIGHTS_FILE,
     AccelerateStrategy,
     ConfigError,
     PluginConfig,
@@ -54,6 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from axolotl_weave_plugins.distributed._fsdp_options import (
     from_fsdp1,
+    fsdp1_beside_fsdp2,
     mixed_precision,
     refuse_fsdp1_only,
     unprefixed,
@@ -116,8 +123,11 @@ class FsdpConfig(BaseModel):
         description="Free the gathered weights after each layer's forward (less memory, one "
         "more all-gather in the backward pass).",
     )
-    state_dict_type: Literal["SHARDED_STATE_DICT"] = Field(
-        "SHARDED_STATE_DICT", description="Checkpoints hold each process's shard."
+    state_dict_type: Literal["SHARDED_STATE_DICT", "FULL_STATE_DICT"] = Field(
+        "SHARDED_STATE_DICT",
+        description="How checkpoints hold the weights and optimizer state: each process its "
+        "shard (SHARDED_STATE_DICT), or gathered into whole files by rank 0 (FULL_STATE_DICT, "
+        "the layout of a one-process checkpoint).",
     )
     final_state_dict_type: Literal["FULL_STATE_DICT"] = Field(
         "FULL_STATE_DICT", description="The final model is gathered into one HF model."
@@ -156,10 +166,10 @@ class FsdpConfig(BaseModel):
         mixed precision policy's dtype names checked."""
         if not isinstance(data, dict):
             return data
+        refuse_fsdp1_only(data)
         renamed = unprefixed(data)
         renamed.pop("fsdp_version", None)  # the top-level key decides
         renamed.pop("version", None)
-        refuse_fsdp1_only(renamed)
         if "mixed_precision_policy" in renamed:
             renamed["mixed_precision_policy"] = mixed_precision(renamed["mixed_precision_policy"])
         return renamed
@@ -207,12 +217,18 @@ class FsdpSettings(PluginConfig):
         version = None if version is None else int(version)
         listed = data.get("fsdp") not in (None, [], "", False)
         if version == 2:
-            if listed:
-                raise ValueError(
-                    "fsdp: (FSDP1's list) is set with fsdp_version: 2: put its settings in "
-                    "fsdp_config (reshard_after_forward, offload_params) and remove fsdp:"
+            if config is not None and not isinstance(config, dict):
+                return data  # the field's own validation says what is wrong
+            settings, notes = fsdp1_beside_fsdp2(data.get("fsdp"), config)
+            if notes:
+                log.warning(
+                    "fsdp: / fsdp_config.sharding_strategy (FSDP1's spelling) beside "
+                    "fsdp_version: 2 mapped to FSDP2, which runs: %s",
+                    "; ".join(notes),
                 )
-            data["fsdp_version"] = 2
+            data.update(fsdp_version=2, fsdp=None)
+            if config is not None or notes:
+                data["fsdp_config"] = settings
             return data
         if not listed and config in (None, {}):
             if version == 1:
@@ -433,37 +449,52 @@ class Fsdp2Strategy(AccelerateStrategy):
         return model
 
     def save_state(self, folder: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
-        """Each process's shard of the trainable weights (and optimizer state) into
-        `folder/sharded`; the schedule from the main process."""
+        """The trainable weights and optimizer state, as `state_dict_type` says: each process's
+        shard into `folder/sharded`, or gathered whole and written by rank 0 (every process
+        takes part); the schedule from the main process."""
         import torch
         import torch.distributed.checkpoint as dcp
 
-        state = sharded_state(model, optimizer)
-        dcp.save(state, checkpoint_id=str(folder / SHARDED_FOLDER))
+        if self.settings.state_dict_type == "FULL_STATE_DICT":
+            write_full_state(folder, model, optimizer, self.is_main_process)
+        else:
+            dcp.save(sharded_state(model, optimizer), checkpoint_id=str(folder / SHARDED_FOLDER))
         if optimizer is not None and self.is_main_process:
             torch.save(scheduler.state_dict(), folder / "scheduler.pt")
 
     def load_state(self, folder: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
-        """Read each process's shard back (every process)."""
+        """Read back what `save_state` wrote, sharded or whole, whichever the checkpoint holds
+        (every process)."""
         import torch
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
-        if not (folder / SHARDED_FOLDER).is_dir() or not (folder / "scheduler.pt").is_file():
+        sharded, whole = (folder / SHARDED_FOLDER).is_dir(), (folder / WEIGHTS_FILE).is_file()
+        if not (sharded or whole) or not (folder / "scheduler.pt").is_file():
             raise WeaveError(
-                f"resume_from_checkpoint: {folder} holds no sharded FSDP2 state with optimizer "
+                f"resume_from_checkpoint: {folder} holds no FSDP2 state with optimizer "
                 "(saved by another strategy, or with save_only_model: true)"
             )
-        state = sharded_state(model, optimizer)
-        dcp.load(state, checkpoint_id=str(folder / SHARDED_FOLDER))
-        options = StateDictOptions(ignore_frozen_params=True, strict=False)
-        set_state_dict(
-            model,
-            optimizer,
-            model_state_dict=state["model"],
-            optim_state_dict=state["optimizer"],
-            options=options,
-        )
+        if sharded:
+            state = sharded_state(model, optimizer)
+            dcp.load(state, checkpoint_id=str(folder / SHARDED_FOLDER))
+            options = StateDictOptions(ignore_frozen_params=True, strict=False)
+        else:
+            state = read_full_state(folder, self.is_main_process)
+            options = StateDictOptions(
+                full_state_dict=True,
+                broadcast_from_rank0=True,
+                ignore_frozen_params=True,
+                strict=False,
+            )
+        # one call each: `set_state_dict` skips the model on a rank whose dict is empty (those
+        # receiving rank 0's broadcast), and rank 0 would wait for it
+        set_model_state_dict(model, state["model"], options=options)
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
         scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
 
     def gather(self, model: Any) -> None:
@@ -558,6 +589,50 @@ def sharded_state(model: Any, optimizer: Any) -> dict[str, Any]:
     if optimizer is not None:
         state["optimizer"] = get_optimizer_state_dict(model, optimizer, options=options)
     return state
+
+
+def write_full_state(folder: Path, model: Any, optimizer: Any, is_main: bool) -> None:
+    """`state_dict_type: FULL_STATE_DICT`: the trainable weights gathered whole into
+    `folder/trainable.safetensors` (a one-process checkpoint's file; a weight tied to another is
+    written once) and the optimizer's state into `optimizer.pt`, keyed by parameter name.
+    Collective: every process gathers, rank 0 writes."""
+    import torch
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    weights = get_model_state_dict(model, options=options)
+    optim = (
+        None if optimizer is None else get_optimizer_state_dict(model, optimizer, options=options)
+    )
+    if not is_main:
+        return
+    names = {canonical(name) for name, _ in model.named_parameters()}  # ties counted once
+    weights = {k: v.contiguous() for k, v in weights.items() if k in names}
+    save_file(weights, str(folder / WEIGHTS_FILE))
+    if optim is not None:
+        torch.save(optim, folder / "optimizer.pt")
+
+
+def read_full_state(folder: Path, is_main: bool) -> dict[str, Any]:
+    """What `write_full_state` wrote, read by rank 0 (the others receive it by broadcast)."""
+    import torch
+    from safetensors.torch import load_file
+
+    if not is_main:
+        return {"model": {}, "optimizer": {}}
+    optim = torch.load(folder / "optimizer.pt", weights_only=False)
+    keys = list(optim.get("state", {}))
+    if keys and not isinstance(keys[0], str):
+        raise WeaveError(
+            f"resume_from_checkpoint: {folder} was saved by one process (its optimizer state is "
+            "numbered, not named): resume it without fsdp_version: 2, or start a new FSDP2 run"
+        )
+    return {"model": load_file(str(folder / WEIGHTS_FILE)), "optimizer": optim}
 
 
 @contextlib.contextmanager

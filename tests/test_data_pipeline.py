@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from axolotl_weave import DataError, MissingDependencyError, PreparedData
+from axolotl_weave import DataError, MissingDependencyError, PreparedData, drop_summary
 from axolotl_weave._run import load_tokenizer, open_session, preprocess
 from axolotl_weave_plugins.data._cache import fingerprint
 from axolotl_weave_testing import alpaca_rows, write_config, write_jsonl
@@ -322,6 +322,33 @@ def test_long_rows_split_into_pieces(
     assert {tuple(p) for p in pieces} <= got
     assert all(row["length"] <= 16 for row in data.train)
     assert data.stats.split == 1
+
+
+@pytest.mark.parametrize(
+    ("strategy", "sequence_len"), [(None, 4096), ("truncate", 16), ("split", 16)]
+)
+def test_min_sample_len_drops_and_counts_the_shorter_rows(
+    tmp_path: Path,
+    base_config: dict[str, Any],
+    long_and_short: Path,
+    strategy: str | None,
+    sequence_len: int,
+) -> None:
+    """Axolotl's `min_sample_len`: a row (or a piece of a split one) of fewer tokens, once fitted
+    to `sequence_len`, is dropped and counted; every other row is kept as it is without it."""
+    config = {**fit_config(base_config, long_and_short, strategy), "sequence_len": sequence_len}
+    (tmp_path / "every").mkdir()
+    every = prepare(tmp_path / "every", config)
+    minimum = max(row["length"] for row in every.train)
+    expected = {tuple(row["input_ids"]) for row in every.train if row["length"] >= minimum}
+    assert 0 < len(expected) < len(every.train)
+    (tmp_path / "min").mkdir()
+    kept = prepare(tmp_path / "min", {**config, "min_sample_len": minimum})
+    assert outputs(kept) == expected
+    assert kept.stats.dropped_too_short == len(every.train) - len(expected)
+    assert f"dropped: shorter than min_sample_len ({kept.stats.dropped_too_short})" in (
+        drop_summary(kept.stats, sequence_len)
+    )
 
 
 def test_long_rows_raise_naming_the_line(

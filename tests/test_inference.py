@@ -332,7 +332,17 @@ def test_every_preference_format_renders_its_training_prompt(
     assert "weave cannot render its prompt" not in caplog.text
 
 
-@pytest.mark.parametrize("template", ["chatml", None], ids=["chat-template", "no-template"])
+THINKING = (
+    "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<think>' if thinking else '' }}A:{% endif %}"
+)
+"""A template with a variable, which GRPO's `trl.chat_template_kwargs` sets over the top-level
+`chat_template_kwargs`."""
+
+
+@pytest.mark.parametrize(
+    "template", ["chatml", None, "jinja"], ids=["chat-template", "no-template", "trl-kwargs"]
+)
 def test_grpo_prompts_render_as_its_training_prompts_were(
     tiny_llama_dir: Path,
     tmp_path: Path,
@@ -341,8 +351,9 @@ def test_grpo_prompts_render_as_its_training_prompts_were(
     template: str | None,
 ) -> None:
     """`type: grpo` (prompts that are conversations or strings): with a chat template, a user's
-    prompt is the ids a conversation prompt of one user message builds in training; without
-    one, the ids a string prompt builds; no warning either way."""
+    prompt is the ids a conversation prompt of one user message builds in training, with
+    `trl.chat_template_kwargs` over the top-level ones; without one, the ids a string prompt
+    builds; no warning either way."""
     import yaml
     from axolotl_weave import rows_table
     from axolotl_weave.commands import load_tokenizer, open_session
@@ -359,6 +370,9 @@ def test_grpo_prompts_render_as_its_training_prompts_were(
         "output_dir": str(tmp_path / "out"),
         **({"chat_template": template} if template else {}),
     }
+    if template == "jinja":
+        config.update(chat_template_jinja=THINKING, chat_template_kwargs={"thinking": False})
+        config["trl"]["chat_template_kwargs"] = {"thinking": True}
     path = tmp_path / "grpo.yml"
     path.write_text(yaml.safe_dump(config))
     monkeypatch.chdir(tmp_path)  # the reward function is imported from the working directory
@@ -371,6 +385,8 @@ def test_grpo_prompts_render_as_its_training_prompts_were(
     entry, fmt = session.cfg.datasets[0], session.formats["grpo"]
     (built,) = list(fmt.build(entry, rows_table([{"prompt": prompt}]), tokenizer, session.cfg))
     assert prompter.prompt_ids(text) == list(built["prompt_input_ids"])
+    if template == "jinja":
+        assert tokenizer.decode(prompter.prompt_ids(text)).endswith("<think>A:")
     assert "weave cannot render its prompt" not in caplog.text
 
 

@@ -65,6 +65,34 @@ def test_a_registered_schedule_is_transformers_factor_for_factor(name: str, hf_n
     assert lrs(ours) == lrs(reference)
 
 
+@pytest.mark.parametrize("given", [0.15, 0.5, 3, 3.0])
+def test_warmup_steps_below_one_is_a_fraction_as_transformers_reads_it(
+    tmp_path: Path, base_config: dict[str, Any], given: float
+) -> None:
+    """`warmup_steps: 0.1` (Axolotl's newer examples, transformers' `TrainingArguments`): the
+    warm-up is that fraction of the steps, rounded up; a whole number is a step count."""
+    from axolotl_weave._optim import warmup_steps
+    from axolotl_weave._run import open_session
+    from transformers import TrainingArguments
+
+    path = write_config(tmp_path / "c.yml", {**base_config, "warmup_steps": given})
+    cfg = open_session(path).cfg
+    reference = TrainingArguments(output_dir=str(tmp_path), warmup_steps=given, report_to=[])
+    for total in (7, 20, 101):
+        assert warmup_steps(cfg, total) == reference.get_warmup_steps(total), total
+
+
+def test_warmup_steps_of_a_fraction_above_one_is_refused(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    from axolotl_weave import ConfigError
+    from axolotl_weave._run import open_session
+
+    path = write_config(tmp_path / "c.yml", {**base_config, "warmup_steps": 2.5})
+    with pytest.raises(ConfigError, match="warmup_steps: .*a whole number of steps, or a fraction"):
+        open_session(path)
+
+
 def test_an_lr_multiplier_scales_the_schedule() -> None:
     class Halve:
         @hookimpl

@@ -253,7 +253,9 @@ class CoreConfig(BaseModel):
         "cosine",
         description="Schedule after the warm-up: a registered name (cosine, linear, constant...).",
     )
-    warmup_steps: int | None = Field(None, ge=0, description="Linear warm-up steps.")
+    warmup_steps: int | float | None = Field(
+        None, ge=0, description="Linear warm-up steps; below 1, a fraction of the steps."
+    )
     warmup_ratio: float | None = Field(None, ge=0, le=1, description="Warm-up as a fraction.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay (not on biases, norms).")
     max_grad_norm: float | None = Field(1.0, description="Gradient clipping; 0 disables.")
@@ -286,6 +288,16 @@ class CoreConfig(BaseModel):
             f"unknown {info.field_name} '{value}'{did_you_mean(value, names)}; "
             f"valid: {', '.join(names)}"
         )
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _whole_or_fraction(cls, value: float | None) -> float | None:
+        """A step count, or a fraction of the steps below 1 (as transformers reads it)."""
+        if isinstance(value, float) and value >= 1:
+            if not value.is_integer():
+                raise ValueError(f"{value}: a whole number of steps, or a fraction below 1")
+            return int(value)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> CoreConfig:

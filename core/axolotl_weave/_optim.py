@@ -51,9 +51,11 @@ def build_optimizer(cfg: Any, model: torch.nn.Module, hooks: Hooks) -> torch.opt
 
 
 def warmup_steps(cfg: Any, total_steps: int) -> int:
-    """`warmup_steps`, or `warmup_ratio` of the total, or 0."""
-    if cfg.warmup_steps is not None:
-        return cfg.warmup_steps
+    """`warmup_steps` (below 1: that fraction of the total), or `warmup_ratio` of the total,
+    or 0."""
+    steps = cfg.warmup_steps
+    if steps is not None:
+        return math.ceil(steps * total_steps) if steps < 1 else steps
     if cfg.warmup_ratio is not None:
         return math.ceil(cfg.warmup_ratio * total_steps)
     return 0

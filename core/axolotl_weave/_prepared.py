@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 DROP_COUNTERS = (
     "dropped_too_long",
+    "dropped_too_short",
     "truncated",
     "split",
     "dropped_no_targets",
@@ -27,6 +28,7 @@ class DataStats:
     rows_in: int = 0
     rows_kept: int = 0
     dropped_too_long: int = 0
+    dropped_too_short: int = 0
     truncated: int = 0
     split: int = 0
     dropped_no_targets: int = 0
@@ -62,6 +64,7 @@ def drop_reasons(stats: DataStats, sequence_len: int) -> list[tuple[str, int]]:
     """(why, how many) for every kind of row that was dropped or changed, when any was."""
     reasons = [
         (f"dropped: longer than sequence_len={sequence_len}", stats.dropped_too_long),
+        ("dropped: shorter than min_sample_len", stats.dropped_too_short),
         (f"truncated to sequence_len={sequence_len}", stats.truncated),
         (f"split into pieces of sequence_len={sequence_len}", stats.split),
         ("dropped: no trained token", stats.dropped_no_targets),

@@ -601,7 +601,6 @@ AXOLOTL_DECISIVE_KEYS: frozenset[str] = frozenset(
         "dataset_shard_num",
         "grokfast_alpha",
         "grokfast_lamb",
-        "min_sample_len",
         "nonexpert_quantization",
         "nvfp4_merge_aware",
         "peft",

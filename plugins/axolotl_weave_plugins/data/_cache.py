@@ -27,6 +27,7 @@ DATA_KEYS = (
     "val_set_size",
     "seed",
     "excess_length_strategy",
+    "min_sample_len",
     "skip_invalid_rows",
     "dataset_exact_deduplication",
     "shuffle_merged_datasets",

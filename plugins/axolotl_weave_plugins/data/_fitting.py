@@ -88,14 +88,15 @@ def fit_rows(
     dataset: Dataset, cfg: Any, entry: DatasetEntry | None, fmt: DatasetFormat | None = None
 ) -> tuple[Dataset, dict[str, int]]:
     """Apply `excess_length_strategy` to rows over `sequence_len` (drop, truncate, split or
-    raise), then drop rows with no trained token and rows a bad input emptied; add `length` and
-    `n_targets`. Every sequence column (declared with a padding, holding lists) is fitted: a
-    row's length is its longest one's. `entry` (when rows map one to one to the source) names a
-    row that raises."""
+    raise), then drop rows shorter than `min_sample_len`, rows with no trained token and rows a
+    bad input emptied; add `length` and `n_targets`. Every sequence column (declared with a
+    padding, holding lists) is fitted: a row's length is its longest one's. `entry` (when rows
+    map one to one to the source) names a row that raises."""
     import numpy as np
 
     fmt = fmt or DatasetFormat("")
     limit, strategy = cfg.sequence_len, cfg.excess_length_strategy or "drop"
+    minimum = getattr(cfg, "min_sample_len", None) or 0
     seqs = [c for c, pad in fmt.columns.items() if pad is not None and c in dataset.column_names]
     targets = [c for c in seqs if c.endswith("labels")]
     if not seqs:
@@ -127,12 +128,15 @@ def fit_rows(
         "split": len(over) if strategy == "split" else 0,
         "dropped_invalid": int((lengths == 0).sum()),
         "dropped_no_targets": 0,
+        "dropped_too_short": 0,
     }
     if strategy == "drop" or not over:  # no row changes: count and select, copy nothing
         n_targets = sum(
             (trained_counts(dataset, labels) for labels in targets), np.zeros_like(lengths)
         )
         kept = (lengths > 0) & (lengths <= limit)
+        counts["dropped_too_short"] = int((kept & (lengths < minimum)).sum())
+        kept &= lengths >= minimum
         counts["dropped_no_targets"] = int((kept & (n_targets == 0)).sum())
         fitted = dataset.add_column("length", lengths).add_column("n_targets", n_targets)
         keep = kept & (n_targets > 0)
@@ -165,7 +169,9 @@ def fit_rows(
     fitted = dataset.map(fit, batched=True, desc="Fitting to sequence_len")
     if len(fitted) == 0:
         return fitted, counts
-    counts["dropped_no_targets"] = sum(1 for t in fitted["n_targets"] if t == 0)
-    if counts["dropped_no_targets"]:
-        fitted = fitted.filter(lambda row: row["n_targets"] > 0, desc="Dropping untrained rows")
-    return fitted, counts
+    short = np.asarray(fitted["length"]) < minimum
+    untrained = np.asarray(fitted["n_targets"]) == 0
+    counts["dropped_too_short"] = int(short.sum())
+    counts["dropped_no_targets"] = int((untrained & ~short).sum())
+    keep = ~(short | untrained)
+    return (fitted if keep.all() else fitted.select(np.flatnonzero(keep))), counts

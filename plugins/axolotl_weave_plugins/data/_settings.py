@@ -31,6 +31,12 @@ class DataSettings(PluginConfig):
     excess_length_strategy: Literal["drop", "truncate", "split", "raise"] | None = Field(
         None, description="Rows over sequence_len: drop (default), truncate, split or raise."
     )
+    min_sample_len: int | None = Field(
+        None,
+        ge=1,
+        description="Drop (and count) rows of fewer tokens once fitted to sequence_len "
+        "(Axolotl's key); a row of one token is dropped anyway (nothing to predict).",
+    )
     skip_invalid_rows: bool = Field(
         False, description="Drop (and count) rows with a bad field instead of stopping."
     )

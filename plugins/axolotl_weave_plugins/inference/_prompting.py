@@ -141,7 +141,7 @@ class Prompter:
                 [{"role": m.role, "content": m.content} for m in messages],
                 tokenize=False,
                 add_generation_prompt=True,
-                **dict(getattr(self.cfg, "chat_template_kwargs", None) or {}),
+                **template_kwargs(self.cfg),
             )
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         if self.mode == "raw":
@@ -159,6 +159,16 @@ class Prompter:
                 ids += self.tokenizer(message.content, add_special_tokens=False)["input_ids"]
                 ids.append(self.tokenizer.eos_token_id)
         return ids
+
+
+def template_kwargs(cfg: Any) -> dict[str, Any]:
+    """The chat template's variables as training rendered the prompts: `chat_template_kwargs`,
+    updated by `trl.chat_template_kwargs` (GRPO's, as TRL passes them)."""
+    trl = getattr(cfg, "trl", None)
+    return {
+        **(getattr(cfg, "chat_template_kwargs", None) or {}),
+        **(getattr(trl, "chat_template_kwargs", None) or {}),
+    }
 
 
 def first_sequence(row: dict[str, Any]) -> tuple[list[int], list[int]]:

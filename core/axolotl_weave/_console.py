@@ -53,5 +53,9 @@ def quiet_libraries() -> None:
     import transformers
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+    # torchao, which transformers imports when it is installed: its CUDA-only extensions that
+    # do not load without a GPU, and torch's deprecation notes on the enums it registers
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()

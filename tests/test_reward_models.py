@@ -85,6 +85,26 @@ def test_bradley_terry_rows_render_each_conversation_with_the_template(
     assert chat_tokenizer.decode(no_system["chosen_input_ids"]).startswith("<|im_start|>user\n")
 
 
+def test_a_template_refusing_a_rows_system_message_names_the_row(
+    weave_hooks: Any, chat_tokenizer: Any
+):
+    """Gemma's template raises on a system message (Axolotl's gemma2 reward-model example with
+    a dataset that has one): one message naming the row and the way out, not a traceback."""
+    from axolotl_weave import DataError
+
+    tokenizer = copy.deepcopy(chat_tokenizer)
+    tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}" + CHATML_TEMPLATE
+    )
+    with pytest.raises(
+        DataError,
+        match=r"row 3: ValueError: the chat template refused the conversation: System role not "
+        r"supported \(this template has no system role: remove the rows' system field",
+    ):
+        build_rows(weave_hooks, tokenizer, PAIRS[1:], type="bradley_terry.chat_template")
+
+
 def encode(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 

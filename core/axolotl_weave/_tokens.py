@@ -32,3 +32,31 @@ def set_pad_token(tokenizer: Any, *candidates: str) -> None:
         if candidate in vocab:
             tokenizer.pad_token = candidate
             return
+
+
+def chat_text(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    *,
+    template_name: str | None = None,
+    system_fix: str = "remove the system message",
+    **kwargs: Any,
+) -> str:
+    """`messages` as the tokenizer's chat template renders them (`apply_chat_template` with
+    `tokenize=False`; `kwargs` passed on). A template that refuses the conversation (Gemma's
+    raises on a system message) raises `ValueError` saying so, with `system_fix` when the
+    refusal is of a system message; a format's row function turns it into a message naming the
+    row. `template_name` names the template in that message."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except TemplateError as exc:
+        which = f"chat template '{template_name}'" if template_name else "the chat template"
+        hint = ""
+        if "system" in str(exc).lower() and messages and messages[0].get("role") == "system":
+            hint = (
+                f" (this template has no system role: {system_fix}, or choose a template that "
+                "has one)"
+            )
+        raise ValueError(f"{which} refused the conversation: {exc}{hint}") from None

@@ -39,6 +39,7 @@ from axolotl_weave import (
     ConfigError,
     DatasetFormat,
     PluginConfig,
+    chat_text,
     hookimpl,
     map_rows,
     require_columns,
@@ -713,27 +714,16 @@ def read_message(plan: Plan, number: int, raw: Any) -> Turn:
 def render(tokenizer: Any, plan: Plan, messages: list[dict[str, Any]], tools: Any) -> str:
     """The template's text for `messages` (no generation prompt); template errors as ValueError
     naming the template."""
-    from jinja2 import TemplateError
-
-    try:
-        return tokenizer.apply_chat_template(
-            messages,
-            chat_template=plan.template,
-            tools=tools,
-            tokenize=False,
-            add_generation_prompt=False,
-            **plan.template_kwargs,
-        )
-    except TemplateError as exc:
-        hint = ""
-        if "system" in str(exc).lower() and messages and messages[0].get("role") == "system":
-            hint = (
-                " (this template has no system role: drop the system message with "
-                "drop_system_message: true, or choose a template that has one)"
-            )
-        raise ValueError(
-            f"chat template '{plan.template_name}' refused the conversation: {exc}{hint}"
-        ) from None
+    return chat_text(
+        tokenizer,
+        messages,
+        template_name=plan.template_name,
+        system_fix="drop the system message with drop_system_message: true",
+        chat_template=plan.template,
+        tools=tools,
+        add_generation_prompt=False,
+        **plan.template_kwargs,
+    )
 
 
 def common_prefix(a: str, b: str) -> int:

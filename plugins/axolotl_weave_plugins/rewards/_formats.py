@@ -20,6 +20,7 @@ from axolotl_weave import (
     PAD_TOKEN,
     DatasetFormat,
     PluginConfig,
+    chat_text,
     map_rows,
     require_columns,
 )
@@ -49,7 +50,7 @@ STEPWISE_COLUMNS: dict[str, int | str | None] = {
 
 def conversation_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     """The conversation rendered with the chat template, tokenized as `apply_chat_template`."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    text = chat_text(tokenizer, messages, system_fix="remove the rows' system field")
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -18,6 +18,7 @@ from axolotl_weave import (
     PAD_TOKEN,
     DatasetFormat,
     PluginConfig,
+    chat_text,
     map_rows,
     text_field,
 )
@@ -242,7 +243,7 @@ def chat_template_texts(entry: Any, tokenizer: Any, argilla: bool) -> Callable:
 
     def render_response(turn: dict[str, str]) -> str:
         dummy = {"role": "user", "content": "[[dummy_message]]"}
-        text = tokenizer.apply_chat_template([dummy, turn], tokenize=False)
+        text = chat_text(tokenizer, [dummy, turn])
         return text[text.find(turn["content"]) :].rstrip()
 
     def texts(row: dict[str, Any]) -> Texts:
@@ -253,7 +254,7 @@ def chat_template_texts(entry: Any, tokenizer: Any, argilla: bool) -> Callable:
             if isinstance(messages, str):
                 messages = [{mapping["role"]: "user", mapping["content"]: messages}]
             messages = [message(m) for m in messages]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = chat_text(tokenizer, messages, add_generation_prompt=True)
         chosen = render_response(response(row[field_chosen]))
         rejected = render_response(response(row[field_rejected]))
         return prompt, chosen, rejected
@@ -306,11 +307,11 @@ def orpo_argilla_texts(entry: Any, tokenizer: Any) -> Callable:
             if i < turns - 1:
                 answer = turn_content(chosen, i * 2 + 1, "chosen")
                 messages.append({"role": "assistant", "content": answer})
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = chat_text(tokenizer, messages, add_generation_prompt=True)
         completions = []
         for conversation in (chosen, rejected):
             last = {"role": "assistant", "content": conversation[-1]["content"]}
-            whole = tokenizer.apply_chat_template(messages + [last], tokenize=False)
+            whole = chat_text(tokenizer, messages + [last])
             if not whole.startswith(prompt):
                 raise ValueError(
                     "the chat template does not render the prompt as the start of the "

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from axolotl_weave import PAD_TOKEN, DatasetFormat, PluginConfig, map_rows
+from axolotl_weave import PAD_TOKEN, DatasetFormat, PluginConfig, chat_text, map_rows
 from pydantic import Field
 
 PROMPT_COLUMNS: dict[str, int | str | None] = {
@@ -79,9 +79,7 @@ def prompt_ids(
                 "the prompt is a conversation but the tokenizer has no chat template: set "
                 "chat_template: (e.g. chatml) or give prompts as strings"
             )
-        text = tokenizer.apply_chat_template(
-            prompt, add_generation_prompt=True, tokenize=False, **(template_kwargs or {})
-        )
+        text = chat_text(tokenizer, prompt, add_generation_prompt=True, **(template_kwargs or {}))
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if isinstance(prompt, str):
         return list(tokenizer(prompt)["input_ids"])

@@ -80,6 +80,17 @@ def test_blocked_a_key_changing_what_is_trained_gets_no_axolotl_reason(
     assert "  - qat: unknown key" in blocked
 
 
+def test_a_parallelism_key_is_refused_for_where_the_run_fits(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    """Tensor and context parallelism split the model over GPUs: refused, saying so (not that
+    they would change what is trained)."""
+    message = error(tmp_path, {**base_config, "context_parallel_size": 2})
+    assert "context_parallel_size: an Axolotl option that no installed plugin" in message
+    assert "a way of splitting the model or its sequences over GPUs" in message
+    assert "changes what is trained" not in message
+
+
 def test_the_train_on_split_alias_is_the_plugins(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:

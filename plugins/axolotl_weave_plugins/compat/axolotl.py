@@ -40,6 +40,17 @@ DECISIVE = (
     "so the run is refused rather than silently training something else: remove the key"
 )
 """Why a set key of `AXOLOTL_DECISIVE_KEYS` that nothing validates is refused."""
+PARALLELISM = (
+    "an Axolotl option that no installed plugin implements (not yet in Axolotl Weave, or its "
+    "plugin is blocked or not installed: see `weave plugin list`): a way of splitting the model "
+    "or its sequences over GPUs; without it the run would need each GPU to hold what the config "
+    "splits, so it is refused: remove the key (data parallelism, FSDP2 and DeepSpeed are here)"
+)
+"""Why a parallelism key of `AXOLOTL_DECISIVE_KEYS` is refused: it changes where the run
+fits, not what it learns."""
+PARALLELISM_KEYS = frozenset(
+    {"context_parallel_size", "tensor_parallel_size", "sequence_parallel_degree"}
+)
 
 SPLIT_ALIASES = {"train_on_split": "split"}
 """Axolotl's aliases of dataset entry keys -> the key here."""
@@ -82,7 +93,9 @@ def ignored_warning(key: str) -> str:
 @hookimpl
 def explain_unknown_key(key: str) -> str | None:
     """Axolotl's keys that change what is trained are refused with the reason."""
-    return DECISIVE if key in AXOLOTL_DECISIVE_KEYS else None
+    if key not in AXOLOTL_DECISIVE_KEYS:
+        return None
+    return PARALLELISM if key in PARALLELISM_KEYS else DECISIVE
 
 
 def drop_top_level_keys(data: dict[str, Any], known_keys: frozenset[str]) -> list[str]:

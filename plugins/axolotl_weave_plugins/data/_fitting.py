@@ -169,8 +169,9 @@ def fit_rows(
     fitted = dataset.map(fit, batched=True, desc="Fitting to sequence_len")
     if len(fitted) == 0:
         return fitted, counts
-    short = np.asarray(fitted["length"]) < minimum
-    untrained = np.asarray(fitted["n_targets"]) == 0
+    columns = fitted.with_format("arrow")  # the counts read from Arrow, not as Python lists
+    short = columns["length"].to_numpy() < minimum
+    untrained = columns["n_targets"].to_numpy() == 0
     counts["dropped_too_short"] = int(short.sum())
     counts["dropped_no_targets"] = int((untrained & ~short).sum())
     keep = ~(short | untrained)

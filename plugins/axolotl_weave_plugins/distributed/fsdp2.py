@@ -576,15 +576,17 @@ def broadcast_from_main(model: Any, device: Any, is_main: bool) -> None:
         model.tie_weights()
 
 
-def sharded_state(model: Any, optimizer: Any) -> dict[str, Any]:
-    """The trainable weights' (and the optimizer's) sharded state dicts."""
+def sharded_state(model: Any, optimizer: Any, whole: bool = False) -> dict[str, Any]:
+    """The trainable weights' (and the optimizer's) state dicts: each process's shards, or with
+    `whole` gathered in full into rank 0's CPU memory (the other ranks get empty dicts).
+    Collective."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
         get_optimizer_state_dict,
     )
 
-    options = StateDictOptions(ignore_frozen_params=True)
+    options = StateDictOptions(full_state_dict=whole, cpu_offload=whole, ignore_frozen_params=True)
     state = {"model": get_model_state_dict(model, options=options)}
     if optimizer is not None:
         state["optimizer"] = get_optimizer_state_dict(model, optimizer, options=options)
@@ -598,24 +600,15 @@ def write_full_state(folder: Path, model: Any, optimizer: Any, is_main: bool) ->
     Collective: every process gathers, rank 0 writes."""
     import torch
     from safetensors.torch import save_file
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-    weights = get_model_state_dict(model, options=options)
-    optim = (
-        None if optimizer is None else get_optimizer_state_dict(model, optimizer, options=options)
-    )
+    state = sharded_state(model, optimizer, whole=True)
     if not is_main:
         return
     names = {canonical(name) for name, _ in model.named_parameters()}  # ties counted once
-    weights = {k: v.contiguous() for k, v in weights.items() if k in names}
+    weights = {k: v.contiguous() for k, v in state["model"].items() if k in names}
     save_file(weights, str(folder / WEIGHTS_FILE))
-    if optim is not None:
-        torch.save(optim, folder / "optimizer.pt")
+    if "optimizer" in state:
+        torch.save(state["optimizer"], folder / "optimizer.pt")
 
 
 def read_full_state(folder: Path, is_main: bool) -> dict[str, Any]:

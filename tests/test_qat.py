@@ -49,20 +49,29 @@ def step_losses(state: Any) -> list[float]:
 
 def fake_quantized(folder: Path, scheme: dict[str, Any]) -> Any:
     """The saved model with torchao's fake-quantizers of `scheme` put in, as training ran it."""
-    from axolotl_weave_plugins.methods._torchao_schemes import fake_quantize, ptq_config
+    from axolotl_weave_plugins.methods._torchao_schemes import (
+        embedding_config,
+        fake_quantize,
+        ptq_config,
+    )
 
     model = AutoModelForCausalLM.from_pretrained(folder)
-    base = ptq_config(scheme["weight_dtype"], scheme["activation_dtype"], scheme["group_size"])
-    fake_quantize(model, base, None)
+    weight, group_size = scheme["weight_dtype"], scheme["group_size"]
+    base = ptq_config(weight, scheme["activation_dtype"], group_size)
+    ends = embedding_config(weight, group_size) if scheme.get("quantize_embedding") else None
+    fake_quantize(model, base, ends)
     return model.eval()
 
 
+@pytest.mark.parametrize("ends", [False, True], ids=["linear", "with-embeddings"])
 def test_quantize_writes_a_model_that_computes_what_qat_trained(
-    base_config: dict, tmp_path: Path
+    base_config: dict, tmp_path: Path, ends: bool
 ) -> None:
     """Training saves a plain model; `weave quantize` writes torchao int4 weights that
-    `from_pretrained` loads, whose logits equal the fake-quantized model's bit for bit."""
-    config = qat_config(base_config, tmp_path / "out")
+    `from_pretrained` loads, whose logits equal the fake-quantized model's bit for bit; the
+    embedding and output layer are quantized with `quantize_embedding` only."""
+    scheme = {**INT8_INT4, "quantize_embedding": ends}
+    config = qat_config(base_config, tmp_path / "out", quantize_embedding=ends)
     train_with(config, tmp_path / "qat.yml")
     out = tmp_path / "out"
     saved = json.loads((out / "config.json").read_text())
@@ -82,8 +91,10 @@ def test_quantize_writes_a_model_that_computes_what_qat_trained(
     quantized = AutoModelForCausalLM.from_pretrained(target).eval()
     weight = quantized.model.layers[0].mlp.up_proj.weight
     assert type(weight).__name__ == "IntxUnpackedToInt8Tensor"
+    ends_kind = {type(quantized.lm_head.weight), type(quantized.model.embed_tokens.weight)}
+    assert (ends_kind == {torch.nn.Parameter}) is not ends
     with torch.no_grad():
-        expected = fake_quantized(out, INT8_INT4)(PROBE).logits
+        expected = fake_quantized(out, scheme)(PROBE).logits
         assert torch.equal(quantized(PROBE).logits, expected)
         plain = AutoModelForCausalLM.from_pretrained(out).eval()(PROBE).logits
     assert not torch.equal(plain, expected)  # the rounding is real
@@ -177,6 +188,18 @@ def test_qat_on_fsdp2_trains_what_one_process_trains(tiny_llama_dir: Path, tmp_p
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
     assert "quantization_config" not in (tmp_path / "fsdp" / "config.json").read_text()
+
+
+def test_fused_losses_leave_a_fake_quantized_output_layer_alone(tiny_llama_dir: Path) -> None:
+    """Liger's and cut cross-entropy's fused losses multiply by the output layer's weight
+    themselves: they apply to QAT's plain output layer, and leave a fake-quantized one (with
+    `quantize_embedding`) alone, whose rounding they would skip."""
+    from axolotl_weave_plugins.kernels._fused_linear_loss import head_problem
+
+    model = fake_quantized(tiny_llama_dir, INT8_INT4)
+    assert head_problem(model) is None  # the output layer stays plain by default
+    model = fake_quantized(tiny_llama_dir, {**INT8_INT4, "quantize_embedding": True})
+    assert "FakeQuantizedLinear, whose forward is not a plain linear one" in head_problem(model)
 
 
 @pytest.mark.parametrize(

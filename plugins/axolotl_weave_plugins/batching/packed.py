@@ -178,9 +178,8 @@ def plan_batches(
     from axolotl_weave_plugins.batching._multipack import packer_for
 
     size = (cfg.eval_batch_size or cfg.micro_batch_size) if evaluation else cfg.micro_batch_size
-    packer = packer_for(
-        cfg, dataset, size, not evaluation, strategy.process_index, strategy.num_processes
-    )
+    shuffle = not evaluation and not getattr(cfg, "curriculum_sampling", False)
+    packer = packer_for(cfg, dataset, size, shuffle, strategy.process_index, strategy.num_processes)
     pad_to = packer.capacity if cfg.pad_to_sequence_len else None  # 2 x sequence_len for pairs
     if not evaluation:
         report_packing(cfg, packer, strategy)

@@ -3,7 +3,9 @@
 Training rows are read in a permutation seeded by `(seed, epoch)`, dealt out to the processes by
 micro-batches (`process_share`: the same micro-batches in each optimizer step whatever the number
 of processes, for the same global batch), so a resumed run sees the same micro-batches as an
-uninterrupted one; the eval set in a fixed order (each process its share, sorted). Each
+uninterrupted one; the eval set in a fixed order (each process its share, sorted), and the
+training set too with `curriculum_sampling: true` (Axolotl's key: the rows in the order the
+datasets list them, which it also leaves unshuffled when merging them). Each
 micro-batch is padded to its longest row, or to `sequence_len` with `pad_to_sequence_len`, every
 column with the padding its format declared.
 A stream (an `IterableDataset`, no length) is read in its order, this process's share.
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from axolotl_weave import (
     SFT_COLUMNS,
     Columns,
+    PluginConfig,
     Strategy,
     collate,
     epoch_order,
@@ -25,12 +28,41 @@ from axolotl_weave import (
     micro_batches_per_epoch,
     read_rows,
 )
+from pydantic import Field, model_validator
 
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset
 
 PLUGIN_KIND = "batching"
+
+
+class OrderSettings(PluginConfig):
+    """The `curriculum_sampling` key (Axolotl's name)."""
+
+    curriculum_sampling: bool = Field(
+        False,
+        description="Train on the rows in their order (the datasets' order, not shuffled), "
+        "the same each epoch.",
+    )
+
+    @model_validator(mode="after")
+    def _datasets_in_order(self) -> OrderSettings:
+        """As in Axolotl, the merged datasets keep their order too."""
+        if self.curriculum_sampling:
+            self.shuffle_merged_datasets = False
+        return self
+
+
+@hookimpl
+def add_config_fields() -> type[PluginConfig]:
+    """`curriculum_sampling`."""
+    return OrderSettings
+
+
+def shuffles(cfg: Any, evaluation: bool) -> bool:
+    """Whether the rows are read in a seeded permutation: training, unless `curriculum_sampling`."""
+    return not evaluation and not getattr(cfg, "curriculum_sampling", False)
 
 
 def iter_micro_batches(
@@ -156,6 +188,7 @@ def plan_batches(
     if not hasattr(dataset, "__len__"):
         return StreamedBatches(dataset, size, pad_token_id, columns, rank, world_size)
     pad_to = cfg.sequence_len if cfg.pad_to_sequence_len else None
+    shuffle = shuffles(cfg, evaluation)
     return PaddedBatches(
-        dataset, size, pad_token_id, pad_to, columns, cfg.seed, not evaluation, rank, world_size
+        dataset, size, pad_token_id, pad_to, columns, cfg.seed, shuffle, rank, world_size
     )

@@ -128,7 +128,8 @@ def output_linears(model: Any) -> tuple[list[Any], str | None]:
 
     A plain head gives itself; a peft ``modules_to_save`` head gives its original and each
     trained copy (the wrapper calls the active one). A head with a LoRA (or other peft)
-    adapter, a quantized head or a custom module has no single plain weight: ([], reason).
+    adapter, a quantized or fake-quantized head (a linear subclass with its own forward) or a
+    custom module has no single plain weight: ([], reason).
     """
     import torch
 
@@ -151,6 +152,11 @@ def output_linears(model: Any) -> tuple[list[Any], str | None]:
         weight = getattr(linear, "weight", None)
         if not isinstance(linear, torch.nn.Linear) or not isinstance(weight, torch.Tensor):
             return [], f"the output layer is a {type(linear).__name__}, not a torch.nn.Linear"
+        if type(linear).forward is not torch.nn.Linear.forward:
+            return [], (
+                f"the output layer is a {type(linear).__name__}, whose forward is not a plain "
+                "linear one (fake-quantized, say): the fused loss would skip what it does"
+            )
         if weight.dim() != 2 or not weight.is_floating_point():
             return [], (
                 f"the output layer's weight is {weight.dtype} (quantized?); the fused loss needs "

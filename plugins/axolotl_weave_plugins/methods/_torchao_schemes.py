@@ -11,6 +11,7 @@ Not a plugin (no entry point): a helper of `methods/qat.py`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 DTYPE_ALIASES = {
@@ -136,14 +137,38 @@ def is_embedding(module: Any, _name: str) -> bool:
     return isinstance(module, torch.nn.Embedding)
 
 
+def linear_layers(model: Any, *, output_layer: bool) -> Callable[[Any, str], bool]:
+    """torchao filter: the linear layers, the output layer (lm_head) only with `output_layer`.
+
+    The output layer goes with the input embedding (`quantize_embedding`), as transformers'
+    `TorchAoConfig(include_input_output_embeddings=...)` treats both; left plain, the fused
+    cross-entropy kernels (Liger's, cut cross-entropy), which multiply by its weight
+    themselves, still apply.
+    """
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+
+    def wanted(module: Any, _name: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and (output_layer or module is not head)
+
+    return wanted
+
+
 def fake_quantize(model: Any, base: Any, embedding: Any | None) -> None:
-    """Swap the model's linear layers (and, with `embedding`, its embeddings) for torchao's
-    fake-quantized ones, whose forward rounds as `base` (and `embedding`) would, in place."""
+    """Swap the model's linear layers (and, with `embedding`, its input embedding and output
+    layer) for torchao's fake-quantized ones, whose forward rounds as `base` (and `embedding`)
+    would, in place."""
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
-    quantize_(model, QATConfig(base, step="prepare"))
-    if embedding is not None:
+    with_ends = embedding is not None
+    quantize_(
+        model,
+        QATConfig(base, step="prepare"),
+        filter_fn=linear_layers(model, output_layer=with_ends),
+    )
+    if with_ends:
         quantize_(model, QATConfig(embedding, step="prepare"), filter_fn=is_embedding)
 
 
@@ -173,15 +198,17 @@ def set_fake_quantization(model: Any, enabled: bool) -> int:
 
 
 def quantize(model: Any, base: Any, embedding: Any | None) -> None:
-    """Quantize the model's linear layers (and embeddings) with torchao, in place, and attach
+    """Quantize the model's linear layers (with `embedding`, its input embedding and output
+    layer too) with torchao, in place, and attach
     transformers' torchao quantizer, so `save_pretrained` writes a checkpoint that
     `from_pretrained` loads quantized."""
     from torchao.quantization import quantize_
     from transformers import TorchAoConfig
     from transformers.quantizers.quantizer_torchao import TorchAoHfQuantizer
 
-    quantize_(model, base)
-    if embedding is not None:
+    with_ends = embedding is not None
+    quantize_(model, base, filter_fn=linear_layers(model, output_layer=with_ends))
+    if with_ends:
         quantize_(model, embedding, filter_fn=is_embedding)
     config = TorchAoConfig(quant_type=base, include_input_output_embeddings=embedding is not None)
     model.config.quantization_config = config

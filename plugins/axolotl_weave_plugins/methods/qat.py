@@ -1,13 +1,15 @@
 """Quantization-aware training (`qat:`) and post-training quantization (`quantization:`,
 `weave quantize`) with torchao, with Axolotl's keys.
 
-`qat:` trains the whole model with its linear layers (and, with `quantize_embedding`, its
-embeddings) fake-quantized: the forward pass rounds weights and activations as the chosen
-scheme will, the backward pass goes straight through, so the weights learn to live with the
-rounding. `fake_quant_after_n_steps: N` trains the first N steps unrounded. Training saves a
-plain model (the fake-quantizers swapped back out); `weave quantize CONFIG` then quantizes it
-for real with the same scheme into `output_dir/quantized`, a checkpoint `from_pretrained`
-(and `weave inference --base-model`) loads quantized. Without `qat:`, `quantization:` gives
+`qat:` trains the whole model with its linear layers fake-quantized (with
+`quantize_embedding`, its input embedding and output layer too, which otherwise stay in the
+model's dtype, as transformers' `TorchAoConfig` leaves them by default): the forward pass
+rounds weights and activations as the chosen scheme will, the backward pass goes straight
+through, so the weights learn to live with the rounding. `fake_quant_after_n_steps: N` trains
+the first N steps unrounded. Training saves a plain model (the fake-quantizers swapped back
+out); `weave quantize CONFIG` then quantizes it for real with the same scheme into
+`output_dir/quantized`, a checkpoint `from_pretrained` (and `weave inference --base-model`)
+loads quantized. Without `qat:`, `quantization:` gives
 `weave quantize` the scheme to apply to any trained model.
 
 The schemes (`_torchao_schemes.SCHEMES`): int8 dynamic activations with int4 or int8 grouped
@@ -52,7 +54,9 @@ class Scheme(BaseModel):
         32, gt=0, description="Weights per quantization group (nvfp4: 16, mxfp4: 32)."
     )
     quantize_embedding: bool | None = Field(
-        False, description="Quantize the input embedding too (int4 or int8 weights)."
+        False,
+        description="Quantize the input embedding (int4 or int8 weights) and the output "
+        "layer too; without it both stay in the model's dtype.",
     )
 
     @field_validator("weight_dtype", "activation_dtype", mode="before")

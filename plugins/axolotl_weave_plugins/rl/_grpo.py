@@ -305,6 +305,7 @@ class PromptGroups:
     seed: int
     rank: int
     world_size: int
+    shuffle: bool = True  # False with curriculum_sampling: the prompts in their order
 
     @property
     def prompts_per_step(self) -> int:
@@ -320,6 +321,8 @@ class PromptGroups:
 
     def micro_batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, Any]]:
         order = epoch_order(len(self.dataset), self.seed, epoch, self.rank, self.world_size)
+        if not self.shuffle:  # curriculum_sampling: this process's share, in order
+            order = sorted(epoch_order(len(self.dataset), 0, 0, self.rank, self.world_size))
         per_step = self.prompts_per_step
         number = 0
         for step in range(self.steps_per_epoch):
@@ -508,6 +511,7 @@ class GRPORun:
             cfg.seed,
             strategy.process_index,
             strategy.num_processes,
+            shuffle=not getattr(cfg, "curriculum_sampling", False),
         )
         if plan.steps_per_epoch == 0:
             raise DataError(

@@ -53,7 +53,7 @@ def test_with_the_plugin_axolotl_keys_are_dropped_with_a_warning(
     assert "gc_steps" not in cfg.model_dump()
 
 
-@pytest.mark.parametrize("key", ["neftune_noise_alpha", "curriculum_sampling"])
+@pytest.mark.parametrize("key", ["neftune_noise_alpha", "dense_mixer"])
 def test_blocked_an_axolotl_only_key_is_an_unknown_key(
     tmp_path: Path, base_config: dict[str, Any], key: str
 ) -> None:
@@ -74,10 +74,10 @@ def test_blocked_a_key_changing_what_is_trained_gets_no_axolotl_reason(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:
     # (rl: dpo was the example; the preference plugin implements it now)
-    with_plugin = error(tmp_path, {**base_config, "qat": {"weight_dtype": "int8"}})
-    assert "qat: an Axolotl option that no installed plugin implements" in with_plugin
-    blocked = error(tmp_path, {**base_config, "qat": {"weight_dtype": "int8"}}, block=(COMPAT,))
-    assert "  - qat: unknown key" in blocked
+    with_plugin = error(tmp_path, {**base_config, "quantize_moe_experts": True})
+    assert "quantize_moe_experts: an Axolotl option that no installed plugin" in with_plugin
+    blocked = error(tmp_path, {**base_config, "quantize_moe_experts": True}, block=(COMPAT,))
+    assert "  - quantize_moe_experts: unknown key" in blocked
 
 
 def test_a_parallelism_key_is_refused_for_where_the_run_fits(
@@ -201,6 +201,6 @@ def test_an_axolotl_example_config_validates_with_its_current_names(
     assert cfg.lora_r == 8 and cfg.special_tokens in (None, {})
     assert "'group_by_length'" in caplog.text and "padding, not which rows" in caplog.text
 
-    path.write_text(text + "processor_type: AutoProcessor\n")
-    with pytest.raises(ConfigError, match="processor_type: an Axolotl option that no installed"):
+    path.write_text(text + "use_eaft: true\n")
+    with pytest.raises(ConfigError, match="use_eaft: an Axolotl option that no installed"):
         open_session(path)

@@ -1,0 +1,1 @@
+"""Vision-language fine-tuning: a processor, conversations with images, their batches."""

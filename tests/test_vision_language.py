@@ -1,0 +1,353 @@
+"""Vision-language fine-tuning (`processor_type`): conversations with images are tokenized by
+the model's processor, their assistant turns trained, and the batches carry the pixels; on tiny
+LLaVA and Gemma 3 models built from their real configs with random weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from axolotl_weave import ConfigError, DataError, hookimpl
+from axolotl_weave._run import open_session
+from axolotl_weave_testing import run_weave_in_process, train_with, write_config, write_jsonl
+from safetensors.torch import load_file
+
+TEMPLATES = Path(__file__).parents[1] / "plugins/axolotl_weave_plugins/formats/chat_templates"
+COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+
+
+def build_tiny_llava(folder: Path, tiny_llama_dir: Path) -> Path:
+    """LLaVA 1.5's architecture (CLIP vision tower, projector, llama) with random weights, its
+    processor (32-pixel images, 16 image tokens each) and Axolotl's llava template."""
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=(TEMPLATES / "llava.jinja").read_text(),
+    )
+    config = LlavaConfig(
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_gemma3(folder: Path, tiny_llama_dir: Path) -> Path:
+    """Gemma 3's multimodal architecture (SigLIP tower, pooled to 4 tokens an image)."""
+    from transformers import (
+        AutoTokenizer,
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessorPil,
+        Gemma3Processor,
+    )
+
+    specials = {
+        "image_token": "<image_soft_token>",
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+    }
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir, extra_special_tokens=specials)
+    tokenizer.pad_token = tokenizer.eos_token
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+        chat_template=(TEMPLATES / "gemma3.jinja").read_text(),
+        image_seq_length=4,
+    )
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in specials.items()}
+    config = Gemma3Config(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "sliding_window": 64,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        mm_tokens_per_image=4,
+        image_token_index=ids["image_token"],
+        boi_token_index=ids["boi_token"],
+        eoi_token_index=ids["eoi_token"],
+    )
+    torch.manual_seed(0)
+    Gemma3ForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Path:
+    return build_tiny_llava(tmp_path_factory.mktemp("llava"), tiny_llama_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Path:
+    return build_tiny_gemma3(tmp_path_factory.mktemp("gemma3"), tiny_llama_dir)
+
+
+def color_rows(folder: Path, count: int = 8) -> Path:
+    """`count` conversations, each a picture of a colour (a PNG next to the file, named by a
+    relative path) and its name as the answer."""
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(count):
+        name = list(COLORS)[index % len(COLORS)]
+        Image.new("RGB", (40 + index, 30), COLORS[name]).save(folder / f"images/{index}.png")
+        user = [
+            {"type": "image", "path": f"images/{index}.png"},
+            {"type": "text", "text": "Color?"},
+        ]
+        answer = [{"type": "text", "text": f"It is {name}."}]
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": user},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
+    return write_jsonl(folder / "colors.jsonl", rows)
+
+
+def vlm_config(base: Path, data: Path, out: Path, **keys: Any) -> dict[str, Any]:
+    """Axolotl's multimodal config, as its docs give it."""
+    return {
+        "base_model": str(base),
+        "processor_type": "AutoProcessor",
+        "skip_prepare_dataset": True,
+        "remove_unused_columns": False,
+        "sample_packing": False,
+        "datasets": [{"path": str(data), "type": "chat_template"}],
+        "dataset_prepared_path": str(out.parent / "prepared"),
+        "sequence_len": 256,
+        "micro_batch_size": 2,
+        "max_steps": 3,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "bf16": False,
+        "output_dir": str(out),
+        **keys,
+    }
+
+
+class Batches:
+    """Records every training micro-batch (the processor's tensors and the labels)."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    @hookimpl(wrapper=True)
+    def training_step(self, window: list[dict[str, Any]]) -> Any:
+        self.seen += [{k: v.clone() for k, v in batch.items()} for batch in window]
+        return (yield)
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+def test_a_vision_language_model_trains_on_its_assistant_turns(
+    family: str, tiny_llava: Path, tiny_gemma3: Path, tmp_path: Path
+) -> None:
+    """The batches carry the images' pixels and image tokens; the labels are exactly the
+    assistant's answers; the model learns; the processor is saved with it."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    base = {"llava": tiny_llava, "gemma3": tiny_gemma3}[family]
+    batches = Batches()
+    out = tmp_path / "out"
+    state = train_with(vlm_config(base, color_rows(tmp_path), out), tmp_path / "c.yml", batches)
+    processor = AutoProcessor.from_pretrained(base)
+    model_config = AutoConfig.from_pretrained(base)
+    image_token = getattr(model_config, "image_token_id", None) or model_config.image_token_index
+    answers = set()
+    for batch in batches.seen:
+        assert batch["pixel_values"].shape[0] == batch["input_ids"].shape[0]  # one image a row
+        per_image = (batch["input_ids"] == image_token).sum(dim=1)
+        assert per_image.tolist() == [per_image[0].item()] * len(per_image)
+        assert per_image[0] > 1  # each image expanded into its tokens
+        for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+            trained = labels[labels >= 0]
+            assert torch.equal(trained, ids[labels >= 0])
+            answers.add(processor.tokenizer.decode(trained).strip())
+    assert answers <= {f"It is {c}." for c in COLORS} | {f"It is {c}.<end_of_turn>" for c in COLORS}
+    losses = [r["loss"] for r in state.log_history if "loss" in r]
+    assert losses[-1] < losses[0]
+    reloaded = AutoProcessor.from_pretrained(out)
+    assert type(reloaded) is type(processor)
+    assert type(AutoModelForImageTextToText.from_pretrained(out)).__name__.endswith(
+        "ForConditionalGeneration"
+    )
+
+
+def test_freeze_mm_modules_trains_the_language_model_only(tiny_llava: Path, tmp_path: Path) -> None:
+    """Frozen, the vision tower and projector keep their weights; trained, they move."""
+    before = load_file(str(tiny_llava / "model.safetensors"))
+    data = color_rows(tmp_path)
+    for frozen in (True, False):
+        out = tmp_path / f"out-{frozen}"
+        config = vlm_config(tiny_llava, data, out, freeze_mm_modules=frozen)
+        train_with(config, tmp_path / f"{frozen}.yml")
+        after = load_file(str(out / "model.safetensors"))
+        encoders = [n for n in before if "vision_tower" in n or "multi_modal_projector" in n]
+        language = [n for n in before if "language_model" in n]
+        assert encoders and language
+        moved = [n for n in encoders if not torch.equal(after[n], before[n])]
+        assert (moved == []) is frozen, moved
+        assert any(not torch.equal(after[n], before[n]) for n in language)
+
+
+def test_lora_on_the_language_model(tiny_llava: Path, tmp_path: Path) -> None:
+    """Axolotl's example: LoRA on the language model's projections only, by a regex."""
+    regex = r"model.language_model.layers.[\d]+.(mlp|self_attn).(up|down|gate|q|k|v|o)_proj"
+    config = vlm_config(
+        tiny_llava,
+        color_rows(tmp_path),
+        tmp_path / "out",
+        adapter="lora",
+        lora_r=4,
+        lora_alpha=8,
+        lora_target_modules=regex,
+    )
+    train_with(config, tmp_path / "c.yml")
+    adapter = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
+    assert adapter and all("language_model.layers" in name for name in adapter)
+
+
+def test_images_from_an_images_column_and_a_sharegpt_conversation(
+    tiny_llava: Path, tmp_path: Path
+) -> None:
+    """Axolotl's older shape: `from`/`value` messages, the image in an `images` column."""
+    color_rows(tmp_path)
+    rows = [
+        {
+            "conversations": [
+                {"from": "human", "value": "Color?"},
+                {"from": "gpt", "value": f"It is {name}."},
+            ],
+            "images": [str(tmp_path / f"images/{index}.png")],
+        }
+        for index, name in enumerate(["red", "green", "blue", "red"])
+    ]
+    data = write_jsonl(tmp_path / "sharegpt.jsonl", rows)
+    config = vlm_config(tiny_llava, data, tmp_path / "out")
+    config["datasets"][0]["field_messages"] = "conversations"
+    batches = Batches()
+    train_with({**config, "max_steps": 1}, tmp_path / "c.yml", batches)
+    batch = batches.seen[0]
+    assert "pixel_values" in batch
+    from transformers import AutoConfig
+
+    image_token = AutoConfig.from_pretrained(tiny_llava).image_token_index
+    assert (batch["input_ids"] == image_token).sum() == 2 * 16  # 2 rows, 16 tokens an image
+
+
+def test_a_missing_image_names_its_row(tiny_llava: Path, tmp_path: Path) -> None:
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image", "path": "nowhere.png"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Nothing."}]},
+            ]
+        }
+    ]
+    data = write_jsonl(tmp_path / "broken.jsonl", rows)
+    config = vlm_config(tiny_llava, data, tmp_path / "out")
+    path = write_config(tmp_path / "c.yml", config)
+    result = run_weave_in_process("preprocess", str(path))
+    assert result.returncode != 0
+    assert "broken.jsonl:1: image file 'nowhere.png' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"sample_packing": True}, "rows with images cannot be packed here"),
+        ({"excess_length_strategy": "truncate"}, "would cut an image's tokens"),
+        ({"image_resize_algorithm": "nearest"}, "not one of bilinear, bicubic, lanczos"),
+        ({"processor_kwargs": {"tokenizer": "x"}}, "the run's tokenizer is the processor's"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(
+    tiny_llava: Path, tmp_path: Path, keys: dict, message: str
+) -> None:
+    config = vlm_config(tiny_llava, tmp_path / "none.jsonl", tmp_path / "out", **keys)
+    with pytest.raises(ConfigError, match=message):
+        open_session(write_config(tmp_path / "c.yml", config))
+
+
+def test_image_size_resizes_before_the_processor(tmp_path: Path) -> None:
+    from axolotl_weave_plugins.multimodal._images import load
+    from PIL import Image
+
+    Image.new("RGB", (40, 20), (1, 2, 3)).save(tmp_path / "wide.png")
+    assert load(str(tmp_path / "wide.png"), 16, None).size == (16, 16)  # padded square
+    assert load(str(tmp_path / "wide.png"), (8, 12), "bicubic").size == (8, 12)
+    assert load(str(tmp_path / "wide.png"), None, None).size == (40, 20)
+    with pytest.raises(DataError, match="cannot read image"):
+        (tmp_path / "bad.png").write_text("not an image")
+        load(str(tmp_path / "bad.png"), None, None)
+
+
+def test_the_config_keeps_axolotls_type(tiny_llava: Path, tmp_path: Path) -> None:
+    cfg = open_session(
+        write_config(tmp_path / "c.yml", vlm_config(tiny_llava, tmp_path / "d.jsonl", tmp_path))
+    ).cfg
+    assert cfg.datasets[0].type == "multimodal.chat_template"
+    assert cfg.model_type == "AutoModelForImageTextToText"
+    assert json.dumps(cfg.processor_kwargs) == "{}"

@@ -74,10 +74,10 @@ def test_blocked_a_key_changing_what_is_trained_gets_no_axolotl_reason(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:
     # (rl: dpo was the example; the preference plugin implements it now)
-    with_plugin = error(tmp_path, {**base_config, "quantize_moe_experts": True})
-    assert "quantize_moe_experts: an Axolotl option that no installed plugin" in with_plugin
-    blocked = error(tmp_path, {**base_config, "quantize_moe_experts": True}, block=(COMPAT,))
-    assert "  - quantize_moe_experts: unknown key" in blocked
+    with_plugin = error(tmp_path, {**base_config, "grokfast_alpha": 0.9})
+    assert "grokfast_alpha: an Axolotl option that no installed plugin" in with_plugin
+    blocked = error(tmp_path, {**base_config, "grokfast_alpha": 0.9}, block=(COMPAT,))
+    assert "  - grokfast_alpha: unknown key" in blocked
 
 
 def test_a_parallelism_key_is_refused_for_where_the_run_fits(

@@ -5,20 +5,16 @@ key enforced, errors in OpenAI's shape, a port in use refused, Ctrl-C stopping i
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from axolotl_weave_testing import greedy, train_tiny_lora
+from axolotl_weave_testing import greedy, start_serve, train_tiny_lora
 
 KEY = "test-key-123"
 MODEL = "out"  # the served name: the adapter's folder
@@ -34,34 +30,9 @@ def trained(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 def server(trained: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """`weave serve CONFIG --port 0 --api-key KEY` in a subprocess, as a user starts it; its
     process and base URL (read from the line it prints once listening)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    env["PYTHONUNBUFFERED"] = "1"
-    command = [sys.executable, "-m", "axolotl_weave._cli", "serve", str(trained["_path"])]
-    process = subprocess.Popen(
-        [*command, "--port", "0", "--api-key", KEY, "--temperature", "0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    seen = []
-    deadline = time.monotonic() + 180
-    assert process.stderr is not None
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line and process.poll() is not None:
-            break
-        seen.append(line)
-        found = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
-        if found:
-            break
-    else:
-        found = None
-    if not found:
-        process.kill()
-        pytest.fail("weave serve did not start:\n" + "".join(seen))
+    process, url, started = start_serve(trained["_path"], "--api-key", KEY, "--temperature", "0")
     try:
-        yield {"process": process, "url": found.group(1), "started": "".join(seen)}
+        yield {"process": process, "url": url, "started": started}
     finally:
         if process.poll() is None:
             process.kill()
@@ -210,6 +181,17 @@ def test_without_the_serve_extra_the_message_names_it(
     message = " ".join(result.stderr.split())
     assert "weave serve needs the package 'uvicorn'" in message
     assert "pip install 'axolotl-weave[serve]'" in message
+
+
+def test_an_image_for_a_text_model_is_a_400(client: openai.OpenAI) -> None:
+    """OpenAI's image parts sent to a model trained without processor_type: one message."""
+    content = [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "text", "text": "What is it?"},
+    ]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
+    assert "takes no images (serve a model trained with processor_type)" in str(caught.value)
 
 
 def test_ctrl_c_stops_the_server(server: dict[str, Any]) -> None:

@@ -12,7 +12,14 @@ import pytest
 import torch
 from axolotl_weave import ConfigError, DataError, hookimpl
 from axolotl_weave._run import open_session
-from axolotl_weave_testing import run_weave_in_process, train_with, write_config, write_jsonl
+from axolotl_weave_testing import (
+    run_weave,
+    run_weave_in_process,
+    start_serve,
+    train_with,
+    write_config,
+    write_jsonl,
+)
 from safetensors.torch import load_file
 
 TEMPLATES = Path(__file__).parents[1] / "plugins/axolotl_weave_plugins/formats/chat_templates"
@@ -351,3 +358,96 @@ def test_the_config_keeps_axolotls_type(tiny_llava: Path, tmp_path: Path) -> Non
     assert cfg.datasets[0].type == "multimodal.chat_template"
     assert cfg.model_type == "AutoModelForImageTextToText"
     assert json.dumps(cfg.processor_kwargs) == "{}"
+
+
+def test_serve_answers_about_an_image_as_generate_does(tiny_llava: Path, tmp_path: Path) -> None:
+    """The official openai client sends a question with an image (a data URL): the server's
+    greedy answer is the trained model's own `generate` on the processor's inputs, and the
+    prompt counts the image's tokens."""
+    import base64
+    import io
+
+    import openai
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out = tmp_path / "out"
+    config_path = write_config(
+        tmp_path / "c.yml", vlm_config(tiny_llava, color_rows(tmp_path), out, max_steps=2)
+    )
+    train_with(vlm_config(tiny_llava, color_rows(tmp_path), out, max_steps=2), config_path)
+    image = Image.new("RGB", (36, 28), COLORS["green"])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Color?"}]
+
+    processor = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Color?"}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    inputs = processor(text=[text], images=[[image]], return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    expected = processor.tokenizer.decode(
+        ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    )
+
+    process, base_url, _ = start_serve(config_path, "--temperature", "0")
+    try:
+        client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=60)
+        answer = client.chat.completions.create(
+            model="out", messages=[{"role": "user", "content": content}], max_tokens=4
+        )
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert answer.usage.prompt_tokens == inputs["input_ids"].shape[1]
+    assert (inputs["input_ids"] == processor.image_token_id).sum() == 16
+    assert answer.choices[0].message.content == expected
+    assert answer.usage.completion_tokens == ids.shape[1] - inputs["input_ids"].shape[1] > 0
+
+
+def test_inference_takes_an_image(
+    tiny_llava: Path, tiny_llama_dir: Path, base_config: dict, tmp_path: Path
+) -> None:
+    """`weave inference --image PATH`: the greedy answer is the trained model's `generate` on
+    the processor's inputs; a text model refuses `--image` with one message."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out = tmp_path / "out"
+    config = vlm_config(tiny_llava, color_rows(tmp_path), out, max_steps=2)
+    path = write_config(tmp_path / "c.yml", config)
+    train_with(config, path)
+    picture = tmp_path / "blue.png"
+    Image.new("RGB", (30, 30), COLORS["blue"]).save(picture)
+    flags = ["--image", str(picture), "--temperature", "0", "--max-new-tokens", "3"]
+    result = run_weave("inference", str(path), *flags, stdin="Color?\n")
+    assert result.returncode == 0, result.stderr
+
+    processor = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Color?"}]}
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(
+        text=[text], images=[[Image.open(picture).convert("RGB")]], return_tensors="pt"
+    )
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    expected = processor.tokenizer.decode(
+        ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    )
+    assert result.stdout == expected + "\n"
+
+    text_model = write_config(tmp_path / "text.yml", base_config)
+    refused = run_weave(
+        "inference", str(text_model), "--base-model", str(tiny_llama_dir), *flags, stdin="Hi\n"
+    )
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "--image: this model takes no images" in refused.stderr

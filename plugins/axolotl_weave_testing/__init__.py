@@ -550,3 +550,34 @@ def run_weave_in_process(
     return subprocess.CompletedProcess(
         ["weave", *args], code, stdout=out.getvalue(), stderr=err.getvalue()
     )
+
+
+def start_serve(config: Path, *flags: str) -> tuple[subprocess.Popen, str, str]:
+    """`weave serve CONFIG --port 0 FLAGS` in a subprocess, as a user starts it: the process,
+    its base URL (from the line it prints once listening) and the lines it printed until then.
+    Fails the test (the process killed) when it does not start within 3 minutes."""
+    import re
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env["PYTHONUNBUFFERED"] = "1"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "axolotl_weave._cli", "serve", str(config), "--port", "0", *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert process.stderr is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line and process.poll() is not None:
+            break
+        seen.append(line)
+        found = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
+        if found:
+            return process, found.group(1), "".join(seen)
+    process.kill()
+    pytest.fail("weave serve did not start:\n" + "".join(seen))

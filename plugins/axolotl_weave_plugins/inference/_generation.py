@@ -64,6 +64,7 @@ class Generation:
     loaded: LoadedModel
     prompt_ids: list[int]
     sampling: Sampling
+    extra: dict[str, Any] = field(default_factory=dict)  # more model inputs (an image's pixels)
     text: str = ""
     completion_tokens: int = 0
     finish_reason: str | None = None
@@ -109,6 +110,7 @@ class Generation:
                     result["ids"] = loaded.model.generate(
                         input_ids=inputs,
                         attention_mask=torch.ones_like(inputs),
+                        **{k: v.to(loaded.device) for k, v in self.extra.items()},
                         generation_config=generation_config(loaded, sampling, max_new),
                         stopping_criteria=StoppingCriteriaList([Cancelled()]),
                         streamer=streamer,
@@ -198,8 +200,13 @@ def generation_config(loaded: LoadedModel, sampling: Sampling, max_new_tokens: i
     )
 
 
-def generate(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling) -> Generation:
-    """A `Generation` of an answer to `prompt_ids` (iterate it to run it). The prompt is checked
-    against the context at once."""
+def generate(
+    loaded: LoadedModel,
+    prompt_ids: list[int],
+    sampling: Sampling,
+    extra: dict[str, Any] | None = None,
+) -> Generation:
+    """A `Generation` of an answer to `prompt_ids` (with `extra` model inputs: an image's
+    pixels); iterate it to run it. The prompt is checked against the context at once."""
     room_for_answer(loaded, len(prompt_ids), sampling.max_new_tokens)
-    return Generation(loaded, list(prompt_ids), sampling)
+    return Generation(loaded, list(prompt_ids), sampling, dict(extra or {}))

@@ -17,6 +17,7 @@ from typing import Any
 
 from axolotl_weave import WeaveError
 
+from axolotl_weave_plugins.inference._images import load_processor
 from axolotl_weave_plugins.inference._prompting import Prompter
 
 log = logging.getLogger("axolotl_weave")
@@ -56,6 +57,7 @@ class LoadedModel:
     choice: ModelChoice
     context_length: int | None
     eos_token_ids: list[int] = field(default_factory=list)
+    processor: Any = None  # a vision-language model's (processor_type), for prompts with images
 
     @property
     def device(self) -> Any:
@@ -247,6 +249,13 @@ def load_for_inference(session: Any, choice: ModelChoice, raw: bool = False) -> 
         model = model.to("cuda")
     model.eval()
     model.config.use_cache = True
+    folders = [choice.adapter_dir, choice.base_model]
     return LoadedModel(
-        model, tokenizer, prompter, choice, context_length(model), eos_ids(model, tokenizer, cfg)
+        model,
+        tokenizer,
+        prompter,
+        choice,
+        context_length(model),
+        eos_ids(model, tokenizer, cfg),
+        load_processor(cfg, folders, tokenizer),
     )

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from axolotl_weave import WeaveError
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -33,6 +34,7 @@ from axolotl_weave_plugins.inference._generation import (
     Sampling,
     generate,
 )
+from axolotl_weave_plugins.inference._images import has_images, vision_inputs
 from axolotl_weave_plugins.inference._model import LoadedModel
 from axolotl_weave_plugins.inference._prompting import Message
 
@@ -153,10 +155,12 @@ class Api:
                 "model_not_found",
             )
 
-    def start(self, prompt_ids: list[int], request: SamplingRequest) -> Generation:
+    def start(
+        self, prompt_ids: list[int], request: SamplingRequest, extra: dict[str, Any] | None = None
+    ) -> Generation:
         """A generation of the request, or a 400 for a prompt that does not fit."""
         try:
-            return generate(self.loaded, prompt_ids, request.sampling(self.defaults))
+            return generate(self.loaded, prompt_ids, request.sampling(self.defaults), extra)
         except PromptTooLong as exc:
             raise ApiError(
                 400, str(exc), "invalid_request_error", "context_length_exceeded"
@@ -189,19 +193,34 @@ class Api:
             yield sse({**chunk("", None), "choices": [], "usage": usage(generation)})
         yield sse("[DONE]")
 
-    def chat_prompt(self, request: ChatRequest) -> list[int]:
-        """The conversation's ids, rendered as in training; it must end with a user turn."""
+    def chat_prompt(self, request: ChatRequest) -> tuple[list[int], dict[str, Any]]:
+        """The conversation's ids, rendered as in training, and the model inputs of its images
+        (a vision-language model's processor turns those); it must end with a user turn."""
         messages = [Message(m.role, m.text()) for m in request.messages]
         if messages[-1].role != "user":
             raise ApiError(
                 400, "messages: the last message must be the user's", "invalid_request_error"
             )
-        return self.loaded.prompter.conversation_ids(messages)
+        raw = [m.model_dump() for m in request.messages]
+        if not has_images(raw):
+            return self.loaded.prompter.conversation_ids(messages), {}
+        if self.loaded.processor is None:
+            raise ApiError(
+                400,
+                f"messages: model '{self.name}' takes no images (serve a model trained with "
+                "processor_type)",
+                "invalid_request_error",
+            )
+        try:
+            return vision_inputs(self.loaded.processor, raw)
+        except WeaveError as exc:
+            raise ApiError(400, f"messages: {exc}", "invalid_request_error") from None
 
     def chat(self, request: ChatRequest) -> dict[str, Any] | Iterator[str]:
         """`/v1/chat/completions`: the answer, or its event stream."""
         self.check_model(request)
-        generation = self.start(self.chat_prompt(request), request)
+        ids, extra = self.chat_prompt(request)
+        generation = self.start(ids, request, extra)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if request.stream:
 

@@ -49,6 +49,12 @@ def inference_command(
     gradio: bool = typer.Option(
         False, "--gradio", help="A Gradio chat page instead of stdin (the gradio_* keys)."
     ),
+    image: list[str] = typer.Option(
+        [],
+        "--image",
+        help="An image (path or URL) before each prompt's text, for a model trained with "
+        "processor_type (repeatable; with --chat, in the first turn).",
+    ),
 ) -> None:
     """Generate answers to prompts read from stdin with the trained model, streamed to stdout.
     Extra `--key value` pairs override the config."""
@@ -62,6 +68,8 @@ def inference_command(
         raise WeaveError("--whole and --chat exclude each other: a chat reads a turn a line")
     if gradio and (whole or chat):
         raise WeaveError("--gradio is a chat page: it reads no stdin (drop --whole / --chat)")
+    if image and (gradio or raw):
+        raise WeaveError("--image goes in a chat template's prompt: not with --gradio or --raw")
     sampling = Sampling(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -79,13 +87,19 @@ def inference_command(
     choice = choose_model(session.cfg, lora_model_dir, base_model)
     loaded = load_for_inference(session, choice, raw=raw)
     say(f"loaded {choice.described}; prompts rendered with {loaded.prompter.describe}")
+    if image and loaded.processor is None:
+        raise WeaveError(
+            "--image: this model takes no images (train one with processor_type, or drop --image)"
+        )
     if gradio:
         from axolotl_weave_plugins.inference._gradio import launch_gradio
 
         launch_gradio(session.cfg, loaded, sampling, system=system)
         return
     try:
-        failures = run_prompts(loaded, sampling, whole=whole, chat=chat, system=system)
+        failures = run_prompts(
+            loaded, sampling, whole=whole, chat=chat, system=system, images=image
+        )
     except KeyboardInterrupt:  # the end of a session, not a failure
         sys.stdout.write("\n")
         return
@@ -121,7 +135,29 @@ def stdin_lines(interactive: bool) -> Any:
             yield line
 
 
-def run_prompts(loaded: Any, sampling: Any, *, whole: bool, chat: bool, system: str | None) -> int:
+def prompt_inputs(loaded: Any, turn: list[Any], images: list[str]) -> tuple[list[int], dict]:
+    """The prompt ids of a conversation (and its images' model inputs): `images` go before the
+    text of its first user message, processed by the model's processor."""
+    if not images:
+        return loaded.prompter.conversation_ids(turn), {}
+    from axolotl_weave_plugins.inference._images import vision_inputs
+
+    messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in turn]
+    first = next(m for m in messages if m["role"] == "user")
+    pictures = [{"type": "image", "image": ref} for ref in images]
+    first["content"] = [*pictures, {"type": "text", "text": first["content"]}]
+    return vision_inputs(loaded.processor, messages)
+
+
+def run_prompts(
+    loaded: Any,
+    sampling: Any,
+    *,
+    whole: bool,
+    chat: bool,
+    system: str | None,
+    images: list[str] | None = None,
+) -> int:
     """Answer every prompt of stdin, streaming each answer to stdout; a prompt the model cannot
     take is reported on stderr and skipped. Returns how many failed."""
     from axolotl_weave_plugins.inference._generation import PromptTooLong, generate
@@ -139,7 +175,8 @@ def run_prompts(loaded: Any, sampling: Any, *, whole: bool, chat: bool, system: 
             continue
         turn = [*history, Message("user", prompt)] if chat else [*opening, Message("user", prompt)]
         try:
-            generation = generate(loaded, loaded.prompter.conversation_ids(turn), sampling)
+            ids, extra = prompt_inputs(loaded, turn, images or [])
+            generation = generate(loaded, ids, sampling, extra)
             for piece in generation:
                 sys.stdout.write(piece)
                 sys.stdout.flush()

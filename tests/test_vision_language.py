@@ -451,3 +451,24 @@ def test_inference_takes_an_image(
     )
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "--image: this model takes no images" in refused.stderr
+
+
+def test_two_processes_train_what_one_does(tiny_llava: Path, tmp_path: Path) -> None:
+    """Data parallelism (2 processes, gloo) on images: the same losses and weights as one
+    process accumulating the same two micro-batches."""
+    data = color_rows(tmp_path)
+    one = vlm_config(tiny_llava, data, tmp_path / "one", micro_batch_size=1, tf32=False)
+    one["gradient_accumulation_steps"] = 2
+    state = train_with(one, tmp_path / "one.yml")
+    two = vlm_config(tiny_llava, data, tmp_path / "two", micro_batch_size=1, tf32=False)
+    result = run_weave(
+        "train", str(write_config(tmp_path / "two.yml", two)), "--num-processes", "2"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = [r["loss"] for r in state.log_history if "loss" in r]
+    history = json.loads((tmp_path / "two" / "trainer_state.json").read_text())["log_history"]
+    assert [r["loss"] for r in history if "loss" in r] == pytest.approx(expected, rel=1e-5)
+    a = load_file(str(tmp_path / "one" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -19,7 +19,8 @@ With `processor_type` set (`AutoProcessor`, or a transformers processor class):
   Axolotl names them.
 
 Packing is refused (rows of image tokens cannot be packed here yet), as are `excess_length_
-strategy: truncate` / `split`. `weave inference` and `weave serve` take text prompts only.
+strategy: truncate` / `split`. The inference commands load the processor saved here and take
+images (`weave inference --image`, `image_url` parts in `weave serve`).
 """
 
 from __future__ import annotations

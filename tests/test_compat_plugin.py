@@ -204,3 +204,11 @@ def test_an_axolotl_example_config_validates_with_its_current_names(
     path.write_text(text + "use_eaft: true\n")
     with pytest.raises(ConfigError, match="use_eaft: an Axolotl option that no installed"):
         open_session(path)
+
+
+def test_a_key_axolotls_examples_carry_but_never_read_names_the_key_meant(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    message = error(tmp_path, {**base_config, "lr_scheduler": "cosine", "eta_min": 7e-7})
+    assert "eta_min: not an Axolotl key" in message
+    assert "cosine_min_lr_ratio (eta_min / learning_rate)" in message

@@ -90,9 +90,19 @@ def ignored_warning(key: str) -> str:
     return IGNORED.format(key) + (f" ({reason})" if reason else "")
 
 
+NOT_AXOLOTL_KEYS = {
+    "eta_min": "not an Axolotl key (Axolotl ignores it, four of its examples set it): a "
+    "cosine schedule's floor is cosine_min_lr_ratio (eta_min / learning_rate)",
+}
+"""Keys Axolotl's own configs carry that no Axolotl version reads, with what they meant."""
+
+
 @hookimpl
 def explain_unknown_key(key: str) -> str | None:
-    """Axolotl's keys that change what is trained are refused with the reason."""
+    """Axolotl's keys that change what is trained are refused with the reason; keys its
+    examples carry that it never read, with the key they meant."""
+    if key in NOT_AXOLOTL_KEYS:
+        return NOT_AXOLOTL_KEYS[key]
     if key not in AXOLOTL_DECISIVE_KEYS:
         return None
     return PARALLELISM if key in PARALLELISM_KEYS else DECISIVE

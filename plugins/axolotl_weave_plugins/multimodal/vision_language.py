@@ -26,6 +26,7 @@ images (`weave inference --image`, `image_url` parts in `weave serve`).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 from collections.abc import Callable, Generator
@@ -199,8 +200,14 @@ def cached_processor(where: str, processor_type: str, kwargs: str) -> Any:
         )
     try:
         return loader.from_pretrained(where, **json.loads(kwargs))
-    except (OSError, ValueError, TypeError) as exc:
-        raise DataError(f"cannot load the processor of '{where}': {exc}") from None
+    except (OSError, ValueError, TypeError, AttributeError, ImportError) as exc:
+        hint = ""
+        if importlib.util.find_spec("torchvision") is None:
+            hint = (
+                " (processors with a video part, Qwen2-VL's say, need torchvision, which is "
+                "not installed: pip install torchvision, the build matching your torch)"
+            )
+        raise DataError(f"cannot load the processor of '{where}': {exc}{hint}") from None
 
 
 def processor_for(cfg: Any, tokenizer: Any) -> Any:

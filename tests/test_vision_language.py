@@ -4,6 +4,7 @@ LLaVA and Gemma 3 models built from their real configs with random weights."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -472,3 +473,27 @@ def test_two_processes_train_what_one_does(tiny_llava: Path, tmp_path: Path) -> 
     b = load_file(str(tmp_path / "two" / "model.safetensors"))
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchao") is None, reason="needs torchao (the torchao extra)"
+)
+def test_weave_quantize_keeps_a_vision_language_model_whole(
+    tiny_llava: Path, tmp_path: Path
+) -> None:
+    """`weave quantize` loads the model by its class, and saves the processor with it."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    scheme = {"weight_dtype": "int4", "activation_dtype": "int8", "group_size": 32}
+    config = vlm_config(
+        tiny_llava, color_rows(tmp_path), tmp_path / "out", max_steps=1, quantization=scheme
+    )
+    path = write_config(tmp_path / "c.yml", config)
+    train_with(config, path)
+    result = run_weave_in_process("quantize", str(path))
+    assert result.returncode == 0, result.stderr
+    target = tmp_path / "out" / "quantized"
+    model = AutoModelForImageTextToText.from_pretrained(target)
+    weight = model.model.language_model.layers[0].mlp.up_proj.weight
+    assert type(weight).__name__ == "IntxUnpackedToInt8Tensor"
+    assert type(AutoProcessor.from_pretrained(target)).__name__ == "LlavaProcessor"

@@ -233,8 +233,9 @@ def model_folder(cfg: Any, model_dir: str | None) -> Path:
 
 
 def quantize_model(cfg: Any, session: Any, model_dir: str | None, output: str | None) -> Path:
-    """Load the trained model, quantize it with the config's scheme and save it (with the
-    tokenizer) to `output`, else `output_dir/quantized`, through a staging folder."""
+    """Load the trained model (as `model_type`, a vision-language model's class too), quantize
+    it with the config's scheme and save it (with the tokenizer, and a processor saved beside
+    the model) to `output`, else `output_dir/quantized`, through a staging folder."""
     from axolotl_weave import staged_folder
     from axolotl_weave.commands import family_of, load_tokenizer
 
@@ -242,10 +243,11 @@ def quantize_model(cfg: Any, session: Any, model_dir: str | None, output: str | 
     folder = model_folder(cfg, model_dir)
     target = Path(output) if output else Path(cfg.output_dir) / QUANTIZED_FOLDER
     require("torchao", feature="weave quantize", install=INSTALL)
-    from transformers import AutoModelForCausalLM
+    import transformers
 
     tokenizer = load_tokenizer(session, family_of(session))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype="auto")
+    loader = getattr(transformers, getattr(cfg, "model_type", None) or "AutoModelForCausalLM")
+    model = loader.from_pretrained(str(folder), dtype="auto")
     base, embedding = scheme.torchao_configs()
     try:
         schemes.quantize(model, base, embedding)
@@ -258,6 +260,8 @@ def quantize_model(cfg: Any, session: Any, model_dir: str | None, output: str | 
     with staged_folder(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        if (folder / "processor_config.json").is_file():  # a vision-language model's
+            transformers.AutoProcessor.from_pretrained(str(folder)).save_pretrained(staging)
     return target
 
 

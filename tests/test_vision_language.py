@@ -497,3 +497,19 @@ def test_weave_quantize_keeps_a_vision_language_model_whole(
     weight = model.model.language_model.layers[0].mlp.up_proj.weight
     assert type(weight).__name__ == "IntxUnpackedToInt8Tensor"
     assert type(AutoProcessor.from_pretrained(target)).__name__ == "LlavaProcessor"
+
+
+def test_text_chat_template_options_are_dropped_with_a_warning(
+    tiny_llava: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Options of the text chat_template that images do not use are named and ignored; a key
+    neither format knows is refused."""
+    config = vlm_config(tiny_llava, tmp_path / "d.jsonl", tmp_path / "out")
+    config["datasets"][0].update(train_on_eos="turn", roles_to_train=["assistant"])
+    with caplog.at_level("WARNING", logger="axolotl_weave"):
+        cfg = open_session(write_config(tmp_path / "c.yml", config)).cfg
+    assert "'datasets[0].train_on_eos' is a text chat_template option" in caplog.text
+    assert cfg.datasets[0].option("roles_to_train") == ["assistant"]
+    config["datasets"][0]["feild_messages"] = "messages"
+    with pytest.raises(ConfigError, match="feild_messages"):
+        open_session(write_config(tmp_path / "d.yml", config))

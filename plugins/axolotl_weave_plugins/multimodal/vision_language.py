@@ -37,6 +37,7 @@ from axolotl_weave import (
     IGNORE_INDEX,
     PAD_TOKEN,
     DataError,
+    DatasetEntry,
     DatasetFormat,
     PluginConfig,
     epoch_order,
@@ -169,21 +170,28 @@ def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
 
 @hookimpl
 def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[str]:
-    """With `processor_type`, Axolotl's `type: chat_template` entries are this format's."""
+    """With `processor_type`, Axolotl's `type: chat_template` entries are this format's; the
+    text chat_template's own options this format does not read are dropped with a warning
+    (a key neither knows is left, for validation to refuse)."""
     if not data.get("processor_type"):
         return []
+    kept = set(DatasetEntry.model_fields) | set(MultimodalOptions.model_fields)
     notes = []
     for section in ("datasets", "test_datasets"):
         entries = data.get(section)
         for index, entry in enumerate(entries if isinstance(entries, list) else []):
-            if isinstance(entry, dict) and entry.get("type") == "chat_template":
-                entry["type"] = FORMAT
-                for key in [k for k in entry if f"{section}.{index}.{k}" not in known_keys]:
-                    if key not in MultimodalOptions.model_fields and key != "type":
-                        entry.pop(key)  # a text chat_template option images do not use
-                notes.append(
-                    f"{section}[{index}]: type chat_template with processor_type: read as " + FORMAT
-                )
+            if not isinstance(entry, dict) or entry.get("type") != "chat_template":
+                continue
+            entry["type"] = FORMAT
+            where = f"{section}[{index}]"
+            notes.append(f"{where}: type chat_template with processor_type: read as " + FORMAT)
+            for key in [k for k in entry if k not in kept]:
+                if f"{section}.{index}.{key}" in known_keys:
+                    entry.pop(key)
+                    notes.append(
+                        f"config key '{where}.{key}' is a text chat_template option that "
+                        "conversations with images do not read: it is IGNORED"
+                    )
     return notes
 
 

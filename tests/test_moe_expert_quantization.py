@@ -171,3 +171,47 @@ def test_a_model_without_experts_is_said(
     with caplog.at_level("WARNING", logger="axolotl_weave"):
         train_with(config, tmp_path / "c.yml")
     assert "the model has no expert weights (3-D) to quantize" in caplog.text
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_experts_never_load_unquantized(tmp_path: Path) -> None:
+    """The point of the feature: the peak GPU memory of a 4-bit load with the experts
+    quantized as they arrive stays well below that of the same load leaving them in bf16."""
+    from axolotl_weave_plugins.methods.moe_expert_quantization import (
+        quantize_expert,
+        quantizing_experts_as_they_load,
+    )
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Qwen3MoeConfig
+
+    config = Qwen3MoeConfig(
+        vocab_size=1024,
+        hidden_size=512,
+        intermediate_size=1024,
+        moe_intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        num_experts=32,
+        num_experts_per_tok=2,
+    )
+    AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+
+    def peak(quantize_experts: bool) -> int:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        kwargs = {"quantization_config": four_bit, "device_map": "cuda", "dtype": torch.bfloat16}
+        if quantize_experts:
+            with quantizing_experts_as_they_load(
+                lambda module, name: quantize_expert(module, name, 4, "nf4", True)
+            ):
+                model = AutoModelForCausalLM.from_pretrained(tmp_path, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(tmp_path, **kwargs)
+        used = torch.cuda.max_memory_allocated()
+        del model
+        return used
+
+    plain, quantized = peak(False), peak(True)
+    assert quantized < 0.6 * plain, (quantized, plain)

@@ -513,3 +513,63 @@ def test_text_chat_template_options_are_dropped_with_a_warning(
     config["datasets"][0]["feild_messages"] = "messages"
     with pytest.raises(ConfigError, match="feild_messages"):
         open_session(write_config(tmp_path / "d.yml", config))
+
+
+def two_turn_rows(folder: Path) -> Path:
+    """Conversations of two questions, each with its own picture."""
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, (first, second) in enumerate([("red", "blue"), ("green", "red")]):
+        for name, color in ((f"{index}a", first), (f"{index}b", second)):
+            Image.new("RGB", (33, 31), COLORS[color]).save(folder / f"images/{name}.png")
+
+        def ask(name: str) -> list[dict[str, str]]:
+            return [
+                {"type": "image", "path": f"images/{name}.png"},
+                {"type": "text", "text": "And?"},
+            ]
+
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": ask(f"{index}a")},
+                    {"role": "assistant", "content": [{"type": "text", "text": f"It is {first}."}]},
+                    {"role": "user", "content": ask(f"{index}b")},
+                    {"role": "assistant", "content": [{"type": "text", "text": f"Now {second}."}]},
+                ]
+            }
+        )
+    return write_jsonl(folder / "two_turns.jsonl", rows)
+
+
+@pytest.mark.parametrize("train_on_inputs", [False, True])
+def test_each_assistant_turn_is_trained_whatever_the_images_before_it(
+    tiny_llava: Path, tmp_path: Path, train_on_inputs: bool
+) -> None:
+    """Two turns, an image in each question: both answers are trained (their spans found after
+    the images' expansions); with `train_on_inputs` every token but the image tokens is."""
+    from datasets import load_from_disk
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = vlm_config(
+        tiny_llava, two_turn_rows(tmp_path), tmp_path / "out", train_on_inputs=train_on_inputs
+    )
+    path = write_config(tmp_path / "c.yml", config)
+    result = run_weave_in_process("preprocess", str(path))
+    assert result.returncode == 0, result.stderr
+    cache = next((tmp_path / "prepared").glob("*/train"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llava)
+    image_token = AutoConfig.from_pretrained(tiny_llava).image_token_index
+    answers = {}
+    for row in load_from_disk(str(cache)):
+        ids, labels = row["input_ids"], row["labels"]
+        assert ids.count(image_token) == 2 * 16
+        trained = [t for t, label in zip(ids, labels, strict=True) if label >= 0]
+        if train_on_inputs:
+            assert trained == [t for t in ids if t != image_token]
+        else:
+            answers[tokenizer.decode(trained).strip()] = True
+    if not train_on_inputs:
+        assert set(answers) == {"It is red.  Now blue.", "It is green.  Now red."}

@@ -573,3 +573,58 @@ def test_each_assistant_turn_is_trained_whatever_the_images_before_it(
             answers[tokenizer.decode(trained).strip()] = True
     if not train_on_inputs:
         assert set(answers) == {"It is red.  Now blue.", "It is green.  Now red."}
+
+
+def test_the_gradio_page_takes_uploaded_images(tiny_llava: Path, tmp_path: Path) -> None:
+    """With a processor the page's textbox takes files; the answer to an uploaded picture (and,
+    on the next turn, to the conversation holding it) is the model's `generate` on the
+    processor's inputs."""
+    pytest.importorskip("gradio")
+    from axolotl_weave.commands import open_session as open_command_session
+    from axolotl_weave_plugins.inference._generation import Sampling
+    from axolotl_weave_plugins.inference._gradio import answer, build_demo, page_settings
+    from axolotl_weave_plugins.inference._model import choose_model, load_for_inference
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out = tmp_path / "out"
+    config = vlm_config(tiny_llava, color_rows(tmp_path), out, max_steps=1)
+    path = write_config(tmp_path / "c.yml", config)
+    train_with(config, path)
+    session = open_command_session(str(path), [])
+    loaded = load_for_inference(session, choose_model(session.cfg, None, None))
+    picture, other = tmp_path / "red.png", tmp_path / "blue.png"
+    Image.new("RGB", (30, 30), COLORS["red"]).save(picture)
+    Image.new("RGB", (30, 30), COLORS["blue"]).save(other)
+    sampling = Sampling(max_new_tokens=3, temperature=0)
+
+    processor = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+
+    def generated(messages: list[dict[str, Any]], images: list[Path]) -> str:
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        pictures = [Image.open(p).convert("RGB") for p in images]
+        inputs = processor(text=[text], images=[pictures], return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        return processor.tokenizer.decode(
+            ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+
+    ask = [{"type": "image"}, {"type": "text", "text": "Color?"}]
+    first = list(answer(loaded, sampling, {"text": "Color?", "files": [str(picture)]}, []))[-1]
+    assert first == generated([{"role": "user", "content": ask}], [picture])
+    history = [  # as Gradio hands the page's conversation back
+        {"role": "user", "content": [{"type": "file", "file": {"path": str(picture)}}]},
+        {"role": "user", "content": [{"type": "text", "text": "Color?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": first}]},
+    ]
+    second = list(answer(loaded, sampling, {"text": "Color?", "files": [str(other)]}, history))
+    conversation = [
+        {"role": "user", "content": ask},
+        {"role": "assistant", "content": [{"type": "text", "text": first}]},
+        {"role": "user", "content": ask},
+    ]
+    assert second[-1] == generated(conversation, [picture, other])
+    demo = build_demo(loaded, page_settings(session.cfg, sampling, "out"))
+    assert demo.multimodal

@@ -31,6 +31,7 @@ from typing import Any
 from axolotl_weave import WeaveError, require
 
 from axolotl_weave_plugins.inference._generation import Sampling, generate
+from axolotl_weave_plugins.inference._images import vision_inputs
 from axolotl_weave_plugins.inference._model import LoadedModel
 from axolotl_weave_plugins.inference._prompting import Message
 
@@ -163,9 +164,13 @@ def answer(
     Raises `WeaveError` for a prompt the model cannot take."""
     opening = [Message("system", system)] if system and system.strip() else []
     restore = answers.restore if answers is not None else None
-    earlier = history_messages(history, restore)
-    turns = [*opening, *earlier, Message("user", text_of(message))]
-    generation = generate(loaded, loaded.prompter.conversation_ids(turns), sampling)
+    if loaded.processor is not None and (files_of(message) or any(map(files_of, history))):
+        ids, extra = vision_inputs(loaded.processor, page_messages(opening, history, message))
+        generation = generate(loaded, ids, sampling, extra)
+    else:
+        earlier = history_messages(history, restore)
+        turns = [*opening, *earlier, Message("user", text_of(message))]
+        generation = generate(loaded, loaded.prompter.conversation_ids(turns), sampling)
     pieces = iter(generation)
     text = ""
     try:
@@ -181,6 +186,48 @@ def answer(
             answers.remember(text)
     if not text:
         yield ""
+
+
+def files_of(item: Any) -> list[str]:
+    """The files (paths) a page message carries: a new message's `files` (paths or
+    `{"path"}`), or the uploads in a history message's content (`{"path"}`, or Gradio's
+    `{"type": "file", "file": {"path"}}` parts)."""
+    if isinstance(item, dict) and "files" in item:
+        entries = list(item.get("files") or [])
+    else:
+        content = item.get("content") if isinstance(item, dict) else getattr(item, "content", None)
+        listed = content if isinstance(content, list | tuple) else [content]
+        entries = [entry for entry in listed if not isinstance(entry, str)]
+    paths = []
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("type") == "file":
+            entry = entry.get("file")
+        if isinstance(entry, dict):
+            path = entry.get("path")
+        else:
+            path = entry if isinstance(entry, str) else getattr(entry, "path", None)
+        if isinstance(path, str) and path:
+            paths.append(path)
+    return paths
+
+
+def page_messages(opening: list[Message], history: list[Any], message: Any) -> list[dict]:
+    """The page's conversation (uploads as image parts, a turn's uploads and text in one
+    message) and the new message, as chat messages for a vision-language model's processor."""
+    messages = [{"role": m.role, "content": m.content} for m in opening]
+    items = [*(history or []), {"role": "user", **message}]
+    for item in items:
+        role = item.get("role") if isinstance(item, dict) else getattr(item, "role", None)
+        if role not in ("user", "assistant"):
+            continue
+        parts = [{"type": "image", "path": path} for path in files_of(item)]
+        text = text_of(item["text"] if "files" in item else item.get("content"))
+        parts += [{"type": "text", "text": text}] if text else []
+        if messages and messages[-1]["role"] == role and isinstance(messages[-1]["content"], list):
+            messages[-1]["content"] += parts
+        else:
+            messages.append({"role": role, "content": parts})
+    return messages
 
 
 def require_gradio() -> Any:
@@ -228,7 +275,14 @@ def build_demo(loaded: LoadedModel, page: PageSettings, system: str | None = Non
         description=(
             f"{loaded.choice.described}; prompts rendered with {loaded.prompter.describe}"
         ),
-        textbox=gr.Textbox(placeholder=PLACEHOLDER, show_label=False, scale=7),
+        textbox=(
+            gr.MultimodalTextbox(
+                placeholder=PLACEHOLDER, show_label=False, scale=7, file_types=["image"]
+            )
+            if loaded.processor is not None
+            else gr.Textbox(placeholder=PLACEHOLDER, show_label=False, scale=7)
+        ),
+        multimodal=loaded.processor is not None,
         additional_inputs=inputs,
         flagging_mode="never",
         analytics_enabled=False,

@@ -274,6 +274,28 @@ def test_fsdp_settings_not_implemented_are_refused(
         open_session(path)
 
 
+def test_a_one_process_checkpoint_stops_every_fsdp2_process_with_one_message(
+    common: dict[str, Any], full_runs: tuple[Path, Path], folder: Path
+) -> None:
+    """A DDP checkpoint (its optimizer state numbered) resumed by a FULL_STATE_DICT FSDP2 run
+    on 2 processes: rank 0 finds it unusable, shares the finding, and the run stops with that
+    message."""
+    _, ddp = full_runs
+    options = {"state_dict_type": "FULL_STATE_DICT", "reshard_after_forward": True}
+    config = {
+        **common,
+        "fsdp_version": 2,
+        "fsdp_config": options,
+        "output_dir": str(folder / "fsdp-from-ddp"),
+        "resume_from_checkpoint": str(ddp / "checkpoint-2"),
+    }
+    result = run_weave(
+        "train", str(write_config(folder / "fsdp-from-ddp.yml", config)), "--num-processes", "2"
+    )
+    assert result.returncode != 0
+    assert "was saved by one process (its optimizer state is numbered" in result.stderr
+
+
 def test_fsdp2_layer_class_the_model_lacks_is_refused_before_loading(
     common: dict[str, Any], folder: Path
 ) -> None:

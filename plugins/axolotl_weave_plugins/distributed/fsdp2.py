@@ -612,20 +612,36 @@ def write_full_state(folder: Path, model: Any, optimizer: Any, is_main: bool) ->
 
 
 def read_full_state(folder: Path, is_main: bool) -> dict[str, Any]:
-    """What `write_full_state` wrote, read by rank 0 (the others receive it by broadcast)."""
+    """What `write_full_state` wrote, read by rank 0 (the others receive it by broadcast).
+    A checkpoint rank 0 cannot use stops every process with the same message (the others
+    would otherwise wait for a broadcast that never comes)."""
     import torch
+    import torch.distributed as dist
     from safetensors.torch import load_file
 
-    if not is_main:
-        return {"model": {}, "optimizer": {}}
-    optim = torch.load(folder / "optimizer.pt", weights_only=False)
-    keys = list(optim.get("state", {}))
-    if keys and not isinstance(keys[0], str):
-        raise WeaveError(
-            f"resume_from_checkpoint: {folder} was saved by one process (its optimizer state is "
-            "numbered, not named): resume it without fsdp_version: 2, or start a new FSDP2 run"
-        )
-    return {"model": load_file(str(folder / WEIGHTS_FILE)), "optimizer": optim}
+    state: dict[str, Any] = {"model": {}, "optimizer": {}}
+    problem = None
+    if is_main:
+        try:
+            optim = torch.load(folder / "optimizer.pt", weights_only=False)
+            keys = list(optim.get("state", {}))
+            if keys and not isinstance(keys[0], str):
+                problem = (
+                    f"resume_from_checkpoint: {folder} was saved by one process (its optimizer "
+                    "state is numbered, not named): resume it without fsdp_version: 2, or start "
+                    "a new FSDP2 run"
+                )
+            else:
+                state = {"model": load_file(str(folder / WEIGHTS_FILE)), "optimizer": optim}
+        except (OSError, RuntimeError, ValueError) as exc:
+            problem = f"resume_from_checkpoint: cannot read {folder}: {exc}"
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        shared = [problem]
+        dist.broadcast_object_list(shared, src=0)
+        problem = shared[0]
+    if problem:
+        raise WeaveError(problem)
+    return state
 
 
 @contextlib.contextmanager

@@ -200,6 +200,26 @@ def test_chat_template_prompts_match_training(tiny_llama_dir: Path, tmp_path: Pa
     assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
 
 
+def test_a_template_refusing_the_conversation_is_one_message(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """Gemma's template has no system role: `--system` with it is one message, not a jinja
+    traceback."""
+    import yaml
+    from axolotl_weave_testing import run_weave
+
+    path = chat_template_config(tmp_path, tiny_llama_dir)
+    config = yaml.safe_load(path.read_text())
+    config["chat_template"] = "gemma"
+    path.write_text(yaml.safe_dump(config))
+    flags = ["--base-model", str(tiny_llama_dir), "--system", "Be brief.", "--max-new-tokens", "2"]
+    result = run_weave("inference", str(path), *flags, stdin="Hi\n")
+    assert result.returncode != 0
+    assert "refused the conversation: System role not supported" in result.stderr
+    assert "leave the system message out" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_every_instruction_format_renders_its_training_prompt(
     tiny_llama_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

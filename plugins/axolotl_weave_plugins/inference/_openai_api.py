@@ -203,7 +203,10 @@ class Api:
             )
         raw = [m.model_dump() for m in request.messages]
         if not has_images(raw):
-            return self.loaded.prompter.conversation_ids(messages), {}
+            try:
+                return self.loaded.prompter.conversation_ids(messages), {}
+            except WeaveError as exc:  # the chat template refused the conversation
+                raise ApiError(400, f"messages: {exc}", "invalid_request_error") from None
         if self.loaded.processor is None:
             raise ApiError(
                 400,

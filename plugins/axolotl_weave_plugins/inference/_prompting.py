@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from axolotl_weave import IGNORE_INDEX, WeaveError, rows_table
+from axolotl_weave import IGNORE_INDEX, WeaveError, chat_text, rows_table
 
 log = logging.getLogger("axolotl_weave")
 
@@ -137,12 +137,16 @@ class Prompter:
         (user, assistant) pair as prompt + answer + EOS, then the last prompt (system
         messages are not part of such formats and are left out). Raw: the texts joined."""
         if self.mode == "chat":
-            text = self.tokenizer.apply_chat_template(
-                [{"role": m.role, "content": m.content} for m in messages],
-                tokenize=False,
-                add_generation_prompt=True,
-                **template_kwargs(self.cfg),
-            )
+            try:
+                text = chat_text(
+                    self.tokenizer,
+                    [{"role": m.role, "content": m.content} for m in messages],
+                    system_fix="leave the system message out",
+                    add_generation_prompt=True,
+                    **template_kwargs(self.cfg),
+                )
+            except ValueError as exc:  # the template refused the conversation
+                raise WeaveError(str(exc)) from None
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         if self.mode == "raw":
             text = "\n".join(m.content for m in messages if m.role != "system")

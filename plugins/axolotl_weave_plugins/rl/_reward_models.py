@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from axolotl_weave import WeaveError, resolve_precision
+from axolotl_weave import WeaveError, chat_text, resolve_precision
 
 from axolotl_weave_plugins.rl._grpo_formats import is_conversation
 
@@ -80,10 +80,13 @@ class RewardModelScorer:
     def texts(self, prompts: list[Any], completions: list[Any]) -> list[str]:
         """Each prompt and completion as the text the reward model reads."""
         if prompts and is_conversation(prompts[0]):
-            return [
-                self.tokenizer.apply_chat_template(p + c, tokenize=False)
-                for p, c in zip(prompts, completions, strict=True)
-            ]
+            try:
+                return [
+                    chat_text(self.tokenizer, p + c)
+                    for p, c in zip(prompts, completions, strict=True)
+                ]
+            except ValueError as exc:  # its template refused the conversation
+                raise WeaveError(f"trl.reward_funcs: reward model {self.path}: {exc}") from None
         return [p + c for p, c in zip(prompts, completions, strict=True)]
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:

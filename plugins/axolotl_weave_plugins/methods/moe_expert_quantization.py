@@ -125,11 +125,22 @@ def quantizing_experts_as_they_load(quantize: Callable[[Any, str], None]) -> Ite
     """While a `from_pretrained` runs: quantize each expert parameter the moment transformers
     sets it (`quantize(module, name)`), and skip transformers' allocator warm-up, which would
     reserve the unquantized size at once. Yields the names quantized so far."""
-    import transformers.core_model_loading as loading
-    import transformers.modeling_utils as modeling
+    try:
+        import transformers.core_model_loading as loading
+        import transformers.modeling_utils as modeling
+    except ImportError:  # a transformers without them: the post-load pass does the work
+        loading = modeling = None
 
     done: list[str] = []
-    set_param, warmup = loading.set_param_for_module, modeling.caching_allocator_warmup
+    set_param = getattr(loading, "set_param_for_module", None)
+    warmup = getattr(modeling, "caching_allocator_warmup", None)
+    if set_param is None or warmup is None:  # another transformers: quantized after the load
+        log.warning(
+            "quantize_moe_experts: this transformers has no set_param_for_module to hook; the "
+            "experts are quantized after the load (no memory saved while loading)"
+        )
+        yield done
+        return
 
     def set_and_quantize(model: Any, target_name: str, param_value: Any, *args: Any) -> Any:
         result = set_param(model, target_name, param_value, *args)

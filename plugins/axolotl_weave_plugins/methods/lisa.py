@@ -24,7 +24,7 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
-from axolotl_weave import ConfigError, PluginConfig, WeaveError, hookimpl
+from axolotl_weave import ConfigError, PluginConfig, WeaveError, hookimpl, weight_decayed
 from pydantic import Field, model_validator
 
 PLUGIN_KIND = "method"
@@ -33,8 +33,6 @@ log = logging.getLogger("axolotl_weave")
 STATE_DIR = "lisa"
 FROZEN_WEIGHTS = "frozen_layers.safetensors"
 """A checkpoint's `STATE_DIR/FROZEN_WEIGHTS`: the layers frozen when it was written."""
-NO_DECAY_HINTS = ("bias", "norm", "ln_", "layernorm")
-"""Names of parameters without weight decay, as the core's parameter groups split them."""
 
 
 class LisaSettings(PluginConfig):
@@ -170,9 +168,8 @@ class LisaRun:
         for param in self.layer_params():
             if id(param) in present:
                 continue
-            name = names.get(id(param), "")
-            no_decay = param.ndim < 2 or any(hint in name.lower() for hint in NO_DECAY_HINTS)
-            decay = 0.0 if no_decay else cfg.weight_decay
+            decayed = weight_decayed(names.get(id(param), ""), param)
+            decay = cfg.weight_decay if decayed else 0.0
             group = next(
                 (g for g in groups if g.get("group") == "default" and g["weight_decay"] == decay),
                 None,

@@ -24,8 +24,10 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, Literal
 
-from axolotl_weave import ConfigError, PluginConfig, WeaveError, hookimpl, staged_into
+from axolotl_weave import ConfigError, PluginConfig, WeaveError, hookimpl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from axolotl_weave_plugins.methods._merged_output import save_merged_model
 
 PLUGIN_KIND = "method"
 log = logging.getLogger("axolotl_weave")
@@ -253,12 +255,7 @@ class LoftqRun:
         result = yield
         if not strategy.is_main_process:
             return result
-        merged = model.merge_and_unload()
-        with staged_into(output_dir) as staging:
-            merged.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
-                (output_dir / name).unlink(missing_ok=True)
+        save_merged_model(model, tokenizer, output_dir)
         log.info("loftq: saved the merged model (quantized base + adapter) to %s", output_dir)
         return result
 

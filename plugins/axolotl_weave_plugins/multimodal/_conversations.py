@@ -128,9 +128,12 @@ class Encoder:
         bos = getattr(self.processor.tokenizer, "bos_token", None)
         return not (bos and text.startswith(bos))
 
-    def token_ids(self, text: str, images: list[str]) -> list[int]:
-        """The processor's token ids of `text` with `images` (each expanded to its tokens)."""
-        pictures = [_images.load(ref, self.image_size, self.resample) for ref in images]
+    def load(self, images: list[str]) -> list[Any]:
+        """The images the references name, resized as the config says."""
+        return [_images.load(ref, self.image_size, self.resample) for ref in images]
+
+    def token_ids(self, text: str, pictures: list[Any]) -> list[int]:
+        """The processor's token ids of `text` with `pictures` (each expanded to its tokens)."""
         encoded = self.processor(
             text=[text],
             images=[pictures] if pictures else None,
@@ -148,15 +151,16 @@ def encode(
     """A row's columns: `input_ids`, `labels` (the trained turns' tokens), `attention_mask`,
     and for the batches `mm_text` (the rendered conversation) and `mm_images`."""
     messages, images = conversation.messages, conversation.images
+    pictures = encoder.load(images)  # read once; the prefixes below reuse them
     text = encoder.render(messages)
-    ids = encoder.token_ids(text, images)
+    ids = encoder.token_ids(text, pictures)
     labels = list(ids) if train_on_inputs else [IGNORE_INDEX] * len(ids)
     if not train_on_inputs:
         for turn, message in enumerate(messages):
             if message["role"] not in roles_to_train:
                 continue
-            start = span_end(encoder, messages[:turn], images, ids, generation_prompt=True)
-            end = span_end(encoder, messages[: turn + 1], images, ids)
+            start = span_end(encoder, messages[:turn], pictures, ids, generation_prompt=True)
+            end = span_end(encoder, messages[: turn + 1], pictures, ids)
             labels[start:end] = ids[start:end]
     image_tokens = encoder.image_token_ids()
     labels = [
@@ -174,16 +178,17 @@ def encode(
 def span_end(
     encoder: Encoder,
     messages: list[dict[str, Any]],
-    images: list[str],
+    pictures: list[Any],
     ids: list[int],
     *,
     generation_prompt: bool = False,
 ) -> int:
-    """How many of the whole conversation's `ids` the beginning `messages` make up."""
+    """How many of the whole conversation's `ids` the beginning `messages` make up (with the
+    conversation's loaded `pictures`, of which the beginning holds the first ones)."""
     if not messages:
         return 0
     prefix = encoder.token_ids(
-        encoder.render(messages, generation_prompt), images[: image_count(messages)]
+        encoder.render(messages, generation_prompt), pictures[: image_count(messages)]
     )
     if ids[: len(prefix)] != prefix:
         raise DataError(

@@ -365,10 +365,7 @@ class ProcessedBatches:
 
         rows = self.dataset.select_columns(["input_ids", "labels", "mm_text", "mm_images"])[indices]
         encoder = self.encoder
-        pictures = [
-            [_images.load(ref, encoder.image_size, encoder.resample) for ref in refs]
-            for refs in rows["mm_images"]
-        ]
+        pictures = [encoder.load(refs) for refs in rows["mm_images"]]
         encoded = encoder.processor(
             text=rows["mm_text"],
             images=pictures if any(pictures) else None,

@@ -17,7 +17,9 @@ from axolotl_weave_testing import (
     SAMPLE_TEXT,
     alpaca_rows,
     build_tiny_llama,
+    run_weave,
     train_with,
+    two_process_config,
     write_config,
 )
 from safetensors.torch import load_file
@@ -157,6 +159,19 @@ def test_a_resumed_lisa_run_goes_on_as_if_never_stopped(
             {"lisa_n_layers": 1, "lisa_step_interval": 2, "unfrozen_parameters": ["lm_head"]},
             "lisa_n_layers with unfrozen_parameters is not supported",
         ),
+        (
+            {"lisa_n_layers": 1, "lisa_step_interval": 2, "ddp_find_unused_parameters": False},
+            "lisa_n_layers with ddp_find_unused_parameters: false",
+        ),
+        (
+            {
+                "lisa_n_layers": 1,
+                "lisa_step_interval": 2,
+                "gradient_checkpointing": True,
+                "gradient_checkpointing_kwargs": {"use_reentrant": True},
+            },
+            "lisa_n_layers with gradient_checkpointing_kwargs.use_reentrant: true",
+        ),
     ],
 )  # fmt: skip
 def test_lisa_config_errors(base_config: dict, tmp_path: Path, keys: dict, message: str) -> None:
@@ -178,3 +193,39 @@ def test_lisa_errors_found_at_load(
     config = lisa_config(base_config, four_layer_llama, **keys)
     with pytest.raises(ConfigError, match=message):
         train_with(config, tmp_path / "c.yml")
+
+
+@pytest.mark.slow
+def test_lisa_on_two_processes_trains_what_one_process_trains(
+    four_layer_llama: Path, tmp_path: Path
+) -> None:
+    """Under DDP every layer's gradient is reduced, the layers drawn after the first interval's
+    too (DDP leaves out what is frozen when it wraps the model; those layers would then train on
+    each process's own gradient): 2 processes equal 1 with the same global batch, step for step
+    and in the saved weights. With gradient checkpointing, which leaves DDP's search for unused
+    parameters on when it is not re-entrant."""
+    common = two_process_config(
+        four_layer_llama,
+        tmp_path,
+        gradient_checkpointing=True,
+        max_steps=6,
+        lisa_n_layers=2,
+        lisa_step_interval=2,
+        seed=42,
+        lr_scheduler="constant",
+    )
+    one = {**common, "gradient_accumulation_steps": 4, "output_dir": str(tmp_path / "one")}
+    whole = train_with(one, tmp_path / "one.yml")
+    two = {**common, "output_dir": str(tmp_path / "two")}
+    result = run_weave(
+        "train", str(write_config(tmp_path / "two.yml", two)), "--num-processes", "2"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lisa: layers [1, 3] train from step 5" in result.stderr
+    history = json.loads((tmp_path / "two" / "trainer_state.json").read_text())["log_history"]
+    expected = [r["loss"] for r in whole.log_history if "loss" in r]
+    assert [r["loss"] for r in history if "loss" in r] == pytest.approx(expected, rel=1e-5)
+    saved_one = load_file(str(tmp_path / "one" / "model.safetensors"))
+    saved_two = load_file(str(tmp_path / "two" / "model.safetensors"))
+    for name, weight in saved_one.items():
+        torch.testing.assert_close(saved_two[name], weight, rtol=1e-4, atol=1e-5, msg=name)

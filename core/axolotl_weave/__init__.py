@@ -47,7 +47,6 @@ from axolotl_weave._head_loss import (
     next_token_targets,
 )
 from axolotl_weave._measure import Measurement, measure_objective
-from axolotl_weave._optim import weight_decayed
 from axolotl_weave._precision import Precision, resolve_precision
 from axolotl_weave._prepared import (
     DROP_COUNTERS,
@@ -163,7 +162,6 @@ __all__ = [
     "set_pad_token",
     "switch_applies",
     "switch_value",
-    "weight_decayed",
     "text_field",
     "tokenize_prompt_response",
     "tokenize_prompt_responses",

@@ -15,18 +15,14 @@ if TYPE_CHECKING:
 NO_DECAY_HINTS = ("bias", "norm", "ln_", "layernorm")
 
 
-def weight_decayed(name: str, param: Any) -> bool:
-    """Whether a parameter takes weight decay: not a bias, a norm or any 1-D tensor."""
-    return param.ndim >= 2 and not any(hint in name.lower() for hint in NO_DECAY_HINTS)
-
-
 def param_groups(cfg: Any, model: torch.nn.Module) -> list[dict[str, Any]]:
     """The trainable parameters in the `default` group at `learning_rate`, split into
     weight-decayed and not (biases, norms), as Hugging Face's Trainer does."""
     split: dict[bool, list[Any]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            split.setdefault(not weight_decayed(name, param), []).append(param)
+            no_decay = param.ndim < 2 or any(hint in name.lower() for hint in NO_DECAY_HINTS)
+            split.setdefault(no_decay, []).append(param)
     if not split:
         raise ValueError("the model has no trainable parameters")
     return [

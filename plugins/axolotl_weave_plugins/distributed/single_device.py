@@ -27,8 +27,8 @@ class DataParallelSettings(PluginConfig):
     ddp_find_unused_parameters: bool | None = Field(
         None,
         description="DDP looks for parameters that got no gradient in a step (needed when "
-        "some trainable weights are skipped, slower); default: on, off with "
-        "gradient_checkpointing (as Hugging Face's Trainer).",
+        "some trainable weights are skipped, slower); default: on, off with re-entrant "
+        "gradient checkpointing (which cannot be searched).",
     )
     ddp_bucket_cap_mb: int | None = Field(
         None, gt=0, description="Size of DDP's gradient all-reduce buckets in MiB (default 25)."
@@ -48,11 +48,16 @@ def add_config_fields() -> type[PluginConfig]:
 
 
 def find_unused_parameters(cfg: Any) -> bool:
-    """`ddp_find_unused_parameters`, or Hugging Face's default: on unless the layers are
-    recomputed (re-entrant checkpointing and unused-parameter search do not mix)."""
+    """`ddp_find_unused_parameters`, else on unless the layers are recomputed by re-entrant
+    checkpointing, whose backward pass the search cannot see. Hugging Face's Trainer turns it
+    off with any checkpointing; the non-reentrant kind (Weave's default) builds the usual graph,
+    and the search is what lets a step leave trainable weights without gradient (LISA's frozen
+    layers, a skipped expert)."""
     if cfg.ddp_find_unused_parameters is not None:
         return bool(cfg.ddp_find_unused_parameters)
-    return not getattr(cfg, "gradient_checkpointing", False)
+    checkpointing = getattr(cfg, "gradient_checkpointing_kwargs", None) or {}
+    reentrant = bool(checkpointing.get("use_reentrant", False))
+    return not (getattr(cfg, "gradient_checkpointing", False) and reentrant)
 
 
 @hookimpl(trylast=True)

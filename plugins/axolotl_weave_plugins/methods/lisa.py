@@ -4,10 +4,14 @@
 A full fine-tune in which the decoder layers (the list at `lisa_layers_attribute`, default
 `model.layers`) are all frozen but `lisa_n_layers` of them, drawn at random afresh every
 `lisa_step_interval` steps; the rest of the model (embeddings, final norm, head) trains
-throughout, as in Axolotl. Every layer's parameters are in the optimizer from the start (the
-core leaves frozen parameters out of it; this plugin adds them back in `adjust_param_groups`):
-AdamW skips a parameter without gradient, so a frozen layer keeps its weights and its moments
-until it is drawn again.
+throughout, as in Axolotl. Every layer trains when the optimizer is built and the model is
+wrapped for its devices, so the optimizer holds every layer and DDP reduces every layer's
+gradient (DDP leaves out a parameter frozen when it wraps the model: a layer drawn later would
+then train on each process's own gradient, and the processes drift apart). The draw is applied
+before each step's forward pass (`training_step`, on every process); AdamW skips a parameter
+without gradient, and DDP leaves the gradient of a parameter no process used untouched, so a
+frozen layer keeps its weights and its moments until it is drawn again. Under DDP this needs
+`ddp_find_unused_parameters` (on by default) and non-reentrant checkpointing (the default).
 
 The draw of interval k is a function of `seed` and k alone, so a resumed run draws the same
 layers. The core's checkpoints hold only the parameters that train at that moment; each
@@ -24,7 +28,7 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
-from axolotl_weave import ConfigError, PluginConfig, WeaveError, hookimpl, weight_decayed
+from axolotl_weave import ConfigError, PluginConfig, WeaveError, hookimpl
 from pydantic import Field, model_validator
 
 PLUGIN_KIND = "method"
@@ -61,6 +65,18 @@ class LisaSettings(PluginConfig):
             raise ValueError(
                 f"lisa_n_layers with adapter: {adapter}: LISA is a full fine-tune of the "
                 "base's layers; remove the adapter (or the lisa_* keys)"
+            )
+        if getattr(self, "ddp_find_unused_parameters", None) is False:
+            raise ValueError(
+                "lisa_n_layers with ddp_find_unused_parameters: false: the frozen layers get "
+                "no gradient, which DDP must be told to expect; remove the key"
+            )
+        checkpointing = getattr(self, "gradient_checkpointing_kwargs", None) or {}
+        if getattr(self, "gradient_checkpointing", False) and checkpointing.get("use_reentrant"):
+            raise ValueError(
+                "lisa_n_layers with gradient_checkpointing_kwargs.use_reentrant: true: "
+                "re-entrant checkpointing cannot skip the frozen layers' gradients under DDP; "
+                "use use_reentrant: false (the default)"
             )
         for key in ("unfrozen_parameters", "deepspeed", "fsdp", "fsdp_config"):
             if getattr(self, key, None):
@@ -105,8 +121,8 @@ def find_layers(model: Any, attribute: str) -> Any:
 
 
 class LisaRun:
-    """One LISA run: which layers train, the optimizer over all of them, the redraws, and the
-    frozen layers' weights in checkpoints."""
+    """One LISA run: which layers train, the redraws, and the frozen layers' weights in
+    checkpoints."""
 
     def __init__(self, cfg: Any) -> None:
         self.count: int = cfg.lisa_n_layers
@@ -114,10 +130,12 @@ class LisaRun:
         self.attribute: str = cfg.lisa_layers_attribute
         self.seed: int = cfg.seed if cfg.seed is not None else 0
         self.layers: Any = None
+        self.interval: int | None = None
         self.active: list[int] = []
 
     def activate(self, interval: int) -> list[int]:
         """Freeze every layer but the ones drawn for `interval`; the drawn indices."""
+        self.interval = interval
         self.active = draw_layers(self.seed, interval, len(self.layers), self.count)
         chosen = set(self.active)
         for index, layer in enumerate(self.layers):
@@ -130,7 +148,7 @@ class LisaRun:
 
     @hookimpl(wrapper=True)
     def load_model(self, purpose: str) -> Generator[None, Any, Any]:
-        """Freeze all training layers but the first interval's draw."""
+        """Find the layer list; every layer trains until the first step's draw."""
         model = yield
         if purpose != "train":
             return model
@@ -140,57 +158,22 @@ class LisaRun:
                 f"lisa_n_layers: {self.count} exceeds the {len(self.layers)} layers at "
                 f"'{self.attribute}'"
             )
-        active = self.activate(0)
         log.info(
-            "lisa: %d of %d layers train at a time, drawn every %d steps; first %s",
+            "lisa: %d of %d layers train at a time, drawn every %d steps",
             self.count,
             len(self.layers),
             self.every,
-            active,
         )
         return model
 
     @hookimpl(wrapper=True)
-    def adjust_param_groups(
-        self, cfg: Any, model: Any, groups: list[dict[str, Any]]
-    ) -> Generator[None, None, None]:
-        """Before the other plugins split the groups: add every frozen layer parameter to the
-        core's group it belongs in (decayed or not), each group in the model's parameter order,
-        so that the optimizer holds every layer whatever the draw."""
-        if self.layers is not None:
-            self._add_frozen_layers(cfg, model, groups)
+    def training_step(self, state: Any) -> Generator[None, Any, Any]:
+        """Before the step's forward pass: the layers drawn for its interval train."""
+        interval = state.global_step // self.every
+        if self.layers is not None and interval != self.interval:
+            active = self.activate(interval)
+            log.info("lisa: layers %s train from step %d", active, state.global_step + 1)
         return (yield)
-
-    def _add_frozen_layers(self, cfg: Any, model: Any, groups: list[dict[str, Any]]) -> None:
-        order = {id(param): i for i, (_, param) in enumerate(model.named_parameters())}
-        names = {id(param): name for name, param in model.named_parameters()}
-        present = {id(param) for group in groups for param in group["params"]}
-        for param in self.layer_params():
-            if id(param) in present:
-                continue
-            decayed = weight_decayed(names.get(id(param), ""), param)
-            decay = cfg.weight_decay if decayed else 0.0
-            group = next(
-                (g for g in groups if g.get("group") == "default" and g["weight_decay"] == decay),
-                None,
-            )
-            if group is None:
-                group = {"params": [], "weight_decay": decay, "lr": cfg.learning_rate}
-                group["group"] = "default"
-                groups.append(group)
-            group["params"].append(param)
-            present.add(id(param))
-        for group in groups:
-            group["params"] = sorted(group["params"], key=lambda p: order.get(id(p), len(order)))
-
-    @hookimpl
-    def on_step_end(self, state: Any) -> None:
-        """Draw the next interval's layers every `lisa_step_interval` steps."""
-        step = state.global_step
-        if self.layers is None or step % self.every or step >= state.max_steps:
-            return
-        active = self.activate(step // self.every)
-        log.info("lisa: layers %s train from step %d", active, step + 1)
 
     def frozen_weights(self, model: Any) -> dict[str, Any]:
         """Name -> parameter of every frozen layer parameter (what the core's checkpoint
@@ -212,8 +195,9 @@ class LisaRun:
 
     @hookimpl
     def load_checkpoint_state(self, state: Any, model: Any, folder: Path) -> None:
-        """Make the layers drawn for the checkpoint's step the training ones, and put back the
-        frozen layers' weights, before the core restores the trainable ones."""
+        """Make the layers that trained in the checkpoint's last step the training ones (the
+        next step draws afresh if it starts an interval), and put back the frozen layers'
+        weights, before the core restores the trainable ones."""
         import torch
         from safetensors.torch import load_file
 
@@ -225,7 +209,7 @@ class LisaRun:
                 f"resume_from_checkpoint: {folder} has no {STATE_DIR}/{FROZEN_WEIGHTS}: it was "
                 "not written by a LISA run, whose frozen layers' weights it needs"
             )
-        self.activate(state.global_step // self.every)
+        self.activate(max(state.global_step - 1, 0) // self.every)  # the draw it was saved under
         saved, weights = load_file(str(path)), self.frozen_weights(model)
         if set(saved) != set(weights):
             raise WeaveError(
@@ -235,7 +219,7 @@ class LisaRun:
         with torch.no_grad():
             for name, weight in weights.items():
                 weight.copy_(saved[name].to(weight.device, weight.dtype))
-        log.info("lisa: resumed with layers %s training", self.active)
+        log.info("lisa: resumed; the checkpoint's last step trained layers %s", self.active)
 
 
 @hookimpl

@@ -69,8 +69,6 @@ IGNORED_KEYS: dict[str, str] = {
     "dp_replicate_size": "a multi-GPU layout: one process runs here until distributed lands",
     "dp_shard_size": "a multi-GPU layout: one process runs here until distributed lands",
     "dynamic_checkpoint": "which layers are recomputed: memory, the same training math",
-    "eaft_alpha": "EAFT's setting: applies only with use_eaft, which is refused",
-    "eaft_k": "EAFT's setting: applies only with use_eaft, which is refused",
     "early_stopping_patience": "stops on a worsening eval loss: set max_steps or num_epochs",
     "ebft": "an experimental Axolotl trainer switch with no effect on standard runs",
     "embeddings_skip_upcast": "whether embeddings are upcast when loading: memory",

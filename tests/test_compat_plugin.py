@@ -35,7 +35,7 @@ def test_the_core_names_no_axolotl_key() -> None:
     assert not (core / "_axolotl_keys.py").exists()
     for path in core.glob("*.py"):
         text = path.read_text()
-        for name in ("neftune_noise_alpha", "AXOLOTL_TOP_LEVEL_KEYS", "AXOLOTL_DECISIVE_KEYS"):
+        for name in ("grokfast_alpha", "AXOLOTL_TOP_LEVEL_KEYS", "AXOLOTL_DECISIVE_KEYS"):
             assert name not in text, (path.name, name)
 
 
@@ -43,7 +43,7 @@ def test_with_the_plugin_axolotl_keys_are_dropped_with_a_warning(
     tmp_path: Path, base_config: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     entry = {**base_config["datasets"][0], "roles_to_train": ["gpt"]}
-    # (neftune_noise_alpha was the example here: it changes what is trained, so it is refused now)
+    # (neftune_noise_alpha was the example here: it changes what is trained, and is implemented)
     config = {**base_config, "gc_steps": 5, "datasets": [entry]}
     with caplog.at_level(logging.WARNING, logger="axolotl_weave"):
         cfg = session(tmp_path, config).cfg
@@ -53,7 +53,7 @@ def test_with_the_plugin_axolotl_keys_are_dropped_with_a_warning(
     assert "gc_steps" not in cfg.model_dump()
 
 
-@pytest.mark.parametrize("key", ["neftune_noise_alpha", "dense_mixer"])
+@pytest.mark.parametrize("key", ["grokfast_alpha", "dense_mixer"])
 def test_blocked_an_axolotl_only_key_is_an_unknown_key(
     tmp_path: Path, base_config: dict[str, Any], key: str
 ) -> None:
@@ -113,10 +113,10 @@ def test_a_format_option_is_not_taken_for_an_axolotl_key(
 
 
 def test_cli_with_the_plugin_blocked(tmp_path: Path, base_config: dict[str, Any]) -> None:
-    path = write_config(tmp_path / "config.yml", {**base_config, "neftune_noise_alpha": 5})
+    path = write_config(tmp_path / "config.yml", {**base_config, "grokfast_alpha": 0.9})
     result = run_weave("-p", f"no:{COMPAT}", "validate", str(path), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert "neftune_noise_alpha" in result.stderr and "unknown key" in result.stderr
+    assert "grokfast_alpha" in result.stderr and "unknown key" in result.stderr
     assert "IGNORED" not in result.stderr
 
 

@@ -58,6 +58,7 @@ SPLIT_ALIASES = {"train_on_split": "split"}
 TOP_LEVEL_ALIASES = {
     "model_config": "overrides_of_model_config",
     "model_kwargs": "overrides_of_model_kwargs",
+    "evaluation_strategy": "eval_strategy",
 }
 """Axolotl's aliases of top-level keys -> the key here (the key itself wins when both are set)."""
 

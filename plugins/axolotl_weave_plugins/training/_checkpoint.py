@@ -122,10 +122,12 @@ def finish_checkpoint(
     state: TrainState,
     save_total_limit: int | None,
     settings: dict[str, Any],
+    keep_step: int | None = None,
 ) -> Path:
     """Add the RNG and train state to a staged checkpoint, rename it into place, then prune
-    beyond `save_total_limit` (main process). `settings` (batch sizes, data) are kept for the
-    resume check. `trainer_state.json` marks it complete."""
+    beyond `save_total_limit` (main process), sparing the checkpoint of step `keep_step` (the
+    best evaluation's). `settings` (batch sizes, data) are kept for the resume check.
+    `trainer_state.json` marks it complete."""
     import torch
 
     torch.save(rng_state(), staged / "rng_state.pt")
@@ -135,7 +137,8 @@ def finish_checkpoint(
     replace_folder(staged, final)  # re-saving a step (after a resume): swapped, never deleted first
     if save_total_limit:
         for stale in checkpoints(output_dir)[:-save_total_limit]:
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.name != f"checkpoint-{keep_step}":
+                shutil.rmtree(stale, ignore_errors=True)
     return final
 
 

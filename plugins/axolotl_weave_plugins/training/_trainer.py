@@ -13,6 +13,7 @@ The `training_loop` plugin builds it (`make_trainer`); the core runs it (`Traine
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -37,6 +38,7 @@ from axolotl_weave import (
 )
 from axolotl_weave.commands import build_optimizer, build_scheduler, console
 
+from ._best import BestEvaluation, loads_best_model
 from ._checkpoint import (
     check_resume_settings,
     finish_checkpoint,
@@ -64,10 +66,13 @@ class Schedule:
     max_steps: int
     save_every: int | None
     eval_every: int | None
+    eval_at_end: bool = True
 
 
 def plan_schedule(cfg: Any, per_epoch: int | None) -> Schedule:
-    """Steps per epoch and in all, and how often to save and evaluate.
+    """Steps per epoch and in all, and how often to save and evaluate (`eval_strategy`:
+    epoch evaluates at each epoch's end, no never; either way the last step is evaluated
+    unless it is no).
 
     `per_epoch` (micro-batches per process per epoch) is None for a stream: its length is
     unknown, so `max_steps` sets the schedule and an epoch (one pass over the stream) counts as
@@ -87,7 +92,10 @@ def plan_schedule(cfg: Any, per_epoch: int | None) -> Schedule:
     eval_every = cfg.eval_steps or (
         max(1, steps_per_epoch // cfg.evals_per_epoch) if cfg.evals_per_epoch else None
     )
-    return Schedule(per_epoch, steps_per_epoch, max_steps, save_every, eval_every)
+    if cfg.eval_strategy in ("epoch", "no"):
+        eval_every = steps_per_epoch if cfg.eval_strategy == "epoch" else None
+    eval_at_end = cfg.eval_strategy != "no"
+    return Schedule(per_epoch, steps_per_epoch, max_steps, save_every, eval_every, eval_at_end)
 
 
 class Trainer:
@@ -140,6 +148,7 @@ class Trainer:
             max_steps=self.schedule.max_steps,
             steps_per_epoch=self.schedule.steps_per_epoch,
         )
+        self.best = BestEvaluation.from_config(cfg)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> TrainState:
@@ -153,6 +162,7 @@ class Trainer:
                 self.hooks.on_train_begin(self.cfg, self.state)
             with self.signals.installed():
                 self.train_steps()
+            self.load_best_model()
         except BaseException as exc:
             error = exc
             raise
@@ -206,15 +216,29 @@ class Trainer:
                         }
                     )
                     window_tokens, window_start = 0, time.perf_counter()
+                new_best = False
                 if self.eval_plan is not None and (
                     (self.schedule.eval_every and step % self.schedule.eval_every == 0)
-                    or step == self.schedule.max_steps
+                    or (step == self.schedule.max_steps and self.schedule.eval_at_end)
                 ):
-                    self.log({**self.evaluate(), "epoch": self.fractional_epoch()})
-                if self.schedule.save_every and step % self.schedule.save_every == 0:
+                    evaluation = self.evaluate()
+                    self.log({**evaluation, "epoch": self.fractional_epoch()})
+                    new_best = self.best is not None and self.best.update(step, evaluation)
+                if (self.schedule.save_every and step % self.schedule.save_every == 0) or (
+                    new_best and self.saves_best()
+                ):
                     self.save()
                 self.watchdog.check(step, loss, self.last_checkpoint)
                 self.stop_if_signalled()
+                if self.best is not None and self.best.should_stop:
+                    if main:
+                        console.print(
+                            f"early stopping after step {step}: {self.best.metric} has not "
+                            f"improved on {self.best.best_value:.4g} (step "
+                            f"{self.best.best_step}) for {self.best.evals_since_best} "
+                            "evaluations (early_stopping_patience)"
+                        )
+                    break
 
     def step(self, window: list[dict[str, Any]]) -> dict[str, float]:
         """One optimizer step over the micro-batches of `window`: the `training_step` plugin's
@@ -233,6 +257,30 @@ class Trainer:
         if not self.strategy.handles_overflow:  # else the scaler skipped the step itself
             check_finite(step, "gradient norm", grad_norm, self.cfg, self.last_checkpoint)
         return {**{k: float(v) for k, v in metrics.items()}, "grad_norm": grad_norm}
+
+    def saves_best(self) -> bool:
+        """Whether a new best evaluation is checkpointed (`save_strategy: best`, or to load
+        the best model at the end)."""
+        return self.cfg.save_strategy == "best" or loads_best_model(self.cfg)
+
+    def load_best_model(self) -> None:
+        """With `load_best_model_at_end` (or early stopping): put back the weights of the best
+        evaluation's checkpoint, plugins' state first, as a resume does (every process)."""
+        best = self.best
+        if best is None or best.best_step is None or not loads_best_model(self.cfg):
+            return
+        if best.best_step == self.state.global_step:
+            return  # the weights in hand are the best
+        path = self.output_dir / f"checkpoint-{best.best_step}"
+        at_best = dataclasses.replace(self.state, global_step=best.best_step)
+        self.hooks.load_checkpoint_state(
+            self.cfg, at_best, self.strategy.unwrap(self.model), path, self.strategy
+        )
+        self.strategy.load_state(path, self.model, self.optimizer, self.scheduler)
+        if self.strategy.is_main_process:
+            console.print(
+                f"loaded the best model: {path.name} ({best.metric} {best.best_value:.4g})"
+            )
 
     def stop_if_signalled(self) -> None:
         """After a step: if SIGTERM or SIGINT came (on any process), save a checkpoint (unless
@@ -327,8 +375,9 @@ class Trainer:
         self.hooks.save_checkpoint_state(self.cfg, self.state, model, staged, strategy)
         strategy.wait_for_everyone()
         if main:
+            keep = None if self.best is None or self.best.best_step is None else self.best.best_step
             path = finish_checkpoint(
-                self.output_dir, staged, self.state, self.cfg.save_total_limit, self.settings
+                self.output_dir, staged, self.state, self.cfg.save_total_limit, self.settings, keep
             )
             log.info("saved %s", path)
         self.last_checkpoint = f"checkpoint-{self.state.global_step}"
@@ -347,6 +396,8 @@ class Trainer:
         saved = read_train_state(path)
         for key in ("global_step", "epoch", "batches_into_epoch", "tokens_seen", "log_history"):
             setattr(self.state, key, saved[key])
+        if self.best is not None:
+            self.best.replay(self.state.log_history)
         model = self.strategy.unwrap(self.model)
         self.hooks.load_checkpoint_state(self.cfg, self.state, model, path, self.strategy)
         self.strategy.load_state(path, self.model, self.optimizer, self.scheduler)

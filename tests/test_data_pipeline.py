@@ -197,6 +197,50 @@ def test_shards_idx_beyond_shards_is_a_config_error(
 # --- mixing, splitting, deduplication -----------------------------------------------------------
 
 
+def test_dataset_shard_keeps_one_contiguous_shard_of_the_merged_rows(
+    tmp_path: Path, base_config: dict[str, Any], alpaca_file: Path
+) -> None:
+    """Axolotl's `dataset_shard_num` / `dataset_shard_idx`: the merged, shuffled rows cut into
+    contiguous shards, one kept, before the eval split; the shards are disjoint and together
+    are every row, and each has its own cache."""
+    whole = prepare(tmp_path, base_config)
+    shards = [
+        prepare(tmp_path, {**base_config, "dataset_shard_num": 3, "dataset_shard_idx": i})
+        for i in range(3)
+    ]
+    assert [len(s.train) for s in shards] == [11, 11, 10]
+    rows = [tuple(row["input_ids"]) for row in whole.train]
+    assert [tuple(row["input_ids"]) for s in shards for row in s.train] == rows
+    assert len({s.cache_dir for s in shards} | {whole.cache_dir}) == 4
+    split = prepare(
+        tmp_path,
+        {**base_config, "dataset_shard_num": 2, "dataset_shard_idx": 1, "val_set_size": 4},
+    )
+    assert len(split.train) == 12 and split.eval is not None and len(split.eval) == 4
+    held = {tuple(r["input_ids"]) for r in split.train} | {
+        tuple(r["input_ids"]) for r in split.eval
+    }
+    assert held == set(rows[16:])
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"dataset_shard_num": 2}, "dataset_shard_num needs dataset_shard_idx too"),
+        ({"dataset_shard_idx": 0}, "dataset_shard_idx needs dataset_shard_num too"),
+        ({"dataset_shard_num": 2, "dataset_shard_idx": 2}, "dataset_shard_idx: 2 is not below"),
+        ({"dataset_shard_num": 0, "dataset_shard_idx": 0}, "dataset_shard_num"),
+    ],
+)
+def test_dataset_shard_keys_refused(
+    tmp_path: Path, base_config: dict[str, Any], keys: dict[str, Any], message: str
+) -> None:
+    from axolotl_weave import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        open_session(write_config(tmp_path / "c.yml", {**base_config, **keys}))
+
+
 def test_datasets_are_mixed_and_shuffled_with_the_seed(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:

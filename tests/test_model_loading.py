@@ -39,6 +39,42 @@ def test_resize_token_embeddings_to_32x(tmp_path: Path, base_config: dict) -> No
     assert rows % 32 == 0 and len(tokenizer) <= rows < len(tokenizer) + 32
 
 
+@pytest.mark.parametrize("mean", [None, False, True])
+def test_added_token_rows_start_random_or_at_the_mean(
+    tmp_path: Path, base_config: dict, mean: bool | None
+) -> None:
+    """Axolotl's default (`mean_resizing_embeddings: false`): the model's own initialisation
+    (normal, std `initializer_range`); `true`: transformers' mean resizing, near the mean."""
+    base_tokenizer, base_model = load(tmp_path, base_config)
+    config = {**base_config, "tokens": ["<a>", "<b>", "<c>"]}
+    if mean is not None:
+        config["mean_resizing_embeddings"] = mean
+    _, model = load(tmp_path, config)
+    old = base_model.get_input_embeddings().weight.detach()
+    new = model.get_input_embeddings().weight.detach()[len(base_tokenizer) :]
+    assert new.shape[0] == 3
+    distance = (new - old.mean(dim=0)).norm(dim=1)
+    if mean:
+        assert distance.max() < 1e-3, distance
+    else:
+        assert distance.min() > 0.5 * model.config.initializer_range * new.shape[1] ** 0.5
+
+
+def test_shrink_embeddings_cuts_rows_the_tokenizer_lacks(tmp_path: Path, base_config: dict):
+    tokenizer, model = load(tmp_path, base_config)
+    grown = tmp_path / "grown"
+    model.resize_token_embeddings(len(tokenizer) + 40)
+    model.save_pretrained(grown)
+    tokenizer.save_pretrained(grown)
+    kept_config = {**base_config, "base_model": str(grown)}
+    assert (
+        load(tmp_path, kept_config)[1].get_input_embeddings().num_embeddings == len(tokenizer) + 40
+    )
+    shrunk = load(tmp_path, {**kept_config, "shrink_embeddings": True})[1]
+    assert shrunk.get_input_embeddings().num_embeddings == len(tokenizer)
+    assert shrunk.get_output_embeddings().weight.shape[0] == len(tokenizer)
+
+
 def test_overrides_of_model_config_and_kwargs(tmp_path: Path, base_config: dict) -> None:
     config = {
         **base_config,

@@ -31,6 +31,8 @@ DATA_KEYS = (
     "skip_invalid_rows",
     "dataset_exact_deduplication",
     "shuffle_merged_datasets",
+    "dataset_shard_num",
+    "dataset_shard_idx",
 )
 """Core config keys that change the prepared data (plugins mark theirs with `affects_data`)."""
 

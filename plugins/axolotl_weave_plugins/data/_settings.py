@@ -45,6 +45,15 @@ class DataSettings(PluginConfig):
     )
     shuffle_merged_datasets: bool = Field(True, description="Shuffle the mixed datasets.")
     val_set_size: float = Field(0.0, ge=0, description="Eval split: fraction (<1) or row count.")
+    dataset_shard_num: int | None = Field(
+        None,
+        ge=1,
+        description="Keep one of this many contiguous shards of the merged rows (with "
+        "dataset_shard_idx), before deduplication and the eval split, as Axolotl does.",
+    )
+    dataset_shard_idx: int | None = Field(
+        None, ge=0, description="Which shard dataset_shard_num keeps (0-based)."
+    )
 
     @field_validator("datasets")
     @classmethod
@@ -86,4 +95,17 @@ class DataSettings(PluginConfig):
             raise ValueError("pretraining_dataset: is streamed, so max_steps: must be set")
         if self.test_datasets and self.val_set_size:
             raise ValueError("set val_set_size or test_datasets, not both")
+        if (self.dataset_shard_num is None) != (self.dataset_shard_idx is None):
+            pair = ["dataset_shard_num", "dataset_shard_idx"]
+            given, other = pair if self.dataset_shard_idx is None else pair[::-1]
+            raise ValueError(f"{given} needs {other} too: how many shards, and which to keep")
+        if self.dataset_shard_num is not None and self.dataset_shard_idx >= self.dataset_shard_num:
+            raise ValueError(
+                f"dataset_shard_idx: {self.dataset_shard_idx} is not below dataset_shard_num: "
+                f"{self.dataset_shard_num} (shards are numbered from 0)"
+            )
+        if self.dataset_shard_num is not None and self.pretraining_dataset:
+            raise ValueError(
+                "dataset_shard_num with pretraining_dataset: streamed data is not sharded here"
+            )
         return self

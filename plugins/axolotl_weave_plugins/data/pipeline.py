@@ -102,6 +102,7 @@ def build_datasets(
     dataset = concatenate(parts)
     if cfg.shuffle_merged_datasets:
         dataset = dataset.shuffle(seed=cfg.seed)  # an order; the cache's writing applies it
+    dataset = keep_shard(dataset, cfg)
     if cfg.dataset_exact_deduplication:
         dataset, dropped = deduplicate(dataset)
         stats.dropped_duplicates += dropped
@@ -119,7 +120,7 @@ def build_datasets(
             raise DataError(
                 f"test_datasets: no rows left: {drop_summary(eval_stats, cfg.sequence_len)}"
             )
-        eval_set = concatenate(eval_parts)
+        eval_set = keep_shard(concatenate(eval_parts), cfg)
         if cfg.dataset_exact_deduplication:
             eval_set, dropped = deduplicate(eval_set, against=dataset)
             eval_stats.dropped_duplicates += dropped
@@ -135,6 +136,15 @@ def build_datasets(
     for reason, count in drop_reasons(stats, cfg.sequence_len):
         log.warning("%s: %d row(s)", reason, count)
     return train, eval_set, stats
+
+
+def keep_shard(dataset: Dataset, cfg: Any) -> Dataset:
+    """Shard `dataset_shard_idx` of `dataset_shard_num` contiguous shards (Axolotl's sharding,
+    test_datasets included), or every row."""
+    if cfg.dataset_shard_num is None:
+        return dataset
+    log.info("data: shard %d of %d", cfg.dataset_shard_idx, cfg.dataset_shard_num)
+    return dataset.shard(num_shards=cfg.dataset_shard_num, index=cfg.dataset_shard_idx)
 
 
 def column_sum(dataset: Dataset, column: str) -> int:

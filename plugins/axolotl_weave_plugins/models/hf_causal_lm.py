@@ -3,7 +3,8 @@
 The fallback (`trylast`) for every architecture: a family plugin or a method plugin may answer
 first or wrap the result. Works with a local folder or a hub name alike. It owns Axolotl's
 loading keys: `model_type` / `tokenizer_type` (transformers class names), the config and kwargs
-overrides, and `resize_token_embeddings_to_32x`.
+overrides, and the embedding sizing keys (`resize_token_embeddings_to_32x`,
+`shrink_embeddings`, `mean_resizing_embeddings`).
 """
 
 from __future__ import annotations
@@ -48,12 +49,35 @@ class LoaderSettings(PluginConfig):
     resize_token_embeddings_to_32x: bool = Field(
         False, description="Round the embedding rows up to a multiple of 32 (faster matmuls)."
     )
+    mean_resizing_embeddings: bool = Field(
+        False,
+        description="Added tokens' embedding rows start at the mean of the others "
+        "(transformers' mean_resizing); by default, as in Axolotl, the model's own random "
+        "initialisation.",
+    )
+    shrink_embeddings: bool = Field(
+        False,
+        description="Cut the embedding rows down to the tokenizer's length when the model has "
+        "more (by default they are kept).",
+    )
 
 
 @hookimpl
 def add_config_fields() -> type[PluginConfig]:
     """The loader's keys."""
     return LoaderSettings
+
+
+def fit_embeddings(model: Any, tokenizer: Any, cfg: Any) -> None:
+    """Grow the embedding rows when the tokenizer has more tokens than the model (cut them down
+    to its length with `shrink_embeddings`), to a multiple of 32 with
+    `resize_token_embeddings_to_32x`; new rows start as `mean_resizing_embeddings` says."""
+    rows = model.get_input_embeddings().num_embeddings
+    wanted = len(tokenizer) if cfg.shrink_embeddings else max(len(tokenizer), rows)
+    if cfg.resize_token_embeddings_to_32x:
+        wanted = -(-wanted // 32) * 32
+    if wanted != rows:
+        model.resize_token_embeddings(wanted, mean_resizing=cfg.mean_resizing_embeddings)
 
 
 def transformers_class(name: str, key: str, suffix: str) -> Any:
@@ -167,9 +191,8 @@ def load_pretrained(
     contributed) are passed on after `overrides_of_model_kwargs`, and a `config` among them
     replaces the one `load_config` would read (the overrides are applied to it too).
 
-    Grows the embeddings when the tokenizer has more tokens than the model (to a multiple of 32
-    with `resize_token_embeddings_to_32x`), turns the generation cache off for training (it only
-    costs memory there), and gives the family's `prepare_model` its turn.
+    Fits the embeddings to the tokenizer (`fit_embeddings`), turns the generation cache off for
+    training (it only costs memory there), and gives the family's `prepare_model` its turn.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -193,12 +216,7 @@ def load_pretrained(
         )
     except (OSError, ValueError, TypeError) as exc:
         raise WeaveError(f"cannot load base_model '{cfg.base_model}': {exc}") from None
-    rows = model.get_input_embeddings().num_embeddings
-    wanted = len(tokenizer)
-    if cfg.resize_token_embeddings_to_32x:
-        wanted = -(-max(wanted, rows) // 32) * 32
-    if wanted > rows:
-        model.resize_token_embeddings(wanted)
+    fit_embeddings(model, tokenizer, cfg)
     if purpose == "train":
         model.config.use_cache = False
     if family is not None and family.prepare_model is not None:

@@ -198,11 +198,13 @@ def load_classifier(
             f"cannot load base_model '{cfg.base_model}' as {loader.__name__}: {exc}"
         ) from None
     rows = model.get_input_embeddings().num_embeddings
-    wanted = len(tokenizer)
+    shrink = getattr(cfg, "shrink_embeddings", False)
+    wanted = len(tokenizer) if shrink else max(len(tokenizer), rows)
     if getattr(cfg, "resize_token_embeddings_to_32x", False):
-        wanted = -(-max(wanted, rows) // 32) * 32
-    if wanted > rows:
-        model.resize_token_embeddings(wanted)
+        wanted = -(-wanted // 32) * 32
+    if wanted != rows:  # as the causal-LM loader does
+        mean = getattr(cfg, "mean_resizing_embeddings", False)
+        model.resize_token_embeddings(wanted, mean_resizing=mean)
     if purpose == "train":
         model.config.use_cache = False
     if family is not None and family.prepare_model is not None:

@@ -13,16 +13,9 @@ import torch
 from axolotl_weave import ConfigError, hookimpl
 from axolotl_weave._optim import build_optimizer
 from axolotl_weave._run import open_session
+from axolotl_weave_testing import optimizer_settings as opt_cfg
 from axolotl_weave_testing import train_with, write_config
 from transformers import AutoModelForCausalLM
-
-
-def opt_cfg(**keys: Any) -> SimpleNamespace:
-    defaults = dict(
-        lr_groups=[], learning_rate=1e-3, weight_decay=0.1, optimizer="adamw_torch",
-        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-    )  # fmt: skip
-    return SimpleNamespace(**{**defaults, **keys})
 
 
 def group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict[str, Any]:

@@ -22,23 +22,11 @@ from axolotl_weave import ConfigError, hookimpl
 from axolotl_weave._run import family_of, load_tokenizer, open_session
 from axolotl_weave_plugins.methods import bnb_quantization
 from axolotl_weave_testing import run_weave, train_with, without_package, write_config
+from axolotl_weave_testing import small_lora as lora
 from safetensors.torch import load_file
 
 PROBE = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46]])
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
-
-
-def lora(base_config: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """The base config with a small LoRA on q_proj and v_proj, plus `extra`."""
-    return {
-        **base_config,
-        "adapter": "lora",
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "lora_target_modules": ["q_proj", "v_proj"],
-        "learning_rate": 1e-2,
-        **extra,
-    }
 
 
 def load(config: dict[str, Any], tmp_path: Path, pm: Any = None) -> tuple[Any, Any]:

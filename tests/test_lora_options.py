@@ -16,7 +16,7 @@ import pytest
 import torch
 from axolotl_weave import ConfigError, hookimpl
 from axolotl_weave._run import family_of, load_tokenizer, open_session
-from axolotl_weave_testing import run_weave_in_process, train_with, write_config
+from axolotl_weave_testing import run_weave_in_process, small_lora, train_with, write_config
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
@@ -26,17 +26,7 @@ HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 
 def lora(base_config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The base config with a small LoRA on q_proj and v_proj, 2 steps, plus `extra`."""
-    return {
-        **base_config,
-        "adapter": "lora",
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "lora_target_modules": ["q_proj", "v_proj"],
-        "learning_rate": 1e-2,
-        "max_steps": 2,
-        "seed": 7,
-        **extra,
-    }
+    return small_lora(base_config, **{"max_steps": 2, "seed": 7, **extra})
 
 
 def load(config: dict[str, Any], tmp_path: Path, purpose: str = "train") -> Any:

@@ -15,6 +15,7 @@ from axolotl_weave._optim import build_optimizer
 from axolotl_weave._pluginmanager import make_plugin_manager
 from axolotl_weave._run import open_session, train
 from axolotl_weave_plugins.methods.unfrozen_parameters import apply_unfrozen_parameters
+from axolotl_weave_testing import optimizer_settings as opt_cfg
 from axolotl_weave_testing import run_weave, without_package, write_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -23,14 +24,6 @@ from transformers import AutoModelForCausalLM
 @pytest.fixture
 def tiny_model(tiny_llama_dir: Path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-
-
-def opt_cfg(**keys: Any) -> SimpleNamespace:
-    defaults = dict(
-        lr_groups=[], learning_rate=1e-3, weight_decay=0.1, optimizer="adamw_torch",
-        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-    )  # fmt: skip
-    return SimpleNamespace(**{**defaults, **keys})
 
 
 def test_lr_groups_give_named_modules_their_own_rate(

@@ -442,6 +442,31 @@ def greedy(loaded: Any, prompt_ids: list[int], max_new_tokens: int) -> str:
     return loaded.tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True)
 
 
+def small_lora(base_config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """`base_config` with a small LoRA (rank 4, alpha 8) on q_proj and v_proj at lr 1e-2, plus
+    `extra`."""
+    return {
+        **base_config,
+        "adapter": "lora",
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_target_modules": ["q_proj", "v_proj"],
+        "learning_rate": 1e-2,
+        **extra,
+    }
+
+
+def optimizer_settings(**keys: Any) -> Any:
+    """The keys `build_optimizer` reads (AdamW, lr 1e-3, weight decay 0.1), `keys` added."""
+    from types import SimpleNamespace
+
+    defaults = dict(
+        lr_groups=[], learning_rate=1e-3, weight_decay=0.1, optimizer="adamw_torch",
+        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+    )  # fmt: skip
+    return SimpleNamespace(**{**defaults, **keys})
+
+
 def two_process_config(
     tiny_llama_dir: Path, folder: Path, rows: int = 32, **keys: Any
 ) -> dict[str, Any]:

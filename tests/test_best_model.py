@@ -18,7 +18,7 @@ import pytest
 import torch
 from axolotl_weave import ConfigError
 from axolotl_weave._run import open_session
-from axolotl_weave_testing import train_with, write_config
+from axolotl_weave_testing import run_weave, train_with, two_process_config, write_config
 from safetensors.torch import load_file
 
 
@@ -226,3 +226,36 @@ def test_save_strategy_best_with_epoch_evaluations_validates(
     assert (cfg.save_strategy, cfg.eval_strategy) == ("best", "epoch")
     with pytest.raises(ConfigError, match="eval_strategy: no turns off"):
         open_session(write_config(tmp_path / "c.yml", {**config, "eval_strategy": "no"}), [])
+
+
+@pytest.mark.slow
+def test_early_stopping_on_two_processes_stops_and_loads_as_one_process(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """Every process takes the same (reduced) evaluations, so all stop after the same step and
+    load the same best checkpoint: 2 processes end as 1 with the same global batch."""
+    common = two_process_config(
+        tiny_llama_dir,
+        tmp_path,
+        val_set_size=4,
+        eval_steps=1,
+        max_steps=8,
+        learning_rate=1e-2,
+        lr_scheduler="constant",
+        greater_is_better=True,
+        early_stopping_patience=2,
+    )
+    one = {**common, "gradient_accumulation_steps": 4, "output_dir": str(tmp_path / "one")}
+    assert train_with(one, tmp_path / "one.yml").global_step == 3
+    two = {**common, "output_dir": str(tmp_path / "two")}
+    result = run_weave(
+        "train", str(write_config(tmp_path / "two.yml", two)), "--num-processes", "2"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert eval_losses(tmp_path / "two") == pytest.approx(eval_losses(tmp_path / "one"), rel=1e-5)
+    assert saved_steps(tmp_path / "two") == [1]
+    assert_holds_checkpoint(tmp_path / "two", 1)
+    first = load_file(str(tmp_path / "one" / "model.safetensors"))
+    second = load_file(str(tmp_path / "two" / "model.safetensors"))
+    for name, weight in first.items():
+        torch.testing.assert_close(second[name], weight, rtol=1e-4, atol=1e-5, msg=name)

@@ -549,6 +549,26 @@ def test_pretraining_dataset_streams_from_skip(
     assert tiny_tokenizer.decode(first["input_ids"]).startswith("<s>text number 3.</s><s>text")
 
 
+def test_a_streamed_completion_dataset_trains_packed(
+    tmp_path: Path, base_config: dict[str, Any], tiny_tokenizer: Any
+) -> None:
+    """Axolotl's usual `pretraining_dataset:` entry (`type: completion`, a `field`), streamed:
+    tokenized and cut into pieces lazily, its columns known, packed and trained."""
+    from axolotl_weave_testing import train_with
+
+    texts = [{"body": f"text number {i}. " * 20} for i in range(40)]
+    path = write_jsonl(tmp_path / "texts.jsonl", texts)
+    config = {k: v for k, v in base_config.items() if k != "datasets"}
+    config["pretraining_dataset"] = [{"path": str(path), "type": "completion", "field": "body"}]
+    data = prepare(tmp_path, config)
+    assert data.streaming and set(data.train.column_names) >= {"input_ids", "labels"}
+    first = next(iter(data.train))
+    assert len(first["input_ids"]) == base_config["sequence_len"]
+    assert tiny_tokenizer.decode(first["input_ids"]).startswith("<s>text number 0.")
+    state = train_with({**config, "sample_packing": True, "max_steps": 2}, tmp_path / "t.yml")
+    assert state.global_step == 2
+
+
 def test_train_on_split_picks_the_split(tmp_path: Path, base_config: dict[str, Any]) -> None:
     splits = {"train": alpaca_rows(3), "validation": alpaca_rows(12)}
     DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(

@@ -319,6 +319,9 @@ def map_rows(
     from datasets.fingerprint import generate_random_fingerprint
     from datasets.utils import logging as datasets_logging
 
+    common = {"batched": True, "batch_size": MAP_BATCH_ROWS, "with_indices": True}
+    if not to_arrow:  # a stream: tokenized lazily as training reads it, in this process
+        return dataset.map(wrapped, remove_columns=dataset.column_names, **common)
     processes = num_proc if num_proc is not None else entry.num_proc
     if processes is not None and processes > 1:
         processes = min(processes, max(1, len(dataset) // 16))  # a few rows: one process
@@ -329,13 +332,11 @@ def map_rows(
         # the result is cached by the core's own fingerprint; skip datasets' hashing of `fn`
         return dataset.map(
             wrapped,
-            batched=True,
-            batch_size=MAP_BATCH_ROWS,
-            with_indices=True,
             remove_columns=dataset.column_names,
             num_proc=processes if processes and processes > 1 else None,
             new_fingerprint=generate_random_fingerprint(),
             desc=f"Tokenizing {entry.path} ({entry.type or 'pre-tokenized'})",
+            **common,
         )
     finally:
         if bars_were_off:

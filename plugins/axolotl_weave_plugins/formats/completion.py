@@ -58,6 +58,19 @@ def pieces(ids: list[int], size: int) -> list[list[int]]:
     return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
+def stream_features() -> Any:
+    """The pieces' features, as datasets infers them for a tokenized `Dataset`."""
+    from datasets import Features, List, Value
+
+    return Features(
+        {
+            "input_ids": List(Value("int32")),
+            "labels": List(Value("int64")),
+            "attention_mask": List(Value("int8")),
+        }
+    )
+
+
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """Tokenize the text column, then cut each text's ids into `sequence_len` pieces."""
     column = entry.field or "text"
@@ -85,8 +98,16 @@ def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
                 out["attention_mask"].append([1] * len(piece))
         return out
 
+    from datasets import IterableDataset
     from datasets.fingerprint import generate_random_fingerprint
 
+    if isinstance(tokenized, IterableDataset):  # a streamed pretraining_dataset: lazily
+        return tokenized.map(
+            split,
+            batched=True,
+            remove_columns=[*COLUMNS, "ok"],  # what `tokenize` made (a stream cannot say)
+            features=stream_features(),  # a stream's columns are then known
+        )
     processes = entry.num_proc if entry.num_proc and entry.num_proc > 1 else None
     return tokenized.map(
         split,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,14 +164,6 @@ def test_use_reentrant_defaults_to_false(base_config: dict[str, Any], tmp_path: 
         "use_reentrant": True,
         "preserve_rng_state": False,
     }
-
-
-@pytest.fixture
-def weave_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """caplog that sees the `axolotl_weave` logger's INFO lines even after a CLI set it up."""
-    monkeypatch.setattr(logging.getLogger("axolotl_weave"), "propagate", True)
-    caplog.set_level(logging.INFO, logger="axolotl_weave")
-    return caplog
 
 
 @pytest.mark.parametrize(

@@ -47,14 +47,6 @@ LIGER_KEYS = (*liger.MODULE_KERNELS, *liger.LOSS_KERNELS)
 VOCAB = 128
 
 
-@pytest.fixture
-def weave_log(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> Any:
-    """caplog for the `axolotl_weave` logger at INFO (even if a CLI run turned propagation off)."""
-    monkeypatch.setattr(logging.getLogger("axolotl_weave"), "propagate", True)
-    caplog.set_level(logging.INFO, logger="axolotl_weave")
-    return caplog
-
-
 def padded_batch(vocab: int = VOCAB, seed: int = 0) -> dict[str, torch.Tensor]:
     """Two rows: prompt tokens masked, the second row right-padded."""
     generator = torch.Generator().manual_seed(seed)

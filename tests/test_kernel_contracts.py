@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -35,14 +34,6 @@ from axolotl_weave_plugins.kernels._fused_linear_loss import (
 )
 from axolotl_weave_plugins.losses.sft import CrossEntropy
 from transformers import AutoModelForCausalLM
-
-
-@pytest.fixture
-def weave_log(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> Any:
-    """caplog for the `axolotl_weave` logger at INFO (even if a CLI run turned propagation off)."""
-    monkeypatch.setattr(logging.getLogger("axolotl_weave"), "propagate", True)
-    caplog.set_level(logging.INFO, logger="axolotl_weave")
-    return caplog
 
 
 class PairObjective:

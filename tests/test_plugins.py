@@ -104,14 +104,6 @@ def local_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ca
         sys.modules.pop(name, None)
 
 
-@pytest.fixture
-def weave_log(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> Any:
-    """caplog for the `axolotl_weave` logger at INFO (even if a CLI run turned propagation off)."""
-    monkeypatch.setattr(logging.getLogger("axolotl_weave"), "propagate", True)
-    caplog.set_level(logging.INFO, logger="axolotl_weave")
-    return caplog
-
-
 def session_for(tmp_path: Path, config: dict[str, Any], name: str = "config.yml") -> Session:
     """Write `config` and open a session on it with a fresh plugin manager."""
     return open_session(write_config(tmp_path / name, config), [], make_plugin_manager())

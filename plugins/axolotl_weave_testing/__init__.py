@@ -490,6 +490,16 @@ def two_process_config(
 
 
 @pytest.fixture
+def weave_log(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> Any:
+    """caplog for the `axolotl_weave` logger at INFO (even if a CLI run turned propagation off)."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("axolotl_weave"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="axolotl_weave")
+    return caplog
+
+
+@pytest.fixture
 def unwritable_folder(tmp_path: Path) -> Any:
     """A folder no file can be created in, even by root (made immutable), or the test skips."""
     folder = tmp_path / "locked"

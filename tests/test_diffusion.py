@@ -20,6 +20,7 @@ from axolotl_weave._run import open_session
 from axolotl_weave_plugins.batching._multipack import collate_packed
 from axolotl_weave_plugins.methods._diffusion_sampling import diffusion_sample
 from axolotl_weave_plugins.methods.diffusion import (
+    DiffusionGenerate,
     DiffusionLoss,
     bidirectional_mask,
     noise_batch,
@@ -356,3 +357,40 @@ def test_axolotls_plugin_path_names_this_plugin(
     session = open_session(write_config(tmp_path / "c.yml", config))
     assert session.cfg.diffusion.eps == 0.01
     assert not [r for r in weave_log.records if r.levelno >= logging.WARNING]
+
+
+def test_inference_samples_the_trained_model_llada_style(base_config: dict, tmp_path: Path) -> None:
+    """`weave inference` on a diffusion run's config: the model generates by LLaDA sampling
+    (the mask token the run added, found in the saved tokenizer), streamed to the console."""
+    from axolotl_weave._cli import CliContext, build_app
+    from axolotl_weave._pluginmanager import make_plugin_manager
+    from axolotl_weave_plugins.inference._model import choose_model, load_for_inference
+    from axolotl_weave_testing import greedy
+    from typer.testing import CliRunner
+
+    out = tmp_path / "run"
+    config = diffusion_config(base_config, out, generate_samples=False, generation_steps=4)
+    path = write_config(tmp_path / "c.yml", config)
+    train_with(config, path)
+    session = open_session(path)
+    loaded = load_for_inference(session, choose_model(session.cfg, None, None))
+    mask = loaded.tokenizer.convert_tokens_to_ids("<|diffusion_mask|>")
+    prompt = loaded.prompter.prompt_ids("Reverse the word.")
+    torch.manual_seed(0)
+    sampled = diffusion_sample(loaded.model, torch.tensor(prompt), mask, 6, 4)[len(prompt) :]
+    eos = [i for i, t in enumerate(sampled.tolist()) if t in loaded.eos_token_ids]
+    expected = loaded.tokenizer.decode(
+        sampled[: eos[0] + 1] if eos else sampled, skip_special_tokens=True
+    )
+    assert greedy(loaded, prompt, 6) == expected  # generate is the diffusion sampler
+    assert isinstance(loaded.model.generate, DiffusionGenerate)
+    pm = make_plugin_manager()
+    flags = ["--temperature", "0", "--max-new-tokens", "6"]
+    result = CliRunner().invoke(
+        build_app(pm),
+        ["inference", str(path), *flags],
+        input="Reverse the word.\n",
+        obj=CliContext(pm),
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == expected + "\n"

@@ -42,6 +42,11 @@ does not count towards the mean (Axolotl counts it as 0); an invalid `mask_token
 (Axolotl falls back to adding a token); attention must be `eager` or `sdpa`, which take the
 bidirectional mask (flash, flex and the varlen kernels are refused when the model loads).
 
+For inference (`weave inference`, `weave serve`, the web page) the model's `generate` samples
+the same way (`DiffusionGenerate`), with the mask token of `mask_token_id` or of the tokenizer
+the run saved, `generation_steps` steps (at most one per new token), greedy unless sampling is
+asked for, the answer cut after the first EOS.
+
 The masks are drawn from torch's default generator on the batch's device (seeded by `seed`;
 checkpoints restore it, so a resumed run draws the same masks). Generation draws from its own
 generator, seeded by `seed` and the step, so that it leaves the training's draws unchanged.
@@ -500,6 +505,83 @@ class DiffusionRun:
         finally:
             model.train(was_training)
         return samples
+
+
+class DiffusionGenerate:
+    """A diffusion model's `generate` for inference: each prompt row continued by LLaDA
+    sampling (`diffusion_sample`) instead of left to right, with the keywords transformers'
+    `generate` takes from `weave inference`, `weave serve` and the web page: the new tokens'
+    count and sampling from `generation_config` (or `max_new_tokens`, `do_sample`,
+    `temperature`), the answer cut after the first EOS, and a `streamer` given it at once."""
+
+    def __init__(self, model: Any, mask_token_id: int, settings: DiffusionSettings) -> None:
+        self.model, self.mask_token_id, self.settings = model, mask_token_id, settings
+
+    def __call__(
+        self,
+        input_ids: Any,
+        generation_config: Any = None,
+        streamer: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The prompt rows with their answers (padded with EOS to one length)."""
+        import torch
+
+        def option(name: str, default: Any) -> Any:
+            value = kwargs.get(name, getattr(generation_config, name, None))
+            return default if value is None else value
+
+        length = int(option("max_new_tokens", self.settings.generation_max_length))
+        sampling = bool(option("do_sample", False))
+        temperature = float(option("temperature", 1.0)) if sampling else 0.0
+        eos = option("eos_token_id", [])
+        eos = {int(e) for e in (eos if isinstance(eos, (list, tuple, set)) else [eos])}
+        attention = getattr(self.model.config, "_attn_implementation", None)
+        eager_dtype = next(self.model.parameters()).dtype if attention == "eager" else None
+        steps = max(1, min(self.settings.generation_steps, length))
+        answers = []
+        for row in input_ids:
+            sampled = diffusion_sample(
+                self.model, row, self.mask_token_id, length, steps, temperature, None, eager_dtype
+            )[row.shape[0] :]
+            ends = [i for i, token in enumerate(sampled.tolist()) if token in eos]
+            answers.append(sampled[: ends[0] + 1] if ends else sampled)
+        if streamer is not None:
+            streamer.put(input_ids[0].cpu())  # the prompt (a streamer skips it)
+            streamer.put(answers[0].cpu())
+            streamer.end()
+        width = max(len(a) for a in answers)
+        fill = min(eos) if eos else self.mask_token_id
+        padded = [torch.cat([a, a.new_full((width - len(a),), fill)]) for a in answers]
+        return torch.cat([input_ids, torch.stack(padded)], dim=1)
+
+
+def inference_mask_token(tokenizer: Any, settings: DiffusionSettings) -> int:
+    """The trained model's mask token: `mask_token_id`, else `mask_token_str` or the default
+    one, which training added and saved with the tokenizer."""
+    if settings.mask_token_id is not None:
+        return settings.mask_token_id
+    token = settings.mask_token_str or DEFAULT_MASK_TOKEN
+    found = special_token_id(tokenizer, token)
+    if found is None:
+        raise ConfigError(
+            f"diffusion: the tokenizer has no mask token {token}: load the tokenizer the "
+            "diffusion run saved (its output_dir), or set diffusion.mask_token_id"
+        )
+    return found
+
+
+@hookimpl(wrapper=True)
+def load_model(cfg: Any, tokenizer: Any, purpose: str) -> Generator[None, Any, Any]:
+    """For inference (`weave inference`, `serve`, the web page), a diffusion model's
+    `generate` samples as it was trained to (`DiffusionGenerate`), not left to right."""
+    model = yield
+    settings = getattr(cfg, "diffusion", None)
+    if purpose != "infer" or settings is None:
+        return model
+    model.generate = DiffusionGenerate(model, inference_mask_token(tokenizer, settings), settings)
+    log.info("diffusion: generation samples LLaDA style (%d steps)", settings.generation_steps)
+    return model
 
 
 @hookimpl

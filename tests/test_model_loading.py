@@ -75,6 +75,19 @@ def test_shrink_embeddings_cuts_rows_the_tokenizer_lacks(tmp_path: Path, base_co
     assert shrunk.get_output_embeddings().weight.shape[0] == len(tokenizer)
 
 
+def test_cls_model_config_names_the_config_class(tmp_path: Path, base_config: dict) -> None:
+    """Axolotl's `cls_model_config`: base_model's config is read with that transformers class
+    (a text model's config out of a multimodal checkpoint, say); a name that is no config
+    class is refused naming the key."""
+    from transformers import MistralConfig
+
+    _, model = load(tmp_path, {**base_config, "cls_model_config": "MistralConfig"})
+    assert type(model.config) is MistralConfig  # AutoConfig reads a LlamaConfig here
+    assert type(model).__name__ == "MistralForCausalLM"  # llama's weights, same names
+    with pytest.raises(ConfigError, match="cls_model_config: 'LlamaModel' is not a transformers"):
+        load(tmp_path, {**base_config, "cls_model_config": "LlamaModel"})
+
+
 def test_overrides_of_model_config_and_kwargs(tmp_path: Path, base_config: dict) -> None:
     config = {
         **base_config,

@@ -49,6 +49,12 @@ class LoaderSettings(PluginConfig):
     resize_token_embeddings_to_32x: bool = Field(
         False, description="Round the embedding rows up to a multiple of 32 (faster matmuls)."
     )
+    cls_model_config: str | None = Field(
+        None,
+        description="The transformers config class base_model's config is read with (e.g. "
+        "Gemma3TextConfig: the text model's config of a multimodal checkpoint); default "
+        "AutoConfig.",
+    )
     mean_resizing_embeddings: bool = Field(
         False,
         description="Added tokens' embedding rows start at the mean of the others "
@@ -156,16 +162,30 @@ def load_model(
     return load_pretrained(cfg, tokenizer, family, purpose, load_kwargs)
 
 
-def load_config(cfg: Any, config: Any = None) -> Any:
-    """The model's config (`base_model_config` or `base_model`, unless `config` is given, as a
-    quantization plugin gives the checkpoint's), `overrides_of_model_config` applied; an
-    override naming no known key is refused."""
-    from transformers import AutoConfig
+def config_class(name: str | None) -> Any:
+    """The transformers config class `cls_model_config` names (AutoConfig when unset)."""
+    import transformers
 
+    if name is None:
+        return transformers.AutoConfig
+    found = getattr(transformers, name, None)
+    if not isinstance(found, type) or not issubclass(found, transformers.PretrainedConfig):
+        raise ConfigError(
+            f"cls_model_config: '{name}' is not a transformers config class (e.g. LlamaConfig, "
+            "Gemma3TextConfig)"
+        )
+    return found
+
+
+def load_config(cfg: Any, config: Any = None) -> Any:
+    """The model's config (`base_model_config` or `base_model`, read with `cls_model_config`,
+    unless `config` is given, as a quantization plugin gives the checkpoint's),
+    `overrides_of_model_config` applied; an override naming no known key is refused."""
     where = cfg.base_model_config or cfg.base_model
     if config is None:
+        reader = config_class(cfg.cls_model_config)
         try:
-            config = AutoConfig.from_pretrained(
+            config = reader.from_pretrained(
                 where, revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code
             )
         except (OSError, ValueError) as exc:

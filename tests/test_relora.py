@@ -209,6 +209,11 @@ def test_relora_run_restarts_on_schedule_and_saves_the_merged_model(
              "relora_warmup_steps": 2, "relora_anneal_steps": 2},
             "exceed relora_steps (3)",
         ),
+        (
+            {"relora_steps": 3, "adapter": "lora", "lora_target_linear": True,
+             "val_set_size": 4, "eval_steps": 1, "early_stopping_patience": 2},
+            "load_best_model_at_end (or early_stopping_patience) with ReLoRA",
+        ),
     ],
 )  # fmt: skip
 def test_relora_config_errors(base_config: dict, tmp_path: Path, keys: dict, message: str) -> None:

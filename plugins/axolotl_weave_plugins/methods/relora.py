@@ -101,6 +101,15 @@ class ReloraSettings(PluginConfig):
                 "/ load_in_8bit) for now: the restarts re-quantize the merged weights in place, "
                 "which checkpoints do not keep"
             )
+        best_at_end = getattr(self, "load_best_model_at_end", None)
+        if best_at_end is None:  # early stopping loads the best model unless told not to
+            best_at_end = bool(getattr(self, "early_stopping_patience", None))
+        if best_at_end:
+            raise ValueError(
+                "load_best_model_at_end (or early_stopping_patience) with ReLoRA: the best "
+                "checkpoint may come before a restart merged the adapter into the base, whose "
+                "earlier weights a checkpoint does not keep; set load_best_model_at_end: false"
+            )
         warm, anneal = self.relora_warmup_steps or 0, self.relora_anneal_steps or 0
         if warm + anneal > self.relora_steps:
             raise ValueError(

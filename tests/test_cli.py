@@ -178,7 +178,7 @@ def test_blocked_plugin_no_longer_wraps_load_model(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:
     path = write_config(tmp_path / "config.yml", base_config)
-    result = weave(tmp_path, "-p", "no:lora", "validate", str(path))
+    result = weave(tmp_path, "-p", "no:lora", "validate", str(path), env={"COLUMNS": "300"})
     assert result.returncode == 0, result.stderr
     load_model = table_row(result.stdout, "load_model").split("│")[2]
     answering = [part.split()[0] for part in load_model.split("→")]
@@ -218,7 +218,7 @@ def test_validate_shows_which_plugin_answers_each_hook(
     )
     load_model = table_row(result.stdout, "load_model").split("│")[2].strip()
     assert load_model == (  # packing is a plugin: it refuses an unpackable family first
-        "sample_packing (wrapper) → lora (wrapper) → liger (wrapper) → "
+        "sample_packing (wrapper) → lora (wrapper) → liger (wrapper) → diffusion (wrapper) → "
         "cut_cross_entropy (wrapper) → bnb_quantization (wrapper) → gptq (wrapper) → "
         "reward_models → hf_causal_lm"  # reward models load a classifier, and only for them
     )

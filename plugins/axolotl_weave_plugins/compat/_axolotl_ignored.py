@@ -16,7 +16,6 @@ IGNORED_BY_PREFIX: dict[str, str] = {
     "generation_": "sample generation during training, for inspection only",
     "lm_eval_": "an evaluation harness run after training, not training",
     "nemo_gym_": "NeMo Gym environments (not here): GRPO's rewards come from trl.reward_funcs",
-    "kd_": "knowledge distillation's setting: applies only with kd_trainer, which is refused",
     "dpo_": "a DPO speed or logging switch, or one Axolotl no longer reads: the same loss",
     "qgalore_": "Q-GaLore's setting: applies only with that optimizer, which is refused",
     "dion_": "the Dion optimizer's setting: applies only with that optimizer, which is refused",

@@ -1,0 +1,347 @@
+"""Knowledge distillation from a teacher's top-k log-probabilities (Axolotl's `kd_trainer`).
+
+Offline distillation: the teacher's top-k log-probabilities of every token were computed
+beforehand and are read with the rows (`type: axolotl.integrations.kd.chat_template`, see
+`_kd_format`). With `kd_trainer: true` the objective, summed over the target tokens (those with a
+label, as the supervised loss counts them) and divided by their number by the core, is
+
+    kd_alpha * kd_temperature**2 * KL + kd_ce_alpha * CE
+
+- CE: the usual next-token cross-entropy;
+- KL: the forward KL of the teacher's top-k distribution (renormalised over the k, at
+  `kd_temperature`, by the format) from the student's: at each position t whose next token
+  t + 1 has a teacher entry and a label, `sum_k p_k * (log p_k - log q_k)`, with `q_k` the
+  student's `log_softmax(logits_t / kd_temperature)` gathered at the teacher's k ids
+  (renormalised over those k too with `kd_normalize_topk: true`).
+
+Those are Axolotl's definitions (its `topk_logprob` loss and fused kernel), the temperature
+squared included. One difference: the student's prediction at t is compared with the teacher's
+entry of token t + 1, the shift of the labels, as Axolotl's first KD trainer did and its data
+step documents ("we shift for causal models in the trainer"); its current fused kernel compares
+it with entry t. On held-out rows the two terms are also reported unweighted (`eval_kl`,
+`eval_ce`). A mixture-of-experts router's auxiliary loss is not added.
+
+The teacher's columns hold k values per token, which the core's collator cannot pad, so this
+plugin cuts the batches itself while `kd_trainer` is on (`plan_batches`, first): the same order
+and padding as the padded batches, and the targets padded with a zero mask. Refused with
+`kd_trainer`: `rl`, reward models, `use_eaft`, `diffusion`, sample packing, datasets of another
+type, a streamed `pretraining_dataset`; and Axolotl's keys not implemented here (`kd_beta` other
+than 0, `kd_top_k_before_softmax`, `kd_zscore_base_temp`, the online teacher `kd_online_*`,
+`kd_temperature_min`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from axolotl_weave import (
+    IGNORE_INDEX,
+    Columns,
+    ConfigError,
+    DatasetFormat,
+    PluginConfig,
+    Strategy,
+    collate,
+    epoch_order,
+    hookimpl,
+    micro_batches_per_epoch,
+    next_token_targets,
+    read_rows,
+)
+from pydantic import Field, model_validator
+
+from axolotl_weave_plugins.methods._kd_format import FORMAT_NAME, KD_COLUMNS, kd_format
+
+if TYPE_CHECKING:
+    import torch
+
+PLUGIN_KIND = "method"
+AXOLOTL_ALIASES = ("axolotl.integrations.kd.KDPlugin",)
+
+OTHER_OBJECTIVES = ("rl", "reward_model", "process_reward_model", "use_eaft", "diffusion")
+"""Keys whose objective conflicts with distillation's (refused together with `kd_trainer`)."""
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+"""The batch columns the student's forward takes (not the teacher's)."""
+
+NOT_IMPLEMENTED = {
+    "kd_top_k_before_softmax": "the top-k taken of the student's logits before the softmax",
+    "kd_zscore_base_temp": "z-scored logits at a base temperature",
+    "kd_online_server_base_url": "an online teacher server",
+    "kd_online_topk": "an online teacher server",
+    "kd_online_server": "an online teacher server",
+    "kd_online_timeout": "an online teacher server",
+    "kd_temperature_min": "temperature scheduling with an online teacher",
+}
+"""Axolotl's distillation keys not implemented here -> what they do (refused when set)."""
+
+
+class KdSettings(PluginConfig):
+    """Knowledge distillation (Axolotl's keys)."""
+
+    kd_trainer: bool = Field(
+        False, description="Distil from the teacher's top-k log-probabilities in the rows."
+    )
+    kd_alpha: float = Field(1.0, ge=0, description="Weight of the distillation (KL) term.")
+    kd_ce_alpha: float = Field(0.0, ge=0, description="Weight of the cross-entropy term.")
+    kd_temperature: float = Field(
+        1.0,
+        gt=0,
+        description="Distillation temperature (teacher and student); the KL is scaled by its "
+        "square.",
+        json_schema_extra={"affects_data": True},  # the format renormalises the teacher at it
+    )
+    kd_normalize_topk: bool | None = Field(
+        None, description="Renormalise the student's probabilities over the teacher's top-k."
+    )
+    kd_beta: float | None = Field(
+        0.0, description="Forward/reverse KL mix; only 0 (forward KL) is implemented."
+    )
+    kd_top_k_before_softmax: bool | None = Field(None, description="Not implemented (refused).")
+    kd_zscore_base_temp: float | None = Field(None, description="Not implemented (refused).")
+    kd_online_server_base_url: str | None = Field(None, description="Not implemented (refused).")
+    kd_online_topk: int | None = Field(None, description="Not implemented (refused).")
+    kd_online_server: str | None = Field(None, description="Not implemented (refused).")
+    kd_online_timeout: int | None = Field(None, description="Not implemented (refused).")
+    kd_temperature_min: float | None = Field(None, description="Not implemented (refused).")
+
+    @model_validator(mode="after")
+    def _distillation_is_consistent(self) -> KdSettings:
+        for key, what in NOT_IMPLEMENTED.items():
+            if getattr(self, key) not in (None, False):
+                raise ValueError(f"{key}: {what} is not implemented here; remove the key")
+        if self.kd_beta not in (None, 0, 0.0):
+            raise ValueError(
+                f"kd_beta: {self.kd_beta}: only the forward KL (kd_beta: 0) is implemented"
+            )
+        kinds = {
+            getattr(entry, "type", None)
+            for section in ("datasets", "test_datasets")
+            for entry in getattr(self, section, None) or []
+        }
+        if not self.kd_trainer:
+            if FORMAT_NAME in kinds:
+                raise ValueError(f"datasets: type: {FORMAT_NAME} needs kd_trainer: true")
+            return self
+        self._refuse_combinations(kinds)
+        return self
+
+    def _refuse_combinations(self, kinds: set[str | None]) -> None:
+        for key in OTHER_OBJECTIVES:
+            value = getattr(self, key, None)
+            if value:
+                raise ValueError(
+                    f"kd_trainer: true cannot be combined with {key}: distillation is the "
+                    f"objective, which {key} replaces; remove one of them"
+                )
+        for key in ("sample_packing", "eval_sample_packing"):
+            if getattr(self, key, None):
+                raise ValueError(
+                    f"{key}: true cannot be used with kd_trainer: true: rows carrying the "
+                    f"teacher's log-probabilities are not packed; set {key}: false"
+                )
+        if getattr(self, "pretraining_dataset", None):
+            raise ValueError(
+                "kd_trainer: true reads its rows from datasets:, not pretraining_dataset"
+            )
+        others = sorted(str(kind) for kind in kinds if kind != FORMAT_NAME)
+        if others:
+            raise ValueError(
+                f"kd_trainer: true trains on type: {FORMAT_NAME} rows only (the teacher's "
+                f"log-probabilities); found type: {', '.join(others)}"
+            )
+
+
+@hookimpl
+def add_config_fields() -> type[PluginConfig]:
+    """`kd_trainer`, `kd_alpha`, `kd_ce_alpha`, `kd_temperature`, `kd_normalize_topk` and the
+    refused distillation keys of Axolotl."""
+    return KdSettings
+
+
+@hookimpl
+def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
+    """`axolotl.integrations.kd.chat_template`."""
+    register(kd_format())
+
+
+class TopKDistillation:
+    """`kd_alpha * T**2 * KL + kd_ce_alpha * CE`, summed over the target tokens (see the
+    module); its unit is one target token."""
+
+    unit = "token"
+
+    def __init__(
+        self, kd_alpha: float, ce_alpha: float, temperature: float, normalize_topk: bool
+    ) -> None:
+        self.kd_alpha, self.ce_alpha = kd_alpha, ce_alpha
+        self.temperature, self.normalize_topk = temperature, normalize_topk
+
+    def count(self, batch: dict[str, Any]) -> Any:
+        """Target tokens in the batch (labels shifted by one, masked ones excluded)."""
+        return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+    def __call__(self, model: Any, batch: dict[str, Any]) -> Any:
+        """The weighted sum of the summed KL and cross-entropy (float32)."""
+        kl, ce = self.terms(model, batch, both=False)
+        return self.combine(kl, ce)
+
+    def measures(self, model: Any, batch: dict[str, Any], strategy: Any) -> tuple[Any, dict]:
+        """The loss and, for held-out rows, its two terms unweighted (`kl` and `ce`, each
+        summed over the target tokens: reported per target token)."""
+        kl, ce = self.terms(model, batch, both=True)
+        return self.combine(kl, ce), {"kl": kl, "ce": ce}
+
+    def combine(self, kl: Any, ce: Any) -> Any:
+        """`kd_alpha * T**2 * kl + kd_ce_alpha * ce`, a term whose weight is 0 left out."""
+        loss = kl.new_zeros(())
+        if self.ce_alpha:
+            loss = loss + self.ce_alpha * ce
+        if self.kd_alpha:
+            loss = loss + self.kd_alpha * self.temperature**2 * kl
+        return loss
+
+    def terms(self, model: Any, batch: dict[str, Any], both: bool) -> tuple[Any, Any]:
+        """(KL, CE), each summed over the target tokens, from one forward pass; a term whose
+        weight is 0 is not computed (a zero) unless `both`."""
+        import torch.nn.functional as F
+
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        outputs = model(**inputs, use_cache=False)
+        logits = outputs.logits.float()
+        kl = ce = logits.new_zeros(())
+        if self.ce_alpha or both:
+            ce = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                next_token_targets(batch["labels"]).reshape(-1).to(logits.device),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+        if self.kd_alpha or both:
+            kl = self.top_k_kl(logits[:, :-1], batch)
+        return kl, ce
+
+    def top_k_kl(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The forward KL summed over the positions, the prediction at t against the teacher's
+        entry of token t + 1."""
+        import torch
+
+        device = logits.device
+        ids = batch["target_token_ids"][:, 1:].to(device)
+        teacher = batch["target_logprobs"][:, 1:].to(device).float()
+        mask = batch["target_mask"][:, 1:].to(device).bool()
+        student = (logits / self.temperature).log_softmax(dim=-1).gather(-1, ids)
+        if self.normalize_topk:
+            kept = student.masked_fill(~mask, float("-inf"))
+            total = kept.logsumexp(dim=-1, keepdim=True)
+            student = student - torch.where(torch.isfinite(total), total, 0.0)
+        return (teacher.exp() * (teacher - student))[mask].sum()
+
+
+@hookimpl
+def build_loss(cfg: Any) -> TopKDistillation | None:
+    """The distillation objective when `kd_trainer` is on."""
+    if not getattr(cfg, "kd_trainer", False):
+        return None
+    return TopKDistillation(
+        cfg.kd_alpha, cfg.kd_ce_alpha, cfg.kd_temperature, bool(cfg.kd_normalize_topk)
+    )
+
+
+def collate_with_targets(
+    rows: list[dict[str, Any]], pad_token_id: int, pad_to: int | None, columns: Columns
+) -> dict[str, Any]:
+    """The core's collation of the token columns, and the teacher's columns padded to
+    `(rows, longest, k)` with a zero mask (cut to the row's tokens: truncation leaves them
+    longer)."""
+    import torch
+
+    batch = collate(
+        rows, pad_token_id, pad_to, {c: columns[c] for c in columns if c not in KD_COLUMNS}
+    )
+    if any(name not in rows[0] for name in KD_COLUMNS):
+        raise ConfigError(
+            f"kd_trainer: the batch has no teacher columns ({', '.join(KD_COLUMNS)}); every "
+            f"dataset must be type: {FORMAT_NAME}"
+        )
+    width = batch["input_ids"].shape[1]
+    k = max((len(row["target_token_ids"][0]) for row in rows if row["target_token_ids"]), default=1)
+    ids = torch.zeros(len(rows), width, k, dtype=torch.long)
+    logprobs = torch.zeros(len(rows), width, k, dtype=torch.float32)
+    mask = torch.zeros(len(rows), width, k, dtype=torch.long)
+    for index, row in enumerate(rows):
+        length = min(len(row["target_token_ids"]), len(row["input_ids"]), width)
+        if length == 0:
+            continue
+        row_ids = torch.tensor(row["target_token_ids"][:length], dtype=torch.long)
+        kept = row_ids.shape[1]
+        ids[index, :length, :kept] = row_ids
+        logprobs[index, :length, :kept] = torch.tensor(row["target_logprobs"][:length])
+        mask[index, :length, :kept] = torch.tensor(row["target_mask"][:length])
+    batch.update(target_token_ids=ids, target_logprobs=logprobs, target_mask=mask)
+    return batch
+
+
+@dataclass
+class DistillationBatches:
+    """A `BatchPlan` of padded rows with the teacher's columns: a seeded order per epoch
+    (training, unless `curriculum_sampling`) or one sorted order (evaluation), as the padded
+    batches cut them."""
+
+    dataset: Any
+    micro_batch_size: int
+    pad_token_id: int
+    pad_to: int | None
+    columns: Columns
+    seed: int
+    shuffle: bool
+    rank: int
+    world_size: int
+
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        """Micro-batches per process per epoch (the same on every process)."""
+        return micro_batches_per_epoch(len(self.dataset), self.micro_batch_size, self.world_size)
+
+    def micro_batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, Any]]:
+        """This process's micro-batches of `epoch`, from micro-batch number `start`."""
+        size, rank, world = self.micro_batch_size, self.rank, self.world_size
+        if self.shuffle:
+            order = epoch_order(len(self.dataset), self.seed, epoch, rank, world, size)
+        else:
+            order = sorted(epoch_order(len(self.dataset), 0, 0, rank, world, size))
+        for first in range(start * size, len(order), size):
+            rows = read_rows(self.dataset, order[first : first + size], self.columns)
+            yield collate_with_targets(rows, self.pad_token_id, self.pad_to, self.columns)
+
+
+@hookimpl(tryfirst=True)
+def plan_batches(
+    cfg: Any,
+    dataset: Any,
+    evaluation: bool,
+    strategy: Strategy,
+    columns: Columns,
+    pad_token_id: int,
+) -> DistillationBatches | None:
+    """With `kd_trainer`, padded micro-batches carrying the teacher's columns."""
+    if not getattr(cfg, "kd_trainer", False):
+        return None
+    if not hasattr(dataset, "__len__"):
+        raise ConfigError("kd_trainer: true cannot read a streamed dataset")
+    size = (cfg.eval_batch_size or cfg.micro_batch_size) if evaluation else cfg.micro_batch_size
+    pad_to = cfg.sequence_len if cfg.pad_to_sequence_len else None
+    shuffle = not evaluation and not getattr(cfg, "curriculum_sampling", False)
+    return DistillationBatches(
+        dataset,
+        size,
+        pad_token_id,
+        pad_to,
+        columns,
+        cfg.seed,
+        shuffle,
+        strategy.process_index,
+        strategy.num_processes,
+    )

@@ -159,3 +159,74 @@ def test_tokenizer_use_mistral_common_without_the_package_names_the_extra(
     assert result.returncode == 4, result.stderr
     assert "axolotl-weave[mistral-common]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def base_with_reserved_tokens(tiny_llama_dir: Path, tmp_path: Path) -> Path:
+    """The tiny llama with three reserved special tokens added (and rows for them)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path / "reserved"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [f"<|reserved_{i}|>" for i in range(3)]}
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_added_tokens_overrides_rename_reserved_tokens(
+    base_config: dict, base_with_reserved_tokens: Path, tmp_path: Path
+) -> None:
+    """A reserved token renamed `<tool_call>` keeps its id: the text encodes to that one id and
+    decodes back, the vocabulary and embeddings keep their size, and a run trains and saves
+    the renamed tokenizer."""
+    from transformers import AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(base_with_reserved_tokens)
+    reserved = base.convert_tokens_to_ids("<|reserved_1|>")
+    config = {
+        **base_config,
+        "base_model": str(base_with_reserved_tokens),
+        "added_tokens_overrides": {reserved: "<tool_call>"},
+    }
+    tokenizer, model = load(tmp_path, config)
+    assert len(tokenizer) == len(base)
+    assert model.get_input_embeddings().num_embeddings == len(base)
+    assert tokenizer.convert_tokens_to_ids("<tool_call>") == reserved
+    ids = tokenizer("call <tool_call> now", add_special_tokens=False)["input_ids"]
+    assert ids.count(reserved) == 1
+    assert tokenizer.decode([reserved]) == "<tool_call>"
+    assert tokenizer.convert_tokens_to_ids("<|reserved_1|>") != reserved  # the old text is gone
+    out = Path(config["output_dir"])
+    from axolotl_weave_testing import train_with
+
+    train_with({**config, "max_steps": 1}, tmp_path / "t.yml")
+    saved = AutoTokenizer.from_pretrained(out)
+    assert saved.convert_tokens_to_ids("<tool_call>") == reserved and len(saved) == len(base)
+
+
+@pytest.mark.parametrize(
+    ("which", "message"),
+    [("base", "are not tokens the tokenizer added"), ("eos", "EOS token")],
+)
+def test_added_tokens_overrides_refusals(
+    base_config: dict, base_with_reserved_tokens: Path, tmp_path: Path, which: str, message: str
+) -> None:
+    from transformers import AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(base_with_reserved_tokens)
+    token_id = base.eos_token_id if which == "eos" else base.convert_tokens_to_ids("a")
+    config = {
+        **base_config,
+        "base_model": str(base_with_reserved_tokens),
+        "added_tokens_overrides": {token_id: "<new>"},
+    }
+    with pytest.raises(ConfigError, match=message):
+        load(tmp_path, config)
+    taken = {base.convert_tokens_to_ids("<|reserved_0|>"): "<|reserved_2|>"}
+    with pytest.raises(ConfigError, match="already name other tokens"):
+        load(tmp_path, {**config, "added_tokens_overrides": taken})

@@ -3,13 +3,14 @@
 The fallback (`trylast`) for every architecture: a family plugin or a method plugin may answer
 first or wrap the result. Works with a local folder or a hub name alike. It owns Axolotl's
 loading keys: `model_type` / `tokenizer_type` (transformers class names), the config and kwargs
-overrides, and the embedding sizing keys (`resize_token_embeddings_to_32x`,
-`shrink_embeddings`, `mean_resizing_embeddings`).
+overrides, `cls_model_config`, `added_tokens_overrides` (`_added_tokens`), and the embedding
+sizing keys (`resize_token_embeddings_to_32x`, `shrink_embeddings`, `mean_resizing_embeddings`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,11 @@ class LoaderSettings(PluginConfig):
     )
     resize_token_embeddings_to_32x: bool = Field(
         False, description="Round the embedding rows up to a multiple of 32 (faster matmuls)."
+    )
+    added_tokens_overrides: dict[int, str] | None = Field(
+        None,
+        description="New texts for tokens the tokenizer added (reserved ones): {token id: "
+        "text}, e.g. {128011: '<tool_call>'}; ids and embedding rows stay.",
     )
     cls_model_config: str | None = Field(
         None,
@@ -117,8 +123,21 @@ def check_run(cfg: Any) -> list[str]:
     return []
 
 
-@hookimpl(trylast=True)
-def load_tokenizer(cfg: Any) -> Any:
+@hookimpl(wrapper=True)
+def load_tokenizer(cfg: Any) -> Generator[None, Any, Any]:
+    """Whichever plugin loaded the tokenizer: rename its added tokens that
+    `added_tokens_overrides` names."""
+    tokenizer = yield
+    overrides = getattr(cfg, "added_tokens_overrides", None)
+    if not overrides:
+        return tokenizer
+    from axolotl_weave_plugins.models._added_tokens import override_added_tokens
+
+    return override_added_tokens(tokenizer, overrides)
+
+
+@hookimpl(trylast=True, specname="load_tokenizer")
+def load_tokenizer_from_pretrained(cfg: Any) -> Any:
     """`AutoTokenizer` (or `tokenizer_type`) `.from_pretrained(tokenizer_config or base_model)`."""
     from transformers import AutoTokenizer
 

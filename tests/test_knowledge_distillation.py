@@ -14,14 +14,11 @@ from typing import Any
 
 import pytest
 import torch
-from axolotl_weave import IGNORE_INDEX, ConfigError, DataError, hookimpl
+from axolotl_weave import IGNORE_INDEX, ConfigError, DataError, collate, hookimpl
 from axolotl_weave._run import open_session
 from axolotl_weave_plugins.losses.sft import CrossEntropy
 from axolotl_weave_plugins.methods._kd_format import FORMAT_NAME
-from axolotl_weave_plugins.methods.knowledge_distillation import (
-    TopKDistillation,
-    collate_with_targets,
-)
+from axolotl_weave_plugins.methods.knowledge_distillation import TopKDistillation
 from axolotl_weave_testing import build_rows, train_with, write_config, write_jsonl
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -225,7 +222,7 @@ def test_collated_targets_follow_the_tokens(weave_hooks, chat_tokenizer) -> None
     cfg = type("Cfg", (), {"train_on_inputs": False, "sequence_len": 2048, "kd_temperature": 1.0})
     rows = build_rows(weave_hooks, chat_tokenizer, raws, cfg, type=FORMAT_NAME)
     columns = weave_hooks.dataset_formats()[FORMAT_NAME].columns
-    batch = collate_with_targets(rows, chat_tokenizer.pad_token_id or 0, None, columns)
+    batch = collate(rows, chat_tokenizer.pad_token_id or 0, None, columns)
     width = batch["input_ids"].shape[1]
     assert batch["target_token_ids"].shape == (2, width, 4)
     assert batch["target_logprobs"].dtype == torch.float32

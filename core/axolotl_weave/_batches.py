@@ -111,7 +111,9 @@ def collate(
 ) -> dict[str, Any]:
     """Right-pad each sequence column to its longest (or to `pad_to`) with its padding (the pad
     id for inputs, IGNORE_INDEX for labels, 0 in masks); scalar columns become a tensor, text a
-    list. A missing `attention_mask` is all ones over `input_ids`."""
+    list. A missing `attention_mask` is all ones over `input_ids`. A sequence column of vectors
+    (a list per token, e.g. a teacher's top-k) becomes `(rows, length, width)`, each vector
+    right-padded to the widest too; floats stay float32, integers become int64."""
     import torch
 
     columns = columns or SFT_COLUMNS
@@ -129,8 +131,15 @@ def collate(
             continue
         fill = pad_token_id if padding == PAD_TOKEN else int(padding)
         longest = pad_to or max(len(value) for value in values)
+        vectors = [item for value in values for item in value if isinstance(item, list)]
+        if vectors:  # a vector per token: pad each to the widest, then the rows
+            width = max(len(item) for item in vectors)
+            values = [[list(item) + [fill] * (width - len(item)) for item in v] for v in values]
+            fill = [fill] * width
+        sample = vectors[0] if vectors else values[0]
+        floats = any(isinstance(x, float) for x in sample)
         padded = [list(value) + [fill] * (longest - len(value)) for value in values]
-        batch[key] = torch.tensor(padded, dtype=torch.long)
+        batch[key] = torch.tensor(padded, dtype=torch.float32 if floats else torch.long)
     return batch
 
 

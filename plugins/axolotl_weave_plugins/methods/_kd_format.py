@@ -51,7 +51,8 @@ FORMAT_NAME = "axolotl.integrations.kd.chat_template"
 """The dataset `type:` name, Axolotl's."""
 
 KD_COLUMNS = ("target_token_ids", "target_logprobs", "target_mask")
-"""The teacher's columns: per token, k values each (not padded by the core's collator)."""
+"""The teacher's columns: per token, k values each (the core fits them with the tokens and pads
+them, the vectors too, with zeros)."""
 
 EMPTY_ROW: dict[str, list[Any]] = {name: [] for name in (*SFT_COLUMNS, *KD_COLUMNS)}
 """A row refused with `skip_invalid_rows: true` (the core drops it)."""
@@ -81,7 +82,7 @@ def kd_format() -> DatasetFormat:
         options=KdChatTemplateOptions,
         build=build,
         prompt="chat",
-        columns={**SFT_COLUMNS, **dict.fromkeys(KD_COLUMNS)},
+        columns={**SFT_COLUMNS, **dict.fromkeys(KD_COLUMNS, 0)},  # padded with a zero mask
     )
 
 

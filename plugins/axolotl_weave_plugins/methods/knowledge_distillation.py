@@ -21,9 +21,8 @@ step documents ("we shift for causal models in the trainer"); its current fused 
 it with entry t. On held-out rows the two terms are also reported unweighted (`eval_kl`,
 `eval_ce`). A mixture-of-experts router's auxiliary loss is not added.
 
-The teacher's columns hold k values per token, which the core's collator cannot pad, so this
-plugin cuts the batches itself while `kd_trainer` is on (`plan_batches`, first): the same order
-and padding as the padded batches, and the targets padded with a zero mask. Refused with
+The teacher's columns hold k values per token: the core fits them with the tokens and its
+collator pads them with zeros (the mask too), so the padded batches carry them. Refused with
 `kd_trainer`: `rl`, reward models, `use_eaft`, `diffusion`, sample packing, datasets of another
 type, a streamed `pretraining_dataset`; and Axolotl's keys not implemented here (`kd_beta` other
 than 0, `kd_top_k_before_softmax`, `kd_zscore_base_temp`, the online teacher `kd_online_*`,
@@ -32,27 +31,19 @@ than 0, `kd_top_k_before_softmax`, `kd_zscore_base_temp`, the online teacher `kd
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from axolotl_weave import (
     IGNORE_INDEX,
-    Columns,
-    ConfigError,
     DatasetFormat,
     PluginConfig,
-    Strategy,
-    collate,
-    epoch_order,
     hookimpl,
-    micro_batches_per_epoch,
     next_token_targets,
-    read_rows,
 )
 from pydantic import Field, model_validator
 
-from axolotl_weave_plugins.methods._kd_format import FORMAT_NAME, KD_COLUMNS, kd_format
+from axolotl_weave_plugins.methods._kd_format import FORMAT_NAME, kd_format
 
 if TYPE_CHECKING:
     import torch
@@ -247,101 +238,4 @@ def build_loss(cfg: Any) -> TopKDistillation | None:
         return None
     return TopKDistillation(
         cfg.kd_alpha, cfg.kd_ce_alpha, cfg.kd_temperature, bool(cfg.kd_normalize_topk)
-    )
-
-
-def collate_with_targets(
-    rows: list[dict[str, Any]], pad_token_id: int, pad_to: int | None, columns: Columns
-) -> dict[str, Any]:
-    """The core's collation of the token columns, and the teacher's columns padded to
-    `(rows, longest, k)` with a zero mask (cut to the row's tokens: truncation leaves them
-    longer)."""
-    import torch
-
-    batch = collate(
-        rows, pad_token_id, pad_to, {c: columns[c] for c in columns if c not in KD_COLUMNS}
-    )
-    if any(name not in rows[0] for name in KD_COLUMNS):
-        raise ConfigError(
-            f"kd_trainer: the batch has no teacher columns ({', '.join(KD_COLUMNS)}); every "
-            f"dataset must be type: {FORMAT_NAME}"
-        )
-    width = batch["input_ids"].shape[1]
-    k = max((len(row["target_token_ids"][0]) for row in rows if row["target_token_ids"]), default=1)
-    ids = torch.zeros(len(rows), width, k, dtype=torch.long)
-    logprobs = torch.zeros(len(rows), width, k, dtype=torch.float32)
-    mask = torch.zeros(len(rows), width, k, dtype=torch.long)
-    for index, row in enumerate(rows):
-        length = min(len(row["target_token_ids"]), len(row["input_ids"]), width)
-        if length == 0:
-            continue
-        row_ids = torch.tensor(row["target_token_ids"][:length], dtype=torch.long)
-        kept = row_ids.shape[1]
-        ids[index, :length, :kept] = row_ids
-        logprobs[index, :length, :kept] = torch.tensor(row["target_logprobs"][:length])
-        mask[index, :length, :kept] = torch.tensor(row["target_mask"][:length])
-    batch.update(target_token_ids=ids, target_logprobs=logprobs, target_mask=mask)
-    return batch
-
-
-@dataclass
-class DistillationBatches:
-    """A `BatchPlan` of padded rows with the teacher's columns: a seeded order per epoch
-    (training, unless `curriculum_sampling`) or one sorted order (evaluation), as the padded
-    batches cut them."""
-
-    dataset: Any
-    micro_batch_size: int
-    pad_token_id: int
-    pad_to: int | None
-    columns: Columns
-    seed: int
-    shuffle: bool
-    rank: int
-    world_size: int
-
-    @property
-    def micro_batches_per_epoch(self) -> int:
-        """Micro-batches per process per epoch (the same on every process)."""
-        return micro_batches_per_epoch(len(self.dataset), self.micro_batch_size, self.world_size)
-
-    def micro_batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, Any]]:
-        """This process's micro-batches of `epoch`, from micro-batch number `start`."""
-        size, rank, world = self.micro_batch_size, self.rank, self.world_size
-        if self.shuffle:
-            order = epoch_order(len(self.dataset), self.seed, epoch, rank, world, size)
-        else:
-            order = sorted(epoch_order(len(self.dataset), 0, 0, rank, world, size))
-        for first in range(start * size, len(order), size):
-            rows = read_rows(self.dataset, order[first : first + size], self.columns)
-            yield collate_with_targets(rows, self.pad_token_id, self.pad_to, self.columns)
-
-
-@hookimpl(tryfirst=True)
-def plan_batches(
-    cfg: Any,
-    dataset: Any,
-    evaluation: bool,
-    strategy: Strategy,
-    columns: Columns,
-    pad_token_id: int,
-) -> DistillationBatches | None:
-    """With `kd_trainer`, padded micro-batches carrying the teacher's columns."""
-    if not getattr(cfg, "kd_trainer", False):
-        return None
-    if not hasattr(dataset, "__len__"):
-        raise ConfigError("kd_trainer: true cannot read a streamed dataset")
-    size = (cfg.eval_batch_size or cfg.micro_batch_size) if evaluation else cfg.micro_batch_size
-    pad_to = cfg.sequence_len if cfg.pad_to_sequence_len else None
-    shuffle = not evaluation and not getattr(cfg, "curriculum_sampling", False)
-    return DistillationBatches(
-        dataset,
-        size,
-        pad_token_id,
-        pad_to,
-        columns,
-        cfg.seed,
-        shuffle,
-        strategy.process_index,
-        strategy.num_processes,
     )

@@ -73,7 +73,7 @@ from axolotl_weave._rows import (
 from axolotl_weave._secrets import is_secret, redact_text, redacted
 from axolotl_weave._strategy import AccelerateStrategy, Strategy
 from axolotl_weave._switch import Switch, switch_applies, switch_value
-from axolotl_weave._tokens import chat_text, set_pad_token
+from axolotl_weave._tokens import chat_text, fit_embeddings, set_pad_token
 from axolotl_weave._types import (
     IGNORE_INDEX,
     PAD_TOKEN,
@@ -160,6 +160,7 @@ __all__ = [
     "resolve_precision",
     "require_columns",
     "set_pad_token",
+    "fit_embeddings",
     "switch_applies",
     "switch_value",
     "text_field",

@@ -60,3 +60,18 @@ def chat_text(
                 "has one)"
             )
         raise ValueError(f"{which} refused the conversation: {exc}{hint}") from None
+
+
+def fit_embeddings(model: Any, tokenizer: Any, cfg: Any) -> None:
+    """Size the model's embedding rows for `tokenizer`, as the loader keys ask: grown to its
+    length when it has more tokens, cut down to it with `shrink_embeddings`, rounded up to a
+    multiple of 32 with `resize_token_embeddings_to_32x`; new rows start at the mean of the
+    others with `mean_resizing_embeddings`, else at the model's own initialisation."""
+    rows = model.get_input_embeddings().num_embeddings
+    shrink = getattr(cfg, "shrink_embeddings", False)
+    wanted = len(tokenizer) if shrink else max(len(tokenizer), rows)
+    if getattr(cfg, "resize_token_embeddings_to_32x", False):
+        wanted = -(-wanted // 32) * 32
+    if wanted != rows:
+        mean = bool(getattr(cfg, "mean_resizing_embeddings", False))
+        model.resize_token_embeddings(wanted, mean_resizing=mean)

@@ -19,6 +19,7 @@ from axolotl_weave import (
     ModelFamily,
     PluginConfig,
     WeaveError,
+    fit_embeddings,
     hookimpl,
     require,
     resolve_precision,
@@ -78,18 +79,6 @@ class LoaderSettings(PluginConfig):
 def add_config_fields() -> type[PluginConfig]:
     """The loader's keys."""
     return LoaderSettings
-
-
-def fit_embeddings(model: Any, tokenizer: Any, cfg: Any) -> None:
-    """Grow the embedding rows when the tokenizer has more tokens than the model (cut them down
-    to its length with `shrink_embeddings`), to a multiple of 32 with
-    `resize_token_embeddings_to_32x`; new rows start as `mean_resizing_embeddings` says."""
-    rows = model.get_input_embeddings().num_embeddings
-    wanted = len(tokenizer) if cfg.shrink_embeddings else max(len(tokenizer), rows)
-    if cfg.resize_token_embeddings_to_32x:
-        wanted = -(-wanted // 32) * 32
-    if wanted != rows:
-        model.resize_token_embeddings(wanted, mean_resizing=cfg.mean_resizing_embeddings)
 
 
 def transformers_class(name: str, key: str, suffix: str) -> Any:

@@ -17,7 +17,7 @@ import contextlib
 from typing import Any
 
 import torch
-from axolotl_weave import IGNORE_INDEX, WeaveError, resolve_precision
+from axolotl_weave import IGNORE_INDEX, WeaveError, fit_embeddings, resolve_precision
 
 
 def pad_to(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
@@ -197,14 +197,7 @@ def load_classifier(
         raise WeaveError(
             f"cannot load base_model '{cfg.base_model}' as {loader.__name__}: {exc}"
         ) from None
-    rows = model.get_input_embeddings().num_embeddings
-    shrink = getattr(cfg, "shrink_embeddings", False)
-    wanted = len(tokenizer) if shrink else max(len(tokenizer), rows)
-    if getattr(cfg, "resize_token_embeddings_to_32x", False):
-        wanted = -(-wanted // 32) * 32
-    if wanted != rows:  # as the causal-LM loader does
-        mean = getattr(cfg, "mean_resizing_embeddings", False)
-        model.resize_token_embeddings(wanted, mean_resizing=mean)
+    fit_embeddings(model, tokenizer, cfg)
     if purpose == "train":
         model.config.use_cache = False
     if family is not None and family.prepare_model is not None:

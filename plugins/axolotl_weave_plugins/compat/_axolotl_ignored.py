@@ -67,7 +67,6 @@ IGNORED_KEYS: dict[str, str] = {
     "dp_replicate_size": "an HSDP layout: FSDP2 shards over every process here, the same math",
     "dp_shard_size": "an HSDP layout: FSDP2 shards over every process here, the same math",
     "dynamic_checkpoint": "which layers are recomputed: memory, the same training math",
-    "ebft": "an experimental Axolotl trainer switch with no effect on standard runs",
     "embeddings_skip_upcast": "whether embeddings are upcast when loading: memory",
     "experimental_skip_move_to_device": "placement",
     "experts_implementation": "a mixture-of-experts kernel choice: speed, the same math",

@@ -391,9 +391,9 @@ class Sampled:
 
 
 class GRPOObjective(AgainstReference):
-    """The reference (when `beta` > 0) and the loss settings; the step does the work. Its unit
-    is a completion; held out, it is measured on completions generated for the eval prompts
-    (`measures`, by `run`)."""
+    """The reference (when `beta` > 0, or the run needs it) and the loss settings; the step
+    does the work. Its unit is a completion; held out, it is measured on completions generated
+    for the eval prompts (`measures`, by `run`)."""
 
     ROWS = "prompt_input_ids"
     unit = "completion"
@@ -411,7 +411,10 @@ class GRPOObjective(AgainstReference):
             max_completion_length=trl.max_completion_length,
             temperature=trl.temperature,
         )
-        super().__init__(model, cfg.adapter, trl.beta > 0)
+        frozen = trl.beta > 0 or (run is not None and run.needs_frozen_model)
+        super().__init__(model, cfg.adapter, frozen)
+        if run is not None:
+            run.objective = self
 
     def compute(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         raise PluginError(
@@ -444,8 +447,13 @@ class GRPORun:
     """The per-run plugin of `rl: grpo` (registered by `configure`): it keeps the tokenizer (to
     decode completions), the reward functions, and the buffered generation."""
 
+    needs_frozen_model = False
+    """Whether the objective keeps the model training starts from even with `beta` 0 (a
+    frozen copy, or the base under an adapter): EBFT's feature network."""
+
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+        self.objective: GRPOObjective | None = None  # set when the objective is built
         self.trl = cfg.trl
         self.tokenizer: Any = None
         self.functions: list[Callable[..., Any]] = [

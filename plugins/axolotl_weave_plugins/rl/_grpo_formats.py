@@ -99,8 +99,9 @@ def chat_template_kwargs(cfg: Any) -> dict[str, Any]:
     }
 
 
-def row_transform(path: str | None, cfg: Any) -> tuple[Any, set[str]]:
-    """(row function, columns it removes) of Axolotl's transform at `path`, or (None, {})."""
+def row_transform(path: str | None, cfg: Any) -> tuple[Any, set[str] | None]:
+    """(row function, columns it removes: None for all, Axolotl's `"__all__"`) of Axolotl's
+    transform at `path`, or (None, {})."""
     if not path:
         return None, set()
     from axolotl_weave_plugins.rl._grpo_rewards import import_object
@@ -109,7 +110,14 @@ def row_transform(path: str | None, cfg: Any) -> tuple[Any, set[str]]:
     function, options = made if isinstance(made, tuple) else (made, {})
     if not callable(function):
         raise ValueError(f"datasets: transform: '{path}'(cfg) returned no row function")
-    return function, set((options or {}).get("remove_columns") or [])
+    options = options or {}
+    if options.get("batched"):
+        raise ValueError(
+            f"datasets: transform: '{path}' is a batched transform (rows in, other rows out), "
+            "which is not supported here: give a transform of one row"
+        )
+    removed = options.get("remove_columns") or []
+    return function, None if removed == "__all__" else set(removed)
 
 
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
@@ -117,13 +125,19 @@ def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     field = entry.option("field_prompt", "prompt")
     transform, removed = row_transform(entry.option("transform"), cfg)
     template_kwargs = chat_template_kwargs(cfg)
+    needs_truth = getattr(cfg, "rl", None) == "ebft"
 
     def row_columns(row: dict[str, Any]) -> dict[str, Any]:
         if transform is not None:
-            kept = {key: value for key, value in row.items() if key not in removed}
+            kept = {k: v for k, v in row.items() if removed is not None and k not in removed}
             row = {**kept, **transform(dict(row), tokenizer=tokenizer)}
         if field not in row:
             raise KeyError(f"no prompt column '{field}' (set field_prompt:)")
+        if needs_truth and not isinstance(row.get("ground_truth"), str):
+            raise KeyError(
+                "no ground_truth text: rl: ebft compares each completion with the row's "
+                "ground_truth (the reference completion)"
+            )
         prompt = row[field]
         ids = prompt_ids(tokenizer, prompt, template_kwargs)
         if not ids:

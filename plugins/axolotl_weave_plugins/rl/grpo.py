@@ -53,6 +53,9 @@ from typing import Any, Literal
 from axolotl_weave import PluginConfig, hookimpl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from axolotl_weave_plugins.rl._ebft_config import METHOD as EBFT
+from axolotl_weave_plugins.rl._ebft_config import EBFTArgs, check_ebft
+from axolotl_weave_plugins.rl._ebft_transforms import AXOLOTL_TYPES, REFUSED_TYPES, path_of
 from axolotl_weave_plugins.rl._grpo_formats import grpo_format
 
 PLUGIN_KIND = "method"
@@ -90,9 +93,10 @@ other value is refused."""
 METHOD = "grpo"
 """The `rl:` value this plugin trains, and the `type:` of its prompt datasets."""
 
-METHODS = (METHOD, "gdpo")
+METHODS = (METHOD, "gdpo", EBFT)
 """The `rl:` values it trains: `gdpo` (Axolotl's name) is GRPO whose reward functions combine
-by `normalize_then_sum` unless `trl.multi_objective_aggregation` says otherwise."""
+by `normalize_then_sum` unless `trl.multi_objective_aggregation` says otherwise; `ebft` is GRPO
+whose one reward is feature matching (`_ebft`, its `ebft:` block)."""
 
 
 class GRPOArgs(BaseModel):
@@ -210,10 +214,18 @@ class GRPOSettings(PluginConfig):
         "log_completions, use_vllm.",
         json_schema_extra={"affects_data": True},  # chat_template_kwargs renders the prompts
     )
+    ebft: EBFTArgs | None = Field(
+        None,
+        description="rl: ebft options (Axolotl's names, structured mode): feature_layers, "
+        "embed_method (last_token, mean_pooling, completion_mean, concat), use_whitening, "
+        "alignment_coef, diversity_coef.",
+    )
 
     @model_validator(mode="after")
     def _grpo_keys(self) -> GRPOSettings:
         rl = getattr(self, "rl", None)
+        if rl != EBFT and self.ebft is not None and self.ebft.model_fields_set:
+            raise ValueError(f"ebft: holds rl: ebft options; it does not apply to rl: {rl}")
         if rl not in METHODS:
             if self.trl is not None and self.trl.model_fields_set:
                 raise ValueError(f"trl: holds rl: grpo options; it does not apply to rl: {rl}")
@@ -227,7 +239,14 @@ class GRPOSettings(PluginConfig):
             self.trl = GRPOArgs()
         if rl == "gdpo" and "multi_objective_aggregation" not in self.trl.model_fields_set:
             self.trl.multi_objective_aggregation = "normalize_then_sum"
-        check_grpo(self, self.trl)
+        if rl == EBFT:
+            self.ebft = self.ebft or EBFTArgs()
+            check_ebft(self, self.trl)
+            for entry in getattr(self, "datasets", None) or []:
+                why = REFUSED_TYPES.get(entry.option("transform"))
+                if why:
+                    raise ValueError(f"datasets: type: {entry.option('transform')}: {why}")
+        check_grpo(self, self.trl, needs_reward_funcs=rl != EBFT)
         return self
 
 
@@ -245,7 +264,7 @@ def vllm_refusal() -> str:
     )
 
 
-def check_grpo(cfg: Any, trl: GRPOArgs) -> None:
+def check_grpo(cfg: Any, trl: GRPOArgs, needs_reward_funcs: bool = True) -> None:
     """Every refusal of `rl: grpo`, before anything loads (ValueError, shown as a config error);
     `trl.use_vllm` is refused by the `trl:` block's own validation, before its `vllm_*` keys."""
     if trl.sync_ref_model and trl.beta == 0:
@@ -272,7 +291,7 @@ def check_grpo(cfg: Any, trl: GRPOArgs) -> None:
             f"micro_batch_size x gradient_accumulation_steps = {mbs} x {gas} = {mbs * gas} "
             "(each process takes whole groups of completions of one prompt); change one of them"
         )
-    if not trl.reward_funcs:
+    if needs_reward_funcs and not trl.reward_funcs:
         raise ValueError(
             "trl.reward_funcs: rl: grpo needs at least one reward function (a module.function "
             "path, e.g. rewards.correctness, or a reward model's folder or hub id)"
@@ -305,7 +324,7 @@ def check_grpo(cfg: Any, trl: GRPOArgs) -> None:
 
 @hookimpl
 def register_rl_methods(register: Callable[[str], None]) -> None:
-    """`rl: grpo` and `rl: gdpo`."""
+    """`rl: grpo`, `rl: gdpo` and `rl: ebft`."""
     for name in METHODS:
         register(name)
 
@@ -328,7 +347,11 @@ def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[
     for key in ("datasets", "test_datasets"):
         for entry in data.get(key) or []:
             kind = entry.get("type") if isinstance(entry, dict) else None
-            if isinstance(kind, str) and "transform" not in entry and is_importable_path(kind):
+            if not isinstance(kind, str) or "transform" in entry:
+                continue
+            if data["rl"] == EBFT and kind in AXOLOTL_TYPES:  # the built-in EBFT transforms
+                entry["type"], entry["transform"] = METHOD, path_of(AXOLOTL_TYPES[kind])
+            elif (data["rl"] == EBFT and kind in REFUSED_TYPES) or is_importable_path(kind):
                 entry["type"], entry["transform"] = METHOD, kind
     return None
 
@@ -341,10 +364,12 @@ def register_dataset_formats(register: Callable[[Any], None]) -> None:
 
 @hookimpl
 def configure(cfg: Any, register: Callable[[object, str], None]) -> None:
-    """Under `rl: grpo` (or `gdpo`), the run's GRPO plugin: objective, batches, step,
+    """Under `rl: grpo` (or `gdpo`, `ebft`), the run's GRPO plugin: objective, batches, step,
     checkpoint state."""
-    if getattr(cfg, "rl", None) not in METHODS:
+    rl = getattr(cfg, "rl", None)
+    if rl not in METHODS:
         return
+    from axolotl_weave_plugins.rl._ebft import EBFTRun
     from axolotl_weave_plugins.rl._grpo import GRPORun
 
-    register(GRPORun(cfg), "grpo-run")
+    register((EBFTRun if rl == EBFT else GRPORun)(cfg), "grpo-run")

@@ -1,0 +1,146 @@
+"""Axolotl's EBFT dataset transforms (`type: ebft_opencode.transform`, ...) for `rl: ebft`'s
+structured mode: each turns a raw row into a `prompt` (chat messages) and its `ground_truth`
+(the reference completion), and drops the raw columns.
+
+Each is Axolotl's transform contract: `transform(cfg)` returns `(row function, {"remove_columns":
+"__all__"})`, and the row function takes `(row, tokenizer=None)`. A conversation is read from
+`messages` (or `conversations`) as `{"role", "content"}` messages.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+DROP_RAW = {"remove_columns": "__all__"}
+
+AXOLOTL_TYPES = {
+    "ebft_opencode.transform": "opencode",
+    "ebft_chat_multiturn.transform_last_turn": "last_turn",
+    "ebft_reasoning.transform": "reasoning",
+    "ebft_reasoning.transform_answer_only": "reasoning_answer_only",
+    "ebft_reasoning.transform_split_thinking": "reasoning_split_thinking",
+}
+"""Axolotl's structured-mode `type:` names, and the function here that implements each."""
+
+REFUSED_TYPES = {
+    "ebft_chat_multiturn.transform": "it rolls the later turns out through vLLM, which is not "
+    "supported here; use ebft_chat_multiturn.transform_last_turn (the last assistant turn as "
+    "the target, the conversation before it as the prompt)",
+    "ebft_chat_multiturn.transform_all_turns": "it makes one row per assistant turn (a batched "
+    "transform), which is not supported here; use ebft_chat_multiturn.transform_last_turn",
+    "ebft_strided_structured.transform": "it is for ebft.mode: strided, not implemented here",
+    "ebft_strided_chat.transform": "it is for ebft.mode: strided, not implemented here",
+    "ebft_pretrain.transform": "it is for ebft.mode: strided, not implemented here",
+    "ebft_reasoning.transform_strided": "it is for ebft.mode: strided, not implemented here",
+}
+"""Axolotl's EBFT `type:` names refused here, and why."""
+
+THINKING_TAGS = (
+    ("<think>", "</think>"),
+    ("<reasoning>", "</reasoning>"),
+    ("<|begin_of_thought|>", "<|end_of_thought|>"),
+)
+
+
+def path_of(name: str) -> str:
+    """The `module.function` path of a transform of this module."""
+    return f"{__name__}.{name}"
+
+
+def messages_of(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The row's conversation (`messages`, else `conversations`)."""
+    messages = row.get("messages", row.get("conversations"))
+    if not isinstance(messages, list) or not messages:
+        raise KeyError("no conversation: the row needs a non-empty 'messages' list")
+    return messages
+
+
+def split_at_last_answer(
+    messages: list[dict[str, Any]], answer: Callable[[str], str] = str
+) -> dict[str, Any]:
+    """The conversation before its last assistant turn as the prompt, that turn's content
+    (through `answer`) as the ground truth."""
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index]["role"] == "assistant":
+            return {
+                "prompt": list(messages[:index]),
+                "ground_truth": answer(messages[index]["content"]),
+            }
+    raise KeyError("no assistant turn in the conversation to use as the ground truth")
+
+
+def opencode(cfg: Any, **_: Any) -> tuple[Callable[..., dict[str, Any]], dict[str, str]]:
+    """nvidia/OpenCodeInstruct rows: `input` as the user's message, `output` as the truth."""
+
+    def row(example: dict[str, Any], tokenizer: Any = None) -> dict[str, Any]:
+        return {
+            "prompt": [{"role": "user", "content": example["input"]}],
+            "ground_truth": example["output"],
+        }
+
+    return row, DROP_RAW
+
+
+def last_turn(cfg: Any, **_: Any) -> tuple[Callable[..., dict[str, Any]], dict[str, str]]:
+    """A conversation's last assistant turn as the truth, what precedes it as the prompt."""
+
+    def row(example: dict[str, Any], tokenizer: Any = None) -> dict[str, Any]:
+        return split_at_last_answer(messages_of(example))
+
+    return row, DROP_RAW
+
+
+reasoning = last_turn
+"""Reasoning rows: the last assistant turn, its thinking (`<think>...</think>`) kept."""
+
+
+def strip_thinking(text: str) -> str:
+    """`text` without its `<think>...</think>` blocks."""
+    return re.sub(r"<think>.*?</think>\s*", "", text, flags=re.DOTALL).strip()
+
+
+def reasoning_answer_only(
+    cfg: Any, **_: Any
+) -> tuple[Callable[..., dict[str, Any]], dict[str, str]]:
+    """Reasoning rows scored on the answer: the truth's thinking blocks removed."""
+
+    def row(example: dict[str, Any], tokenizer: Any = None) -> dict[str, Any]:
+        return split_at_last_answer(messages_of(example), strip_thinking)
+
+    return row, DROP_RAW
+
+
+def with_reasoning_content(message: dict[str, Any]) -> dict[str, Any]:
+    """`{role, content, reasoning_content}`: an assistant turn's thinking (between any pair of
+    `THINKING_TAGS`) moved to `reasoning_content`, as a template that renders it expects."""
+    content = message.get("content", "")
+    thinking = message.get("reasoning_content", "")
+    if message.get("role") == "assistant" and "reasoning_content" not in message:
+        for opening, closing in THINKING_TAGS:
+            if opening in content and closing in content:
+                start, end = content.find(opening), content.find(closing)
+                thinking = content[start + len(opening) : end].strip()
+                content = content[end + len(closing) :].strip()
+                break
+    return {"role": message.get("role", ""), "content": content, "reasoning_content": thinking}
+
+
+def reasoning_split_thinking(
+    cfg: Any, **_: Any
+) -> tuple[Callable[..., dict[str, Any]], dict[str, str]]:
+    """Reasoning rows whose turns carry their thinking in `reasoning_content`; the truth is the
+    whole last answer, `<think>\\n{thinking}\\n</think>\\n\\n{answer}`."""
+
+    def row(example: dict[str, Any], tokenizer: Any = None) -> dict[str, Any]:
+        messages = [with_reasoning_content(m) for m in messages_of(example)]
+        found = split_at_last_answer(messages)
+        last = next(m for m in reversed(messages) if m["role"] == "assistant")
+        if last["reasoning_content"]:
+            found["ground_truth"] = (
+                f"<think>\n{last['reasoning_content']}\n</think>\n\n{last['content']}"
+            )
+        return found
+
+    return row, DROP_RAW

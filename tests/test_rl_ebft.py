@@ -11,6 +11,7 @@ configs are refused before any model loads.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,6 +38,7 @@ from axolotl_weave_plugins.rl._grpo import GRPOObjective
 from axolotl_weave_plugins.rl.grpo import GRPOArgs
 from axolotl_weave_testing import (
     OneProcessStrategy,
+    build_rows,
     run_weave,
     train_with,
     write_config,
@@ -219,6 +221,25 @@ def test_axolotls_transforms_make_prompts_and_ground_truths():
     assert split["ground_truth"] == "<think>\ny\n</think>\n\ntwo"
     with pytest.raises(KeyError, match="no assistant turn"):
         last_turn(None)[0]({"messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_a_transform_that_removes_all_columns_keeps_only_its_own(
+    weave_hooks: Any, chat_tokenizer: Any
+):
+    """Axolotl's `remove_columns: "__all__"`: the raw row's columns do not reach the reward
+    (only what the transform returns does)."""
+    cfg = SimpleNamespace(rl="ebft", sequence_len=64, train_on_inputs=False)
+    rows = [{"input": "Q", "output": "A", "source": "web"}]
+    (row,) = build_rows(
+        weave_hooks,
+        chat_tokenizer,
+        rows,
+        cfg,
+        type="grpo",
+        transform="axolotl_weave_plugins.rl._ebft_transforms.opencode",
+    )
+    assert json.loads(row["grpo_columns"]) == {"ground_truth": "A"}
+    assert json.loads(row["grpo_prompt"]) == [{"role": "user", "content": "Q"}]
 
 
 # --- weave train ---------------------------------------------------------------------------------

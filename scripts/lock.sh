@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-pins every package scripts/setup.sh installs: resolves the extras setup.sh installs
-# (`.[dev,bnb,rl-reference,wandb,mlflow,tensorboard,plot,serve,deploy,ray,deepspeed,gradio,lm-eval,torchao]`) afresh in a scratch
+# (`.[dev,bnb,rl-reference,wandb,mlflow,tensorboard,plot,serve,deploy,ray,deepspeed,gradio,lm-eval,torchao,came,optimi,grokadamw]`) afresh in a scratch
 # venv (torch from TORCH_SPEC first, as setup does) and writes the versions it got to
 # requirements/lock.txt, which setup.sh and CI install with `pip install -c`. This is the one
 # way the pins change: run it on purpose, run `bash scripts/test.sh`, commit the lock if green.
@@ -14,7 +14,7 @@ trap 'rm -rf "$scratch"' EXIT
 . "$scratch/venv/bin/activate"
 python -m pip install -q --upgrade pip
 python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-DS_BUILD_OPS=0 python -m pip install -q ".[dev,bnb,rl-reference,wandb,mlflow,tensorboard,plot,serve,deploy,ray,deepspeed,gradio,lm-eval,torchao]" "$@"
+DS_BUILD_OPS=0 python -m pip install -q ".[dev,bnb,rl-reference,wandb,mlflow,tensorboard,plot,serve,deploy,ray,deepspeed,gradio,lm-eval,torchao,came,optimi,grokadamw]" "$@"
 torch_version=$(python -c "import torch; print(torch.__version__)")
 {
   echo "# Pinned versions for scripts/setup.sh and CI (pip install -c requirements/lock.txt)."

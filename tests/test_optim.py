@@ -186,13 +186,23 @@ OPTIMIZER_CLASSES = {
     "rmsprop_bnb": ("bitsandbytes.optim", "RMSprop32bit"),
     "rmsprop_bnb_8bit": ("bitsandbytes.optim", "RMSprop8bit"),
     "rmsprop_bnb_32bit": ("bitsandbytes.optim", "RMSprop32bit"),
+    "came_pytorch": ("came_pytorch", "CAME"),
+    "optimi_adamw": ("optimi", "AdamW"),
+    "stable_adamw": ("optimi", "StableAdamW"),
+    "grokadamw": ("grokadamw", "GrokAdamW"),
 }
 """Every built-in optimizer name -> (module its class comes from, class name)."""
+
+PYPI = {
+    module: pytest.mark.skipif(not installed(module), reason=f"needs {module} (setup.sh has it)")
+    for module in ("came_pytorch", "optimi", "grokadamw")
+}
 
 
 def with_packages(names: list[str]) -> list[Any]:
     """`names` as parameters, skipped where the optimizer's package is missing."""
     marks = {"bitsandbytes.optim": [BNB], "torchao.optim": [TORCHAO]}
+    marks |= {module: [mark] for module, mark in PYPI.items()}
     return [pytest.param(n, marks=marks.get(OPTIMIZER_CLASSES[n][0], []), id=n) for n in names]
 
 
@@ -245,6 +255,11 @@ def test_each_optimizer_builds_its_class_and_steps(
         ],
         pytest.param("adamw_torch_8bit", None, marks=TORCHAO),
         pytest.param("adamw_torch_4bit", "block_size=128", marks=TORCHAO),
+        pytest.param("stable_adamw", None, marks=PYPI["optimi"]),
+        pytest.param("stable_adamw", "max_lr=0.01,kahan_sum=true", marks=PYPI["optimi"]),
+        pytest.param("grokadamw", None, marks=PYPI["grokadamw"]),
+        pytest.param("grokadamw", "alpha_init=0.9,lamb=3,gradient_clipping=0.5",
+                     marks=PYPI["grokadamw"]),
     ],
 )  # fmt: skip
 def test_an_optimizer_is_built_as_the_trainer_builds_it(
@@ -474,3 +489,83 @@ def test_a_torchao_optimizer_keeps_8bit_moments(
     state = optimizer.state[tiny_model.model.layers[0].self_attn.q_proj.weight]
     assert type(state["exp_avg"]).__name__ == "OptimState8bit"
     assert type(optimizer.state[tiny_model.model.norm.weight]["exp_avg"]) is torch.Tensor
+
+
+# --- CAME and torch-optimi, as Axolotl builds them -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "keys", "expected"),
+    [
+        pytest.param(
+            "came_pytorch", {},
+            {"betas": (0.9, 0.999, 0.9999), "eps": (1e-30, 1e-16)}, marks=PYPI["came_pytorch"],
+        ),
+        pytest.param(
+            "came_pytorch", {"adam_beta2": 0.99, "adam_beta3": 0.999, "adam_epsilon2": 1e-12},
+            {"betas": (0.9, 0.99, 0.999), "eps": (1e-30, 1e-12)}, marks=PYPI["came_pytorch"],
+        ),
+        pytest.param(
+            "optimi_adamw", {"adam_beta1": 0.8},  # one beta set: optimi's own betas
+            {"beta1": 0.9, "beta2": 0.99, "eps": 1e-6, "foreach": False}, marks=PYPI["optimi"],
+        ),
+        pytest.param(
+            "optimi_adamw", {"adam_beta1": 0.8, "adam_beta2": 0.95, "adam_epsilon": 1e-7},
+            {"beta1": 0.8, "beta2": 0.95, "eps": 1e-7, "foreach": False}, marks=PYPI["optimi"],
+        ),
+    ],
+)  # fmt: skip
+def test_axolotls_own_optimizer_names_get_its_settings(
+    name: str,
+    keys: dict[str, Any],
+    expected: dict[str, Any],
+    base_config: dict,
+    tmp_path: Path,
+    weave_hooks: Any,
+) -> None:
+    """Axolotl passes only the Adam keys a config sets (CAME: each unset one takes its default;
+    optimi: betas when both are set), so the library's defaults fill the rest."""
+    config = {**base_config, "optimizer": name, "weight_decay": 0.05, **keys}
+    cfg = open_session(write_config(tmp_path / "c.yml", config)).cfg
+    optimizer = weave_hooks.optimizers()[name]([{"params": [torch.zeros(4, 4)]}], cfg)
+    assert {key: optimizer.defaults[key] for key in expected} == expected
+    assert optimizer.defaults["lr"] == base_config["learning_rate"]
+    assert optimizer.defaults["weight_decay"] == 0.05
+
+
+@PYPI["came_pytorch"]
+def test_came_trains_and_its_keys_warn_with_another_optimizer(
+    base_config: dict, tmp_path: Path, weave_log: Any
+) -> None:
+    config = {**base_config, "optimizer": "came_pytorch", "learning_rate": 1e-2, "max_steps": 3}
+    state = train(open_session(write_config(tmp_path / "came.yml", config)))
+    losses = [r["loss"] for r in state.log_history if "loss" in r]
+    assert len(losses) == 3 and all(loss == loss for loss in losses)  # no NaN
+    other = {**base_config, "optimizer": "adamw_torch", "adam_beta3": 0.99}
+    open_session(write_config(tmp_path / "other.yml", other))
+    assert "config key 'adam_beta3' applies to optimizer: came_pytorch only" in weave_log.text
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "extra"),
+    [("came_pytorch", "came_pytorch", "came"), ("stable_adamw", "optimi", "optimi"),
+     ("grokadamw", "grokadamw", "grokadamw")],
+)  # fmt: skip
+def test_an_optimizer_whose_package_is_missing_names_its_extra(
+    name: str,
+    module: str,
+    extra: str,
+    base_config: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == module else real(n, *a)
+    )
+    path = write_config(tmp_path / "c.yml", {**base_config, "optimizer": name})
+    with pytest.raises(ConfigError) as info:
+        open_session(path)
+    text = " ".join(str(info.value).split())
+    assert f"needs the package '{module}', which is not installed" in text
+    assert f"pip install 'axolotl-weave[{extra}]'" in text

@@ -70,11 +70,7 @@ UNSUPPORTED: dict[str, str] = {
         ["schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd"],
         f"schedule-free optimizers need train/eval mode switches in the loop, {_NOT_HERE}",
     ),
-    "grokadamw": f"GrokAdamW (grokadamw), {_NOT_HERE}",
-    "stable_adamw": f"torch-optimi's StableAdamW, {_NOT_HERE}",
-    "optimi_adamw": f"torch-optimi's AdamW, {_NOT_HERE}",
     "adopt_adamw": f"Axolotl's ADOPT, {_NOT_HERE}",
-    "came_pytorch": f"CAME (came-pytorch), {_NOT_HERE}",
     "dion": f"Dion (Axolotl's contribs), {_NOT_HERE}",
     "sinkgd": f"Axolotl's SinkGD, {_NOT_HERE}",
     **dict.fromkeys(

@@ -53,7 +53,7 @@ def test_with_the_plugin_axolotl_keys_are_dropped_with_a_warning(
     assert "gc_steps" not in cfg.model_dump()
 
 
-@pytest.mark.parametrize("key", ["grokfast_alpha", "dense_mixer"])
+@pytest.mark.parametrize("key", ["scaling_softmax", "dense_mixer"])
 def test_blocked_an_axolotl_only_key_is_an_unknown_key(
     tmp_path: Path, base_config: dict[str, Any], key: str
 ) -> None:
@@ -73,11 +73,11 @@ def test_blocked_an_axolotl_dataset_key_is_an_unknown_key(
 def test_blocked_a_key_changing_what_is_trained_gets_no_axolotl_reason(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:
-    # (rl: dpo was the example; the preference plugin implements it now)
-    with_plugin = error(tmp_path, {**base_config, "grokfast_alpha": 0.9})
-    assert "grokfast_alpha: an Axolotl option that no installed plugin" in with_plugin
-    blocked = error(tmp_path, {**base_config, "grokfast_alpha": 0.9}, block=(COMPAT,))
-    assert "  - grokfast_alpha: unknown key" in blocked
+    # (rl: dpo, then grokfast_alpha, were the example; plugins implement them now)
+    with_plugin = error(tmp_path, {**base_config, "scaling_softmax": True})
+    assert "scaling_softmax: an Axolotl option that no installed plugin" in with_plugin
+    blocked = error(tmp_path, {**base_config, "scaling_softmax": True}, block=(COMPAT,))
+    assert "  - scaling_softmax: unknown key" in blocked
 
 
 def test_a_parallelism_key_is_refused_for_where_the_run_fits(
@@ -113,10 +113,10 @@ def test_a_format_option_is_not_taken_for_an_axolotl_key(
 
 
 def test_cli_with_the_plugin_blocked(tmp_path: Path, base_config: dict[str, Any]) -> None:
-    path = write_config(tmp_path / "config.yml", {**base_config, "grokfast_alpha": 0.9})
+    path = write_config(tmp_path / "config.yml", {**base_config, "scaling_softmax": True})
     result = run_weave("-p", f"no:{COMPAT}", "validate", str(path), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert "grokfast_alpha" in result.stderr and "unknown key" in result.stderr
+    assert "scaling_softmax" in result.stderr and "unknown key" in result.stderr
     assert "IGNORED" not in result.stderr
 
 

@@ -99,6 +99,45 @@ def test_overrides_of_model_config_and_kwargs(tmp_path: Path, base_config: dict)
     assert model.config._attn_implementation == "eager"
 
 
+@pytest.mark.parametrize("where", ["overrides_of_model_config", "model_config", "top level"])
+def test_rope_scaling_keeps_the_models_other_rope_parameters(
+    tmp_path: Path, base_config: dict, where: str, weave_log: Any
+) -> None:
+    """Linear RoPE scaling given as Axolotl gives it (under `model_config`, or at the top level
+    as its older versions did): transformers 5 keeps every rope setting in one mapping that
+    `rope_scaling` replaces, so `rope_theta` must survive (else building the model fails); the
+    positions are then scaled down by the factor, as transformers' linear scaling does."""
+    import torch
+
+    scaling = {"type": "linear", "factor": 4.0}
+    if where == "top level":
+        config = {**base_config, "rope_scaling": scaling}
+    else:
+        config = {**base_config, where: {"rope_scaling": scaling}}
+    _, base = load(tmp_path, base_config)
+    _, model = load(tmp_path, config)
+    theta = base.config.rope_parameters["rope_theta"]
+    assert model.config.rope_parameters["rope_type"] == "linear"
+    assert model.config.rope_parameters["rope_theta"] == theta
+    assert model.config.rope_parameters["factor"] == 4.0
+    positions = torch.tensor([[0, 4, 8]])
+    x = torch.zeros(1, 3, model.config.hidden_size)
+    cos, _ = model.model.rotary_emb(x, positions)
+    base_cos, _ = base.model.rotary_emb(x, positions // 4)
+    assert torch.allclose(cos, base_cos, atol=1e-6)
+    if where == "top level":
+        assert "rope_scaling' is read as overrides_of_model_config" in weave_log.text
+
+
+def test_axolotls_older_random_init_weights_is_reinit_weights(
+    tmp_path: Path, base_config: dict
+) -> None:
+    cfg = open_session(
+        write_config(tmp_path / "c.yml", {**base_config, "random_init_weights": True})
+    ).cfg
+    assert cfg.reinit_weights is True
+
+
 def test_an_override_of_an_unknown_config_key_is_refused(tmp_path: Path, base_config: dict) -> None:
     config = {**base_config, "overrides_of_model_config": {"rms_norm_epz": 0.1}}
     with pytest.raises(ConfigError, match="overrides_of_model_config.rms_norm_epz: the llama"):

@@ -47,6 +47,7 @@ from axolotl_weave._head_loss import (
     next_token_targets,
 )
 from axolotl_weave._measure import Measurement, measure_objective
+from axolotl_weave._model_config import override_model_config
 from axolotl_weave._precision import Precision, resolve_precision
 from axolotl_weave._prepared import (
     DROP_COUNTERS,
@@ -149,6 +150,7 @@ __all__ = [
     "logits_cross_entropy",
     "map_rows",
     "measure_objective",
+    "override_model_config",
     "micro_batches_per_epoch",
     "process_share",
     "model_inputs",

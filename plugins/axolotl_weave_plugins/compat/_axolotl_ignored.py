@@ -111,6 +111,9 @@ IGNORED_KEYS: dict[str, str] = {
     "model_config": "an alias of overrides_of_model_config (renamed, not ignored)",
     "model_kwargs": "an alias of overrides_of_model_kwargs (renamed, not ignored)",
     "evaluation_strategy": "an alias of eval_strategy (renamed, not ignored)",
+    "random_init_weights": "Axolotl's older name of reinit_weights (renamed, not ignored)",
+    "rope_scaling": "read as overrides_of_model_config: {rope_scaling: ...}, where Axolotl "
+    "moved it (moved, not ignored)",
     "model_revision": "an old name: use revision_of_model",
     "multipack_real_batches": "how packed bins are grouped into batches: the same rows",
     "nvfp4_merge_aware_start_step": "applies only with nvfp4_merge_aware, refused",

@@ -59,18 +59,32 @@ TOP_LEVEL_ALIASES = {
     "model_config": "overrides_of_model_config",
     "model_kwargs": "overrides_of_model_kwargs",
     "evaluation_strategy": "eval_strategy",
+    "random_init_weights": "reinit_weights",  # Axolotl's older name
 }
 """Axolotl's aliases of top-level keys -> the key here (the key itself wins when both are set)."""
+
+MODEL_CONFIG = "overrides_of_model_config"
+
+ROPE_SCALING_NOTE = (
+    "config key 'rope_scaling' is read as overrides_of_model_config: {rope_scaling: ...}, where "
+    "Axolotl moved it (Axolotl itself now refuses the top-level key)"
+)
 
 
 @hookimpl
 def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[str]:
     """Drop the Axolotl keys nothing here validates (see the module), rename aliases; warn."""
+    notes = []
     for alias, key in TOP_LEVEL_ALIASES.items():
         if alias in data and alias not in known_keys and key in known_keys:
             value = data.pop(alias)
             if value and not data.get(key):
                 data[key] = value
+    if data.get("rope_scaling") and "rope_scaling" not in known_keys and MODEL_CONFIG in known_keys:
+        overrides = dict(data.get(MODEL_CONFIG) or {})  # model_config: renamed above
+        overrides.setdefault("rope_scaling", data.pop("rope_scaling"))
+        data[MODEL_CONFIG] = overrides
+        notes.append(ROPE_SCALING_NOTE)
     ignored = drop_top_level_keys(data, known_keys)
     entry_keys: set[str] = set()
     for section, entries in dataset_entries(data, known_keys):
@@ -82,7 +96,7 @@ def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[
             for key in [k for k in entry if k not in known and k in AXOLOTL_DATASET_KEYS]:
                 del entry[key]
                 entry_keys.add(f"datasets[].{key}")
-    return [ignored_warning(key) for key in [*ignored, *sorted(entry_keys)]]
+    return notes + [ignored_warning(key) for key in [*ignored, *sorted(entry_keys)]]
 
 
 def ignored_warning(key: str) -> str:

@@ -21,6 +21,7 @@ from axolotl_weave import (
     WeaveError,
     fit_embeddings,
     hookimpl,
+    override_model_config,
     require,
     resolve_precision,
 )
@@ -198,14 +199,7 @@ def load_config(cfg: Any, config: Any = None) -> Any:
             )
         except (OSError, ValueError) as exc:
             raise WeaveError(f"cannot read the model config of '{where}': {exc}") from None
-    known = set(config.to_dict())
-    for key, value in cfg.overrides_of_model_config.items():
-        if key not in known and not hasattr(config, key):
-            raise ConfigError(
-                f"overrides_of_model_config.{key}: the {config.model_type} config has no such key"
-            )
-        setattr(config, key, value)
-    return config
+    return override_model_config(config, cfg.overrides_of_model_config)
 
 
 def load_pretrained(

@@ -17,7 +17,13 @@ import contextlib
 from typing import Any
 
 import torch
-from axolotl_weave import IGNORE_INDEX, WeaveError, fit_embeddings, resolve_precision
+from axolotl_weave import (
+    IGNORE_INDEX,
+    WeaveError,
+    fit_embeddings,
+    override_model_config,
+    resolve_precision,
+)
 
 
 def pad_to(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
@@ -174,8 +180,7 @@ def load_classifier(
             )
         except (OSError, ValueError) as exc:
             raise WeaveError(f"cannot read the model config of '{where}': {exc}") from None
-    for key, value in (getattr(cfg, "overrides_of_model_config", None) or {}).items():
-        setattr(config, key, value)
+    override_model_config(config, getattr(cfg, "overrides_of_model_config", None))
     config.num_labels = cfg.num_labels or (1 if kind == "Sequence" else 2)
     if tokenizer.pad_token_id is None:
         raise WeaveError(

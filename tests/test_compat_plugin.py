@@ -201,8 +201,8 @@ def test_an_axolotl_example_config_validates_with_its_current_names(
     assert cfg.lora_r == 8 and cfg.special_tokens in (None, {})
     assert "'group_by_length'" in caplog.text and "padding, not which rows" in caplog.text
 
-    path.write_text(text + "use_pose: true\n")
-    with pytest.raises(ConfigError, match="use_pose: an Axolotl option that no installed"):
+    path.write_text(text + "scaling_softmax: true\n")  # (use_pose was the example until PoSE)
+    with pytest.raises(ConfigError, match="scaling_softmax: an Axolotl option that no installed"):
         open_session(path)
 
 

@@ -19,7 +19,6 @@ IGNORED_BY_PREFIX: dict[str, str] = {
     "dpo_": "a DPO speed or logging switch, or one Axolotl no longer reads: the same loss",
     "qgalore_": "Q-GaLore's setting: applies only with that optimizer, which is refused",
     "dion_": "the Dion optimizer's setting: applies only with that optimizer, which is refused",
-    "pose_": "PoSE's setting: applies only with use_pose, which is refused",
     "expert_parallel_": "expert parallelism across GPUs: placement, not what is trained",
     "dsv4_": "a DeepSeek-V4 kernel choice: speed and memory, the same training math",
     "gemma4_": "a Gemma 4 kernel or storage choice: speed and memory",

@@ -83,6 +83,9 @@ IGNORED_KEYS: dict[str, str] = {
     "gc_collect_steps": "Python garbage collection cadence: memory",
     "gc_steps": "Python garbage collection cadence: memory",
     "generate_samples": "sample generation during training, for inspection only",
+    "peft_use_relora": "a misspelt key of Axolotl 0.4 that it never read (its rsLoRA switch is "
+    "peft_use_rslora): nothing changes",
+    "gptq_disable_exllama": "which GPTQ kernel runs (ExLlama's, on CUDA): speed, the same weights",
     "gptq_groupsize": "an old GPTQ loader setting: the checkpoint's quantization config is read",
     "gptq_model_v1": "an old GPTQ loader setting: the checkpoint's quantization config is read",
     "group_by_length": "batches of rows of similar length: padding, not which rows are trained",

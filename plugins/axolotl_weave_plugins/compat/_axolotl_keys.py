@@ -173,6 +173,7 @@ AXOLOTL_TOP_LEVEL_KEYS: frozenset[str] = frozenset(
         "generation_top_k",
         "generation_top_p",
         "gptq",
+        "gptq_disable_exllama",  # read by its model loader, not in its schema (an example sets it)
         "gptq_groupsize",  # legacy: pre-pydantic README
         "gptq_model_v1",  # legacy: pre-pydantic README
         "gpu_memory_limit",
@@ -604,7 +605,6 @@ AXOLOTL_DECISIVE_KEYS: frozenset[str] = frozenset(
         "nonexpert_quantization",
         "nvfp4_merge_aware",
         "peft",
-        "peft_use_relora",
         "pretraining_sample_concatenation",
         "role_boundaries",
         "scaling_softmax",

@@ -37,11 +37,14 @@ def reference_loss(
     ce_alpha: float,
     temperature: float,
     normalize_topk: bool,
+    beta: float = 0.0,
 ) -> torch.Tensor:
     """The objective from its definition, one position at a time: the prediction at t against
-    label t + 1 (cross-entropy) and against the teacher's entry of token t + 1 (forward KL of
-    the teacher's top-k from the student's log-softmax at the temperature gathered at those
-    ids), `kd_alpha * T**2 * KL + ce_alpha * CE`, divided by the labelled targets."""
+    label t + 1 (cross-entropy) and against the teacher's entry of token t + 1 (the teacher's
+    top-k and the student's log-softmax at the temperature gathered at those ids, compared as
+    Axolotl's `distillation_loss_fn` does for `beta`: forward KL, reverse KL, or the
+    Jensen-Shannon mix), `kd_alpha * T**2 * KL + ce_alpha * CE`, divided by the labelled
+    targets."""
     labels = batch["labels"]
     ce = kl = torch.zeros((), dtype=torch.float32)
     targets = 0
@@ -60,7 +63,19 @@ def reference_loss(
             student = (logits[row, t].float() / temperature).log_softmax(-1)[ids]
             if normalize_topk:
                 student = student - torch.logsumexp(student, dim=-1)
-            kl = kl + (teacher.exp() * (teacher - student)).sum()
+            if beta == 0.0:
+                kl = kl + (teacher.exp() * (teacher - student)).sum()
+            elif beta == 1.0:
+                kl = kl + (student.exp() * (student - teacher)).sum()
+            else:
+                mean = ((1 - beta) * student.exp() + beta * teacher.exp()).log()
+                teacher_kl = torch.nn.functional.kl_div(
+                    mean, teacher, reduction="sum", log_target=True
+                )
+                student_kl = torch.nn.functional.kl_div(
+                    mean, student, reduction="sum", log_target=True
+                )
+                kl = kl + beta * teacher_kl + (1 - beta) * student_kl
     return (kd_alpha * temperature**2 * kl + ce_alpha * ce) / targets
 
 
@@ -92,24 +107,37 @@ def model_and_batch(tiny_llama_dir: Path) -> tuple[torch.nn.Module, dict[str, to
 
 
 @pytest.mark.parametrize(
-    ("kd_alpha", "ce_alpha", "temperature", "normalize"),
-    [(1.0, 0.0, 1.0, False), (0.9, 0.1, 2.0, False), (0.5, 0.5, 0.7, True)],
+    ("kd_alpha", "ce_alpha", "temperature", "normalize", "beta"),
+    [
+        (1.0, 0.0, 1.0, False, 0.0),
+        (0.9, 0.1, 2.0, False, 0.0),
+        (0.5, 0.5, 0.7, True, 0.0),
+        (1.0, 0.0, 1.0, False, 1.0),
+        (0.9, 0.1, 2.0, True, 0.5),
+        (1.0, 0.0, 0.7, False, 0.2),
+    ],
 )
 def test_loss_and_gradients_equal_the_definition(
-    model_and_batch, kd_alpha: float, ce_alpha: float, temperature: float, normalize: bool
+    model_and_batch,
+    kd_alpha: float,
+    ce_alpha: float,
+    temperature: float,
+    normalize: bool,
+    beta: float,
 ) -> None:
     model, batch = model_and_batch
-    objective = TopKDistillation(kd_alpha, ce_alpha, temperature, normalize)
+    objective = TopKDistillation(kd_alpha, ce_alpha, temperature, normalize, beta)
     assert int(objective.count(batch)) == int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     ours = objective(model, batch) / objective.count(batch)
     grads = torch.autograd.grad(ours, list(model.parameters()))
     logits = model(input_ids=batch["input_ids"]).logits
-    expected = reference_loss(logits, batch, kd_alpha, ce_alpha, temperature, normalize)
+    expected = reference_loss(logits, batch, kd_alpha, ce_alpha, temperature, normalize, beta)
     expected_grads = torch.autograd.grad(expected, list(model.parameters()))
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
-    assert ours.item() > 0
+    if beta == 0 or normalize:  # a divergence (the student's k not renormalised: only forward)
+        assert ours.item() > 0
 
 
 def test_kd_alpha_zero_is_the_supervised_loss(model_and_batch) -> None:
@@ -346,7 +374,7 @@ def test_kd_alpha_zero_trains_as_supervised_fine_tuning(
         ({"rl": "dpo"}, "kd_trainer: true cannot be combined with rl"),
         ({"use_eaft": True}, "cannot be combined with use_eaft"),
         ({"sample_packing": True}, "sample_packing: true cannot be used with kd_trainer"),
-        ({"kd_beta": 0.5}, "kd_beta: 0.5"),
+        ({"kd_beta": 1.5}, "kd_beta"),
         ({"kd_online_server_base_url": "http://x"}, "kd_online_server_base_url"),
         ({"kd_top_k_before_softmax": True}, "kd_top_k_before_softmax"),
         ({"kd_zscore_base_temp": 1.0}, "kd_zscore_base_temp"),

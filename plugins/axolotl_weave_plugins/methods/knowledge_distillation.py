@@ -8,11 +8,13 @@ label, as the supervised loss counts them) and divided by their number by the co
     kd_alpha * kd_temperature**2 * KL + kd_ce_alpha * CE
 
 - CE: the usual next-token cross-entropy;
-- KL: the forward KL of the teacher's top-k distribution (renormalised over the k, at
-  `kd_temperature`, by the format) from the student's: at each position t whose next token
-  t + 1 has a teacher entry and a label, `sum_k p_k * (log p_k - log q_k)`, with `q_k` the
-  student's `log_softmax(logits_t / kd_temperature)` gathered at the teacher's k ids
-  (renormalised over those k too with `kd_normalize_topk: true`).
+- KL: at each position t whose next token t + 1 has a teacher entry and a label, a divergence
+  between the teacher's top-k distribution p (renormalised over the k, at `kd_temperature`, by
+  the format) and the student's q, its `log_softmax(logits_t / kd_temperature)` gathered at the
+  teacher's k ids (renormalised over those k too with `kd_normalize_topk: true`), as
+  `kd_beta` says: 0 (the default) the forward KL `sum_k p_k (log p_k - log q_k)`, 1 the
+  reverse `sum_k q_k (log q_k - log p_k)`, between them the generalised Jensen-Shannon
+  divergence `beta KL(p || m) + (1 - beta) KL(q || m)`, `m = (1 - beta) q + beta p`.
 
 Those are Axolotl's definitions (its `topk_logprob` loss and fused kernel), the temperature
 squared included. One difference: the student's prediction at t is compared with the teacher's
@@ -24,8 +26,8 @@ it with entry t. On held-out rows the two terms are also reported unweighted (`e
 The teacher's columns hold k values per token: the core fits them with the tokens and its
 collator pads them with zeros (the mask too), so the padded batches carry them. Refused with
 `kd_trainer`: `rl`, reward models, `use_eaft`, `diffusion`, sample packing, datasets of another
-type, a streamed `pretraining_dataset`; and Axolotl's keys not implemented here (`kd_beta` other
-than 0, `kd_top_k_before_softmax`, `kd_zscore_base_temp`, the online teacher `kd_online_*`,
+type, a streamed `pretraining_dataset`; and Axolotl's keys not implemented here
+(`kd_top_k_before_softmax`, `kd_zscore_base_temp`, the online teacher `kd_online_*`,
 `kd_temperature_min`).
 """
 
@@ -88,7 +90,10 @@ class KdSettings(PluginConfig):
         None, description="Renormalise the student's probabilities over the teacher's top-k."
     )
     kd_beta: float | None = Field(
-        0.0, description="Forward/reverse KL mix; only 0 (forward KL) is implemented."
+        0.0,
+        ge=0,
+        le=1,
+        description="The divergence: 0 forward KL, 1 reverse KL, between them Jensen-Shannon.",
     )
     kd_top_k_before_softmax: bool | None = Field(None, description="Not implemented (refused).")
     kd_zscore_base_temp: float | None = Field(None, description="Not implemented (refused).")
@@ -103,10 +108,6 @@ class KdSettings(PluginConfig):
         for key, what in NOT_IMPLEMENTED.items():
             if getattr(self, key) not in (None, False):
                 raise ValueError(f"{key}: {what} is not implemented here; remove the key")
-        if self.kd_beta not in (None, 0, 0.0):
-            raise ValueError(
-                f"kd_beta: {self.kd_beta}: only the forward KL (kd_beta: 0) is implemented"
-            )
         kinds = {
             getattr(entry, "type", None)
             for section in ("datasets", "test_datasets")
@@ -165,10 +166,16 @@ class TopKDistillation:
     unit = "token"
 
     def __init__(
-        self, kd_alpha: float, ce_alpha: float, temperature: float, normalize_topk: bool
+        self,
+        kd_alpha: float,
+        ce_alpha: float,
+        temperature: float,
+        normalize_topk: bool,
+        beta: float = 0.0,
     ) -> None:
         self.kd_alpha, self.ce_alpha = kd_alpha, ce_alpha
         self.temperature, self.normalize_topk = temperature, normalize_topk
+        self.beta = beta
 
     def count(self, batch: dict[str, Any]) -> Any:
         """Target tokens in the batch (labels shifted by one, masked ones excluded)."""
@@ -215,8 +222,8 @@ class TopKDistillation:
         return kl, ce
 
     def top_k_kl(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        """The forward KL summed over the positions, the prediction at t against the teacher's
-        entry of token t + 1."""
+        """The divergence (`kd_beta`'s) summed over the positions, the prediction at t against
+        the teacher's entry of token t + 1."""
         import torch
 
         device = logits.device
@@ -228,7 +235,15 @@ class TopKDistillation:
             kept = student.masked_fill(~mask, float("-inf"))
             total = kept.logsumexp(dim=-1, keepdim=True)
             student = student - torch.where(torch.isfinite(total), total, 0.0)
-        return (teacher.exp() * (teacher - student))[mask].sum()
+        teacher, student = teacher[mask], student[mask]
+        if self.beta == 0:
+            return (teacher.exp() * (teacher - student)).sum()
+        if self.beta == 1:
+            return (student.exp() * (student - teacher)).sum()
+        mean = ((1 - self.beta) * student.exp() + self.beta * teacher.exp()).log()
+        to_teacher = (teacher.exp() * (teacher - mean)).sum()
+        to_student = (student.exp() * (student - mean)).sum()
+        return self.beta * to_teacher + (1 - self.beta) * to_student
 
 
 @hookimpl
@@ -237,5 +252,9 @@ def build_loss(cfg: Any) -> TopKDistillation | None:
     if not getattr(cfg, "kd_trainer", False):
         return None
     return TopKDistillation(
-        cfg.kd_alpha, cfg.kd_ce_alpha, cfg.kd_temperature, bool(cfg.kd_normalize_topk)
+        cfg.kd_alpha,
+        cfg.kd_ce_alpha,
+        cfg.kd_temperature,
+        bool(cfg.kd_normalize_topk),
+        cfg.kd_beta or 0.0,
     )

@@ -29,6 +29,7 @@ from axolotl_weave_plugins.rl._ebft import (
 )
 from axolotl_weave_plugins.rl._ebft_config import EBFTArgs
 from axolotl_weave_plugins.rl._ebft_transforms import (
+    first_turn,
     last_turn,
     opencode,
     reasoning_answer_only,
@@ -221,6 +222,36 @@ def test_axolotls_transforms_make_prompts_and_ground_truths():
     assert split["ground_truth"] == "<think>\ny\n</think>\n\ntwo"
     with pytest.raises(KeyError, match="no assistant turn"):
         last_turn(None)[0]({"messages": [{"role": "user", "content": "hi"}]})
+    first = first_turn(None)[0](conversation)
+    assert first["prompt"] == conversation["messages"][:2]
+    assert first["ground_truth"] == "<think>x</think> one"
+    assert first["remaining_turns"] == conversation["messages"][3:]
+
+
+def test_a_multi_turn_completion_is_rolled_out_through_the_rows_later_turns(
+    tiny_llama_dir: Path, chat_tokenizer: Any
+):
+    """`ebft_chat_multiturn.transform`: after the first answer the row's user turns are
+    written in and its assistant turns sampled; the conversation is compared whole."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    run = run_on(model, chat_tokenizer, diversity_coef=0.0)
+    prompts = [[{"role": "user", "content": "Count to 1."}]] * 2
+    later = [{"role": "user", "content": "Now to 2."}, {"role": "assistant", "content": "1 2"}]
+    texts = run.roll_out(prompts, ["1", "one"], [later, later])
+    for text, first in zip(texts, ["1", "one"], strict=True):
+        assert text.startswith(
+            run.render([*prompts[0], {"role": "assistant", "content": first}], False)
+        )
+        assert "Now to 2." in text and text.count("<|im_start|>assistant") == 2
+    rewards = run.feature_matching(
+        prompts,
+        [[{"role": "assistant", "content": "1"}]] * 2,
+        ground_truth=["1", "1"],
+        remaining_turns=[later, later],
+    )
+    assert all(-2.0 <= r <= 2.0 for r in rewards)
 
 
 def test_a_transform_that_removes_all_columns_keeps_only_its_own(
@@ -320,6 +351,29 @@ def test_a_full_fine_tune_with_whitening_and_the_last_turn(tmp_path: Path, ebft_
     assert all(abs(r["ebft/diversity"]) < 1e-3 for r in records)  # whitened: orthonormal
 
 
+def test_weave_train_rolls_out_axolotls_multi_turn_rows(tmp_path: Path, ebft_config: dict):
+    conversations = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Say {i}."},
+                {"role": "assistant", "content": str(i)},
+                {"role": "user", "content": "Again."},
+                {"role": "assistant", "content": f"{i} again"},
+            ]
+        }
+        for i in range(8)
+    ]
+    data = write_jsonl(tmp_path / "turns.jsonl", conversations)
+    config = {
+        **ebft_config,
+        "datasets": [{"path": str(data), "type": "ebft_chat_multiturn.transform"}],
+        "max_steps": 1,
+    }
+    state = train_with(config, tmp_path / "turns.yml")
+    (record,) = [r for r in state.log_history if "loss" in r]
+    assert math.isfinite(record["ebft/reward"]) and math.isfinite(record["loss"])
+
+
 BAD = [
     ({"trl": {"reward_funcs": ["rewards.f"]}}, "feature matching only"),
     ({"ebft": {"mode": "strided"}}, "ebft.mode: strided"),
@@ -329,11 +383,11 @@ BAD = [
         {"rl": "grpo", "datasets": [{"path": "x.jsonl", "type": "grpo"}]},
         "ebft: holds rl: ebft options",
     ),
-    (
-        {"datasets": [{"path": "x.jsonl", "type": "ebft_chat_multiturn.transform"}]},
-        "rolls the later turns out through vLLM",
-    ),
     ({"datasets": [{"path": "x.jsonl", "type": "ebft_pretrain.transform"}]}, "strided"),
+    (
+        {"datasets": [{"path": "x.jsonl", "type": "ebft_chat_multiturn.transform_all_turns"}]},
+        "one row per assistant turn",
+    ),
 ]
 
 

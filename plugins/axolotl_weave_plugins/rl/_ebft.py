@@ -19,9 +19,13 @@ rewards then go through GRPO's advantages and loss (`trl:` keys). It logs `ebft/
 `ebft/diversity`, `ebft/reward` (means of the scaled terms) and `ebft/cfm_loss` (the squared
 distance between a group's mean embedding and its ground truth's, the paper's equation 2).
 
+With `ebft_chat_multiturn.transform` (the first assistant turn as the target, the later turns
+kept) each completion is rolled out through the row's later turns, every assistant turn sampled
+from the model being trained, and the whole conversation is compared with the row's (Axolotl
+rolls out through vLLM; the loss stays on the first answer's tokens, as there).
+
 Not here, each refused with a message: `ebft.mode: strided` (block-parallel rollouts in the
-documents), vLLM generation, the multi-turn rollout of `ebft_chat_multiturn.transform` (Axolotl
-rolls it out through vLLM only). `adaptive_max_tokens` applies to vLLM generation in Axolotl, so
+documents), vLLM generation. `adaptive_max_tokens` applies to vLLM generation in Axolotl, so
 it changes nothing here, as in Axolotl without vLLM.
 """
 
@@ -190,14 +194,64 @@ class EBFTRun(GRPORun):
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         return pool(hidden.float(), self.ebft.embed_method, mask.to(device), lengths)
 
+    def render(self, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+        """A conversation through the chat template (with the run's template arguments)."""
+        return self.tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+            **chat_template_kwargs(self.cfg),
+        )
+
+    def roll_out(self, prompts: list[Any], firsts: list[str], turns: list[list]) -> list[str]:
+        """Each completion's whole conversation, rendered: its prompt, its first answer, then
+        each later turn of its row in order, a user turn as written and every assistant turn
+        sampled from the model (as the first was, one per completion, the completions needing
+        the same turn generated together)."""
+        conversations = [
+            [*prompt, {"role": "assistant", "content": first}]
+            for prompt, first in zip(prompts, firsts, strict=True)
+        ]
+        for step in range(max((len(t) for t in turns), default=0)):
+            asking = []
+            for index, later in enumerate(turns):
+                if step < len(later):
+                    turn = later[step]
+                    if turn["role"] == "assistant":
+                        asking.append(index)
+                    else:
+                        conversations[index].append(dict(turn))
+            if not asking:
+                continue
+            ids = [
+                torch.tensor(
+                    self.tokenizer(self.render(conversations[i], True), add_special_tokens=False)[
+                        "input_ids"
+                    ]
+                )
+                for i in asking
+            ]
+            _, _, sampled, mask = self.generate(self.strategy, self.model, ids)
+            answers = self.tokenizer.batch_decode(
+                [row[m.bool()].tolist() for row, m in zip(sampled, mask, strict=True)],
+                skip_special_tokens=True,
+            )
+            for index, answer in zip(asking, answers, strict=True):
+                conversations[index].append({"role": "assistant", "content": answer})
+        return [self.render(conversation, False) for conversation in conversations]
+
     def feature_matching(
         self,
         prompts: list[Any],
         completions: list[Any],
         ground_truth: list[Any] | None = None,
+        remaining_turns: list[Any] | None = None,
         **_: Any,
     ) -> list[float]:
-        """The EBFT reward of each completion (a reward function as GRPO calls one)."""
+        """The EBFT reward of each completion (a reward function as GRPO calls one). With a
+        row's `remaining_turns` (a conversation's turns after the first answer), the
+        completion is rolled out through them and compared, whole, with the row's
+        conversation (`ground_truth` as its first answer)."""
         if ground_truth is None or not all(isinstance(t, str) for t in ground_truth):
             raise DataError(
                 "rl: ebft: every row needs a ground_truth text (the reference completion): "
@@ -205,13 +259,22 @@ class EBFTRun(GRPORun):
             )
         group = self.trl.num_generations
         prompt_texts = [self.prompt_text(p) for p in prompts]
-        texts = [
-            text + (c[0].get("content", "") if isinstance(c, list) else c)
-            for text, c in zip(prompt_texts, completions, strict=True)
-        ]
+        answers = [c[0].get("content", "") if isinstance(c, list) else c for c in completions]
         firsts = range(0, len(prompts), group)
         truth_prompts = [prompt_texts[i] for i in firsts]
-        truths = [prompt_texts[i] + ground_truth[i] for i in firsts]
+        if remaining_turns is not None and any(remaining_turns):
+            turns = [list(t or []) for t in remaining_turns]
+            texts = self.roll_out(prompts, answers, turns)
+            truths = [
+                self.render(
+                    [*prompts[i], {"role": "assistant", "content": ground_truth[i]}, *turns[i]],
+                    False,
+                )
+                for i in firsts
+            ]
+        else:
+            texts = [text + answer for text, answer in zip(prompt_texts, answers, strict=True)]
+            truths = [prompt_texts[i] + ground_truth[i] for i in firsts]
         generated = self.embed(texts, prompt_texts)
         truth = self.embed(truths, truth_prompts)
         rewards, metrics = feature_rewards(generated, truth, group, self.ebft)

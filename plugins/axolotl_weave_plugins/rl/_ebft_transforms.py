@@ -17,6 +17,7 @@ DROP_RAW = {"remove_columns": "__all__"}
 
 AXOLOTL_TYPES = {
     "ebft_opencode.transform": "opencode",
+    "ebft_chat_multiturn.transform": "first_turn",
     "ebft_chat_multiturn.transform_last_turn": "last_turn",
     "ebft_reasoning.transform": "reasoning",
     "ebft_reasoning.transform_answer_only": "reasoning_answer_only",
@@ -25,9 +26,6 @@ AXOLOTL_TYPES = {
 """Axolotl's structured-mode `type:` names, and the function here that implements each."""
 
 REFUSED_TYPES = {
-    "ebft_chat_multiturn.transform": "it rolls the later turns out through vLLM, which is not "
-    "supported here; use ebft_chat_multiturn.transform_last_turn (the last assistant turn as "
-    "the target, the conversation before it as the prompt)",
     "ebft_chat_multiturn.transform_all_turns": "it makes one row per assistant turn (a batched "
     "transform), which is not supported here; use ebft_chat_multiturn.transform_last_turn",
     "ebft_strided_structured.transform": "it is for ebft.mode: strided, not implemented here",
@@ -79,6 +77,25 @@ def opencode(cfg: Any, **_: Any) -> tuple[Callable[..., dict[str, Any]], dict[st
             "prompt": [{"role": "user", "content": example["input"]}],
             "ground_truth": example["output"],
         }
+
+    return row, DROP_RAW
+
+
+def first_turn(cfg: Any, **_: Any) -> tuple[Callable[..., dict[str, Any]], dict[str, str]]:
+    """A conversation's first assistant turn as the truth, what precedes it as the prompt, and
+    the turns after it as `remaining_turns` (the reward rolls the completion out through
+    them)."""
+
+    def row(example: dict[str, Any], tokenizer: Any = None) -> dict[str, Any]:
+        messages = messages_of(example)
+        for index, message in enumerate(messages):
+            if message["role"] == "assistant":
+                return {
+                    "prompt": list(messages[:index]),
+                    "ground_truth": message["content"],
+                    "remaining_turns": list(messages[index + 1 :]),
+                }
+        raise KeyError("no assistant turn in the conversation to use as the ground truth")
 
     return row, DROP_RAW
 

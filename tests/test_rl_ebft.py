@@ -376,7 +376,6 @@ def test_weave_train_rolls_out_axolotls_multi_turn_rows(tmp_path: Path, ebft_con
 
 BAD = [
     ({"trl": {"reward_funcs": ["rewards.f"]}}, "feature matching only"),
-    ({"ebft": {"mode": "strided"}}, "ebft.mode: strided"),
     ({"trl": {"sync_ref_model": True, "beta": 0.1}}, "stays frozen"),
     ({"ebft": {"feature_layers": [1.5]}}, "fractions of the depth"),
     (

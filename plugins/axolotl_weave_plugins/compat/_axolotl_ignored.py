@@ -85,6 +85,8 @@ IGNORED_KEYS: dict[str, str] = {
     "generate_samples": "sample generation during training, for inspection only",
     "peft_use_relora": "a misspelt key of Axolotl 0.4 that it never read (its rsLoRA switch is "
     "peft_use_rslora): nothing changes",
+    "torch_dtype": "Axolotl sets it from bf16/fp16, over what a config says: bf16 sets the "
+    "precision",
     "gptq_disable_exllama": "which GPTQ kernel runs (ExLlama's, on CUDA): speed, the same weights",
     "gptq_groupsize": "an old GPTQ loader setting: the checkpoint's quantization config is read",
     "gptq_model_v1": "an old GPTQ loader setting: the checkpoint's quantization config is read",

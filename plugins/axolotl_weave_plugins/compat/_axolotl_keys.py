@@ -174,6 +174,7 @@ AXOLOTL_TOP_LEVEL_KEYS: frozenset[str] = frozenset(
         "generation_top_p",
         "gptq",
         "gptq_disable_exllama",  # read by its model loader, not in its schema (an example sets it)
+        "torch_dtype",  # set by its normalize_config from bf16/fp16, not in its schema (examples)
         "gptq_groupsize",  # legacy: pre-pydantic README
         "gptq_model_v1",  # legacy: pre-pydantic README
         "gpu_memory_limit",

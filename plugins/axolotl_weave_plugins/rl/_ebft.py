@@ -24,9 +24,9 @@ kept) each completion is rolled out through the row's later turns, every assista
 from the model being trained, and the whole conversation is compared with the row's (Axolotl
 rolls out through vLLM; the loss stays on the first answer's tokens, as there).
 
-Not here, each refused with a message: `ebft.mode: strided` (block-parallel rollouts in the
-documents), vLLM generation. `adaptive_max_tokens` applies to vLLM generation in Axolotl, so
-it changes nothing here, as in Axolotl without vLLM.
+`ebft.mode: strided` (rollouts at anchors inside documents) is `_ebft_strided`. Not here:
+vLLM generation (refused). `adaptive_max_tokens` applies to vLLM generation in Axolotl, so it
+changes nothing here, as in Axolotl without vLLM.
 """
 
 from __future__ import annotations

@@ -20,12 +20,14 @@ STRIDED_KEYS = frozenset(
 
 
 class EBFTArgs(BaseModel):
-    """The `ebft:` block (Axolotl's `EBFTConfig` names and defaults), structured mode."""
+    """The `ebft:` block (Axolotl's `EBFTConfig` names and defaults)."""
 
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["structured", "strided"] = Field(
-        "structured", description="structured: prompts and ground truths (strided: not here)."
+        "structured",
+        description="structured: prompts and ground truths (GRPO); strided: rollouts at "
+        "anchors inside documents.",
     )
     feature_layers: list[float] = Field(
         default_factory=lambda: [0.25, 0.5, 0.75],
@@ -33,30 +35,42 @@ class EBFTArgs(BaseModel):
         description="Depths whose hidden states are the features, as fractions of the layers.",
     )
     embed_method: Literal["last_token", "mean_pooling", "completion_mean", "concat"] = Field(
-        "last_token", description="How a sequence's token features are pooled."
+        "last_token",
+        description="How a sequence's token features are pooled (strided: last_token or "
+        "mean_pooling).",
     )
     use_whitening: bool = Field(False, description="Whiten each group's embeddings (SVD).")
     alignment_coef: float = Field(1.0, description="Weight of the similarity to the truth.")
     diversity_coef: float = Field(1.0, description="Weight of the similarity to the others.")
-    ce_coef: float = Field(0.0, description="Strided mode's cross-entropy weight (unused).")
+    ce_coef: float = Field(
+        0.0, ge=0, description="Strided: weight of the documents' cross-entropy."
+    )
     adaptive_max_tokens: bool = Field(
         True, description="vLLM's per-batch completion length (unused with generate)."
     )
     gt_length_multiplier: float = Field(1.5, ge=0.1, description="For adaptive_max_tokens.")
+    stride: int = Field(8, ge=1, description="Strided: tokens between anchors.")
+    context_length: int = Field(8, ge=1, description="Strided: where the first anchor is.")
+    generate_max_len: int = Field(8, ge=1, description="Strided: tokens sampled per block.")
+    n_samples_per_prompt: int = Field(4, ge=1, description="Strided: rollouts per document.")
+    temperature: float = Field(0.6, ge=0, description="Strided: sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Strided: nucleus sampling mass.")
+    rl_coef: float = Field(1.0, ge=0, description="Strided: weight of the policy gradient.")
+    advantage_estimator: Literal["rloo", "group_norm", "reinforce"] = Field(
+        "rloo", description="Strided: advantages across a document's samples."
+    )
+    min_completion_prefix: int = Field(
+        0, ge=0, description="Strided: completion tokens before the first anchor."
+    )
+    mask_thinking_ce: bool = Field(False, description="Not implemented (refused).")
 
     @model_validator(mode="before")
     @classmethod
-    def _structured_only(cls, data: Any) -> Any:
-        """Strided mode is refused; its keys are dropped with a warning in structured mode,
-        where Axolotl ignores them too."""
-        if not isinstance(data, dict):
+    def _mode_keys(cls, data: Any) -> Any:
+        """In structured mode the strided keys (and `ce_coef`) do nothing, as in Axolotl: a
+        warning names each one set."""
+        if not isinstance(data, dict) or data.get("mode", "structured") != "structured":
             return data
-        if data.get("mode") == "strided":
-            raise ValueError(
-                "ebft.mode: strided (block-parallel rollouts at anchors in unstructured "
-                "documents) is not implemented here; use mode: structured with prompts and "
-                "ground truths (e.g. type: ebft_opencode.transform)"
-            )
         for key in sorted(STRIDED_KEYS & set(data)):
             log.warning("config key 'ebft.%s' is for strided mode: it is IGNORED", key)
         if data.get("ce_coef"):
@@ -64,17 +78,65 @@ class EBFTArgs(BaseModel):
                 "config key 'ebft.ce_coef' adds a cross-entropy term in strided mode only (as "
                 "in Axolotl): it is IGNORED"
             )
-        return {key: value for key, value in data.items() if key not in STRIDED_KEYS}
+        return data
 
     @model_validator(mode="after")
-    def _fractions(self) -> EBFTArgs:
+    def _checks(self) -> EBFTArgs:
         bad = [f for f in self.feature_layers if not 0 <= f <= 1]
         if bad:
             raise ValueError(
                 f"ebft.feature_layers: {bad} are not fractions of the depth between 0 and 1 "
                 "(0.5: the middle layer)"
             )
+        if self.mask_thinking_ce:
+            raise ValueError(
+                "ebft.mask_thinking_ce: masking thinking tokens out of the cross-entropy "
+                "(Axolotl's ebft_reasoning.transform_strided) is not implemented here"
+            )
+        if self.mode == "strided" and self.embed_method not in ("last_token", "mean_pooling"):
+            raise ValueError(
+                f"ebft.embed_method: {self.embed_method} pools a completion; strided mode "
+                "pools each block: last_token or mean_pooling"
+            )
+        if self.mode == "strided" and self.n_samples_per_prompt == 1:
+            if self.diversity_coef:
+                log.warning(
+                    "ebft.n_samples_per_prompt 1: no other sample to be diverse from; "
+                    "diversity_coef is taken as 0 (as in Axolotl)"
+                )
+            if self.advantage_estimator == "rloo":
+                log.warning(
+                    "ebft.n_samples_per_prompt 1: rloo needs two samples; the advantage is "
+                    "the reward (reinforce), as in Axolotl"
+                )
         return self
+
+
+STRIDED_TYPE = "ebft_strided"
+"""The dataset type of strided mode's rows (a transform's tokens)."""
+
+
+def check_strided(cfg: Any, ebft: EBFTArgs) -> None:
+    """What strided mode refuses (ValueError, a config error)."""
+    needed = ebft.context_length + ebft.generate_max_len
+    if cfg.sequence_len < needed:
+        raise ValueError(
+            f"sequence_len: {cfg.sequence_len} leaves no block: strided EBFT needs at least "
+            f"context_length + generate_max_len = {needed} tokens"
+        )
+    for key in ("sample_packing", "val_set_size", "test_datasets", "pretraining_dataset"):
+        if getattr(cfg, key, None):
+            raise ValueError(
+                f"{key}: not with ebft.mode: strided (its rows are rolled out one by one; "
+                "held-out evaluation is not implemented for it)"
+            )
+    for entry in getattr(cfg, "datasets", None) or []:
+        if getattr(entry, "type", None) != STRIDED_TYPE:
+            raise ValueError(
+                f"datasets: type: {entry.type} is not a strided EBFT dataset: give one of "
+                "Axolotl's strided transforms (ebft_strided_structured.transform, "
+                "ebft_strided_chat.transform) or your own module.function transform"
+            )
 
 
 def check_ebft(cfg: Any, trl: Any) -> None:

@@ -25,13 +25,18 @@ AXOLOTL_TYPES = {
 }
 """Axolotl's structured-mode `type:` names, and the function here that implements each."""
 
+STRIDED_TYPES = {
+    "ebft_strided_structured.transform": "strided_structured",
+    "ebft_strided_chat.transform": "strided_chat",
+}
+"""Axolotl's built-in strided-mode `type:` names, and the function here that implements each
+(a strided type may also be the user's own `module.function`, as Axolotl's `ebft_pretrain`)."""
+
 REFUSED_TYPES = {
     "ebft_chat_multiturn.transform_all_turns": "it makes one row per assistant turn (a batched "
     "transform), which is not supported here; use ebft_chat_multiturn.transform_last_turn",
-    "ebft_strided_structured.transform": "it is for ebft.mode: strided, not implemented here",
-    "ebft_strided_chat.transform": "it is for ebft.mode: strided, not implemented here",
-    "ebft_pretrain.transform": "it is for ebft.mode: strided, not implemented here",
-    "ebft_reasoning.transform_strided": "it is for ebft.mode: strided, not implemented here",
+    "ebft_reasoning.transform_strided": "its thinking-token masking (mask_thinking_ce) is not "
+    "implemented here; use ebft_strided_chat.transform",
 }
 """Axolotl's EBFT `type:` names refused here, and why."""
 
@@ -159,5 +164,59 @@ def reasoning_split_thinking(
                 f"<think>\n{last['reasoning_content']}\n</think>\n\n{last['content']}"
             )
         return found
+
+    return row, DROP_RAW
+
+
+def strided_structured(cfg: Any, **_: Any) -> tuple[Callable[..., dict[str, Any]], dict[str, str]]:
+    """Strided rows of a prompt (`input`, `prompt` or `question`) and its completion (`output`,
+    `completion` or `answer`): the prompt's tokens (with the tokenizer's special tokens)
+    unlabelled, the completion's labelled; cut to `sequence_len`, the completion first (a
+    prompt that fills it keeps one completion token), as Axolotl's transform does, unpadded."""
+    length = cfg.sequence_len
+
+    def row(example: dict[str, Any], tokenizer: Any = None) -> dict[str, Any]:
+        prompt = example.get("input", example.get("prompt", example.get("question", "")))
+        completion = example.get("output", example.get("completion", example.get("answer", "")))
+        prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+        if len(prompt_ids) + len(completion_ids) > length:
+            room = length - len(prompt_ids)
+            if room < 1:
+                prompt_ids, completion_ids = prompt_ids[: length - 1], completion_ids[:1]
+            else:
+                completion_ids = completion_ids[:room]
+        return {
+            "input_ids": prompt_ids + completion_ids,
+            "labels": [-100] * len(prompt_ids) + completion_ids,
+        }
+
+    return row, DROP_RAW
+
+
+def strided_chat(cfg: Any, **_: Any) -> tuple[Callable[..., dict[str, Any]], dict[str, str]]:
+    """Strided rows of a conversation through the chat template (cut to `sequence_len`): every
+    assistant turn's tokens labelled, found by rendering the conversation up to each, as
+    Axolotl's transform does, unpadded."""
+    length = cfg.sequence_len
+
+    def row(example: dict[str, Any], tokenizer: Any = None) -> dict[str, Any]:
+        messages = messages_of(example)
+
+        def ids(upto: list[dict[str, Any]], generation_prompt: bool) -> list[int]:
+            text = tokenizer.apply_chat_template(
+                upto, tokenize=False, add_generation_prompt=generation_prompt
+            )
+            found = tokenizer(text, add_special_tokens=False)["input_ids"]
+            return list(found[:length])
+
+        input_ids = ids(messages, False)
+        labels = [-100] * len(input_ids)
+        for index, message in enumerate(messages):
+            if message["role"] == "assistant":
+                start = len(ids(messages[:index], True))
+                end = min(len(ids(messages[: index + 1], False)), len(input_ids))
+                labels[start:end] = input_ids[start:end]
+        return {"input_ids": input_ids, "labels": labels}
 
     return row, DROP_RAW

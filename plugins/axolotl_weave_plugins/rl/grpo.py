@@ -54,8 +54,19 @@ from axolotl_weave import PluginConfig, hookimpl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from axolotl_weave_plugins.rl._ebft_config import METHOD as EBFT
-from axolotl_weave_plugins.rl._ebft_config import EBFTArgs, check_ebft
-from axolotl_weave_plugins.rl._ebft_transforms import AXOLOTL_TYPES, REFUSED_TYPES, path_of
+from axolotl_weave_plugins.rl._ebft_config import (
+    STRIDED_TYPE,
+    EBFTArgs,
+    check_ebft,
+    check_strided,
+)
+from axolotl_weave_plugins.rl._ebft_strided_format import strided_format
+from axolotl_weave_plugins.rl._ebft_transforms import (
+    AXOLOTL_TYPES,
+    REFUSED_TYPES,
+    STRIDED_TYPES,
+    path_of,
+)
 from axolotl_weave_plugins.rl._grpo_formats import grpo_format
 
 PLUGIN_KIND = "method"
@@ -234,6 +245,11 @@ class GRPOSettings(PluginConfig):
                     raise ValueError(
                         "datasets: type: grpo holds prompts to generate from: set rl: grpo"
                     )
+                if getattr(entry, "type", None) == STRIDED_TYPE:
+                    raise ValueError(
+                        f"datasets: type: {STRIDED_TYPE} holds strided EBFT rows: set rl: ebft "
+                        "with ebft: {mode: strided}"
+                    )
             return self
         if self.trl is None:
             self.trl = GRPOArgs()
@@ -241,13 +257,39 @@ class GRPOSettings(PluginConfig):
             self.trl.multi_objective_aggregation = "normalize_then_sum"
         if rl == EBFT:
             self.ebft = self.ebft or EBFTArgs()
+            self._ebft_datasets()
+            if self.ebft.mode == "strided":
+                if self.trl.model_fields_set:
+                    log.warning("config key 'trl' is read by ebft's structured mode: IGNORED")
+                check_strided(self, self.ebft)
+                from axolotl_weave_plugins.rl._grpo_rewards import import_object
+
+                for entry in getattr(self, "datasets", None) or []:
+                    import_object(entry.option("transform"), "datasets: transform")
+                return self
             check_ebft(self, self.trl)
-            for entry in getattr(self, "datasets", None) or []:
-                why = REFUSED_TYPES.get(entry.option("transform"))
-                if why:
-                    raise ValueError(f"datasets: type: {entry.option('transform')}: {why}")
         check_grpo(self, self.trl, needs_reward_funcs=rl != EBFT)
         return self
+
+    def _ebft_datasets(self) -> None:
+        """Axolotl's EBFT transforms refused here, or given for the other mode."""
+        strided = self.ebft is not None and self.ebft.mode == "strided"
+        for entry in getattr(self, "datasets", None) or []:
+            transform = entry.option("transform")
+            why = REFUSED_TYPES.get(transform)
+            if why:
+                raise ValueError(f"datasets: type: {transform}: {why}")
+            if transform in STRIDED_TYPES and not strided:
+                raise ValueError(
+                    f"datasets: type: {transform} makes strided EBFT rows: set ebft: "
+                    "{mode: strided}"
+                )
+            if transform in AXOLOTL_TYPES and strided:
+                raise ValueError(
+                    f"datasets: type: {transform} makes prompts for ebft's structured mode; "
+                    "strided mode takes ebft_strided_structured.transform, "
+                    "ebft_strided_chat.transform or your own transform"
+                )
 
 
 def vllm_refusal() -> str:
@@ -349,17 +391,24 @@ def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[
             kind = entry.get("type") if isinstance(entry, dict) else None
             if not isinstance(kind, str) or "transform" in entry:
                 continue
-            if data["rl"] == EBFT and kind in AXOLOTL_TYPES:  # the built-in EBFT transforms
-                entry["type"], entry["transform"] = METHOD, path_of(AXOLOTL_TYPES[kind])
+            strided = data["rl"] == EBFT and (data.get("ebft") or {}).get("mode") == "strided"
+            into = STRIDED_TYPE if strided else METHOD
+            if data["rl"] == EBFT and kind in {**AXOLOTL_TYPES, **STRIDED_TYPES}:
+                found = {**AXOLOTL_TYPES, **STRIDED_TYPES}[kind]  # the built-in EBFT transforms
+                if (kind in STRIDED_TYPES) == strided:
+                    entry["type"], entry["transform"] = into, path_of(found)
+                else:  # given for the other mode: named as written, refused with the reason
+                    entry["type"], entry["transform"] = into, kind
             elif (data["rl"] == EBFT and kind in REFUSED_TYPES) or is_importable_path(kind):
-                entry["type"], entry["transform"] = METHOD, kind
+                entry["type"], entry["transform"] = into, kind
     return None
 
 
 @hookimpl
 def register_dataset_formats(register: Callable[[Any], None]) -> None:
-    """`type: grpo`: prompts."""
+    """`type: grpo`: prompts; `type: ebft_strided`: strided EBFT's rows."""
     register(grpo_format())
+    register(strided_format())
 
 
 @hookimpl
@@ -368,6 +417,11 @@ def configure(cfg: Any, register: Callable[[object, str], None]) -> None:
     checkpoint state."""
     rl = getattr(cfg, "rl", None)
     if rl not in METHODS:
+        return
+    if rl == EBFT and cfg.ebft.mode == "strided":
+        from axolotl_weave_plugins.rl._ebft_strided import StridedEBFTRun
+
+        register(StridedEBFTRun(cfg), "ebft-strided-run")
         return
     from axolotl_weave_plugins.rl._ebft import EBFTRun
     from axolotl_weave_plugins.rl._grpo import GRPORun

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import torch
-from axolotl_weave import AccelerateStrategy, ConfigError, checkpoints, hookimpl
+from axolotl_weave import AccelerateStrategy, ConfigError, checkpoints
 from axolotl_weave._run import open_session
 from axolotl_weave_plugins.methods.grokfast import GradientFilter, grokfast_on
-from axolotl_weave_testing import train_with, write_config
+from axolotl_weave_testing import CrashAt, train_with, write_config
 from safetensors.torch import load_file
 
 
@@ -59,18 +59,6 @@ def test_a_step_with_a_non_finite_gradient_is_not_filtered_into_the_average():
     layer.weight.grad, layer.bias.grad = torch.full((2, 3), float("nan")), torch.zeros(2)
     strategy.optimizer_step(layer, optimizer, scheduler, 1.0)
     assert all(torch.equal(kept[name], grokfast.ema[name]) for name in kept)
-
-
-class CrashAt:
-    """Raises in on_log at a step, like a killed job."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def on_log(self, state: Any) -> None:
-        if state.global_step == self.step:
-            raise KeyboardInterrupt(f"simulated crash at step {self.step}")
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from axolotl_weave import hookimpl
-from axolotl_weave_testing import run_weave, train_with, write_config
+from axolotl_weave_testing import CrashAt, run_weave, train_with, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -80,18 +79,6 @@ def test_weave_validate_accepts_the_dpo_example() -> None:
     result = run_weave("validate", "examples/dpo.yml", cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid: examples/dpo.yml" in result.stdout
-
-
-class CrashAt:
-    """Stops training (as Ctrl-C would) once `step` is logged."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def on_log(self, state: Any) -> None:
-        if state.global_step == self.step:
-            raise KeyboardInterrupt(f"simulated crash at step {self.step}")
 
 
 def dpo_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:

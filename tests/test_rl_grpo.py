@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 import torch
-from axolotl_weave import hookimpl
 from axolotl_weave_plugins.rl._grpo import (
     LossSettings,
     completion_logps,
@@ -33,6 +32,7 @@ from axolotl_weave_plugins.rl._grpo import (
     surrogate_loss,
 )
 from axolotl_weave_testing import (
+    CrashAt,
     OneProcessStrategy,
     build_rows,
     run_weave,
@@ -527,18 +527,6 @@ def test_weave_train_grpo_learns_the_reward(tmp_path: Path, grpo_config: dict):
     rewards = rewards_of(state)
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert last > first + 0.2, rewards
-
-
-class CrashAt:
-    """A plugin that raises in on_log at a given step, like a killed job."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def on_log(self, state: Any) -> None:
-        if state.global_step == self.step:
-            raise KeyboardInterrupt(f"simulated crash at step {self.step}")
 
 
 def test_held_out_prompts_are_sampled_and_scored_as_in_a_step(tmp_path: Path, grpo_config: dict):

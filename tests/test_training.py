@@ -14,6 +14,7 @@ from axolotl_weave import checkpoints, hookimpl
 from axolotl_weave._run import open_session
 from axolotl_weave_plugins.training._checkpoint import resolve_resume
 from axolotl_weave_testing import (
+    CrashAt,
     run_weave_in_process,
     train_with,
     write_config,
@@ -36,18 +37,6 @@ class LogitsProbe:
         model.eval()
         with torch.no_grad():
             self.logits = model(input_ids=PROBE.to(model.device)).logits.float().cpu()
-
-
-class CrashAt:
-    """A plugin that raises in on_log at a given step, like a killed job."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def on_log(self, state: Any) -> None:
-        if state.global_step == self.step:
-            raise KeyboardInterrupt(f"simulated crash at step {self.step}")
 
 
 run = train_with  # train in-process with extra plugin objects registered

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from axolotl_weave import hookimpl
 from axolotl_weave_plugins.commands._tokenizer import (  # re-exported for test suites
     SAMPLE_TEXT,
     train_tokenizer,
@@ -129,6 +130,20 @@ def train_tiny_lora(base_model: Path, root: Path, **keys: Any) -> dict[str, Any]
     }
     train_with(config, root / "train.yml")
     return {**config, "_path": write_config(root / "config.yml", config)}
+
+
+class CrashAt:
+    """A plugin that raises `KeyboardInterrupt` in `on_log` once step `step` is logged, as a
+    killed job stops (register it with `train_with(config, path, CrashAt(3))`)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @hookimpl
+    def on_log(self, state: Any) -> None:
+        """Stop when the step is logged."""
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"simulated crash at step {self.step}")
 
 
 class OneProcessStrategy:

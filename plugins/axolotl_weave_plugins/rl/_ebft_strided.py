@@ -100,6 +100,13 @@ def additive(allowed: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tens
     return mask.expand(rows, 1, *allowed.shape)
 
 
+def mask_dtype(model: Any) -> torch.dtype:
+    """The dtype of the additive mask: the model's floating dtype (float32 over quantized
+    weights)."""
+    dtype = next(model.parameters()).dtype
+    return dtype if dtype.is_floating_point else torch.float32
+
+
 @contextlib.contextmanager
 def dense_mask_attention(model: Any) -> Iterator[None]:
     """sdpa attention while inside, unless the model runs eager (the strided mask is a dense
@@ -355,8 +362,7 @@ class StridedEBFTRun:
         length = len(ids)
         sequence = ids.unsqueeze(0).repeat(ebft.n_samples_per_prompt, 1)
         unwrapped = strategy.unwrap(model)
-        dtype = next(unwrapped.parameters()).dtype
-        dtype = dtype if dtype.is_floating_point else torch.float32
+        dtype = mask_dtype(unwrapped)
         starts = torch.arange(blocks, device=ids.device) * ebft.stride + anchor - 1
         with dense_mask_attention(unwrapped):
             for step in range(ebft.generate_max_len):
@@ -402,8 +408,7 @@ class StridedEBFTRun:
             sequence.shape[1], length, anchor, gen_len, gen_len, ebft.stride, blocks,
             sequence.device,
         )  # fmt: skip
-        dtype = next(inner.parameters()).dtype
-        dtype = dtype if dtype.is_floating_point else torch.float32
+        dtype = mask_dtype(inner)
         was_training = inner.training
         inner.eval()
         try:
@@ -450,8 +455,7 @@ class StridedEBFTRun:
             total, length, anchor, gen_len, gen_len, ebft.stride, blocks, ids.device
         )
         unwrapped = strategy.unwrap(model)
-        dtype = next(unwrapped.parameters()).dtype
-        dtype = dtype if dtype.is_floating_point else torch.float32
+        dtype = mask_dtype(unwrapped)
         with dense_mask_attention(unwrapped), strategy.autocast():
             logits = logits_at(
                 model,

@@ -146,7 +146,6 @@ IGNORED_KEYS: dict[str, str] = {
     "selective_checkpointing": "which activations are recomputed: memory, the same training math",
     "shuffle_before_merging_datasets": "rows are shuffled after merging here, Axolotl's default",
     "skip_prepare_dataset": "preprocessing is cached and reused here",
-    "spectrum_model_name": "Spectrum's setting: applies only with spectrum_top_fraction, refused",
     "streaming": "whether the dataset is streamed while tokenizing: the same rows",
     "strict": "Axolotl's own strict-config switch: unknown keys are refused or reported here",
     "tokenizer_legacy": "an old sentencepiece switch for slow tokenizers; fast tokenizers are used",

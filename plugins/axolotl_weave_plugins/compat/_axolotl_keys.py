@@ -643,7 +643,6 @@ AXOLOTL_DECISIVE_KEYS: frozenset[str] = frozenset(
         "reinit_weights",
         "s2_attention",
         "shrink_embeddings",
-        "spectrum_top_fraction",
         "use_eaft",
         "use_pose",
         "xpos_rope",

@@ -78,7 +78,8 @@ class LisaSettings(PluginConfig):
                 "re-entrant checkpointing cannot skip the frozen layers' gradients under DDP; "
                 "use use_reentrant: false (the default)"
             )
-        for key in ("unfrozen_parameters", "deepspeed", "fsdp", "fsdp_config"):
+        keys = ("unfrozen_parameters", "spectrum_top_fraction", "deepspeed", "fsdp")
+        for key in (*keys, "fsdp_config"):
             if getattr(self, key, None):
                 raise ValueError(f"lisa_n_layers with {key} is not supported")
         if not self.lisa_layers_attribute.strip() or any(

@@ -218,8 +218,9 @@ def test_validate_shows_which_plugin_answers_each_hook(
     )
     load_model = table_row(result.stdout, "load_model").split("│")[2].strip()
     assert load_model == (  # packing is a plugin: it refuses an unpackable family first
-        "sample_packing (wrapper) → lora (wrapper) → liger (wrapper) → diffusion (wrapper) → "
-        "cut_cross_entropy (wrapper) → bnb_quantization (wrapper) → gptq (wrapper) → "
+        "sample_packing (wrapper) → scaling_softmax (wrapper) → lora (wrapper) → "
+        "liger (wrapper) → diffusion (wrapper) → cut_cross_entropy (wrapper) → "
+        "bnb_quantization (wrapper) → gptq (wrapper) → "
         "reward_models → hf_causal_lm"  # reward models load a classifier, and only for them
     )
     build_loss = table_row(result.stdout, "build_loss").split("│")[2].strip()

@@ -53,7 +53,7 @@ def test_with_the_plugin_axolotl_keys_are_dropped_with_a_warning(
     assert "gc_steps" not in cfg.model_dump()
 
 
-@pytest.mark.parametrize("key", ["scaling_softmax", "dense_mixer"])
+@pytest.mark.parametrize("key", ["use_onebitllms", "dense_mixer"])
 def test_blocked_an_axolotl_only_key_is_an_unknown_key(
     tmp_path: Path, base_config: dict[str, Any], key: str
 ) -> None:
@@ -73,11 +73,11 @@ def test_blocked_an_axolotl_dataset_key_is_an_unknown_key(
 def test_blocked_a_key_changing_what_is_trained_gets_no_axolotl_reason(
     tmp_path: Path, base_config: dict[str, Any]
 ) -> None:
-    # (rl: dpo, then grokfast_alpha, were the example; plugins implement them now)
-    with_plugin = error(tmp_path, {**base_config, "scaling_softmax": True})
-    assert "scaling_softmax: an Axolotl option that no installed plugin" in with_plugin
-    blocked = error(tmp_path, {**base_config, "scaling_softmax": True}, block=(COMPAT,))
-    assert "  - scaling_softmax: unknown key" in blocked
+    # (rl: dpo, grokfast_alpha, scaling_softmax were the example; plugins implement them now)
+    with_plugin = error(tmp_path, {**base_config, "use_onebitllms": True})
+    assert "use_onebitllms: an Axolotl option that no installed plugin" in with_plugin
+    blocked = error(tmp_path, {**base_config, "use_onebitllms": True}, block=(COMPAT,))
+    assert "  - use_onebitllms: unknown key" in blocked
 
 
 def test_a_parallelism_key_is_refused_for_where_the_run_fits(
@@ -89,6 +89,15 @@ def test_a_parallelism_key_is_refused_for_where_the_run_fits(
     assert "context_parallel_size: an Axolotl option that no installed plugin" in message
     assert "a way of splitting the model or its sequences over GPUs" in message
     assert "changes what is trained" not in message
+
+
+@pytest.mark.parametrize("key", ["s2_attention", "landmark_attention", "xpos_rope"])
+def test_a_key_axolotl_itself_dropped_says_so(
+    tmp_path: Path, base_config: dict[str, Any], key: str
+) -> None:
+    message = " ".join(error(tmp_path, {**base_config, key: True}).split())
+    assert f"{key}: " in message and "Axolotl" in message and "remove it" in message
+    assert "not yet in Axolotl Weave" not in message
 
 
 def test_the_train_on_split_alias_is_the_plugins(
@@ -113,10 +122,10 @@ def test_a_format_option_is_not_taken_for_an_axolotl_key(
 
 
 def test_cli_with_the_plugin_blocked(tmp_path: Path, base_config: dict[str, Any]) -> None:
-    path = write_config(tmp_path / "config.yml", {**base_config, "scaling_softmax": True})
+    path = write_config(tmp_path / "config.yml", {**base_config, "use_onebitllms": True})
     result = run_weave("-p", f"no:{COMPAT}", "validate", str(path), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert "scaling_softmax" in result.stderr and "unknown key" in result.stderr
+    assert "use_onebitllms" in result.stderr and "unknown key" in result.stderr
     assert "IGNORED" not in result.stderr
 
 
@@ -201,8 +210,8 @@ def test_an_axolotl_example_config_validates_with_its_current_names(
     assert cfg.lora_r == 8 and cfg.special_tokens in (None, {})
     assert "'group_by_length'" in caplog.text and "padding, not which rows" in caplog.text
 
-    path.write_text(text + "scaling_softmax: true\n")  # (use_pose was the example until PoSE)
-    with pytest.raises(ConfigError, match="scaling_softmax: an Axolotl option that no installed"):
+    path.write_text(text + "use_onebitllms: true\n")  # (use_pose, scaling_softmax were examples)
+    with pytest.raises(ConfigError, match="use_onebitllms: an Axolotl option that no installed"):
         open_session(path)
 
 

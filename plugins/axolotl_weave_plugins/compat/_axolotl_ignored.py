@@ -37,7 +37,6 @@ IGNORED_BY_PREFIX: dict[str, str] = {
     "hub_": "pushing to the Hugging Face hub after training, not training",
     "sample_packing_mp": "how packing is parallelised: the packed rows are the same",
     "streaming_": "a streamed dataset's buffer: the rows are the same",
-    "scaling_softmax_": "scaled softmax's setting: applies only with scaling_softmax, refused",
 }
 """Key prefix -> why the keys it starts are ignored (the longest matching prefix applies)."""
 

@@ -608,7 +608,6 @@ AXOLOTL_DECISIVE_KEYS: frozenset[str] = frozenset(
         "peft",
         "pretraining_sample_concatenation",
         "role_boundaries",
-        "scaling_softmax",
         "use_onebitllms",
         "added_tokens_overrides",
         "curriculum_sampling",

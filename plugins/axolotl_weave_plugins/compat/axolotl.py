@@ -52,6 +52,16 @@ PARALLELISM_KEYS = frozenset(
     {"context_parallel_size", "tensor_parallel_size", "sequence_parallel_degree"}
 )
 
+REMOVED_FROM_AXOLOTL = {
+    "s2_attention": "shifted-sparse attention, which Axolotl no longer supports either (it "
+    "refuses the key): remove it",
+    "landmark_attention": "landmark attention, a patch Axolotl removed (its current versions "
+    "do not read the key): remove it",
+    "xpos_rope": "xPos rotary embeddings, a patch Axolotl removed (its current versions do not "
+    "read the key): remove it",
+}
+"""Decisive keys of old Axolotl versions that it has dropped itself, with what they were."""
+
 SPLIT_ALIASES = {"train_on_split": "split"}
 """Axolotl's aliases of dataset entry keys -> the key here."""
 
@@ -120,6 +130,8 @@ def explain_unknown_key(key: str) -> str | None:
         return NOT_AXOLOTL_KEYS[key]
     if key not in AXOLOTL_DECISIVE_KEYS:
         return None
+    if key in REMOVED_FROM_AXOLOTL:
+        return REMOVED_FROM_AXOLOTL[key]
     return PARALLELISM if key in PARALLELISM_KEYS else DECISIVE
 
 

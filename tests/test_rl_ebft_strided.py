@@ -274,3 +274,28 @@ def test_a_strided_transform_in_structured_mode_is_refused(tmp_path: Path, strid
     result = run_weave("validate", str(write_config(tmp_path / "bad.yml", config)), cwd=tmp_path)
     assert result.returncode != 0
     assert "makes strided EBFT rows: set ebft: {mode: strided}" in result.stderr
+
+
+def test_a_resumed_strided_run_continues_exactly(tmp_path: Path, strided_config: dict):
+    """Sampled rollouts included: the checkpoint restores the random state they are drawn
+    from."""
+    from axolotl_weave_testing import CrashAt
+
+    config = {**strided_config, "max_steps": 4, "save_steps": 2, "micro_batch_size": 1}
+    full = train_with({**config, "output_dir": str(tmp_path / "full")}, tmp_path / "full.yml")
+    crashed = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        train_with({**config, "output_dir": str(crashed)}, tmp_path / "crash.yml", CrashAt(3))
+    resumed = train_with(
+        {**config, "output_dir": str(crashed), "resume_from_checkpoint": "auto"},
+        tmp_path / "resume.yml",
+    )
+
+    def by_step(state: Any) -> dict[int, dict[str, float]]:
+        return {r["step"]: r for r in state.log_history if "loss" in r}
+
+    for step in (3, 4):
+        for name in ("loss", "ebft/mean_reward", "ebft/alignment"):
+            assert by_step(resumed)[step][name] == pytest.approx(
+                by_step(full)[step][name], rel=1e-5, abs=1e-6
+            ), (step, name)

@@ -109,11 +109,13 @@ def mask_dtype(model: Any) -> torch.dtype:
 
 @contextlib.contextmanager
 def dense_mask_attention(model: Any) -> Iterator[None]:
-    """sdpa attention while inside, unless the model runs eager (the strided mask is a dense
-    4D mask, which flash and flex attention do not take)."""
+    """sdpa attention while inside, unless the model runs eager or sdpa (or a wrapper of them,
+    as SSMax's `ssmax_sdpa`): the strided mask is a dense 4D mask, which flash and flex
+    attention do not take."""
     config = getattr(model, "config", None)
     saved = getattr(config, "_attn_implementation", None)
-    if config is None or saved in ("eager", "sdpa"):
+    dense = ("eager", "sdpa")
+    if config is None or saved in dense or str(saved).endswith(tuple(f"_{d}" for d in dense)):
         yield
         return
     config._attn_implementation = "sdpa"

@@ -99,6 +99,10 @@ class Unfreezer:
     def __init__(self, patterns: list[str]) -> None:
         self.patterns = patterns
 
+    def choose(self, model: Any) -> list[str]:
+        """The patterns of the parameters to train."""
+        return self.patterns
+
     @hookimpl(wrapper=True, tryfirst=True)
     def load_model(
         self, cfg: Any, tokenizer: Any, family: ModelFamily | None, purpose: str
@@ -106,7 +110,8 @@ class Unfreezer:
         """Freeze every parameter the patterns do not name (training only)."""
         model = yield
         if purpose == "train":
-            apply_unfrozen_parameters(model, self.patterns)
+            count = apply_unfrozen_parameters(model, self.choose(model))
+            log.info("unfrozen_parameters: %d parameter tensors train", count)
         return model
 
 
@@ -127,29 +132,22 @@ class Spectrum(Unfreezer):
         self.name = cfg.spectrum_model_name or cfg.base_model
         self.output_dir = Path(cfg.output_dir)
 
-    @hookimpl(wrapper=True, tryfirst=True)
-    def load_model(
-        self, cfg: Any, tokenizer: Any, family: ModelFamily | None, purpose: str
-    ) -> Generator[None, Any, Any]:
-        """Choose the patterns by SNR, then freeze what they do not name (training only)."""
-        model = yield
-        if purpose == "train":
-            from axolotl_weave_plugins.methods import _spectrum
+    def choose(self, model: Any) -> list[str]:
+        """The embeddings, the head and the top fraction of each kind of module by SNR, read
+        from Spectrum's results file, else scanned from `model`."""
+        from axolotl_weave_plugins.methods import _spectrum
 
-            filename = _spectrum.results_name(self.name)
-            found = SPECTRUM_RESULTS / filename
-            if found.is_file():
-                results = _spectrum.read_results(found)
-                log.info("Spectrum: SNR of %d modules read from %s", len(results), found)
-            else:
-                results = _spectrum.scan(model)
-                written = self.output_dir / filename
-                write_atomically(written, json.dumps(results, indent=2))
-                log.info("Spectrum: scanned the SNR of %d modules (%s)", len(results), written)
-            self.patterns = _spectrum.trained_patterns(results, self.fraction)
-            count = apply_unfrozen_parameters(model, self.patterns)
-            log.info("Spectrum: %d parameter tensors train (top %g)", count, self.fraction)
-        return model
+        filename = _spectrum.results_name(self.name)
+        found = SPECTRUM_RESULTS / filename
+        if found.is_file():
+            results = _spectrum.read_results(found)
+            log.info("Spectrum: SNR of %d modules read from %s", len(results), found)
+        else:
+            results = _spectrum.scan(model)
+            written = self.output_dir / filename
+            write_atomically(written, json.dumps(results, indent=2))
+            log.info("Spectrum: scanned the SNR of %d modules (%s)", len(results), written)
+        return _spectrum.trained_patterns(results, self.fraction)
 
 
 @hookimpl

@@ -126,11 +126,12 @@ def dense_mask_attention(model: Any) -> Iterator[None]:
 
 
 def logits_at(
-    model: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor
+    model: Any, ids: torch.Tensor, layout: dict[str, torch.Tensor], keep: torch.Tensor
 ) -> torch.Tensor:
     """The model's logits at the sequence positions `keep` (`logits_to_keep`, so that the head
-    runs on those only; the full logits indexed where a model does not take it)."""
-    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    runs on those only; the full logits indexed where a model does not take it), `layout`
+    giving the attention mask and position ids."""
+    inputs = {"input_ids": ids, **layout}
     try:
         return model(**inputs, logits_to_keep=keep, use_cache=False).logits
     except TypeError:
@@ -325,6 +326,21 @@ class StridedEBFTRun:
         out["ebft/skipped_rows"] = torch.tensor(float(len(plans) - len(live)), device=device)
         return out
 
+    def layout(
+        self, model: Any, sequence: torch.Tensor, length: int, anchor: int, steps: int, blocks: int
+    ) -> dict[str, torch.Tensor]:
+        """The additive mask and position ids of rolled-out `sequence` rows: a document of
+        `length` tokens, then `steps` tokens of each of `blocks` blocks."""
+        ebft, rows = self.ebft, sequence.shape[0]
+        allowed, positions = strided_layout(
+            sequence.shape[1], length, anchor, steps, ebft.generate_max_len, ebft.stride, blocks,
+            sequence.device,
+        )  # fmt: skip
+        return {
+            "attention_mask": additive(allowed, rows, mask_dtype(model)),
+            "position_ids": positions.expand(rows, -1),
+        }
+
     def ce_mask(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The document positions (predicting tokens 1..S-1) whose cross-entropy counts: the
         labelled ones of a structured row (one whose first token is not labelled), all of an
@@ -364,26 +380,15 @@ class StridedEBFTRun:
         length = len(ids)
         sequence = ids.unsqueeze(0).repeat(ebft.n_samples_per_prompt, 1)
         unwrapped = strategy.unwrap(model)
-        dtype = mask_dtype(unwrapped)
         starts = torch.arange(blocks, device=ids.device) * ebft.stride + anchor - 1
         with dense_mask_attention(unwrapped):
             for step in range(ebft.generate_max_len):
-                total = sequence.shape[1]
-                allowed, positions = strided_layout(
-                    total, length, anchor, step, ebft.generate_max_len, ebft.stride, blocks,
-                    ids.device,
-                )  # fmt: skip
+                layout = self.layout(unwrapped, sequence, length, anchor, step, blocks)
                 where = starts if step == 0 else length + (step - 1) * blocks + torch.arange(
                     blocks, device=ids.device
                 )  # fmt: skip
                 with strategy.autocast():
-                    logits = logits_at(
-                        unwrapped,
-                        sequence,
-                        additive(allowed, sequence.shape[0], dtype),
-                        positions.expand(sequence.shape[0], -1),
-                        where,
-                    )
+                    logits = logits_at(unwrapped, sequence, layout, where)
                 tokens = sample(logits, ebft.temperature, ebft.top_p)
                 sequence = torch.cat([sequence, tokens.to(sequence.dtype)], dim=1)
         return sequence
@@ -406,21 +411,13 @@ class StridedEBFTRun:
         inner = strategy.unwrap(network)
         body = inner.get_decoder() if hasattr(inner, "get_decoder") else inner
         layers = layer_indices(inner, ebft.feature_layers)
-        allowed, positions = strided_layout(
-            sequence.shape[1], length, anchor, gen_len, gen_len, ebft.stride, blocks,
-            sequence.device,
-        )  # fmt: skip
-        dtype = mask_dtype(inner)
+        layout = self.layout(inner, sequence, length, anchor, gen_len, blocks)
         was_training = inner.training
         inner.eval()
         try:
             with context, dense_mask_attention(inner), strategy.autocast():
                 out = body(
-                    input_ids=sequence,
-                    attention_mask=additive(allowed, sequence.shape[0], dtype),
-                    position_ids=positions.expand(sequence.shape[0], -1),
-                    output_hidden_states=True,
-                    return_dict=True,
+                    input_ids=sequence, **layout, output_hidden_states=True, return_dict=True
                 )
         finally:
             inner.train(was_training)
@@ -453,19 +450,10 @@ class StridedEBFTRun:
         total = sequence.shape[1]
         start = 0 if ebft.ce_coef > 0 else length - 1
         keep = torch.arange(start, total - 1, device=ids.device)
-        allowed, positions = strided_layout(
-            total, length, anchor, gen_len, gen_len, ebft.stride, blocks, ids.device
-        )
         unwrapped = strategy.unwrap(model)
-        dtype = mask_dtype(unwrapped)
+        layout = self.layout(unwrapped, sequence, length, anchor, gen_len, blocks)
         with dense_mask_attention(unwrapped), strategy.autocast():
-            logits = logits_at(
-                model,
-                sequence,
-                additive(allowed, sequence.shape[0], dtype),
-                positions.expand(sequence.shape[0], -1),
-                keep,
-            )
+            logits = logits_at(model, sequence, layout, keep)
         logps = logits.float().log_softmax(dim=-1).gather(-1, sequence[:, keep + 1].unsqueeze(-1))
         logps = logps.squeeze(-1)
         generated = logps[:, length - 1 - start :]  # tokens at length, length + 1, ...

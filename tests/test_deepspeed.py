@@ -218,6 +218,7 @@ def test_a_bad_deepspeed_value_is_refused_at_validation(
             "deepspeed and fsdp_version, fsdp_config are both set",
         ),
         ({"optimizer": "adafactor"}, "optimizer: adafactor cannot be sharded by DeepSpeed ZeRO"),
+        ({"optimizer": "came_pytorch"}, "optimizer: came_pytorch cannot be sharded by DeepSpeed"),
         ({"optimizer": "muon"}, "optimizer: muon cannot be sharded by DeepSpeed ZeRO"),
         (
             {"adapter": "lora", "lora_target_linear": True, "relora_steps": 2},

@@ -261,6 +261,13 @@ def test_fsdp2_full_state_dict_checkpoints_are_whole_and_resume(
         ),
         ({"fsdp_version": 2, "fsdp_config": {"sync_module_states": True}}, "sync_module_states"),
         ({"deepspeed": "zero2.json"}, "deepspeed"),
+        (  # each crashed at its first step on 2 processes (DTensor parameters)
+            {"fsdp_version": 2, "optimizer": "adafactor"},
+            "optimizer: adafactor cannot step FSDP2's sharded parameters",
+        ),
+        ({"fsdp_version": 2, "optimizer": "came_pytorch"}, "came_pytorch cannot step FSDP2"),
+        ({"fsdp_version": 2, "optimizer": "paged_adamw_8bit"}, "bitsandbytes' optimizer kernels"),
+        ({"fsdp": ["full_shard"], "optimizer": "lion_32bit"}, "bitsandbytes' optimizer kernels"),
     ],
 )
 def test_fsdp_settings_not_implemented_are_refused(

@@ -30,6 +30,9 @@ UNSHARDABLE = {
     "adafactor": "Adafactor factors the second moment of each 2-D weight into its rows and "
     "columns, and ZeRO hands the optimizer flat 1-D shards, which would silently make it a "
     "different, unfactored optimizer",
+    "came_pytorch": "CAME factors the second moment of each 2-D weight into its rows and "
+    "columns, and ZeRO hands the optimizer flat 1-D shards, which would silently make it a "
+    "different, unfactored optimizer",
 }
 """Optimizers ZeRO cannot shard (it runs the optimizer on flat 1-D partitions), and why."""
 

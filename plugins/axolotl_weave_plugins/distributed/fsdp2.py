@@ -251,10 +251,47 @@ class FsdpSettings(PluginConfig):
 
     @model_validator(mode="after")
     def version_given(self) -> FsdpSettings:
-        """`fsdp_config` leads to FSDP2 (`fsdp_version` is 2 once FSDP1's spelling is mapped)."""
+        """`fsdp_config` leads to FSDP2 (`fsdp_version` is 2 once FSDP1's spelling is mapped);
+        an optimizer that cannot step sharded parameters is refused."""
         if self.fsdp_config is not None and self.fsdp_version != 2:
             raise ValueError("fsdp_config is set without fsdp_version: 2; add fsdp_version: 2")
+        optimizer = str(getattr(self, "optimizer", None) or "")
+        why = unshardable(optimizer) if self.fsdp_version == 2 else None
+        if why:
+            raise ValueError(
+                f"optimizer: {optimizer} cannot step FSDP2's sharded parameters: {why}; use "
+                "adamw_torch (or another torch optimizer, optimi's), adamw_torch_8bit "
+                "(torchao's 8-bit AdamW, which does), or DeepSpeed"
+            )
         return self
+
+
+_FACTORED = (
+    "it factors each weight's second moment into row and column statistics kept as plain "
+    "tensors, which cannot update FSDP2's sharded (DTensor) parameters"
+)
+_BNB = "bitsandbytes' optimizer kernels take plain tensors, not FSDP2's sharded (DTensor) ones"
+UNSHARDABLE = {
+    "adafactor": _FACTORED,
+    "came_pytorch": _FACTORED,
+    **dict.fromkeys(
+        ["adamw_bnb_8bit", "adamw_8bit", "paged_", "lion_", "ademamix", "rmsprop_bnb"], _BNB
+    ),
+}
+"""`optimizer:` names (or name prefixes ending in `_`) FSDP2 cannot shard, and why: each
+crashed at its first step on 2 CPU processes (bitsandbytes 0.50: "got mixed torch.Tensor and
+DTensor", a dispatch error before any device kernel). FSDP1's flat parameters, which Axolotl
+keeps for `fsdp_version: 1`, are mapped to FSDP2 here, so its FSDP1 configs with these
+optimizers are refused too."""
+
+
+def unshardable(optimizer: str) -> str | None:
+    """Why FSDP2 cannot run `optimizer:` (None when it can)."""
+    for name, why in UNSHARDABLE.items():
+        prefix = name if name.endswith("_") else f"{name}_"
+        if optimizer == name or optimizer.startswith(prefix):
+            return why
+    return None
 
 
 @hookimpl

@@ -411,3 +411,23 @@ def test_a_row_without_a_ground_truth_is_named_by_file_and_line(tmp_path: Path, 
     assert "prompts.jsonl:1:" in result.stderr, result.stderr
     assert "no ground_truth text" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_two_processes_log_the_ebft_metrics_of_every_process(tmp_path: Path, ebft_config: dict):
+    """`weave train --num-processes 2` (DDP, gloo): each process scores its own prompt groups;
+    the logged `ebft/*` means are over both, as the gathered reward is."""
+    config = {**ebft_config, "max_steps": 2}
+    result = run_weave(
+        "train", str(write_config(tmp_path / "ddp.yml", config)), "--num-processes", "2"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [
+        json.loads(line)
+        for line in (Path(config["output_dir"]) / "metrics.jsonl").read_text().splitlines()
+    ]
+    steps = [r for r in records if "loss" in r and "ebft/reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for record in steps:
+        assert record["ebft/reward"] == pytest.approx(
+            record["rewards/feature_matching/mean"], abs=1e-5
+        )

@@ -157,6 +157,17 @@ class EBFTRun(GRPORun):
         self.strategy, self.model = strategy, model
         return super().sample(strategy, model, window)
 
+    def flush_logged(self) -> dict[str, float]:
+        """The `ebft/*` means of this step, over every process (the same names on each)."""
+        means = super().flush_logged()
+        strategy = self.strategy
+        if not means or strategy is None or strategy.num_processes == 1:
+            return means
+        names = sorted(means)
+        values = torch.tensor([means[name] for name in names], device=strategy.device)
+        reduced = strategy.reduce(values, "sum") / strategy.num_processes
+        return dict(zip(names, reduced.tolist(), strict=True))
+
     def prompt_text(self, prompt: Any) -> str:
         """The prompt as the model saw it: a conversation rendered with the chat template and
         its generation prompt, a string as it is."""

@@ -124,11 +124,17 @@ def check_strided(cfg: Any, ebft: EBFTArgs) -> None:
             f"sequence_len: {cfg.sequence_len} leaves no block: strided EBFT needs at least "
             f"context_length + generate_max_len = {needed} tokens"
         )
-    for key in ("sample_packing", "val_set_size", "test_datasets", "pretraining_dataset"):
+    for key in ("sample_packing", "pretraining_dataset"):
         if getattr(cfg, key, None):
             raise ValueError(
-                f"{key}: not with ebft.mode: strided (its rows are rolled out one by one; "
-                "held-out evaluation is not implemented for it)"
+                f"{key}: not with ebft.mode: strided (its rows, read from datasets:, are "
+                "rolled out one by one)"
+            )
+    for entry in getattr(cfg, "test_datasets", None) or []:
+        if getattr(entry, "type", None) != STRIDED_TYPE:
+            raise ValueError(
+                f"test_datasets: type: {entry.type} is not a strided EBFT dataset: give one of "
+                "Axolotl's strided transforms or your own module.function transform"
             )
     for entry in getattr(cfg, "datasets", None) or []:
         if getattr(entry, "type", None) != STRIDED_TYPE:

@@ -29,8 +29,9 @@ Differences from Axolotl, on purpose: a generated token gets the advantage of it
 step order, so most tokens get another block's); rows are not padded to `sequence_len` (Axolotl's
 transforms pad them, so its anchors also run over padding); each row of a micro-batch is rolled
 out on its own length. The passes use sdpa (or eager) attention with a dense mask, whatever
-`attn_implementation` says (Axolotl uses flex attention on a GPU). Not here: held-out
-evaluation.
+`attn_implementation` says (Axolotl uses flex attention on a GPU). Held out (`val_set_size`,
+`test_datasets`, `weave evaluate`), each document is rolled out and scored as in a step; the
+eval loss is the mean over documents of each one's loss, with the `ebft/*` metrics.
 """
 
 from __future__ import annotations
@@ -216,13 +217,27 @@ def token_blocks(blocks: int, gen_len: int, device: Any = None) -> torch.Tensor:
 
 class StridedObjective(AgainstReference):
     """The feature network (the start model: the base under an adapter, else a frozen copy);
-    the step (`StridedEBFTRun.training_step`) computes the loss."""
+    the step (`StridedEBFTRun.training_step`) computes the loss. Held out, its unit is a
+    document with at least one block, rolled out and scored as in a step (`measures`)."""
 
     ROWS = "input_ids"
     unit = "document"
 
-    def __init__(self, cfg: Any, model: Any) -> None:
+    def __init__(self, cfg: Any, model: Any, run: StridedEBFTRun) -> None:
         super().__init__(model, cfg.adapter, True)
+        self.run = run
+
+    def count(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's rows long enough for a block."""
+        device = batch["input_ids"].device
+        return torch.tensor(float(len(self.run.plans(batch)[1])), device=device)
+
+    def measures(
+        self, model: Any, batch: dict[str, Any], strategy: Any
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """A held-out micro-batch: each document's loss (its RL and CE means, weighted as in a
+        step) and metrics, summed over the documents rolled out."""
+        return self.run.held_out(strategy, model, self, batch)
 
     def compute(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         raise PluginError(
@@ -247,7 +262,7 @@ class StridedEBFTRun:
     @hookimpl
     def build_loss(self, cfg: Any, model: Any) -> StridedObjective:
         """The strided objective (its feature network)."""
-        return StridedObjective(cfg, model)
+        return StridedObjective(cfg, model, self)
 
     @hookimpl
     def training_step(
@@ -293,21 +308,29 @@ class StridedEBFTRun:
             return self.ebft.context_length
         return max(prompt + self.ebft.min_completion_prefix, self.ebft.context_length)
 
+    def plans(self, batch: dict[str, Any]) -> tuple[list[tuple], list[tuple]]:
+        """(every row's (tokens, labels, anchor, blocks), those with at least one block)."""
+        ebft = self.ebft
+        plans = []
+        for ids, labels in self.rows(batch):
+            anchor = self.anchor_of(labels)
+            blocks = (len(ids) - ebft.generate_max_len - anchor) // ebft.stride + 1
+            plans.append((ids, labels, anchor, blocks))
+        return plans, [plan for plan in plans if plan[3] > 0]
+
     def micro_batch(
         self, strategy: Any, model: Any, objective: StridedObjective, batch: dict, parts: int
     ) -> dict[str, torch.Tensor]:
         """Backward of one micro-batch's loss (divided by `parts`, the window's micro-batches:
-        the window's loss is their mean); its metrics, means over its rows."""
+        the window's loss is their mean): the RL term is the mean over its generated tokens,
+        the CE term over its document tokens; its metrics, means over its rows."""
         ebft, device = self.ebft, strategy.device
-        n, gen_len = ebft.n_samples_per_prompt, ebft.generate_max_len
-        plans = []
-        for ids, labels in self.rows(batch):
-            anchor = self.anchor_of(labels)
-            plans.append((ids, labels, anchor, (len(ids) - gen_len - anchor) // ebft.stride + 1))
-        live = [plan for plan in plans if plan[3] > 0]
-        action_tokens = sum(n * blocks * gen_len for *_, blocks in live)
-        ce_tokens = sum(n * int(self.ce_mask(ids, labels).sum()) for ids, labels, *_ in live)
-        scales = (1 / (max(action_tokens, 1) * parts), 1 / (max(ce_tokens, 1) * parts))
+        plans, live = self.plans(batch)
+        action_tokens = sum(ebft.n_samples_per_prompt * b * ebft.generate_max_len for *_, b in live)
+        ce_tokens = sum(
+            ebft.n_samples_per_prompt * int(self.ce_mask(ids, labels).sum())
+            for ids, labels, *_ in live
+        )
         zero = torch.zeros((), device=device)
         summed = dict.fromkeys(ROW_METRICS, zero)
         rl = ce = zero
@@ -315,16 +338,42 @@ class StridedEBFTRun:
             if blocks <= 0:
                 self.skip(strategy, model, ids, anchor)
                 continue
-            row_rl, row_ce, metrics = self.row(
-                strategy, model, objective, ids, labels, anchor, blocks, scales
+            rl_sum, ce_sum, metrics = self.row_terms(
+                strategy, model, objective, ids, labels, anchor, blocks
             )
-            rl, ce = rl + row_rl, ce + row_ce
+            row_rl = rl_sum / (max(action_tokens, 1) * parts)
+            row_ce = ce_sum / (max(ce_tokens, 1) * parts)
+            strategy.backward(ebft.rl_coef * row_rl + ebft.ce_coef * row_ce)
+            rl, ce = rl + row_rl.detach(), ce + row_ce.detach()
             summed = {name: summed[name] + metrics[name] for name in ROW_METRICS}
         out = {name: value / max(len(live), 1) for name, value in summed.items()}
         out["ebft/rl_loss"], out["ebft/ce_loss"] = rl * parts, ce * parts
         out["loss"] = ebft.rl_coef * rl * parts + ebft.ce_coef * ce * parts
         out["ebft/skipped_rows"] = torch.tensor(float(len(plans) - len(live)), device=device)
         return out
+
+    @torch.no_grad()
+    def held_out(
+        self, strategy: Any, model: Any, objective: StridedObjective, batch: dict
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """(the loss summed over the batch's documents with a block, each document's own RL
+        and CE means weighted as in a step; its metrics summed over them)."""
+        objective.place(strategy)
+        ebft, device = self.ebft, strategy.device
+        _, live = self.plans(batch)
+        loss = torch.zeros((), device=device)
+        sums: dict[str, torch.Tensor] = {}
+        for ids, labels, anchor, blocks in live:
+            rl_sum, ce_sum, metrics = self.row_terms(
+                strategy, model, objective, ids, labels, anchor, blocks
+            )
+            samples = ebft.n_samples_per_prompt
+            rl = rl_sum / (samples * blocks * ebft.generate_max_len)
+            ce = ce_sum / max(samples * int(self.ce_mask(ids, labels).sum()), 1)
+            loss = loss + ebft.rl_coef * rl + ebft.ce_coef * ce
+            for name, value in {**metrics, "ebft/rl_loss": rl, "ebft/ce_loss": ce}.items():
+                sums[name] = sums.get(name, torch.zeros((), device=device)) + value
+        return loss, sums
 
     def layout(
         self, model: Any, sequence: torch.Tensor, length: int, anchor: int, steps: int, blocks: int
@@ -426,7 +475,7 @@ class StridedEBFTRun:
         )
         return strided_rewards(features, length, anchor, blocks, ebft, self.diversity_coef)
 
-    def row(
+    def row_terms(
         self,
         strategy: Any,
         model: Any,
@@ -435,11 +484,9 @@ class StridedEBFTRun:
         labels: torch.Tensor,
         anchor: int,
         blocks: int,
-        scales: tuple[float, float],
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """One row: roll out, score, and backward its share of the micro-batch's loss (its
-        summed token terms times `scales`, one over the micro-batch's generated and document
-        tokens); (that share of the RL term, of the CE term, the row's metrics)."""
+        """One row rolled out and scored: (the RL term summed over its generated tokens, the
+        CE term summed over its document tokens (0 without `ce_coef`), its metrics)."""
         ebft = self.ebft
         gen_len, length = ebft.generate_max_len, len(ids)
         sequence = self.roll_out(strategy, model, ids, anchor, blocks)
@@ -458,17 +505,13 @@ class StridedEBFTRun:
         logps = logps.squeeze(-1)
         generated = logps[:, length - 1 - start :]  # tokens at length, length + 1, ...
         token_advantages = block_advantages[:, token_blocks(blocks, gen_len, ids.device)]
-        token_advantages = token_advantages.detach()
-        rl = -(generated * token_advantages).sum() * scales[0]
-        loss = ebft.rl_coef * rl
+        rl = -(generated * token_advantages.detach()).sum()
         ce = torch.zeros((), device=ids.device)
         if ebft.ce_coef > 0:
             document = logps[:, : length - 1]
             mask = self.ce_mask(ids, labels).unsqueeze(0).expand_as(document)
-            ce = -(document * mask).sum() * scales[1]
-            loss = loss + ebft.ce_coef * ce
-        strategy.backward(loss)
+            ce = -(document * mask).sum()
         spread = block_advantages.std() if block_advantages.numel() > 1 else rl.new_zeros(())
         metrics["ebft/num_blocks"] = torch.tensor(float(blocks), device=ids.device)
-        metrics["ebft/advantages_std"] = spread
-        return rl.detach(), ce.detach(), metrics
+        metrics["ebft/advantages_std"] = spread.detach()
+        return rl, ce, metrics

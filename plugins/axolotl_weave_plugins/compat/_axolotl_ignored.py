@@ -84,6 +84,8 @@ IGNORED_KEYS: dict[str, str] = {
     "generate_samples": "sample generation during training, for inspection only",
     "peft_use_relora": "a misspelt key of Axolotl 0.4 that it never read (its rsLoRA switch is "
     "peft_use_rslora): nothing changes",
+    "role_boundaries": "token markers of Axolotl's multimodal masking: here the trained turns "
+    "are found by processing the conversation up to each turn, for any processor",
     "torch_dtype": "Axolotl sets it from bf16/fp16, over what a config says: bf16 sets the "
     "precision",
     "gptq_disable_exllama": "which GPTQ kernel runs (ExLlama's, on CUDA): speed, the same weights",

@@ -607,7 +607,6 @@ AXOLOTL_DECISIVE_KEYS: frozenset[str] = frozenset(
         "nvfp4_merge_aware",
         "peft",
         "pretraining_sample_concatenation",
-        "role_boundaries",
         "use_onebitllms",
         "added_tokens_overrides",
         "curriculum_sampling",

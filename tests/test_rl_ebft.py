@@ -29,6 +29,7 @@ from axolotl_weave_plugins.rl._ebft import (
 )
 from axolotl_weave_plugins.rl._ebft_config import EBFTArgs
 from axolotl_weave_plugins.rl._ebft_transforms import (
+    all_turns,
     first_turn,
     last_turn,
     opencode,
@@ -228,6 +229,42 @@ def test_axolotls_transforms_make_prompts_and_ground_truths():
     assert first["remaining_turns"] == conversation["messages"][3:]
 
 
+def test_the_all_turns_transform_makes_a_row_per_assistant_turn(
+    weave_hooks: Any, chat_tokenizer: Any
+):
+    """Axolotl's batched `transform_all_turns`: two conversations of two answers each become
+    four prompt rows, each with the turns before its answer."""
+    rows, options = all_turns(None)
+    assert options == {"remove_columns": "__all__", "batched": True}
+    conversations = [
+        {
+            "messages": [
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": f"a{i}"},
+                {"role": "user", "content": f"r{i}"},
+                {"role": "assistant", "content": f"b{i}"},
+            ]
+        }
+        for i in range(2)
+    ]
+    cfg = SimpleNamespace(rl="ebft", sequence_len=64, train_on_inputs=False)
+    built = build_rows(
+        weave_hooks,
+        chat_tokenizer,
+        conversations,
+        cfg,
+        type="grpo",
+        transform="axolotl_weave_plugins.rl._ebft_transforms.all_turns",
+    )
+    assert [json.loads(r["grpo_columns"])["ground_truth"] for r in built] == [
+        "a0",
+        "b0",
+        "a1",
+        "b1",
+    ]
+    assert [len(json.loads(r["grpo_prompt"])) for r in built] == [1, 3, 1, 3]
+
+
 def test_a_multi_turn_completion_is_rolled_out_through_the_rows_later_turns(
     tiny_llama_dir: Path, chat_tokenizer: Any
 ):
@@ -383,10 +420,6 @@ BAD = [
         "ebft: holds rl: ebft options",
     ),
     ({"datasets": [{"path": "x.jsonl", "type": "ebft_pretrain.transform"}]}, "strided"),
-    (
-        {"datasets": [{"path": "x.jsonl", "type": "ebft_chat_multiturn.transform_all_turns"}]},
-        "one row per assistant turn",
-    ),
 ]
 
 

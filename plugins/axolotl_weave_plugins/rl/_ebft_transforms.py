@@ -19,6 +19,7 @@ AXOLOTL_TYPES = {
     "ebft_opencode.transform": "opencode",
     "ebft_chat_multiturn.transform": "first_turn",
     "ebft_chat_multiturn.transform_last_turn": "last_turn",
+    "ebft_chat_multiturn.transform_all_turns": "all_turns",
     "ebft_reasoning.transform": "reasoning",
     "ebft_reasoning.transform_answer_only": "reasoning_answer_only",
     "ebft_reasoning.transform_split_thinking": "reasoning_split_thinking",
@@ -33,8 +34,6 @@ STRIDED_TYPES = {
 (a strided type may also be the user's own `module.function`, as Axolotl's `ebft_pretrain`)."""
 
 REFUSED_TYPES = {
-    "ebft_chat_multiturn.transform_all_turns": "it makes one row per assistant turn (a batched "
-    "transform), which is not supported here; use ebft_chat_multiturn.transform_last_turn",
     "ebft_reasoning.transform_strided": "its thinking-token masking (mask_thinking_ce) is not "
     "implemented here; use ebft_strided_chat.transform",
 }
@@ -112,6 +111,22 @@ def last_turn(cfg: Any, **_: Any) -> tuple[Callable[..., dict[str, Any]], dict[s
         return split_at_last_answer(messages_of(example))
 
     return row, DROP_RAW
+
+
+def all_turns(cfg: Any, **_: Any) -> tuple[Callable[..., dict[str, Any]], dict[str, Any]]:
+    """A batched transform: one row per assistant turn of each conversation, the turns before
+    it as the prompt and its content as the truth (Axolotl's `transform_all_turns`)."""
+
+    def rows(examples: dict[str, list[Any]], tokenizer: Any = None) -> dict[str, list[Any]]:
+        prompts, truths = [], []
+        for messages in examples.get("messages", examples.get("conversations", [])):
+            for index, message in enumerate(messages or []):
+                if message["role"] == "assistant":
+                    prompts.append(list(messages[:index]))
+                    truths.append(message["content"])
+        return {"prompt": prompts, "ground_truth": truths}
+
+    return rows, {"remove_columns": "__all__", "batched": True}
 
 
 reasoning = last_turn

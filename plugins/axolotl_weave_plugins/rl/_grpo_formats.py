@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from axolotl_weave import PAD_TOKEN, DatasetFormat, PluginConfig, chat_text, map_rows
+from axolotl_weave import PAD_TOKEN, DataError, DatasetFormat, PluginConfig, chat_text, map_rows
 from pydantic import Field
 
 PROMPT_COLUMNS: dict[str, int | str | None] = {
@@ -49,7 +49,8 @@ class PromptOptions(PluginConfig):
         None,
         description="Axolotl's GRPO dataset transform, a module.function path: function(cfg) "
         "returns (row_fn, {'remove_columns': [...]}) or row_fn; row_fn(row, tokenizer=...) "
-        "returns the columns (prompt, answer...) that replace or join the raw row's.",
+        "returns the columns (prompt, answer...) that replace or join the raw row's (with "
+        "'batched': True, it takes and returns columns of many rows, as many rows or more).",
     )
 
     field_prompt: str = Field(
@@ -99,11 +100,11 @@ def chat_template_kwargs(cfg: Any) -> dict[str, Any]:
     }
 
 
-def row_transform(path: str | None, cfg: Any) -> tuple[Any, set[str] | None]:
-    """(row function, columns it removes: None for all, Axolotl's `"__all__"`) of Axolotl's
-    transform at `path`, or (None, {})."""
+def made_transform(path: str | None, cfg: Any) -> tuple[Any, set[str] | None, bool]:
+    """(function, columns it removes: None for all, Axolotl's `"__all__"`; whether it is
+    batched: rows in, other rows out) of Axolotl's transform at `path`, or (None, {}, False)."""
     if not path:
-        return None, set()
+        return None, set(), False
     from axolotl_weave_plugins.rl._grpo_rewards import import_object
 
     made = import_object(path, "datasets: transform")(cfg)
@@ -111,19 +112,61 @@ def row_transform(path: str | None, cfg: Any) -> tuple[Any, set[str] | None]:
     if not callable(function):
         raise ValueError(f"datasets: transform: '{path}'(cfg) returned no row function")
     options = options or {}
-    if options.get("batched"):
+    removed = options.get("remove_columns") or []
+    return function, None if removed == "__all__" else set(removed), bool(options.get("batched"))
+
+
+def row_transform(path: str | None, cfg: Any) -> tuple[Any, set[str] | None]:
+    """(row function, columns it removes) of Axolotl's transform at `path` (a batched one is
+    refused), or (None, {})."""
+    function, removed, batched = made_transform(path, cfg)
+    if batched:
         raise ValueError(
             f"datasets: transform: '{path}' is a batched transform (rows in, other rows out), "
-            "which is not supported here: give a transform of one row"
+            "which this dataset type does not take: give a transform of one row"
         )
-    removed = options.get("remove_columns") or []
-    return function, None if removed == "__all__" else set(removed)
+    return function, removed
+
+
+def renumbered(entry: Any) -> Any:
+    """A copy of `entry` naming rows by their place among the batched transform's rows (they
+    are no longer lines of the file)."""
+    from types import SimpleNamespace
+
+    source = getattr(entry, "_source", None)
+    copy = entry.model_copy()
+    copy._source = SimpleNamespace(
+        locate=lambda index: f"row {index + 1} made by its batched transform",
+        num_proc=getattr(source, "num_proc", None),
+        skip_invalid_rows=bool(getattr(source, "skip_invalid_rows", False)),
+    )
+    return copy
+
+
+def expanded(dataset: Any, entry: Any, transform: Any, tokenizer: Any) -> Any:
+    """The rows a batched transform makes of the raw rows (as many or more: Axolotl's
+    `transform_all_turns` makes one per assistant turn), the raw columns dropped; an error
+    names the entry."""
+
+    def batch(rows: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        try:
+            return transform(dict(rows), tokenizer=tokenizer)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(
+                f"{entry.label}: its batched transform failed: {type(exc).__name__}: {exc}"
+            ) from None
+
+    return dataset.map(batch, batched=True, remove_columns=list(dataset.column_names or []))
 
 
 def build(entry: Any, dataset: Any, tokenizer: Any, cfg: Any) -> Any:
     """`type: grpo`: each row's prompt tokenized, its other columns kept for the rewards."""
     field = entry.option("field_prompt", "prompt")
-    transform, removed = row_transform(entry.option("transform"), cfg)
+    transform, removed, batched = made_transform(entry.option("transform"), cfg)
+    if batched:
+        dataset = expanded(dataset, entry, transform, tokenizer)
+        transform, removed = None, set()
+        entry = renumbered(entry)
     template_kwargs = chat_template_kwargs(cfg)
     needs_truth = getattr(cfg, "rl", None) == "ebft"
 

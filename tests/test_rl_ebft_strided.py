@@ -142,6 +142,40 @@ def test_block_parallel_generation_is_each_block_generated_alone(tiny_llama_dir:
         assert torch.allclose(strided[at], plain[len(context) : -1], atol=1e-4)
 
 
+def test_the_reasoning_transform_labels_the_last_answer_without_its_thinking(
+    tiny_tokenizer: Any,
+):
+    """Axolotl's `ebft_reasoning.transform_strided`: only the last assistant turn is
+    labelled; with `mask_thinking_ce`, its `<think>...</think>` tokens are not."""
+    import copy
+
+    from axolotl_weave_plugins.rl._ebft_transforms import reasoning_strided
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.add_tokens(["<think>", "</think>"], special_tokens=True)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    messages = [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "first"},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "<think>mull it over</think>the answer"},
+    ]
+    think, close = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+    for masked in (False, True):
+        cfg = SimpleNamespace(sequence_len=256, ebft=SimpleNamespace(mask_thinking_ce=masked))
+        row = reasoning_strided(cfg)[0]({"messages": messages}, tokenizer=tokenizer)
+        ids, labels = row["input_ids"], row["labels"]
+        trained = [i for i, label in enumerate(labels) if label != -100]
+        last_start = ids.index(think)
+        assert min(trained) >= (last_start if not masked else ids.index(close) + 1)
+        assert "first" not in tokenizer.decode([ids[i] for i in trained])
+        assert "answer" in tokenizer.decode([ids[i] for i in trained])
+        assert ("mull" in tokenizer.decode([ids[i] for i in trained])) is not masked
+
+
 # --- weave train ----------------------------------------------------------------------------------
 
 PRETRAIN = '''
@@ -245,15 +279,10 @@ def test_the_structured_transform_with_whitening_and_cross_entropy(
 
 BAD = [
     ({"sequence_len": 6}, "leaves no block"),
-    ({"ebft": {"mode": "strided", "mask_thinking_ce": True}}, "mask_thinking_ce"),
     ({"ebft": {"mode": "strided", "embed_method": "concat"}}, "last_token or mean_pooling"),
     (
         {"datasets": [{"path": "x.jsonl", "type": "ebft_opencode.transform"}]},
         "makes prompts for ebft's structured mode",
-    ),
-    (
-        {"datasets": [{"path": "x.jsonl", "type": "ebft_reasoning.transform_strided"}]},
-        "mask_thinking_ce",
     ),
 ]
 

@@ -62,7 +62,11 @@ class EBFTArgs(BaseModel):
     min_completion_prefix: int = Field(
         0, ge=0, description="Strided: completion tokens before the first anchor."
     )
-    mask_thinking_ce: bool = Field(False, description="Not implemented (refused).")
+    mask_thinking_ce: bool = Field(
+        False,
+        description="Strided: ebft_reasoning.transform_strided leaves <think>...</think> "
+        "unlabelled.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -87,11 +91,6 @@ class EBFTArgs(BaseModel):
             raise ValueError(
                 f"ebft.feature_layers: {bad} are not fractions of the depth between 0 and 1 "
                 "(0.5: the middle layer)"
-            )
-        if self.mask_thinking_ce:
-            raise ValueError(
-                "ebft.mask_thinking_ce: masking thinking tokens out of the cross-entropy "
-                "(Axolotl's ebft_reasoning.transform_strided) is not implemented here"
             )
         if self.mode == "strided" and self.embed_method not in ("last_token", "mean_pooling"):
             raise ValueError(
@@ -141,7 +140,8 @@ def check_strided(cfg: Any, ebft: EBFTArgs) -> None:
             raise ValueError(
                 f"datasets: type: {entry.type} is not a strided EBFT dataset: give one of "
                 "Axolotl's strided transforms (ebft_strided_structured.transform, "
-                "ebft_strided_chat.transform) or your own module.function transform"
+                "ebft_strided_chat.transform, ebft_reasoning.transform_strided) or your own "
+                "module.function transform"
             )
 
 

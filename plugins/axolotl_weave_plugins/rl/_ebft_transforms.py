@@ -29,14 +29,12 @@ AXOLOTL_TYPES = {
 STRIDED_TYPES = {
     "ebft_strided_structured.transform": "strided_structured",
     "ebft_strided_chat.transform": "strided_chat",
+    "ebft_reasoning.transform_strided": "reasoning_strided",
 }
 """Axolotl's built-in strided-mode `type:` names, and the function here that implements each
 (a strided type may also be the user's own `module.function`, as Axolotl's `ebft_pretrain`)."""
 
-REFUSED_TYPES = {
-    "ebft_reasoning.transform_strided": "its thinking-token masking (mask_thinking_ce) is not "
-    "implemented here; use ebft_strided_chat.transform",
-}
+REFUSED_TYPES = {}
 """Axolotl's EBFT `type:` names refused here, and why."""
 
 THINKING_TAGS = (
@@ -205,6 +203,43 @@ def strided_structured(cfg: Any, **_: Any) -> tuple[Callable[..., dict[str, Any]
             "input_ids": prompt_ids + completion_ids,
             "labels": [-100] * len(prompt_ids) + completion_ids,
         }
+
+    return row, DROP_RAW
+
+
+def chat_ids(tokenizer: Any, messages: list[dict[str, Any]], length: int, prompt: bool) -> list:
+    """A conversation's ids through the chat template (with its generation prompt when
+    `prompt`), without the tokenizer's special tokens, cut to `length`."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"][:length])
+
+
+def reasoning_strided(cfg: Any, **_: Any) -> tuple[Callable[..., dict[str, Any]], dict[str, str]]:
+    """Strided rows of a reasoning conversation: only the last assistant turn labelled, and with
+    `ebft.mask_thinking_ce` its `<think>...</think>` tokens (the tags included) unlabelled, as
+    Axolotl's `transform_strided` does; unpadded."""
+    length = cfg.sequence_len
+    mask_thinking = bool(getattr(getattr(cfg, "ebft", None), "mask_thinking_ce", False))
+
+    def row(example: dict[str, Any], tokenizer: Any = None) -> dict[str, Any]:
+        messages = messages_of(example)
+        input_ids = chat_ids(tokenizer, messages, length, False)
+        labels = [-100] * len(input_ids)
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        start = len(chat_ids(tokenizer, messages[:last], length, True))
+        end = min(len(chat_ids(tokenizer, messages[: last + 1], length, False)), len(input_ids))
+        labels[start:end] = input_ids[start:end]
+        if mask_thinking:
+            opening, closing = (tokenizer.convert_tokens_to_ids(t) for t in ("<think>", "</think>"))
+            if opening is not None and opening != tokenizer.unk_token_id:
+                thinking = False
+                for i in range(max(0, start - 5), end):
+                    thinking = thinking or input_ids[i] == opening
+                    if thinking and i >= start:
+                        labels[i] = -100
+                    if input_ids[i] == closing:
+                        thinking = False
+        return {"input_ids": input_ids, "labels": labels}
 
     return row, DROP_RAW
 

@@ -20,12 +20,7 @@ import torch
 from axolotl_weave import IGNORE_INDEX, collate, set_pad_token
 from axolotl_weave_plugins.rewards._formats import PAIR_COLUMNS, STEPWISE_COLUMNS
 from axolotl_weave_plugins.rewards._objective import BradleyTerry, TokenClassification
-from axolotl_weave_testing import build_rows, run_weave, write_config, write_jsonl
-
-CHATML_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from axolotl_weave_testing import CHATML_TEMPLATE, build_rows, run_weave, write_config, write_jsonl
 
 PAIRS = [
     {"system": "Be brief.", "input": "Add 1 and 2.", "chosen": "3", "rejected": "It is 12"},

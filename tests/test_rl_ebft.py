@@ -39,6 +39,7 @@ from axolotl_weave_plugins.rl._ebft_transforms import (
 from axolotl_weave_plugins.rl._grpo import GRPOObjective
 from axolotl_weave_plugins.rl.grpo import GRPOArgs
 from axolotl_weave_testing import (
+    CHATML_TEMPLATE,
     OneProcessStrategy,
     build_rows,
     run_weave,
@@ -46,12 +47,6 @@ from axolotl_weave_testing import (
     write_config,
     write_jsonl,
 )
-
-CHATML_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 
 # --- rewards, whitening and pooling --------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from axolotl_weave_plugins.rl._ebft_strided import (
     token_blocks,
 )
 from axolotl_weave_testing import (
+    CHATML_TEMPLATE,
     OneProcessStrategy,
     run_weave,
     train_with,
@@ -153,10 +154,7 @@ def test_the_reasoning_transform_labels_the_last_answer_without_its_thinking(
 
     tokenizer = copy.deepcopy(tiny_tokenizer)
     tokenizer.add_tokens(["<think>", "</think>"], special_tokens=True)
-    tokenizer.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
+    tokenizer.chat_template = CHATML_TEMPLATE
     messages = [
         {"role": "user", "content": "one"},
         {"role": "assistant", "content": "first"},

@@ -32,6 +32,7 @@ from axolotl_weave_plugins.rl._grpo import (
     surrogate_loss,
 )
 from axolotl_weave_testing import (
+    CHATML_TEMPLATE,
     CrashAt,
     OneProcessStrategy,
     build_rows,
@@ -40,11 +41,6 @@ from axolotl_weave_testing import (
     train_with,
     write_config,
     write_jsonl,
-)
-
-CHATML_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 

@@ -132,6 +132,14 @@ def train_tiny_lora(base_model: Path, root: Path, **keys: Any) -> dict[str, Any]
     return {**config, "_path": write_config(root / "config.yml", config)}
 
 
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""A minimal ChatML template (role lines between `<|im_start|>` and `<|im_end|>`), for tests
+that set a tokenizer's `chat_template` themselves."""
+
+
 class CrashAt:
     """A plugin that raises `KeyboardInterrupt` in `on_log` once step `step` is logged, as a
     killed job stops (register it with `train_with(config, path, CrashAt(3))`)."""

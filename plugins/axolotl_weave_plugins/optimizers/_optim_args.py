@@ -14,6 +14,12 @@ Converters = dict[str, Callable[[Any], Any]]
 """An optimizer's `optim_args` keys -> the function converting a given value."""
 
 
+def keys_set(cfg: Any) -> set[str]:
+    """The config keys the user set (pydantic's record; every attribute of a stand-in without
+    one): an optimizer built as Axolotl builds it takes a key only when it is set."""
+    return set(cfg.model_fields_set) if hasattr(cfg, "model_fields_set") else set(vars(cfg))
+
+
 def given_optim_args(cfg: Any) -> dict[str, Any]:
     """The config's `optim_args` as a mapping (empty when unset); ValueError when malformed."""
     raw = getattr(cfg, "optim_args", None)

@@ -28,7 +28,7 @@ from typing import Any
 from axolotl_weave import ConfigError, PluginConfig, hookimpl
 from pydantic import model_validator
 
-from axolotl_weave_plugins.optimizers._optim_args import boolean, optimizer_args
+from axolotl_weave_plugins.optimizers._optim_args import boolean, keys_set, optimizer_args
 
 PLUGIN_KIND = "optimizer"
 
@@ -78,8 +78,7 @@ def muon_options(cfg: Any) -> dict[str, Any]:
 
 def adamw_betas(cfg: Any) -> tuple[float, float]:
     """`(adam_beta1, adam_beta2)` when the config sets both, else Axolotl's Muon default."""
-    given = getattr(cfg, "model_fields_set", None)
-    if given is not None and not {"adam_beta1", "adam_beta2"} <= given:
+    if not {"adam_beta1", "adam_beta2"} <= keys_set(cfg):
         return (0.9, 0.95)
     return (cfg.adam_beta1, cfg.adam_beta2)
 

@@ -32,7 +32,12 @@ from typing import Any
 from axolotl_weave import ConfigError, PluginConfig, hookimpl, require
 from pydantic import Field, field_validator, model_validator
 
-from axolotl_weave_plugins.optimizers._optim_args import Converters, boolean, optimizer_args
+from axolotl_weave_plugins.optimizers._optim_args import (
+    Converters,
+    boolean,
+    keys_set,
+    optimizer_args,
+)
 
 PLUGIN_KIND = "optimizer"
 
@@ -112,11 +117,6 @@ def add_config_fields() -> type[PluginConfig]:
     return PypiOptimizerSettings
 
 
-def set_keys(cfg: Any) -> set[str]:
-    """The config keys the user set (all of them for a stand-in without pydantic's record)."""
-    return set(cfg.model_fields_set) if hasattr(cfg, "model_fields_set") else set(vars(cfg))
-
-
 def settings(name: str, cfg: Any) -> dict[str, Any]:
     """The keyword arguments of optimizer `name` beside the parameter groups."""
     try:
@@ -124,7 +124,7 @@ def settings(name: str, cfg: Any) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     common = {"lr": cfg.learning_rate, "weight_decay": getattr(cfg, "weight_decay", 0.0)}
-    chosen = set_keys(cfg)
+    chosen = keys_set(cfg)
     if name == "came_pytorch":
 
         def key(field: str, default: float) -> float:

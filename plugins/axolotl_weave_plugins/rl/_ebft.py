@@ -52,15 +52,25 @@ def layer_indices(model: Any, fractions: list[float]) -> list[int]:
     return [int(fraction * config.num_hidden_layers) for fraction in fractions]
 
 
+def layer_states(model: Any, layers: list[int], **inputs: Any) -> list[torch.Tensor]:
+    """The hidden states at `layers` of the model's decoder on `inputs` (its language-model
+    head is not run), computed in eval mode, the model's mode put back after."""
+    inner = getattr(model, "module", model)  # a DDP wrapper
+    body = inner.get_decoder() if hasattr(inner, "get_decoder") else inner
+    was_training = inner.training
+    inner.eval()
+    try:
+        out = body(**inputs, output_hidden_states=True, return_dict=True)
+    finally:
+        inner.train(was_training)
+    return [out.hidden_states[index] for index in layers]
+
+
 def layer_features(
     model: Any, ids: torch.Tensor, mask: torch.Tensor, layers: list[int]
 ) -> torch.Tensor:
-    """`(B, S, len(layers) * H)`: the hidden states at `layers` concatenated, from the model's
-    decoder (its language-model head is not run)."""
-    inner = getattr(model, "module", model)  # a DDP wrapper
-    body = inner.get_decoder() if hasattr(inner, "get_decoder") else inner
-    out = body(input_ids=ids, attention_mask=mask, output_hidden_states=True, return_dict=True)
-    return torch.cat([out.hidden_states[index] for index in layers], dim=-1)
+    """`(B, S, len(layers) * H)`: the hidden states at `layers` concatenated (`layer_states`)."""
+    return torch.cat(layer_states(model, layers, input_ids=ids, attention_mask=mask), dim=-1)
 
 
 def pool(
@@ -184,7 +194,6 @@ class EBFTRun(GRPORun):
         tokenizer, device = self.tokenizer, self.strategy.device
         encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
         encoded = [list(ids[: self.max_length]) or [tokenizer.eos_token_id] for ids in encoded]
-        prompts = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
         width = max(len(ids) for ids in encoded)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         ids = torch.full((len(encoded), width), pad, dtype=torch.long)
@@ -193,16 +202,13 @@ class EBFTRun(GRPORun):
             ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
         network, context = self.objective.reference_model(self.model)
-        inner = self.strategy.unwrap(network)
-        layers = layer_indices(inner, self.ebft.feature_layers)
-        was_training = inner.training
-        inner.eval()
-        try:
-            with context, self.strategy.autocast():
-                hidden = layer_features(network, ids.to(device), mask.to(device), layers)
-        finally:
-            inner.train(was_training)
-        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        layers = layer_indices(self.strategy.unwrap(network), self.ebft.feature_layers)
+        with context, self.strategy.autocast():
+            hidden = layer_features(network, ids.to(device), mask.to(device), layers)
+        lengths = torch.zeros(len(texts), dtype=torch.long, device=device)
+        if self.ebft.embed_method == "completion_mean":  # the only pooling that reads them
+            prompts = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
+            lengths = torch.tensor([len(p) for p in prompts], device=device)
         return pool(hidden.float(), self.ebft.embed_method, mask.to(device), lengths)
 
     def render(self, messages: list[dict[str, Any]], generation_prompt: bool) -> str:

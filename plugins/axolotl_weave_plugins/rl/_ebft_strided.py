@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from axolotl_weave import IGNORE_INDEX, PluginError, hookimpl
 
-from axolotl_weave_plugins.rl._ebft import layer_indices, whiten
+from axolotl_weave_plugins.rl._ebft import layer_indices, layer_states, whiten
 from axolotl_weave_plugins.rl._objective import AgainstReference
 
 log = logging.getLogger("axolotl_weave")
@@ -458,21 +458,11 @@ class StridedEBFTRun:
         gen_len = ebft.generate_max_len
         network, context = objective.reference_model(model)
         inner = strategy.unwrap(network)
-        body = inner.get_decoder() if hasattr(inner, "get_decoder") else inner
         layers = layer_indices(inner, ebft.feature_layers)
         layout = self.layout(inner, sequence, length, anchor, gen_len, blocks)
-        was_training = inner.training
-        inner.eval()
-        try:
-            with context, dense_mask_attention(inner), strategy.autocast():
-                out = body(
-                    input_ids=sequence, **layout, output_hidden_states=True, return_dict=True
-                )
-        finally:
-            inner.train(was_training)
-        features = torch.cat(
-            [F.normalize(out.hidden_states[i].float(), dim=-1) for i in layers], dim=-1
-        )
+        with context, dense_mask_attention(inner), strategy.autocast():
+            states = layer_states(network, layers, input_ids=sequence, **layout)
+        features = torch.cat([F.normalize(h.float(), dim=-1) for h in states], dim=-1)
         return strided_rewards(features, length, anchor, blocks, ebft, self.diversity_coef)
 
     def row_terms(

@@ -252,20 +252,14 @@ def strided_chat(cfg: Any, **_: Any) -> tuple[Callable[..., dict[str, Any]], dic
 
     def row(example: dict[str, Any], tokenizer: Any = None) -> dict[str, Any]:
         messages = messages_of(example)
-
-        def ids(upto: list[dict[str, Any]], generation_prompt: bool) -> list[int]:
-            text = tokenizer.apply_chat_template(
-                upto, tokenize=False, add_generation_prompt=generation_prompt
-            )
-            found = tokenizer(text, add_special_tokens=False)["input_ids"]
-            return list(found[:length])
-
-        input_ids = ids(messages, False)
+        input_ids = chat_ids(tokenizer, messages, length, False)
         labels = [-100] * len(input_ids)
         for index, message in enumerate(messages):
             if message["role"] == "assistant":
-                start = len(ids(messages[:index], True))
-                end = min(len(ids(messages[: index + 1], False)), len(input_ids))
+                start = len(chat_ids(tokenizer, messages[:index], length, True))
+                end = min(
+                    len(chat_ids(tokenizer, messages[: index + 1], length, False)), len(input_ids)
+                )
                 labels[start:end] = input_ids[start:end]
         return {"input_ids": input_ids, "labels": labels}
 

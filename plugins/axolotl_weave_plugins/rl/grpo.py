@@ -101,6 +101,9 @@ UNSUPPORTED_UNLESS = {
 off, what happens instead). At that value (or None) the key is dropped with a warning; any
 other value is refused."""
 
+BUILT_IN_TRANSFORMS = {**AXOLOTL_TYPES, **STRIDED_TYPES}
+"""Axolotl's EBFT `type:` names (both modes) -> the function of `_ebft_transforms` for each."""
+
 METHOD = "grpo"
 """The `rl:` value this plugin trains, and the `type:` of its prompt datasets."""
 
@@ -393,10 +396,9 @@ def adapt_config_data(data: dict[str, Any], known_keys: frozenset[str]) -> list[
                 continue
             strided = data["rl"] == EBFT and (data.get("ebft") or {}).get("mode") == "strided"
             into = STRIDED_TYPE if strided else METHOD
-            if data["rl"] == EBFT and kind in {**AXOLOTL_TYPES, **STRIDED_TYPES}:
-                found = {**AXOLOTL_TYPES, **STRIDED_TYPES}[kind]  # the built-in EBFT transforms
+            if data["rl"] == EBFT and kind in BUILT_IN_TRANSFORMS:
                 if (kind in STRIDED_TYPES) == strided:
-                    entry["type"], entry["transform"] = into, path_of(found)
+                    entry["type"], entry["transform"] = into, path_of(BUILT_IN_TRANSFORMS[kind])
                 else:  # given for the other mode: named as written, refused with the reason
                     entry["type"], entry["transform"] = into, kind
             elif (data["rl"] == EBFT and kind in REFUSED_TYPES) or is_importable_path(kind):
